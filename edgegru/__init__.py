@@ -1,0 +1,28 @@
+"""edgegru: exact, allocation-free GRU inference on small CPUs, with Numba.
+
+Where things are:
+
+- :mod:`edgegru.model`     ``Model`` (step / run / state), ``GRUConfig`` (sizes), ``GRUWeights``
+- :mod:`edgegru.kernels`   the ``@njit`` kernels: one fused GRU cell shared by step and sequence
+- :mod:`edgegru.numpy_kernels`  the same kernels in NumPy, used where Numba is not available
+- :mod:`edgegru.formats`   model files: native ``.npz`` (``load``, ``Model.save``), PyTorch
+- :mod:`edgegru.errors`    ``ModelFormatError`` and friends
+
+>>> import numpy as np, edgegru
+>>> cfg = edgegru.GRUConfig(input_size=3, hidden_size=8, output_size=1)
+>>> model = edgegru.Model(cfg, edgegru.GRUWeights.random(cfg))
+>>> y = model.step(np.ones(3))          # one time step, stateful
+>>> Y = model.run(np.ones((5, 3)))      # a sequence, continuing from the state
+>>> Y.shape
+(5, 1)
+"""
+from edgegru._jit import JIT
+from edgegru.errors import EdgeGRUError, ModelFormatError
+from edgegru.formats import load
+from edgegru.formats.pytorch import from_state_dict
+from edgegru.model import GRUConfig, GRUWeights, Model
+
+__version__ = "0.1.0"
+
+__all__ = ["Model", "GRUConfig", "GRUWeights", "from_state_dict", "load", "EdgeGRUError",
+           "ModelFormatError", "JIT", "__version__"]

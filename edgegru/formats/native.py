@@ -1,0 +1,146 @@
+"""edgegru's own model file: one ``.npz``, read with ``allow_pickle=False``.
+
+It holds the weights under the names of :meth:`edgegru.GRUConfig.expected_shapes` (gate order
+r | z | n, PyTorch-shaped) and one JSON string, ``__meta__``::
+
+    {"format": "edgegru", "format_version": 1,
+     "config": {"input_size": 4, "hidden_size": 64, "num_layers": 2, "bidirectional": false,
+                "reset_after": true, "bias": true, "output_size": 4,
+                "head_activation": "linear", "gate_order": "rzn"},
+     "preprocessing": {...}, "scoring": {...}, "provenance": {...}}   # free-form, optional
+
+Unknown versions, missing or extra arrays, wrong shapes and non-finite weights are refused with a
+:class:`~edgegru.errors.ModelFormatError` that names the file and the problem.
+"""
+import json
+import os
+import tempfile
+import zipfile
+
+import numpy as np
+
+from edgegru.errors import ModelFormatError
+from edgegru.model import GRUConfig, GRUWeights, Model
+
+FORMAT = "edgegru"
+FORMAT_VERSION = 1
+META_KEY = "__meta__"
+_CONFIG_KEYS = {  # key: (type, required)
+    "input_size": (int, True), "hidden_size": (int, True), "num_layers": (int, True),
+    "bidirectional": (bool, True), "reset_after": (bool, True), "bias": (bool, False),
+    "output_size": (int, True), "head_activation": (str, False),
+}
+
+
+def save(model, path):
+    """Write ``model`` to ``path`` atomically (a reader never sees half a file)."""
+    c = model.config
+    meta = {"format": FORMAT, "format_version": FORMAT_VERSION,
+            "config": {"input_size": c.input_size, "hidden_size": c.hidden_size,
+                       "num_layers": c.num_layers, "bidirectional": c.bidirectional,
+                       "reset_after": c.reset_after, "bias": c.bias,
+                       "output_size": c.output_size, "head_activation": c.head_activation,
+                       "gate_order": "rzn"}}
+    meta.update({k: v for k, v in model.meta.items() if k not in meta})
+    arrays = {name: np.ascontiguousarray(a, dtype=np.float32)
+              for name, a in model.weights.arrays.items()}
+    arrays[META_KEY] = np.array(json.dumps(meta, indent=1, sort_keys=True))
+    path = os.fspath(path)
+    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(os.path.abspath(path)), suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            np.savez(f, **arrays)
+        os.replace(tmp, path)
+    except BaseException:
+        os.unlink(tmp)
+        raise
+
+
+def is_native(path):
+    """True when ``path`` is a zip holding a ``__meta__`` entry (cheap, reads the directory)."""
+    try:
+        with zipfile.ZipFile(path) as z:
+            return META_KEY + ".npy" in z.namelist()
+    except (OSError, zipfile.BadZipFile):
+        return False
+
+
+def load(path, backend=None):
+    """Read a native model file into a :class:`~edgegru.Model`."""
+    name = os.fspath(path)
+    try:
+        with np.load(name, allow_pickle=False) as npz:
+            if META_KEY not in npz.files:
+                raise ModelFormatError(f"{name}: not an edgegru model file (no {META_KEY} entry)")
+            meta = _parse_meta(npz[META_KEY], name)
+            config = _parse_config(meta.get("config"), name)
+            arrays = {}
+            for key in npz.files:
+                if key == META_KEY:
+                    continue
+                a = npz[key]
+                if a.dtype.kind != "f":
+                    raise ModelFormatError(f"{name}: array {key} has dtype {a.dtype}, "
+                                           f"expected float32")
+                arrays[key] = a.astype(np.float32, copy=False)
+    except ModelFormatError:
+        raise
+    except FileNotFoundError:
+        raise ModelFormatError(f"{name}: no such file") from None
+    except IsADirectoryError:
+        raise ModelFormatError(f"{name}: is a directory, not a model file") from None
+    except PermissionError:
+        raise ModelFormatError(f"{name}: permission denied") from None
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile, KeyError, RuntimeError,
+            UnicodeDecodeError, NotImplementedError) as exc:  # zlib.error is a subclass of Exception
+        raise ModelFormatError(f"{name}: not a readable .npz model file ({exc})") from None
+    except Exception as exc:  # zlib.error, struct.error and friends from a corrupt zip
+        raise ModelFormatError(f"{name}: corrupt .npz file ({type(exc).__name__}: {exc})") \
+            from None
+    weights = GRUWeights(arrays)
+    weights.check(config, source=name)
+    sections = {k: v for k, v in meta.items() if k not in ("format", "format_version", "config")}
+    return Model(config, weights, meta=sections, backend=backend)
+
+
+def _parse_meta(entry, name):
+    if entry.dtype.kind != "U" or entry.ndim != 0:
+        raise ModelFormatError(f"{name}: {META_KEY} must be a JSON string")
+    try:
+        meta = json.loads(str(entry))
+    except ValueError as exc:
+        raise ModelFormatError(f"{name}: {META_KEY} is not valid JSON ({exc})") from None
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+        raise ModelFormatError(f"{name}: {META_KEY} does not describe an edgegru model")
+    version = meta.get("format_version")
+    if version != FORMAT_VERSION:
+        raise ModelFormatError(f"{name}: format_version {version!r} is not supported by this "
+                               f"edgegru (it reads version {FORMAT_VERSION}); upgrade edgegru "
+                               f"or re-export the model")
+    return meta
+
+
+def _parse_config(raw, name):
+    if not isinstance(raw, dict):
+        raise ModelFormatError(f"{name}: metadata has no 'config' section")
+    kwargs = {}
+    for key, (kind, required) in _CONFIG_KEYS.items():
+        if key not in raw:
+            if required:
+                raise ModelFormatError(f"{name}: config is missing '{key}'")
+            continue
+        value = raw[key]
+        if kind is int and (isinstance(value, bool) or not isinstance(value, int)) \
+                or not isinstance(value, kind):
+            raise ModelFormatError(f"{name}: config '{key}' must be {kind.__name__}, "
+                                   f"got {value!r}")
+        kwargs[key] = value
+    if raw.get("gate_order", "rzn") != "rzn":
+        raise ModelFormatError(f"{name}: gate_order {raw['gate_order']!r} is not 'rzn'")
+    for key in ("input_size", "hidden_size", "num_layers", "output_size"):
+        if not 0 <= kwargs[key] <= 1 << 20:
+            raise ModelFormatError(f"{name}: config '{key}' = {kwargs[key]} is out of range")
+    try:
+        return GRUConfig(**kwargs)
+    except ValueError as exc:
+        raise ModelFormatError(f"{name}: {exc}") from None

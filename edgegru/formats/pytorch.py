@@ -1,0 +1,177 @@
+"""PyTorch state dicts (``nn.GRU`` / ``nn.GRUCell``, optional ``nn.Linear`` head) -> Model.
+
+All knowledge of PyTorch's GRU layout is here. For layer k (``_reverse`` for the backward
+direction of a bidirectional layer), with any prefix such as ``gru.``::
+
+    weight_ih_l{k}[_reverse]   (3H, in_k)   rows: r | z | n   (in_0 = input_size, else H * dirs)
+    weight_hh_l{k}[_reverse]   (3H, H)      rows: r | z | n
+    bias_ih_l{k}[_reverse]     (3H,)        absent when bias=False
+    bias_hh_l{k}[_reverse]     (3H,)        absent when bias=False
+
+``nn.GRUCell`` writes the same arrays without the ``_l{k}`` suffix. PyTorch's GRU is the
+reset-after variant: ``n = tanh(W_in x + b_in + r * (W_hn h + b_hn))``. The gate order r | z | n
+is already edgegru's, so the blocks are taken as they are. A head is an ``nn.Linear``:
+``{prefix}weight (O, H * dirs)`` and ``{prefix}bias (O,)``.
+"""
+import re
+
+import numpy as np
+
+from edgegru.errors import ModelFormatError
+from edgegru.model import GRUConfig, GRUWeights, Model, block_name
+
+_GRU_KEY = re.compile(r"^(?P<prefix>.*?)(?P<kind>weight_ih|weight_hh|bias_ih|bias_hh)"
+                      r"(?:_l(?P<layer>\d+)(?P<reverse>_reverse)?)?$")
+
+
+def to_numpy(value, key="array"):
+    """A torch tensor (without importing torch) or array-like -> float32 numpy array."""
+    if hasattr(value, "detach"):                          # torch.Tensor, any device or dtype
+        value = value.detach().cpu()
+        if hasattr(value, "float"):
+            value = value.float()
+        value = value.numpy()
+    try:
+        arr = np.asarray(value)
+    except Exception as exc:
+        raise ModelFormatError(f"state dict entry {key} is not an array ({exc})") from None
+    if arr.dtype.kind not in "fiu":
+        raise ModelFormatError(f"state dict entry {key} has dtype {arr.dtype}, expected floats")
+    return np.ascontiguousarray(arr, dtype=np.float32)
+
+
+def from_state_dict(state_dict, head=None, prefix=None, meta=None, backend=None):
+    """A :class:`~edgegru.Model` from a PyTorch ``state_dict`` (torch tensors or numpy arrays).
+
+    head: None finds a lone ``nn.Linear`` of the right shape; a key prefix (``"fc"`` or
+    ``"fc."``) picks one; False means no head. prefix: which GRU, when the dict holds several.
+    """
+    if not hasattr(state_dict, "keys"):
+        raise ModelFormatError(f"expected a state dict (a mapping of names to tensors), "
+                               f"got {type(state_dict).__name__}")
+    keys = [k for k in state_dict.keys() if isinstance(k, str)]
+    found = {}  # prefix -> {(kind, layer, direction): key}
+    for key in keys:
+        m = _GRU_KEY.match(key)
+        if m:
+            layer = -1 if m["layer"] is None else int(m["layer"])    # -1: a GRUCell
+            found.setdefault(m["prefix"], {})[(m["kind"], layer, int(bool(m["reverse"])))] = key
+    if prefix is not None:
+        prefix = prefix if prefix == "" or prefix.endswith(".") else prefix + "."
+        if prefix not in found:
+            raise ModelFormatError(f"no GRU weights under prefix {prefix!r}; "
+                                   f"found: {_prefix_list(found)}")
+        found = {prefix: found[prefix]}
+    if not found:
+        raise ModelFormatError("no GRU weights in the state dict: expected keys such as "
+                               "'weight_ih_l0', 'weight_hh_l0', 'bias_ih_l0', 'bias_hh_l0' "
+                               "(any prefix, '_reverse' for a backward direction)")
+    if len(found) > 1:
+        raise ModelFormatError(f"the state dict holds several GRUs ({_prefix_list(found)}): "
+                               f"pick one with prefix=")
+    gru_prefix, entries = next(iter(found.items()))
+    config, arrays = _gru_arrays(state_dict, gru_prefix, entries)
+    head_prefix = _find_head(state_dict, keys, gru_prefix, head,
+                             config.hidden_size * config.num_directions)
+    if head_prefix is not None:
+        w = to_numpy(state_dict[head_prefix + "weight"], head_prefix + "weight")
+        b_key = head_prefix + "bias"
+        b = to_numpy(state_dict[b_key], b_key) if b_key in state_dict \
+            else np.zeros(w.shape[0], np.float32)
+        if b.shape != (w.shape[0],):
+            raise ModelFormatError(f"{b_key} has shape {b.shape}, expected ({w.shape[0]},)")
+        arrays["head.weight"], arrays["head.bias"] = w, b
+        config = GRUConfig(**{**config.__dict__, "output_size": w.shape[0]})
+    weights = GRUWeights(arrays)
+    weights.check(config, source="state dict")
+    info = {"source": {"format": "pytorch-state-dict", "gru_prefix": gru_prefix,
+                       "head_prefix": head_prefix}}
+    return Model(config, weights, meta={"provenance": info, **(meta or {})}, backend=backend)
+
+
+def _gru_arrays(sd, prefix, entries):
+    cell = any(layer == -1 for _, layer, _ in entries)
+    if cell:
+        if len({layer for _, layer, _ in entries}) > 1:
+            raise ModelFormatError(f"{prefix or 'the state dict'}: mixes GRUCell keys "
+                                   f"(weight_ih) with GRU keys (weight_ih_l0)")
+        entries = {(kind, 0, d): key for (kind, _, d), key in entries.items()}
+    layers = sorted({layer for _, layer, _ in entries})
+    num_layers = len(layers)
+    if layers != list(range(num_layers)):
+        raise ModelFormatError(f"{prefix}: GRU layers {layers} are not numbered 0..{num_layers - 1}")
+    bidirectional = any(d for _, _, d in entries)
+    D = 2 if bidirectional else 1
+    has_bias = any(kind.startswith("bias") for kind, _, _ in entries)
+    kinds = ("weight_ih", "weight_hh") + (("bias_ih", "bias_hh") if has_bias else ())
+
+    def key_of(kind, l, d):
+        if cell:
+            return prefix + kind
+        return f"{prefix}{kind}_l{l}" + ("_reverse" if d else "")
+
+    for l in range(num_layers):
+        for d in range(D):
+            missing = [key_of(k, l, d) for k in kinds if (k, l, d) not in entries]
+            if missing:
+                raise ModelFormatError(f"missing key(s) {', '.join(missing)}")
+    w_hh0 = to_numpy(sd[key_of("weight_hh", 0, 0)], key_of("weight_hh", 0, 0))
+    w_ih0 = to_numpy(sd[key_of("weight_ih", 0, 0)], key_of("weight_ih", 0, 0))
+    if w_hh0.ndim != 2 or w_hh0.shape[0] != 3 * w_hh0.shape[1] or w_hh0.shape[1] == 0:
+        raise ModelFormatError(f"{key_of('weight_hh', 0, 0)} has shape {w_hh0.shape}, "
+                               f"expected (3*H, H)")
+    if w_ih0.ndim != 2 or w_ih0.shape[1] == 0:
+        raise ModelFormatError(f"{key_of('weight_ih', 0, 0)} has shape {w_ih0.shape}, "
+                               f"expected (3*H, input_size)")
+    H = w_hh0.shape[1]
+    config = GRUConfig(input_size=w_ih0.shape[1], hidden_size=H, num_layers=num_layers,
+                       bidirectional=bidirectional, reset_after=True, bias=has_bias)
+    arrays = {}
+    for l in range(num_layers):
+        in_size = config.layer_input_size(l)
+        for d in range(D):
+            name = block_name(l, d)
+            expect = {"weight_ih": (3 * H, in_size), "weight_hh": (3 * H, H),
+                      "bias_ih": (3 * H,), "bias_hh": (3 * H,)}
+            for kind, ours in (("weight_ih", "w_ih"), ("weight_hh", "w_hh"),
+                               ("bias_ih", "b_ih"), ("bias_hh", "b_hh")):
+                if kind not in kinds:
+                    arrays[name + ours] = np.zeros(expect[kind], np.float32)
+                    continue
+                key = key_of(kind, l, d)
+                a = to_numpy(sd[key], key)
+                if a.shape != expect[kind]:
+                    raise ModelFormatError(f"{key} has shape {a.shape}, expected {expect[kind]}")
+                arrays[name + ours] = a       # r | z | n already: edgegru's gate order
+    return config, arrays
+
+
+def _find_head(sd, keys, gru_prefix, head, width):
+    if head is False:
+        return None
+    if head is not None and head is not True:
+        p = head if head == "" or head.endswith(".") else head + "."
+        if p + "weight" not in sd:
+            raise ModelFormatError(f"no head under prefix {p!r}: expected key {p}weight")
+        w = to_numpy(sd[p + "weight"], p + "weight")
+        if w.ndim != 2 or w.shape[1] != width:
+            raise ModelFormatError(f"{p}weight has shape {w.shape}, expected (output_size, "
+                                   f"{width}) to sit on the GRU's output")
+        return p
+    candidates = []
+    for key in keys:
+        if not (key == "weight" or key.endswith(".weight")) or key.startswith(gru_prefix + "weight"):
+            continue
+        shape = getattr(sd[key], "shape", None)
+        if shape is not None and len(shape) == 2 and shape[1] == width:
+            candidates.append(key[:-len("weight")])
+    if len(candidates) > 1:
+        raise ModelFormatError(f"several possible heads ({', '.join(c + 'weight' for c in candidates)}): "
+                               f"choose one with head='<prefix>' or none with head=False")
+    if head is True and not candidates:
+        raise ModelFormatError(f"no nn.Linear head of shape (O, {width}) in the state dict")
+    return candidates[0] if candidates else None
+
+
+def _prefix_list(found):
+    return ", ".join(repr(p) for p in sorted(found)) or "none"

@@ -1,0 +1,316 @@
+"""A GRU stack with an optional linear head: sizes (GRUConfig), weights (GRUWeights), run state.
+
+The weights arrive here in one layout, whatever format they came from (the format modules do the
+translating): per layer and direction, PyTorch-shaped matrices with the gate blocks in the order
+r | z | n::
+
+    w_ih (3H, in_size)   w_hh (3H, H)   b_ih (3H,)   b_hh (3H,)
+
+:func:`pack_params` turns them into the kernels' flat, transposed layout once, when the model is
+built. The run state (hidden vectors and scratch) is allocated once as well; :meth:`Model.step`
+and :meth:`Model.run` only write into it.
+"""
+import dataclasses
+import sys
+
+import numpy as np
+
+from edgegru import kernels
+from edgegru._jit import JIT
+from edgegru.errors import ModelFormatError
+
+HEAD_ACTIVATIONS = {"linear": kernels.HEAD_LINEAR, "sigmoid": kernels.HEAD_SIGMOID}
+_F32 = np.dtype(np.float32)
+
+
+@dataclasses.dataclass(frozen=True)
+class GRUConfig:
+    """Sizes and variant. ``output_size == 0`` means no head (the output is the top hidden state)."""
+    input_size: int
+    hidden_size: int
+    num_layers: int = 1
+    bidirectional: bool = False
+    reset_after: bool = True        # PyTorch / cuDNN / Keras reset_after=True / ONNX lbr=1
+    bias: bool = True
+    output_size: int = 0            # size of the linear head, 0 for none
+    head_activation: str = "linear"
+
+    def __post_init__(self):
+        for name in ("input_size", "hidden_size", "num_layers"):
+            value = getattr(self, name)
+            if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < 1:
+                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        if not isinstance(self.output_size, (int, np.integer)) or self.output_size < 0:
+            raise ValueError(f"output_size must be a non-negative integer, got {self.output_size!r}")
+        if self.head_activation not in HEAD_ACTIVATIONS:
+            raise ValueError(f"head_activation must be one of {sorted(HEAD_ACTIVATIONS)}, "
+                             f"got {self.head_activation!r}")
+
+    @property
+    def num_directions(self):
+        return 2 if self.bidirectional else 1
+
+    def layer_input_size(self, layer):
+        return self.input_size if layer == 0 else self.hidden_size * self.num_directions
+
+    def expected_shapes(self):
+        """{array name: shape} of every weight this config needs (the native file's arrays)."""
+        H, G = self.hidden_size, 3 * self.hidden_size
+        shapes = {}
+        for l in range(self.num_layers):
+            for d in range(self.num_directions):
+                p = block_name(l, d)
+                shapes[p + "w_ih"] = (G, self.layer_input_size(l))
+                shapes[p + "w_hh"] = (G, H)
+                shapes[p + "b_ih"] = (G,)
+                shapes[p + "b_hh"] = (G,)
+        if self.output_size:
+            shapes["head.weight"] = (self.output_size, H * self.num_directions)
+            shapes["head.bias"] = (self.output_size,)
+        return shapes
+
+
+def block_name(layer, direction):
+    """Prefix of one layer/direction's arrays: ``l0.`` forward, ``l0.reverse.`` backward."""
+    return f"l{layer}." + ("reverse." if direction else "")
+
+
+@dataclasses.dataclass
+class GRUWeights:
+    """{name: float32 array} with the names and shapes of :meth:`GRUConfig.expected_shapes`."""
+    arrays: dict
+
+    @classmethod
+    def random(cls, config, seed=0):
+        """Drawn like PyTorch's default init, U(-1/sqrt(H), 1/sqrt(H)): for tests and benchmarks."""
+        rng = np.random.default_rng(seed)
+        arrays = {}
+        for name, shape in config.expected_shapes().items():
+            fan = config.hidden_size * config.num_directions if name.startswith("head.") \
+                else config.hidden_size
+            arrays[name] = rng.uniform(-fan ** -0.5, fan ** -0.5, size=shape).astype(np.float32)
+            if not config.bias and name.endswith(("b_ih", "b_hh")):
+                arrays[name][...] = 0.0
+        return cls(arrays)
+
+    def check(self, config, source="the weights"):
+        """Raise ModelFormatError naming what is missing, misshapen or not finite."""
+        expected = config.expected_shapes()
+        missing = [name for name in expected if name not in self.arrays]
+        if missing:
+            raise ModelFormatError(f"{source}: missing array(s) {', '.join(missing)}")
+        unexpected = sorted(set(self.arrays) - set(expected))
+        if unexpected:
+            raise ModelFormatError(f"{source}: unexpected array(s) {', '.join(unexpected)} "
+                                   f"for this configuration")
+        for name, shape in expected.items():
+            a = self.arrays[name]
+            if a.shape != shape:
+                raise ModelFormatError(f"{source}: array {name} has shape {a.shape}, "
+                                       f"expected {shape}")
+            if not np.isfinite(a).all():
+                raise ModelFormatError(f"{source}: array {name} contains NaN or inf")
+
+
+def pack_params(config, weights):
+    """The kernels' flat float32 parameter array (layout in :mod:`edgegru.kernels`)."""
+    I, H, L, D = config.input_size, config.hidden_size, config.num_layers, config.num_directions
+    params = np.zeros(kernels.params_size(I, H, L, D, config.output_size), dtype=np.float32)
+    a = weights.arrays
+    for l in range(L):
+        for d in range(D):
+            name = block_name(l, d)
+            w_ih, b_x, w_hh, b_hn, in_size = kernels.block_offsets(l, d, I, H, D)
+            b_ih, b_hh = a[name + "b_ih"], a[name + "b_hh"]
+            params[w_ih:b_x] = a[name + "w_ih"].T.ravel()
+            bx = b_ih.astype(np.float32).copy()
+            bx[:2 * H] += b_hh[:2 * H]                 # r and z: the two biases simply add
+            if config.reset_after:
+                params[b_hn:b_hn + H] = b_hh[2 * H:]   # b_hn sits inside r * (...)
+            else:
+                bx[2 * H:] += b_hh[2 * H:]             # outside the product: folds into b_in
+            params[b_x:w_hh] = bx
+            params[w_hh:b_hn] = a[name + "w_hh"].T.ravel()
+    if config.output_size:
+        w_head = kernels.head_offset(I, H, L, D)
+        n = config.output_size * H * D
+        params[w_head:w_head + n] = a["head.weight"].ravel()
+        params[w_head + n:] = a["head.bias"]
+    return params
+
+
+_warned_slow = False
+
+
+def _kernel_module(backend):
+    global _warned_slow
+    if backend is None:
+        backend = "numba" if JIT else "numpy"
+    if backend == "numba":
+        if not JIT:
+            raise ValueError("backend='numba' asked for, but numba is not available")
+        return kernels
+    if backend == "numpy":
+        if not JIT and not _warned_slow:
+            _warned_slow = True
+            print("edgegru: numba is not available (or EDGEGRU_NO_JIT is set); running on the "
+                  "plain NumPy fallback, which is much slower", file=sys.stderr)
+        from edgegru import numpy_kernels
+        return numpy_kernels
+    raise ValueError(f"backend must be 'numba', 'numpy' or None, got {backend!r}")
+
+
+class Model:
+    """A GRU stack (+ optional linear head) with its own state, for streaming and sequences.
+
+    >>> import numpy as np, edgegru
+    >>> cfg = edgegru.GRUConfig(input_size=2, hidden_size=4)
+    >>> model = edgegru.Model(cfg, edgegru.GRUWeights.random(cfg, seed=0))
+    >>> model.step(np.zeros(2, np.float32)).shape
+    (4,)
+    >>> model.run(np.zeros((10, 2), np.float32)).shape
+    (10, 4)
+    """
+
+    def __init__(self, config, weights, meta=None, backend=None):
+        weights.check(config)
+        self.config = config
+        self.weights = weights
+        self.meta = dict(meta or {})      # free-form sections: preprocessing, scoring, provenance
+        self._k = _kernel_module(backend)
+        self._params = pack_params(config, weights)
+        I, H, L, D = config.input_size, config.hidden_size, config.num_layers, config.num_directions
+        self._head_act = HEAD_ACTIVATIONS[config.head_activation]
+        # run state: [h (L*D, H) | step scratch (6H)], allocated once
+        self._work = np.zeros(L * D * H + 6 * H, dtype=np.float32)
+        self._h = self._work[:L * D * H].reshape(L * D, H)
+        self._ws = np.zeros(0, dtype=np.float32)          # sequence workspace, grows on demand
+        self._x_shape = (I,)
+        self._out_shape = (self.output_size,)
+
+    # -- sizes ----------------------------------------------------------------------------
+    input_size = property(lambda self: self.config.input_size)
+    hidden_size = property(lambda self: self.config.hidden_size)
+    num_layers = property(lambda self: self.config.num_layers)
+    num_directions = property(lambda self: self.config.num_directions)
+
+    @property
+    def output_size(self):
+        c = self.config
+        return c.output_size or c.hidden_size * c.num_directions
+
+    def __repr__(self):
+        c = self.config
+        return (f"<edgegru.Model input_size={c.input_size} hidden_size={c.hidden_size} "
+                f"num_layers={c.num_layers}{' bidirectional' if c.bidirectional else ''} "
+                f"{'reset_after' if c.reset_after else 'reset_before'} "
+                f"output_size={self.output_size}>")
+
+    # -- state ----------------------------------------------------------------------------
+    @property
+    def state(self):
+        """A copy of the hidden state, shape (num_layers * num_directions, hidden_size)."""
+        return self._h.copy()
+
+    @state.setter
+    def state(self, value):
+        value = np.asarray(value)
+        if value.shape != self._h.shape:
+            raise ValueError(f"state must have shape {self._h.shape} "
+                             f"(num_layers * num_directions, hidden_size), got {value.shape}")
+        self._h[...] = value
+
+    def reset(self):
+        """Zero the hidden state."""
+        self._h[...] = 0.0
+
+    # -- running --------------------------------------------------------------------------
+    def step(self, x, out=None):
+        """One time step: x (input_size,) -> (output_size,). Updates the state.
+
+        With ``out`` (a float32 array of shape (output_size,)) nothing is allocated.
+        """
+        if not (type(x) is np.ndarray and x.dtype is _F32 and x.shape == self._x_shape
+                and x.flags.c_contiguous):
+            x = self._check_step_input(x)
+        if out is None:
+            out = np.empty(self._out_shape, dtype=np.float32)
+        elif not (type(out) is np.ndarray and out.dtype is _F32 and out.shape == self._out_shape
+                  and out.flags.c_contiguous and out.flags.writeable):
+            raise ValueError(f"out must be a writeable, contiguous float32 array of shape "
+                             f"{self._out_shape}")
+        c = self.config
+        self._k.gru_step(out, x, self._params, self._work, c.input_size, c.hidden_size,
+                         c.num_layers, c.output_size, c.reset_after, self._head_act)
+        return out
+
+    def _check_step_input(self, x):
+        if self.config.bidirectional:
+            raise ValueError("step() needs a unidirectional model: a bidirectional layer reads "
+                             "the whole sequence, so use run() on the sequence instead")
+        x = _as_float32(x, "x")
+        if x.shape != self._x_shape:
+            raise ValueError(f"x must have shape ({self.input_size},) (input_size), "
+                             f"got {x.shape}; for a sequence of shape (T, {self.input_size}) "
+                             f"use run()")
+        return x
+
+    def run(self, X, h0=None, return_state=False):
+        """A whole sequence, or a batch of independent sequences.
+
+        - X (T, input_size) -> Y (T, output_size): continues from ``state`` and updates it.
+        - X (B, T, input_size) -> Y (B, T, output_size): B independent sequences (PyTorch's
+          ``batch_first=True``), each starting from ``h0`` (num_layers * num_directions, B,
+          hidden_size), zeros by default; ``state`` is left alone. With ``return_state=True``
+          the final states come back too, as ``(Y, h_n)`` with h_n shaped like h0.
+        """
+        X = _as_float32(X, "X")
+        c = self.config
+        if X.ndim not in (2, 3) or X.shape[-1] != c.input_size:
+            raise ValueError(f"X must have shape (T, {c.input_size}) or (B, T, {c.input_size}) "
+                             f"(input_size = {c.input_size}), got {X.shape}")
+        T = X.shape[-2]
+        need = kernels.sequence_workspace_size(T, c.hidden_size, c.num_directions)
+        if self._ws.size < need:
+            self._ws = np.empty(need, dtype=np.float32)
+        args = (self._params, self._ws, c.input_size, c.hidden_size, c.num_layers,
+                c.num_directions, c.output_size, c.reset_after, self._head_act)
+        if X.ndim == 2:
+            if h0 is not None:
+                raise ValueError("h0 is for batched (B, T, I) input; for one sequence set "
+                                 "model.state")
+            Y = np.empty((T, self.output_size), dtype=np.float32)
+            if T:
+                self._k.gru_sequence(Y, X, self._h, *args)
+            return (Y, self.state) if return_state else Y
+        B = X.shape[0]
+        state_shape = (c.num_layers * c.num_directions, B, c.hidden_size)
+        if h0 is None:
+            h = np.zeros((B,) + self._h.shape, dtype=np.float32)
+        else:
+            h0 = _as_float32(h0, "h0")
+            if h0.shape != state_shape:
+                raise ValueError(f"h0 must have shape {state_shape} "
+                                 f"(num_layers * num_directions, B, hidden_size), got {h0.shape}")
+            h = np.ascontiguousarray(h0.transpose(1, 0, 2))
+        Y = np.empty((B, T, self.output_size), dtype=np.float32)
+        if T and B:
+            self._k.gru_sequence_batch(Y, X, h, *args)
+        return (Y, np.ascontiguousarray(h.transpose(1, 0, 2))) if return_state else Y
+
+    # -- files ----------------------------------------------------------------------------
+    def save(self, path):
+        """Write the native ``.npz`` file (see :mod:`edgegru.formats.native`)."""
+        from edgegru.formats import native
+        native.save(self, path)
+
+
+def _as_float32(a, name):
+    """float32, C-contiguous; float64 and other real numbers are converted, not rejected."""
+    try:
+        arr = np.asarray(a)
+    except Exception as exc:
+        raise ValueError(f"{name} must be an array of numbers: {exc}") from None
+    if arr.dtype.kind not in "fiub":
+        raise ValueError(f"{name} must hold real numbers, got dtype {arr.dtype}")
+    return np.ascontiguousarray(arr, dtype=np.float32)

@@ -1,0 +1,94 @@
+"""The kernels of :mod:`edgegru.kernels` in vectorised NumPy, for machines without Numba.
+
+Same signatures, same ``params`` layout, same results within float32 rounding; used when numba
+cannot be imported or ``EDGEGRU_NO_JIT=1`` is set. Slower per call, but no compiler needed.
+"""
+import numpy as np
+
+from edgegru.kernels import HEAD_SIGMOID, block_offsets, head_offset
+
+_f32 = np.float32
+
+
+def _sigmoid(x):
+    return _f32(0.5) * np.tanh(_f32(0.5) * x) + _f32(0.5)
+
+
+def _blocks(params, l, d, input_size, H, D):
+    # Views of one block's weights: w_ih (in, 3H), b_x (3H,), w_hh (H, 3H), b_hn (H,)
+    w_ih, b_x, w_hh, b_hn, in_size = block_offsets(l, d, input_size, H, D)
+    G = 3 * H
+    return (params[w_ih:b_x].reshape(in_size, G), params[b_x:b_x + G],
+            params[w_hh:b_hn].reshape(H, G), params[b_hn:b_hn + H])
+
+
+def _cell(h, xp, w_hh, b_hn, H, reset_after):
+    # h (H,) -> new h; xp (3H,) the input projection of this step.
+    if reset_after:
+        gh = h @ w_hh
+        r = _sigmoid(xp[:H] + gh[:H])
+        z = _sigmoid(xp[H:2 * H] + gh[H:2 * H])
+        n = np.tanh(xp[2 * H:] + r * (gh[2 * H:] + b_hn))
+    else:
+        gh = h @ w_hh[:, :2 * H]
+        r = _sigmoid(xp[:H] + gh[:H])
+        z = _sigmoid(xp[H:2 * H] + gh[H:])
+        n = np.tanh(xp[2 * H:] + (r * h) @ w_hh[:, 2 * H:])
+    return n + z * (h - n)
+
+
+def _head(src, params, w_head, output_size, K, activation):
+    W = params[w_head:w_head + output_size * K].reshape(output_size, K)
+    b = params[w_head + output_size * K:w_head + output_size * (K + 1)]
+    y = W @ src + b
+    return _sigmoid(y) if activation == HEAD_SIGMOID else y
+
+
+def gru_step(out, x, params, work, input_size, hidden_size, num_layers, output_size,
+             reset_after, head_activation):
+    H = hidden_size
+    layer_in = x
+    for l in range(num_layers):
+        w_ih, b_x, w_hh, b_hn = _blocks(params, l, 0, input_size, H, 1)
+        h = work[l * H:(l + 1) * H]
+        h[:] = _cell(h, layer_in @ w_ih + b_x, w_hh, b_hn, H, reset_after)
+        layer_in = h
+    if output_size > 0:
+        out[:] = _head(layer_in, params, head_offset(input_size, H, num_layers, 1),
+                       output_size, H, head_activation)
+    else:
+        out[:] = layer_in
+
+
+def gru_sequence(Y, X, h, params, ws, input_size, hidden_size, num_layers, num_directions,
+                 output_size, reset_after, head_activation):
+    T = X.shape[0]
+    H = hidden_size
+    D = num_directions
+    src = X
+    for l in range(num_layers):
+        dst = np.empty((T, D * H), dtype=np.float32)
+        for d in range(D):
+            k = l * D + d
+            w_ih, b_x, w_hh, b_hn = _blocks(params, l, d, input_size, H, D)
+            state = h[k].copy()
+            for t in (range(T) if d == 0 else range(T - 1, -1, -1)):
+                # row by row, as gru_step does: a (T, I) matmul would sum in another order,
+                # and chunked runs would then differ from one run in the last bit
+                state = _cell(state, src[t] @ w_ih + b_x, w_hh, b_hn, H, reset_after)
+                dst[t, d * H:(d + 1) * H] = state
+            h[k] = state
+        src = dst
+    if output_size > 0:
+        w_head = head_offset(input_size, H, num_layers, D)
+        for t in range(T):
+            Y[t] = _head(src[t], params, w_head, output_size, D * H, head_activation)
+    else:
+        Y[:] = src
+
+
+def gru_sequence_batch(Y, X, h, params, ws, input_size, hidden_size, num_layers,
+                       num_directions, output_size, reset_after, head_activation):
+    for b in range(X.shape[0]):
+        gru_sequence(Y[b], X[b], h[b], params, ws, input_size, hidden_size, num_layers,
+                     num_directions, output_size, reset_after, head_activation)

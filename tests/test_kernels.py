@@ -1,0 +1,88 @@
+"""The kernels against slow, obvious NumPy (tests/naive.py), both GRU variants, many sizes."""
+import numpy as np
+import pytest
+
+import edgegru
+from edgegru import kernels
+from conftest import make_model, max_abs
+import naive
+
+SIZES = [  # input_size, hidden_size, num_layers, bidirectional, output_size
+    (1, 8, 1, False, 0),
+    (4, 16, 2, False, 3),
+    (32, 33, 1, False, 1),      # odd sizes: remainder paths of the blocked loops
+    (5, 64, 3, False, 0),
+    (3, 12, 2, True, 2),
+    (7, 256, 1, False, 4),
+]
+
+
+@pytest.mark.parametrize("reset_after", [True, False], ids=["reset_after", "reset_before"])
+@pytest.mark.parametrize("sizes", SIZES, ids=lambda s: "i{}_h{}_l{}{}_o{}".format(
+    s[0], s[1], s[2], "_bi" if s[3] else "", s[4]))
+def test_sequence_matches_naive(sizes, reset_after, backend):
+    I, H, L, bi, O = sizes
+    model = make_model(backend, seed=H, input_size=I, hidden_size=H, num_layers=L,
+                       bidirectional=bi, output_size=O, reset_after=reset_after)
+    X = np.random.default_rng(H).standard_normal((200, I)).astype(np.float32)
+    Y_ref, h_ref = naive.gru(model.config, model.weights.arrays, X)
+    assert max_abs(model.run(X), Y_ref) <= 1e-5
+    assert max_abs(model.state, h_ref) <= 1e-5
+
+
+@pytest.mark.parametrize("reset_after", [True, False], ids=["reset_after", "reset_before"])
+def test_step_matches_naive_with_sigmoid_head(reset_after, backend):
+    model = make_model(backend, input_size=3, hidden_size=20, num_layers=2, output_size=2,
+                       reset_after=reset_after, head_activation="sigmoid")
+    X = np.random.default_rng(1).standard_normal((100, 3)).astype(np.float32)
+    Y_ref, _ = naive.gru(model.config, model.weights.arrays, X)
+    Y = np.stack([model.step(x).copy() for x in X])
+    assert max_abs(Y, Y_ref) <= 1e-5
+    assert (Y > 0).all() and (Y < 1).all()
+
+
+def test_tanh_and_sigmoid_error_bound():
+    """The vectorisable activations stay within 3e-7 (tanh) and 1.5e-7 (sigmoid) of float64."""
+    x = np.concatenate([np.linspace(-12, 12, 400001), [-1e30, 1e30, 0.0, -0.0, 1e-30]])
+    x = x.astype(np.float32)
+    xd = x.astype(np.float64)
+    t = np.array([kernels.tanh(v) for v in x[::7]])
+    s = np.array([kernels.sigmoid(v) for v in x[::7]])
+    assert max_abs(t, np.tanh(xd[::7])) <= 3e-7
+    with np.errstate(over="ignore"):
+        assert max_abs(s, 1 / (1 + np.exp(-xd[::7]))) <= 1.5e-7
+    assert np.isnan(kernels.tanh(np.float32(np.nan)))
+    assert np.isnan(kernels.sigmoid(np.float32(np.nan)))
+
+
+def test_nan_input_propagates(backend):
+    model = make_model(backend, input_size=2, hidden_size=8, output_size=1)
+    y = model.step(np.array([np.nan, 0.0]))
+    assert np.isnan(y).all() and np.isnan(model.state).all()
+    model.reset()
+    Y = model.run(np.array([[0.0, 0.0], [np.inf, 0.0], [0.0, 0.0]]))
+    assert np.isfinite(Y[0]).all() and not np.isnan(Y[1]).all()
+
+
+def test_huge_inputs_saturate_not_overflow(backend):
+    model = make_model(backend, input_size=2, hidden_size=8)
+    Y = model.run(np.full((5, 2), 1e30))
+    assert np.isfinite(Y).all() and (np.abs(Y) <= 1).all()
+
+
+def test_batch_equals_sequences_one_by_one(backend):
+    model = make_model(backend, input_size=3, hidden_size=16, num_layers=2, output_size=1)
+    X = np.random.default_rng(2).standard_normal((5, 40, 3)).astype(np.float32)
+    Y = model.run(X)
+    for b in range(5):
+        model.reset()
+        assert max_abs(Y[b], model.run(X[b])) == 0.0
+
+
+def test_backends_agree():
+    if not edgegru.JIT:
+        pytest.skip("numba not available")
+    X = np.random.default_rng(3).standard_normal((500, 4)).astype(np.float32)
+    a = make_model("numba", input_size=4, hidden_size=40, num_layers=2, output_size=2)
+    b = make_model("numpy", input_size=4, hidden_size=40, num_layers=2, output_size=2)
+    assert max_abs(a.run(X), b.run(X)) <= 1e-5

@@ -1,0 +1,207 @@
+"""The public API: shapes, errors that say what to do, state, the native file, state-dict import."""
+import json
+import zipfile
+
+import numpy as np
+import pytest
+
+import edgegru
+from conftest import make_model, max_abs
+from reference import CASES, state_dict
+
+
+@pytest.fixture
+def model():
+    return make_model(input_size=3, hidden_size=16, num_layers=2, output_size=2)
+
+
+def test_sizes_and_repr(model):
+    assert (model.input_size, model.hidden_size, model.num_layers, model.output_size) == (3, 16, 2, 2)
+    assert "hidden_size=16" in repr(model)
+    assert make_model(input_size=3, hidden_size=16, bidirectional=True).output_size == 32
+
+
+def test_step_accepts_float64_lists_and_out(model):
+    a = model.step([0.1, 0.2, 0.3])
+    model.reset()
+    out = np.empty(2, np.float32)
+    b = model.step(np.array([0.1, 0.2, 0.3], dtype=np.float64), out=out)
+    assert b is out and a.dtype == np.float32 and max_abs(a, b) == 0.0
+
+
+@pytest.mark.parametrize("x, match", [
+    (np.zeros(4), r"x must have shape \(3,\)"),
+    (np.zeros((2, 3)), r"use run\(\)"),
+    (np.array(["a", "b", "c"]), "real numbers"),
+])
+def test_step_rejects_bad_input(model, x, match):
+    with pytest.raises(ValueError, match=match):
+        model.step(x)
+
+
+def test_step_rejects_bad_out(model):
+    with pytest.raises(ValueError, match="out must be"):
+        model.step(np.zeros(3), out=np.empty(3, np.float32))
+    with pytest.raises(ValueError, match="out must be"):
+        model.step(np.zeros(3), out=np.empty(2, np.float64))
+
+
+def test_run_rejects_bad_shapes(model):
+    for X in (np.zeros(3), np.zeros((5, 4)), np.zeros((1, 2, 3, 3))):
+        with pytest.raises(ValueError, match=r"X must have shape \(T, 3\) or \(B, T, 3\)"):
+            model.run(X)
+    with pytest.raises(ValueError, match="h0 must have shape"):
+        model.run(np.zeros((2, 5, 3)), h0=np.zeros((2, 3, 16)))
+
+
+def test_empty_sequence(model):
+    assert model.run(np.zeros((0, 3))).shape == (0, 2)
+    assert model.run(np.zeros((2, 0, 3))).shape == (2, 0, 2)
+    assert (model.state == 0).all()
+
+
+def test_bidirectional_step_is_refused():
+    model = make_model(input_size=2, hidden_size=4, bidirectional=True)
+    with pytest.raises(ValueError, match="bidirectional"):
+        model.step(np.zeros(2))
+
+
+def test_state_is_a_copy_assignable_and_resettable(model):
+    model.run(np.ones((10, 3)))
+    s = model.state
+    assert s.shape == (2, 16) and np.abs(s).sum() > 0
+    s[...] = 0
+    assert np.abs(model.state).sum() > 0
+    y1 = model.step(np.ones(3)).copy()
+    model.state = s + 0.5
+    model.state = model.state - 0.5
+    model.reset()
+    assert (model.state == 0).all()
+    with pytest.raises(ValueError, match=r"state must have shape \(2, 16\)"):
+        model.state = np.zeros(16)
+    assert y1.shape == (2,)
+
+
+def test_batched_run_leaves_state_alone(model):
+    model.run(np.ones((3, 3)))
+    before = model.state
+    Y, h_n = model.run(np.ones((4, 7, 3)), return_state=True)
+    assert Y.shape == (4, 7, 2) and h_n.shape == (2, 4, 16)
+    assert (model.state == before).all()
+
+
+def test_save_load_round_trip(tmp_path, model):
+    model.meta["scoring"] = {"threshold": 3.5}
+    path = tmp_path / "m.npz"
+    model.save(path)
+    loaded = edgegru.load(path)
+    X = np.random.default_rng(0).standard_normal((50, 3))
+    model.reset()
+    assert max_abs(loaded.run(X), model.run(X)) == 0.0
+    assert loaded.config == model.config and loaded.meta["scoring"] == {"threshold": 3.5}
+
+
+def _rewrite(path, meta=None, drop=None, replace=None):
+    with np.load(path, allow_pickle=False) as f:
+        arrays = {k: f[k] for k in f.files}
+    if meta is not None:
+        m = json.loads(str(arrays["__meta__"]))
+        meta(m)
+        arrays["__meta__"] = np.array(json.dumps(m))
+    if drop:
+        del arrays[drop]
+    if replace:
+        arrays.update(replace)
+    np.savez(path, **arrays)
+
+
+@pytest.mark.parametrize("change, match", [
+    (dict(meta=lambda m: m.update(format_version=99)), "format_version 99 is not supported"),
+    (dict(meta=lambda m: m["config"].pop("hidden_size")), "config is missing 'hidden_size'"),
+    (dict(meta=lambda m: m["config"].update(num_layers="2")), "'num_layers' must be int"),
+    (dict(drop="l1.w_hh"), r"missing array\(s\) l1.w_hh"),
+    (dict(replace={"l0.w_hh": np.zeros((48, 15), np.float32)}), r"l0.w_hh has shape \(48, 15\)"),
+    (dict(replace={"head.bias": np.array([np.nan, 0], np.float32)}), "head.bias contains NaN"),
+    (dict(replace={"extra": np.zeros(2, np.float32)}), r"unexpected array\(s\) extra"),
+    (dict(replace={"l0.b_ih": np.array(["x"] * 48)}), "l0.b_ih has dtype"),
+    (dict(replace={"__meta__": np.array("{not json")}), "not valid JSON"),
+])
+def test_load_refuses_bad_files(tmp_path, model, change, match):
+    path = tmp_path / "m.npz"
+    model.save(path)
+    _rewrite(path, **change)
+    with pytest.raises(edgegru.ModelFormatError, match=match) as err:
+        edgegru.load(path)
+    assert str(path) in str(err.value)
+
+
+def test_load_refuses_pickles_truncation_and_garbage(tmp_path, model):
+    path = tmp_path / "m.npz"
+    model.save(path)
+    data = path.read_bytes()
+    (tmp_path / "trunc.npz").write_bytes(data[:len(data) // 2])
+    (tmp_path / "junk.npz").write_bytes(b"\x00garbage" * 100)
+    obj = tmp_path / "obj.npz"
+    with zipfile.ZipFile(path) as z:
+        names = z.namelist()
+    np.savez(obj, __meta__=np.array({"a": 1}, dtype=object), **{n[:-4]: np.zeros(1, np.float32)
+                                                                for n in names if n != "__meta__.npy"})
+    for p in ("trunc.npz", "junk.npz", "obj.npz", "missing.npz"):
+        with pytest.raises(edgegru.ModelFormatError):
+            edgegru.load(tmp_path / p)
+
+
+def test_save_is_atomic_and_leaves_no_temp_files(tmp_path, model):
+    model.save(tmp_path / "m.npz")
+    model.save(tmp_path / "m.npz")
+    assert [p.name for p in tmp_path.iterdir()] == ["m.npz"]
+
+
+# -- from_state_dict -----------------------------------------------------------------------
+
+def test_from_state_dict_finds_gru_and_head():
+    model = edgegru.from_state_dict(state_dict(CASES[1]))
+    assert (model.input_size, model.hidden_size, model.num_layers, model.output_size) == (4, 64, 2, 4)
+    assert model.meta["provenance"]["source"]["head_prefix"] == "fc."
+    no_head = edgegru.from_state_dict(state_dict(CASES[1]), head=False)
+    assert no_head.output_size == 64
+
+
+def test_from_state_dict_without_prefix_and_bias():
+    sd = {k[len("gru."):]: v for k, v in state_dict(CASES[3]).items()}
+    model = edgegru.from_state_dict(sd)
+    assert not model.config.bias and model.num_layers == 2
+
+
+def test_from_state_dict_several_heads_needs_a_choice():
+    sd = state_dict(CASES[1])
+    sd["other.weight"], sd["other.bias"] = np.zeros((2, 64), np.float32), np.zeros(2, np.float32)
+    with pytest.raises(edgegru.ModelFormatError, match="several possible heads.*head="):
+        edgegru.from_state_dict(sd)
+    assert edgegru.from_state_dict(sd, head="other").output_size == 2
+    assert edgegru.from_state_dict(sd, head="fc.").output_size == 4
+
+
+@pytest.mark.parametrize("edit, match", [
+    (lambda sd: sd.pop("gru.weight_hh_l1"), r"missing key\(s\) gru.weight_hh_l1"),
+    (lambda sd: sd.update({"gru.weight_ih_l1": np.zeros((192, 63), np.float32)}),
+     r"gru.weight_ih_l1 has shape \(192, 63\), expected \(192, 64\)"),
+    (lambda sd: sd.update({"gru.weight_hh_l0": np.zeros((10, 10), np.float32)}),
+     r"expected \(3\*H, H\)"),
+    (lambda sd: [sd.pop(k) for k in list(sd) if "_l1" in k] and sd.update(
+        {"gru.weight_ih_l2": np.zeros(1)}), "not numbered"),
+    (lambda sd: sd.clear(), "no GRU weights"),
+    (lambda sd: sd.update({"gru.bias_ih_l0": np.array(["a"] * 192)}), "dtype"),
+])
+def test_from_state_dict_errors(edit, match):
+    sd = state_dict(CASES[1])
+    edit(sd)
+    with pytest.raises(edgegru.ModelFormatError, match=match):
+        edgegru.from_state_dict(sd)
+
+
+def test_from_state_dict_refuses_nan_weights():
+    sd = state_dict(CASES[0])
+    sd["gru.weight_hh_l0"][0, 0] = np.nan
+    with pytest.raises(edgegru.ModelFormatError, match="NaN"):
+        edgegru.from_state_dict(sd)
