@@ -6,6 +6,7 @@ Where things are:
 - :mod:`edgegru.kernels`   the ``@njit`` kernels: one fused GRU cell shared by step and sequence
 - :mod:`edgegru.numpy_kernels`  the same kernels in NumPy, used where Numba is not available
 - :mod:`edgegru.formats`   model files: native ``.npz`` (``load``, ``Model.save``), PyTorch
+- :mod:`edgegru.scoring`   ``AnomalyScorer``: anomaly scores from a GRU forecaster, row by row
 - :mod:`edgegru.errors`    ``ModelFormatError`` and friends
 
 >>> import numpy as np, edgegru
@@ -21,8 +22,9 @@ from edgegru.errors import EdgeGRUError, ModelFormatError
 from edgegru.formats import load
 from edgegru.formats.pytorch import from_state_dict
 from edgegru.model import GRUConfig, GRUWeights, Model
+from edgegru.scoring import AnomalyScorer
 
 __version__ = "0.1.0"
 
-__all__ = ["Model", "GRUConfig", "GRUWeights", "from_state_dict", "load", "EdgeGRUError",
+__all__ = ["Model", "AnomalyScorer", "GRUConfig", "GRUWeights", "from_state_dict", "load", "EdgeGRUError",
            "ModelFormatError", "JIT", "__version__"]
