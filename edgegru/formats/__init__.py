@@ -2,19 +2,159 @@
 
 - :mod:`edgegru.formats.native`: edgegru's own ``.npz`` (what ``Model.save`` writes)
 - :mod:`edgegru.formats.pytorch`: PyTorch state dicts (``from_state_dict``)
+- :mod:`edgegru.formats.torch_pt`: ``.pt`` / ``.pth`` files of a state dict, read without torch
+- :mod:`edgegru.formats.safetensors`: ``.safetensors`` of a state dict
+- :mod:`edgegru.formats.arrays`: ``.npz`` of state-dict arrays; the textbook layout (``from_arrays``)
+- :mod:`edgegru.formats.onnx`: ONNX graphs of GRU nodes and a linear head (needs ``onnx``)
+- :mod:`edgegru.formats.keras`: Keras ``.keras`` / ``.weights.h5`` (needs ``h5py``)
+
+:func:`load` recognises the format from the file's content (the extension only breaks ties)
+and takes a path or the file's bytes.
 """
+import hashlib
+import io
 import os
+import zipfile
+
+import numpy as np
 
 from edgegru.errors import ModelFormatError
 from edgegru.formats import native
 
+FORMATS = ("native", "pytorch", "safetensors", "npz-state-dict", "onnx", "keras")
+_HDF5_MAGIC = b"\x89HDF\r\n\x1a\n"
+_EXTENSIONS = {".pt": "pytorch", ".pth": "pytorch", ".bin": "pytorch", ".onnx": "onnx",
+               ".safetensors": "safetensors", ".keras": "keras", ".h5": "keras",
+               ".hdf5": "keras"}
 
-def load(path, backend=None):
-    """A :class:`~edgegru.Model` from a model file, recognised by its content."""
-    name = os.fspath(path)
-    if not os.path.exists(name):
-        raise ModelFormatError(f"{name}: no such file")
-    if native.is_native(name):
-        return native.load(name, backend=backend)
+
+def load(source, backend=None, format=None, head=None):
+    """A :class:`~edgegru.Model` from a model file (a path, or its bytes).
+
+    format: one of :data:`FORMATS` to skip detection. head: for state-dict formats, which
+    ``nn.Linear`` is the head (see :func:`edgegru.from_state_dict`).
+    """
+    data, name = _read(source)
+    fmt = format or detect(data, name)
+    if fmt not in FORMATS:
+        raise ModelFormatError(f"unknown format {fmt!r}: expected one of {', '.join(FORMATS)}")
+    if fmt == "native":
+        return native.load(name, backend=backend, data=data)
+    model = _load_foreign(fmt, data, name, backend, head)
+    source_info = model.meta.setdefault("provenance", {}).setdefault("source", {})
+    source_info.update({"format": source_info.get("format", fmt),
+                        "file": os.path.basename(name), "sha256": sha256(data)})
+    return model
+
+
+def _load_foreign(fmt, data, name, backend, head):
+    from edgegru.formats.pytorch import from_state_dict
+    if fmt == "onnx":
+        from edgegru.formats import onnx
+        return onnx.load_model(data, name, backend=backend)
+    if fmt == "keras":
+        from edgegru.formats import keras
+        return keras.load_model(data, name, backend=backend)
+    if fmt == "pytorch":
+        from edgegru.formats import torch_pt
+        state_dict, label = torch_pt.read_state_dict(data, name), "pytorch-pt"
+    elif fmt == "safetensors":
+        from edgegru.formats import safetensors
+        state_dict, label = safetensors.read_state_dict(data, name), "safetensors"
+    else:
+        from edgegru.formats import arrays
+        state_dict, label = arrays.read_npz_state_dict(data, name), "npz-state-dict"
+    try:
+        model = from_state_dict(state_dict, head=head, backend=backend)
+    except ModelFormatError as exc:
+        raise ModelFormatError(f"{name}: {exc}") from None
+    model.meta["provenance"]["source"]["format"] = label
+    return model
+
+
+def detect(data, name="<bytes>"):
+    """The format of a file's bytes, one of :data:`FORMATS`; ModelFormatError if none fits."""
+    hint = _EXTENSIONS.get(os.path.splitext(name)[1].lower())
+    if data[:4] in (b"PK\x03\x04", b"PK\x05\x06"):
+        try:
+            names = set(zipfile.ZipFile(io.BytesIO(data)).namelist())
+        except Exception as exc:     # BadZipFile, truncated central directory, struct.error...
+            raise ModelFormatError(f"{name}: a truncated or corrupt zip archive "
+                                   f"({type(exc).__name__}: {exc})") from None
+        from edgegru.formats import arrays, torch_pt
+        if native.META_KEY + ".npy" in names:
+            return "native"
+        if torch_pt.is_torch_zip(names) or any(n.endswith("/constants.pkl") for n in names):
+            return "pytorch"
+        if {"config.json", "model.weights.h5"} <= names:
+            return "keras"
+        if arrays.is_plain_npz(names):
+            return "npz-state-dict"
+        raise ModelFormatError(f"{name}: a zip archive, but not one edgegru reads (entries: "
+                               f"{', '.join(sorted(names)[:5])}{'...' if len(names) > 5 else ''})")
+    if data.startswith(_HDF5_MAGIC):
+        return "keras"
+    from edgegru.formats import safetensors, torch_pt
+    if data.startswith(torch_pt.LEGACY_MAGIC):
+        return "pytorch"          # refused there with the re-save instructions
+    if data[:1] == b"\x80":
+        raise ModelFormatError(f"{name}: a Python pickle; edgegru never unpickles arbitrary "
+                               f"files (it could run code): save a state dict with torch.save "
+                               f"or safetensors instead")
+    if safetensors.looks_like(data):
+        return "safetensors"
+    if hint == "onnx" or data[:1] == b"\x08":          # ModelProto field 1 (ir_version)
+        return "onnx"
+    if not data:
+        raise ModelFormatError(f"{name}: the file is empty")
     raise ModelFormatError(f"{name}: not a model file edgegru can read (expected an edgegru "
-                           f".npz written by Model.save or 'edgegru convert')")
+                           f".npz, a PyTorch .pt state dict, .safetensors, .onnx, .keras or "
+                           f".weights.h5)")
+
+
+def _read(source):
+    if isinstance(source, (bytes, bytearray, memoryview)):
+        return bytes(source), "<bytes>"
+    name = os.fspath(source)
+    try:
+        with open(name, "rb") as f:
+            return f.read(), name
+    except FileNotFoundError:
+        raise ModelFormatError(f"{name}: no such file") from None
+    except IsADirectoryError:
+        raise ModelFormatError(f"{name}: is a directory, not a model file") from None
+    except OSError as exc:
+        raise ModelFormatError(f"{name}: cannot read ({exc.strerror or exc})") from None
+
+
+def sha256(data):
+    return hashlib.sha256(data).hexdigest()
+
+
+def weights_sha256(model):
+    """A checksum of the weights themselves: name, shape and float32 bytes, in name order."""
+    h = hashlib.sha256()
+    for key in sorted(model.weights.arrays):
+        a = np.ascontiguousarray(model.weights.arrays[key], dtype="<f4")
+        h.update(f"{key}{a.shape}".encode())
+        h.update(a.tobytes())
+    return h.hexdigest()
+
+
+def describe(model):
+    """What ``edgegru info`` prints: {field: value}, plain data."""
+    c = model.config
+    count = sum(int(a.size) for a in model.weights.arrays.values())
+    head = (f"linear {c.hidden_size * c.num_directions} -> {c.output_size}"
+            + (" + sigmoid" if c.head_activation == "sigmoid" else "")) if c.output_size \
+        else "none (output = top hidden state)"
+    source = model.meta.get("provenance", {}).get("source", {})
+    return {
+        "variant": "reset_after (PyTorch)" if c.reset_after else "reset_before (Cho 2014)",
+        "input_size": c.input_size, "hidden_size": c.hidden_size, "num_layers": c.num_layers,
+        "directions": "bidirectional" if c.bidirectional else "unidirectional",
+        "bias": c.bias, "head": head, "output_size": model.output_size,
+        "parameters": count,
+        "source": ", ".join(f"{k}={v}" for k, v in source.items() if v is not None) or "-",
+        "weights_sha256": weights_sha256(model),
+    }

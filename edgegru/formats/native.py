@@ -12,6 +12,7 @@ r | z | n, PyTorch-shaped) and one JSON string, ``__meta__``::
 Unknown versions, missing or extra arrays, wrong shapes and non-finite weights are refused with a
 :class:`~edgegru.errors.ModelFormatError` that names the file and the problem.
 """
+import io
 import json
 import os
 import tempfile
@@ -65,11 +66,11 @@ def is_native(path):
         return False
 
 
-def load(path, backend=None):
-    """Read a native model file into a :class:`~edgegru.Model`."""
+def load(path, backend=None, data=None):
+    """Read a native model file (or its bytes, ``data``, named ``path``) into a Model."""
     name = os.fspath(path)
     try:
-        with np.load(name, allow_pickle=False) as npz:
+        with np.load(name if data is None else io.BytesIO(data), allow_pickle=False) as npz:
             if META_KEY not in npz.files:
                 raise ModelFormatError(f"{name}: not an edgegru model file (no {META_KEY} entry)")
             meta = _parse_meta(npz[META_KEY], name)
