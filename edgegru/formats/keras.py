@@ -1,0 +1,296 @@
+"""Keras 3 ``.keras`` and ``.weights.h5`` files: GRU layers and an optional Dense head. Needs h5py.
+
+All knowledge of Keras' GRU layout is in :func:`gru_arrays`. A Keras GRU with ``units=H`` on
+``I`` inputs stores (``keras/src/layers/rnn/gru.py``), gate order z | r | h in the columns::
+
+    kernel             (I, 3H)     x @ kernel
+    recurrent_kernel   (H, 3H)     h @ recurrent_kernel
+    bias               (2, 3H)     [input_bias, recurrent_bias]   reset_after=True (default)
+                       (3H,)       input bias only                reset_after=False
+    z = sigmoid(x Wz + bz + h Uz + b'z)     r = sigmoid(x Wr + br + h Ur + b'r)
+    hh = tanh(x Wh + bh + r * (h Uh + b'h))      reset_after=True:  edgegru reset_after
+    hh = tanh(x Wh + bh + (r * h) Uh)            reset_after=False: edgegru reset_before
+    h = z * h_prev + (1 - z) * hh                the same update as PyTorch and edgegru
+
+so ``w_ih = kernel.T``, ``w_hh = recurrent_kernel.T`` with the blocks reordered to r | z | n,
+``b_ih`` / ``b_hh`` the two bias rows (``b_hh = 0`` for reset_after=False). A ``Dense`` head
+stores ``kernel (K, O)`` and ``bias (O,)``: ``head.weight = kernel.T``.
+
+Inside the ``.keras`` zip, ``config.json`` describes the layers and ``model.weights.h5`` holds
+``layers/<name>/cell/vars/{0,1,2}`` (kernel, recurrent kernel, bias) per GRU,
+``layers/<name>/{forward,backward}_layer/cell/vars/*`` per Bidirectional GRU and
+``layers/<name>/vars/{0,1}`` per Dense, where ``<name>`` is the snake-cased class name made
+unique in layer order (``gru``, ``gru_1``...), not the layer's own name.
+
+Read: a chain of ``GRU`` / ``Bidirectional(GRU, merge_mode="concat")`` layers, all with the same
+units and variant, then optionally one ``Dense`` with a linear or sigmoid activation;
+``InputLayer`` and ``Dropout`` (a no-op at inference) are skipped. Refused with a message:
+``recurrent_activation="hard_sigmoid"`` (edgegru's kernels run the exact sigmoid), other
+activations, ``go_backwards``, other layers. A last GRU with ``return_sequences=False`` is read
+too: edgegru returns every step, and Keras' output is the last one.
+
+A bare ``.weights.h5`` holds no configuration: the defaults are assumed (tanh / sigmoid, a
+linear head, layers in the order of their names), which the model's provenance says. The
+``.keras`` file is the one to ship when it exists.
+"""
+import io
+import json
+import re
+import zipfile
+
+import numpy as np
+
+from edgegru.errors import ModelFormatError
+from edgegru.model import GRUConfig, GRUWeights, Model, block_name
+
+_SKIPPED = {"InputLayer", "Dropout"}
+_ASSUMED = ("a .weights.h5 holds no configuration: assumed tanh/sigmoid GRUs and a linear "
+            "head, in the order of their names")
+
+
+def _h5py():
+    try:
+        import h5py
+    except ImportError:
+        raise ModelFormatError("reading Keras files needs the h5py package: "
+                               "pip install 'edgegru[keras]'") from None
+    return h5py
+
+
+def load_model(data, name="<bytes>", backend=None):
+    """The bytes of a ``.keras`` zip or a ``.weights.h5`` file -> Model."""
+    h5py = _h5py()
+    try:
+        if data[:4] == b"PK\x03\x04":
+            with zipfile.ZipFile(io.BytesIO(data)) as z:
+                config = json.loads(z.read("config.json").decode("utf-8"))
+                weights = z.read("model.weights.h5")
+            layers = _layers_from_config(config, name)
+        else:
+            weights, layers = data, None
+        with h5py.File(io.BytesIO(weights), "r") as f:
+            if "model_weights" in f or "model_config" in f.attrs:
+                raise ModelFormatError(f"{name}: a legacy Keras 2 / tf.keras HDF5 model; load "
+                                       f"it in Keras and save it as .keras (model.save("
+                                       f"'model.keras'))")
+            if layers is None:
+                layers = _layers_from_weights(f, name)
+            config, arrays, notes = _read(f, layers, name)
+    except ModelFormatError:
+        raise
+    except Exception as exc:        # zipfile, JSON, h5py (OSError, KeyError...) on a bad file
+        raise ModelFormatError(f"{name}: not a readable Keras file ({type(exc).__name__}: "
+                               f"{str(exc)[:120]})") from None
+    w = GRUWeights(arrays)
+    w.check(config, source=name)
+    source = {"format": "keras-weights-h5" if data[:4] != b"PK\x03\x04" else "keras",
+              "notes": "; ".join(notes) or None}
+    return Model(config, w, meta={"provenance": {"source": source}}, backend=backend)
+
+
+def _layers_from_config(config, name):
+    """config.json -> [(kind, h5 path, layer config)] for the GRU / Bidirectional / Dense chain."""
+    if not isinstance(config, dict) or config.get("class_name") not in ("Sequential",
+                                                                        "Functional", "Model"):
+        raise ModelFormatError(f"{name}: config.json does not describe a Sequential or "
+                               f"Functional Keras model")
+    layers = config["config"]["layers"]
+    used, out, previous = {}, [], None
+    for layer in layers:
+        cls, cfg = layer["class_name"], layer["config"]
+        snake = _snake(cls)
+        n = used.get(snake, 0)
+        used[snake] = n + 1
+        path = f"layers/{snake}" + (f"_{n}" if n else "")
+        inbound = layer.get("inbound_nodes") or []
+        if config["class_name"] != "Sequential" and inbound and previous is not None:
+            args = inbound[0].get("args", []) if isinstance(inbound[0], dict) else []
+            history = args[0].get("config", {}).get("keras_history", [None]) if args else [None]
+            if len(inbound) != 1 or len(args) != 1 or history[0] != previous:
+                raise ModelFormatError(f"{name}: layer {cfg.get('name')} does not take the "
+                                       f"previous layer's output: edgegru reads a chain of "
+                                       f"layers")
+        previous = cfg.get("name")
+        if cls in _SKIPPED:
+            continue
+        if cls not in ("GRU", "Bidirectional", "Dense"):
+            raise ModelFormatError(f"{name}: layer {cfg.get('name')} ({cls}) is not supported; "
+                                   f"edgegru reads GRU, Bidirectional(GRU) and one Dense head")
+        out.append((cls, path, cfg))
+    return out
+
+
+def _layers_from_weights(f, name):
+    groups = sorted(f["layers"].keys(), key=lambda g: (re.sub(r"_\d+$", "", g), _suffix(g)))
+    kinds = {"gru": "GRU", "bidirectional": "Bidirectional", "dense": "Dense"}
+    out = []
+    for g in groups:
+        kind = kinds.get(re.sub(r"_\d+$", "", g))
+        if kind is None:
+            if _has_vars(f["layers"][g]):
+                raise ModelFormatError(f"{name}: layer group {g} is not supported (edgegru "
+                                       f"reads gru, bidirectional and dense)")
+            continue
+        out.append((kind, f"layers/{g}", None))
+    if {"GRU", "Bidirectional"} <= {k for k, _, _ in out}:
+        raise ModelFormatError(f"{name}: GRU and Bidirectional layers in one .weights.h5: their "
+                               f"order is not recorded; load the .keras file instead")
+    out.sort(key=lambda item: item[0] == "Dense")                   # the head comes last
+    return out
+
+
+def _read(f, layers, name):
+    notes = [] if layers and layers[0][2] is not None else [_ASSUMED]
+    arrays, specs, head = {}, [], None
+    recurrent = [item for item in layers if item[0] != "Dense"]
+    if not recurrent:
+        raise ModelFormatError(f"{name}: no GRU layer in the Keras model")
+    if layers[-1][0] == "Dense" and sum(k == "Dense" for k, _, _ in layers) == 1:
+        head = layers[-1]
+    if any(k == "Dense" for k, _, _ in layers) and (head is None or layers[:-1] != recurrent):
+        raise ModelFormatError(f"{name}: edgegru reads one Dense layer, after the GRU layers")
+    for k, (kind, path, cfg) in enumerate(recurrent):
+        last = k == len(recurrent) - 1
+        if kind == "GRU":
+            spec = _gru_config(cfg, name, last, notes)
+            arrays.update(gru_arrays(f[path + "/cell/vars"], k, 0, spec, f"{name}: {path}"))
+            spec["D"] = 1
+        else:
+            if cfg is not None and cfg.get("merge_mode", "concat") != "concat":
+                raise ModelFormatError(f"{name}: Bidirectional merge_mode "
+                                       f"{cfg.get('merge_mode')!r} is not supported (only concat)")
+            inner = cfg and cfg.get("layer", {})
+            if cfg is not None and inner.get("class_name") != "GRU":
+                raise ModelFormatError(f"{name}: Bidirectional wraps {inner.get('class_name')}, "
+                                       f"not GRU")
+            spec = _gru_config(inner and inner["config"], name, last, notes)
+            back = cfg and cfg.get("backward_layer")
+            if back and (back.get("class_name") != "GRU" or
+                         _gru_config(back["config"], name, last, [], backward=True) != spec):
+                raise ModelFormatError(f"{name}: the backward layer of {path} differs from the "
+                                       f"forward one")
+            for d, side in enumerate(("forward_layer", "backward_layer")):
+                arrays.update(gru_arrays(f[f"{path}/{side}/cell/vars"], k, d, spec,
+                                         f"{name}: {path}/{side}"))
+            spec["D"] = 2
+        spec["H"] = arrays[block_name(k, 0) + "w_hh"].shape[1]
+        spec["I"] = arrays[block_name(k, 0) + "w_ih"].shape[1]
+        specs.append(spec)
+    for key in ("H", "D", "reset_after", "use_bias"):
+        if len({s[key] for s in specs}) > 1:
+            raise ModelFormatError(f"{name}: the GRU layers differ in {key} "
+                                   f"({[s[key] for s in specs]}); edgegru stacks equal layers")
+    output_size, activation = 0, "linear"
+    if head is not None:
+        _, path, cfg = head
+        activation = "linear" if cfg is None else cfg.get("activation", "linear")
+        if activation not in ("linear", "sigmoid"):
+            raise ModelFormatError(f"{name}: Dense activation {activation!r} is not supported "
+                                   f"(linear or sigmoid)")
+        vars_ = f[path + "/vars"]
+        kernel = _array(vars_, "0", f"{name}: {path} kernel")
+        K = specs[0]["H"] * specs[0]["D"]
+        if kernel.ndim != 2 or kernel.shape[0] != K:
+            raise ModelFormatError(f"{name}: {path} kernel has shape {kernel.shape}, expected "
+                                   f"({K}, units)")
+        output_size = kernel.shape[1]
+        bias = _array(vars_, "1", f"{name}: {path} bias") if "1" in vars_ \
+            else np.zeros(output_size, np.float32)
+        if bias.shape != (output_size,):
+            raise ModelFormatError(f"{name}: {path} bias has shape {bias.shape}, expected "
+                                   f"({output_size},)")
+        arrays["head.weight"], arrays["head.bias"] = np.ascontiguousarray(kernel.T), bias
+    s = specs[0]
+    config = GRUConfig(input_size=s["I"], hidden_size=s["H"], num_layers=len(specs),
+                       bidirectional=s["D"] == 2, reset_after=s["reset_after"],
+                       bias=s["use_bias"], output_size=output_size, head_activation=activation)
+    return config, arrays, notes
+
+
+def _gru_config(cfg, name, last, notes, backward=False):
+    """Check one GRU layer's config; {reset_after, use_bias} (None cfg: the defaults)."""
+    if cfg is None:
+        return {"reset_after": None, "use_bias": None}       # decided from the bias shape
+    where = f"{name}: GRU layer {cfg.get('name')}"
+    if cfg.get("recurrent_activation", "sigmoid") != "sigmoid":
+        raise ModelFormatError(f"{where}: recurrent_activation "
+                               f"{cfg.get('recurrent_activation')!r} is not supported; edgegru's "
+                               f"kernels run the exact sigmoid (retrain with "
+                               f"recurrent_activation='sigmoid', Keras' default)")
+    if cfg.get("activation", "tanh") != "tanh":
+        raise ModelFormatError(f"{where}: activation {cfg.get('activation')!r} is not "
+                               f"supported (only tanh)")
+    if cfg.get("go_backwards", False) and not backward:
+        raise ModelFormatError(f"{where}: go_backwards=True on its own is not supported (wrap "
+                               f"the GRU in Bidirectional)")
+    if not cfg.get("return_sequences", False):
+        if not last:
+            raise ModelFormatError(f"{where}: return_sequences=False on a GRU that feeds "
+                                   f"another GRU")
+        if not backward and "last step" not in " ".join(notes):
+            notes.append("Keras returns the last step only (return_sequences=False); "
+                         "edgegru returns every step, the last one is Keras' output")
+    return {"reset_after": bool(cfg.get("reset_after", True)),
+            "use_bias": bool(cfg.get("use_bias", True))}
+
+
+def gru_arrays(vars_, layer, direction, spec, where):
+    """One Keras GRU cell's vars (kernel, recurrent_kernel[, bias]) -> edgegru arrays."""
+    kernel = _array(vars_, "0", where + " kernel")
+    recurrent = _array(vars_, "1", where + " recurrent_kernel")
+    if recurrent.ndim != 2 or recurrent.shape[1] != 3 * recurrent.shape[0] \
+            or recurrent.shape[0] == 0:
+        raise ModelFormatError(f"{where}: recurrent_kernel has shape {recurrent.shape}, "
+                               f"expected (units, 3*units)")
+    H = recurrent.shape[0]
+    if kernel.ndim != 2 or kernel.shape[1] != 3 * H or kernel.shape[0] == 0:
+        raise ModelFormatError(f"{where}: kernel has shape {kernel.shape}, expected "
+                               f"(input_size, {3 * H})")
+    bias = _array(vars_, "2", where + " bias") if "2" in vars_ else None
+    if spec["use_bias"] is None:
+        spec["use_bias"] = bias is not None
+    if spec["reset_after"] is None:
+        spec["reset_after"] = bias is None or bias.ndim == 2
+    if spec["use_bias"] != (bias is not None):
+        raise ModelFormatError(f"{where}: use_bias={spec['use_bias']} but the bias is "
+                               f"{'missing' if bias is None else 'present'}")
+    expect = (2, 3 * H) if spec["reset_after"] else (3 * H,)
+    if bias is None:
+        bias = np.zeros(expect, np.float32)
+    if bias.shape != expect:
+        raise ModelFormatError(f"{where}: bias has shape {bias.shape}, expected {expect} "
+                               f"(reset_after={spec['reset_after']})")
+    b_ih, b_hh = (bias[0], bias[1]) if spec["reset_after"] else (bias, np.zeros(3 * H,
+                                                                                np.float32))
+    order = np.r_[H:2 * H, 0:H, 2 * H:3 * H]            # columns z | r | h -> r | z | n
+    p = block_name(layer, direction)
+    return {p + "w_ih": np.ascontiguousarray(kernel.T[order]),
+            p + "w_hh": np.ascontiguousarray(recurrent.T[order]),
+            p + "b_ih": b_ih[order], p + "b_hh": b_hh[order]}
+
+
+def _array(group, key, where):
+    if key not in group:
+        raise ModelFormatError(f"{where}: missing")
+    a = group[key][()]
+    if not isinstance(a, np.ndarray) or a.dtype.kind not in "fiu" or a.size > 1 << 26:
+        raise ModelFormatError(f"{where}: expected a float array")
+    return np.ascontiguousarray(a, dtype=np.float32)
+
+
+def _has_vars(group):
+    found = []
+    group.visit(lambda n: found.append(n) if n.rsplit("/", 1)[-1].isdigit() else None)
+    return bool(found)
+
+
+def _snake(name):
+    """keras.src.utils.naming.to_snake_case."""
+    name = re.sub(r"\W+", "", name)
+    name = re.sub("(.)([A-Z][a-z]+)", r"\1_\2", name)
+    return re.sub("([a-z])([A-Z])", r"\1_\2", name).lower()
+
+
+def _suffix(group_name):
+    m = re.search(r"_(\d+)$", group_name)
+    return int(m.group(1)) if m else 0
