@@ -6,6 +6,7 @@ Where things are:
 - :mod:`edgegru.kernels`   the ``@njit`` kernels: one fused GRU cell shared by step and sequence
 - :mod:`edgegru.numpy_kernels`  the same kernels in NumPy, used where Numba is not available
 - :mod:`edgegru.formats`   model files: native ``.npz`` (``load``, ``Model.save``), PyTorch
+                          ``.pt``, safetensors, ONNX, Keras, textbook arrays (``from_arrays``)
 - :mod:`edgegru.scoring`   ``AnomalyScorer``: anomaly scores from a GRU forecaster, row by row
 - :mod:`edgegru.errors`    ``ModelFormatError`` and friends
 
@@ -20,11 +21,13 @@ Where things are:
 from edgegru._jit import JIT
 from edgegru.errors import EdgeGRUError, ModelFormatError
 from edgegru.formats import load
+from edgegru.formats.arrays import from_arrays
 from edgegru.formats.pytorch import from_state_dict
 from edgegru.model import GRUConfig, GRUWeights, Model
 from edgegru.scoring import AnomalyScorer
 
 __version__ = "0.1.0"
 
-__all__ = ["Model", "AnomalyScorer", "GRUConfig", "GRUWeights", "from_state_dict", "load", "EdgeGRUError",
+__all__ = ["Model", "AnomalyScorer", "GRUConfig", "GRUWeights", "from_state_dict", "from_arrays",
+           "load", "EdgeGRUError",
            "ModelFormatError", "JIT", "__version__"]
