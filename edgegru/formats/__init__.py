@@ -35,12 +35,19 @@ def load(source, backend=None, format=None, head=None):
     ``nn.Linear`` is the head (see :func:`edgegru.from_state_dict`).
     """
     data, name = _read(source)
-    fmt = format or detect(data, name)
-    if fmt not in FORMATS:
-        raise ModelFormatError(f"unknown format {fmt!r}: expected one of {', '.join(FORMATS)}")
-    if fmt == "native":
-        return native.load(name, backend=backend, data=data)
-    model = _load_foreign(fmt, data, name, backend, head)
+    try:
+        fmt = format or detect(data, name)
+        if fmt not in FORMATS:
+            raise ModelFormatError(f"unknown format {fmt!r}: expected one of "
+                                   f"{', '.join(FORMATS)}")
+        if fmt == "native":
+            return native.load(name, backend=backend, data=data)
+        model = _load_foreign(fmt, data, name, backend, head)
+    except ModelFormatError as exc:
+        message = " ".join(str(exc).split())            # one line, and short: parsers' own
+        if len(message) > 300:                          # messages can quote whole headers
+            message = message[:297] + "..."
+        raise ModelFormatError(message) from None
     source_info = model.meta.setdefault("provenance", {}).setdefault("source", {})
     source_info.update({"format": source_info.get("format", fmt),
                         "file": os.path.basename(name), "sha256": sha256(data)})

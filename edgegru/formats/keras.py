@@ -272,9 +272,10 @@ def gru_arrays(vars_, layer, direction, spec, where):
 def _array(group, key, where):
     if key not in group:
         raise ModelFormatError(f"{where}: missing")
-    a = group[key][()]
-    if not isinstance(a, np.ndarray) or a.dtype.kind not in "fiu" or a.size > 1 << 26:
+    dataset = group[key]
+    if not hasattr(dataset, "dtype") or dataset.dtype.kind not in "fiu" or dataset.size > 1 << 24:
         raise ModelFormatError(f"{where}: expected a float array")
+    a = dataset[()]
     return np.ascontiguousarray(a, dtype=np.float32)
 
 

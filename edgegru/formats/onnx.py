@@ -507,7 +507,7 @@ def _eval_constant(op, x, consts, attrs, where):
 
 def _shape(x):
     shape = tuple(int(s) for s in np.asarray(x).reshape(-1))
-    if any(s < 0 for s in shape) or np.prod(shape, dtype=np.float64) > 1 << 26:
+    if any(s < 0 for s in shape) or np.prod(shape, dtype=np.float64) > 1 << 22:
         raise ModelFormatError(f"ConstantOfShape of shape {shape} is not a plausible state")
     return shape
 
