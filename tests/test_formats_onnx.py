@@ -145,8 +145,10 @@ def expected():
         return {k: npz[k] for k in npz.files}
 
 
-@pytest.mark.parametrize("file,key", [("gru2_linear.onnx", "gru2_linear"),
-                                      ("gru_bidir.onnx", "gru_bidir")])
+@pytest.mark.parametrize("file,key", [("gru2_linear.onnx", "gru2_linear"),     # dynamo=False
+                                      ("gru_bidir.onnx", "gru_bidir"),
+                                      ("gru2_linear_dynamo.onnx", "gru2_linear"),
+                                      ("gru_bidir_dynamo.onnx", "gru_bidir")])
 def test_torch_exported_graphs_match_pytorch(file, key, expected):
     model = edgegru.load(os.path.join(DATA, file))
     assert np.abs(model.run(expected[key + ".X"]) - expected[key + ".Y"]).max() <= TOL

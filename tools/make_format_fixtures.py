@@ -1,7 +1,7 @@
 """Write tests/data/formats/: small model files in foreign formats, made by the real tools, and
 what those tools compute on a seeded input (expected.npz), so the import tests need none of them.
 
-    pip install torch==2.13.0 onnx onnxruntime safetensors keras==3.15.1 h5py
+    pip install torch==2.13.0 onnx onnxruntime onnxscript safetensors keras==3.15.1 h5py
     python tools/make_format_fixtures.py
 
 Keras runs on its PyTorch backend (KERAS_BACKEND=torch), so TensorFlow is not needed.
@@ -117,6 +117,11 @@ def torch_fixtures():
     torch.onnx.export(bi, (Xb,), f"{OUT}/gru_bidir.onnx", dynamo=False,
                       input_names=["x"], output_names=["y"],
                       dynamic_axes={"x": {0: "batch", 1: "time"}})
+    # and from the torch.export-based exporter (the default since PyTorch 2.9; needs onnxscript)
+    for model, x, stem in ((gru2, X, "gru2_linear"), (bi, Xb, "gru_bidir")):
+        program = torch.onnx.export(model, (x,), dynamo=True, input_names=["x"],
+                                    output_names=["y"])
+        program.save(f"{OUT}/{stem}_dynamo.onnx")
 
 
 def _big_endian_copy(src, dst):

@@ -446,16 +446,29 @@ class _Graph:
                 axes.insert(a, "1")
             return _Seq(axes, x.stage)
         if op == "Reshape":
-            shape = [int(s) for s in np.asarray(consts[0]).reshape(-1)]
-            if len(axes) >= 2 and axes[-2:] == ["D", "H"] and len(shape) == len(axes) - 1 \
-                    and all(s == 0 for s in shape[:-1]) and shape[-1] in (
-                        -1, self._directions(x) * self.layers[-1]["H"]):
-                return _Seq(axes[:-2] + ["F"], x.stage)        # directions merged: [fwd, bwd]
-            if len(shape) == len(axes) and all(s == 0 for s in shape):
-                return _Seq(axes, x.stage)
-            raise ModelFormatError(f"{where}: Reshape of the sequence to {shape} is not "
-                                   f"supported (only merging directions into features)")
+            return self._reshape(x, [int(s) for s in np.asarray(consts[0]).reshape(-1)], where)
         raise ModelFormatError(f"{where}: {op} of the sequence is not supported")
+
+    def _reshape(self, x, shape, where):
+        """Reshapes that only drop unit axes and merge directions into features, (D, H) -> F,
+        forward first. Sizes of B and T may be written out (exporters bake in the traced ones):
+        edgegru's model takes any B and T."""
+        D = self._directions(x)
+        axes = [a for a in x.axes if not (a == "1" or a == "D" and D == 1)]
+        if axes[-2:] == ["D", "H"]:
+            axes = axes[:-2] + ["F"]
+        axes = ["F" if a == "H" and "D" not in axes else a for a in axes]
+        if isinstance(x.stage, int):
+            width = D * self.layers[x.stage - 1]["H"] if x.stage else None
+        else:
+            width = len(self.head["weight"])
+        if len(shape) == len(axes) and axes[-1] == "F" and "D" not in axes \
+                and (shape[-1] in (-1, width) or shape[-1] == 0 and x.axes[-1] == "F") \
+                and sum(s == -1 for s in shape) <= 1 and all(s >= -1 for s in shape):
+            return _Seq(axes, x.stage)
+        raise ModelFormatError(f"{where}: Reshape of the sequence (axes {''.join(x.axes)}) to "
+                               f"{shape} is not supported (only dropping unit axes and "
+                               f"merging directions into features)")
 
     def _directions(self, x):
         return self.layers[x.stage - 1]["D"] if isinstance(x.stage, int) and x.stage else 1
