@@ -151,7 +151,8 @@ def weights_sha256(model):
 def describe(model):
     """What ``edgegru info`` prints: {field: value}, plain data."""
     c = model.config
-    count = sum(int(a.size) for a in model.weights.arrays.values())
+    count = sum(int(a.size) for name, a in model.weights.arrays.items()
+                if c.bias or not name.endswith(("b_ih", "b_hh")))     # bias=False: zeros
     head = (f"linear {c.hidden_size * c.num_directions} -> {c.output_size}"
             + (" + sigmoid" if c.head_activation == "sigmoid" else "")) if c.output_size \
         else "none (output = top hidden state)"
