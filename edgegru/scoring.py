@@ -30,6 +30,10 @@ with every value missing advances the model on its forecast alone.
 
 ``score_many(rows)`` gives exactly what ``score_one`` gives row by row (the same arithmetic, in
 the same order: the sequence kernel is bitwise identical to the step kernel).
+
+Many streams at once (rows from many devices, interleaved): :class:`GroupScorer` keeps one
+independent scorer state per key and scores the rows of all keys through the batched sequence
+kernel; each key's scores are exactly those of its own ``AnomalyScorer``.
 """
 import numpy as np
 
@@ -64,6 +68,16 @@ def _score_rows(scores, contrib, Z, F, f_prev, smoothed, rows_seen, inv_residual
                 contrib[t, c] = 0.0
         rows_seen += 1
     return rows_seen
+
+
+@njit(cache=True, error_model="numpy")
+def _score_rows_batch(scores, contrib, Z, F, f_prev, smoothed, rows_seen, inv_residual_std,
+                      alpha, warmup):
+    """_score_rows for B independent streams: scores (B, T), contrib (B, T, C), Z and F
+    (B, T, C), f_prev and smoothed (B, C), rows_seen (B,); the last three updated in place."""
+    for b in range(Z.shape[0]):
+        rows_seen[b] = _score_rows(scores[b], contrib[b], Z[b], F[b], f_prev[b], smoothed[b],
+                                   rows_seen[b], inv_residual_std, alpha, warmup)
 
 
 class AnomalyScorer:
@@ -230,7 +244,8 @@ class AnomalyScorer:
         return x
 
     def _normalise(self, x):
-        return (x.astype(np.float32) - self._mean32) * self._inv_std
+        with np.errstate(over="ignore"):         # beyond float32: inf, a missing value
+            return (x.astype(np.float32) - self._mean32) * self._inv_std
 
     @staticmethod
     def _impute(z, forecast):
@@ -238,6 +253,151 @@ class AnomalyScorer:
         bad = ~np.isfinite(z)
         if bad.any():
             z[bad] = forecast[bad]
+
+
+class GroupScorer:
+    """Independent streams by key (one per device) over one model: the batched path.
+
+    ``score_many(keys, rows)`` scores interleaved rows; each key's rows get exactly the scores
+    its own :class:`AnomalyScorer` would give them (same state rules, warm-up and imputation).
+    A key seen for the first time starts from a fresh state.
+
+    >>> group = GroupScorer(AnomalyScorer.load("weights/model.npz"))    # doctest: +SKIP
+    >>> scores = group.score_many(["pump-1", "pump-2", "pump-1"], rows)   # doctest: +SKIP
+
+    How: the rows of one call are gathered per key; keys with the same number of rows form one
+    batch ``(B, n, C)`` for ``Model.run(..., h0=, return_state=True)``, so a round-robin stream
+    of B devices costs one batched kernel call. A key whose rows (after its first) hold a missing
+    value goes through ``AnomalyScorer.score_many`` instead, which imputes row by row. The
+    wrapped scorer's own model state is used as scratch on that path.
+    """
+
+    def __init__(self, scorer):
+        self.scorer = scorer
+        self.keys = []                      # index -> key
+        self._index = {}                    # key -> index
+        C = scorer.num_channels
+        hidden_shape = scorer.model.state.shape
+        self._hidden = np.zeros((0,) + hidden_shape, np.float32)     # (K, L*D, H)
+        self._forecast = np.zeros((0, C), np.float32)                 # (K, C)
+        self._smoothed = np.zeros((0, C), np.float64)                 # (K, C)
+        self._rows_seen = np.zeros(0, np.int64)                       # (K,)
+
+    @property
+    def threshold(self):
+        return self.scorer.threshold
+
+    def __len__(self):
+        return len(self.keys)
+
+    def score_many(self, keys, rows, explain=False):
+        """Scores of rows (T, C), row t belonging to stream ``keys[t]``; returns (T,) scores,
+        or with ``explain=True`` ``(scores (T,), contributions (T, C))``."""
+        sc = self.scorer
+        X = _as_rows(rows, sc.num_channels)
+        T, C = X.shape
+        if len(keys) != T:
+            raise ValueError(f"keys has {len(keys)} entries for {T} rows")
+        scores = np.zeros(T, np.float64)
+        contrib = np.zeros((T, C), np.float64)
+        if T == 0:
+            return (scores, contrib) if explain else scores
+        ids = np.fromiter((self._id(k) for k in keys), np.int64, T)
+        order = np.argsort(ids, kind="stable")          # rows grouped by key, in stream order
+        cuts = np.flatnonzero(np.diff(ids[order])) + 1
+        Z = sc._normalise(X)
+        finite = np.isfinite(Z).all(axis=1)
+        batches = {}                                    # n rows -> [(key id, row positions)]
+        for pos in np.split(order, cuts):
+            k = int(ids[pos[0]])
+            if finite[pos[1:]].all():
+                batches.setdefault(len(pos), []).append((k, pos))
+            else:
+                scores[pos], contrib[pos] = self._score_alone(k, X[pos])
+        for members in batches.values():
+            ks = np.array([k for k, _ in members])
+            P = np.stack([pos for _, pos in members])   # (B, n) row positions
+            Zb = Z[P]                                    # (B, n, C), a copy
+            f_prev = self._forecast[ks]
+            first = Zb[:, 0]
+            bad = ~np.isfinite(first)
+            first[bad] = f_prev[bad]                     # impute as AnomalyScorer does
+            F, h_n = sc.model.run(Zb, h0=self._hidden[ks].transpose(1, 0, 2),
+                                  return_state=True)
+            smoothed, rows_seen = self._smoothed[ks], self._rows_seen[ks]
+            s_b = np.empty(P.shape, np.float64)
+            c_b = np.empty(P.shape + (C,), np.float64)
+            _score_rows_batch(s_b, c_b, Zb, F, f_prev, smoothed, rows_seen,
+                              sc._inv_residual_std, sc.smoothing, sc.warmup)
+            self._hidden[ks] = h_n.transpose(1, 0, 2)
+            self._forecast[ks] = F[:, -1]
+            self._smoothed[ks] = smoothed
+            self._rows_seen[ks] = rows_seen
+            scores[P], contrib[P] = s_b, c_b
+        return (scores, contrib) if explain else scores
+
+    def _score_alone(self, k, X):
+        sc = self.scorer
+        sc.state = {"hidden": self._hidden[k], "forecast": self._forecast[k],
+                    "smoothed": self._smoothed[k], "rows_seen": self._rows_seen[k]}
+        result = sc.score_many(X, explain=True)
+        state = sc.state
+        self._hidden[k], self._forecast[k] = state["hidden"], state["forecast"]
+        self._smoothed[k], self._rows_seen[k] = state["smoothed"], state["rows_seen"]
+        return result
+
+    def _id(self, key):
+        k = self._index.get(key)
+        if k is None:
+            k = self._index[key] = len(self.keys)
+            self.keys.append(key)
+            if k == len(self._rows_seen):               # grow the state arrays (doubling)
+                n = max(8, 2 * k)
+                self._hidden = _grow(self._hidden, n)
+                self._forecast = _grow(self._forecast, n)
+                self._smoothed = _grow(self._smoothed, n)
+                self._rows_seen = _grow(self._rows_seen, n)
+        return k
+
+    def reset(self):
+        """Forget every stream."""
+        self.__init__(self.scorer)
+
+    @property
+    def state(self):
+        """All streams' states as a dict of arrays: ``keys`` (K,) str, ``hidden``
+        (K, layers, H), ``forecast`` and ``smoothed`` (K, C), ``rows_seen`` (K,)."""
+        K = len(self.keys)
+        return {"keys": np.array(self.keys, dtype=str).reshape(K),
+                "hidden": self._hidden[:K].copy(), "forecast": self._forecast[:K].copy(),
+                "smoothed": self._smoothed[:K].copy(), "rows_seen": self._rows_seen[:K].copy()}
+
+    @state.setter
+    def state(self, value):
+        try:
+            keys = [str(k) for k in np.asarray(value["keys"]).reshape(-1)]
+            arrays = [np.asarray(value[name]) for name in
+                      ("hidden", "forecast", "smoothed", "rows_seen")]
+        except (KeyError, TypeError) as exc:
+            raise ValueError(f"group state needs keys, hidden, forecast, smoothed, rows_seen "
+                             f"({exc})") from None
+        K, C = len(keys), self.scorer.num_channels
+        shapes = [(K,) + self._hidden.shape[1:], (K, C), (K, C), (K,)]
+        if [a.shape for a in arrays] != shapes or len(set(keys)) != K:
+            raise ValueError(f"group state does not fit this model ({C} channels, hidden "
+                             f"{self._hidden.shape[1:]}) or repeats a key")
+        if arrays[3].dtype.kind not in "iu" or (arrays[3] < 0).any():
+            raise ValueError("group state: rows_seen must be non-negative integers")
+        self.reset()
+        for key in keys:
+            self._id(key)
+        self._hidden[:K], self._forecast[:K], self._smoothed[:K], self._rows_seen[:K] = arrays
+
+
+def _grow(a, n):
+    out = np.zeros((n,) + a.shape[1:], a.dtype)
+    out[:len(a)] = a
+    return out
 
 
 def _vector(values, n, name, positive=False):

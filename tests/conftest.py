@@ -19,3 +19,27 @@ def make_model(backend="numba" if edgegru.JIT else "numpy", seed=0, **sizes):
 
 def max_abs(a, b):
     return float(np.max(np.abs(np.asarray(a, np.float64) - np.asarray(b, np.float64))))
+
+
+# A scoring model for the stream and CLI tests (tests/test_stream.py, tests/test_run_cli.py):
+# random GRU weights with the preprocessing/scoring metadata tools/train.py writes, for the
+# columns of examples/sensor.csv. Random weights make meaningless forecasts, so residual_std is
+# wide: scores stay finite and modest, and the tests compare numbers, not detections.
+SENSOR_COLUMNS = ["temperature", "vibration", "current", "pressure"]
+
+
+def make_scoring_model(seed=0, hidden_size=16, warmup=3, threshold=3.0):
+    model = make_model(input_size=4, hidden_size=hidden_size, output_size=4, seed=seed)
+    model.meta["preprocessing"] = {"columns": SENSOR_COLUMNS, "mean": [32.4, 1.95, 8.95, 2.91],
+                                   "std": [8.4, 0.38, 3.4, 1.0]}
+    model.meta["scoring"] = {"residual_std": [1.5, 1.5, 1.5, 1.5], "smoothing": 0.3,
+                             "threshold": threshold, "warmup": warmup}
+    return model
+
+
+@pytest.fixture(scope="session")
+def scoring_model_path(tmp_path_factory):
+    """Path of a small scoring model (.npz), saved once per test session."""
+    path = tmp_path_factory.mktemp("scoring") / "model.npz"
+    make_scoring_model().save(path)
+    return path

@@ -1,0 +1,924 @@
+"""CSV sensor rows in, one scored row out per input row: ``edgegru run`` as a library.
+
+>>> import sys, edgegru
+>>> from edgegru.stream import score_stream
+>>> scorer = edgegru.AnomalyScorer.load("weights/model.npz")           # doctest: +SKIP
+>>> result = score_stream(scorer, sys.stdin.buffer, sys.stdout.buffer)  # doctest: +SKIP
+
+Reading. Bytes are read as soon as they are available (``os.read`` on the file descriptor, after
+``select`` says there is something): a row that trickles in is scored, written and flushed at
+once, and a big file arrives in blocks of up to 256 KiB whose complete lines are parsed together
+(a compiled byte parser, :func:`_parse_lines`) and scored together (``score_many``, the sequence
+kernel). The scores are the same either way: ``score_many`` equals ``score_one`` row by row, and
+the compiled parser hands every field it is not sure of to the plain Python parser
+(:func:`parse_line`), which defines what a row means.
+
+The first non-blank line is a header unless every field in it is a number (or empty); then the
+input is headerless and must have exactly the model's columns, in the model's order. With a
+header, the model's columns are picked by name (``columns`` maps other names), and the other
+columns can be passed through to the output (``keep``; by default all of them) or name the
+stream a row belongs to (``group_by``).
+
+What each kind of input does (a *bad row* is an error under ``on_error="fail"``: the rows before
+it are written, the state is saved, and :class:`~edgegru.errors.InputError` names the line and
+column; under ``on_error="skip"`` it is dropped with a one-line message on stderr, no output row,
+and the state untouched):
+
+=============================================  ================================================
+input                                          policy
+=============================================  ================================================
+empty field, ``nan``, ``inf``, a number too    a *missing value*, not an error: the scorer
+big for float32                                imputes it from its forecast (residual 0, the
+                                               state moves on as if it were the expected value)
+a field that is not a number                   bad row ("'abc' is not a number")
+fewer or more fields than the header           bad row ("4 fields, the header has 5")
+invalid UTF-8, a NUL byte (binary garbage)     bad row
+a line longer than 1 MiB                       bad row (the rest of it is discarded)
+blank or whitespace-only line                  ignored (not a row; line numbers count it)
+CRLF line endings, a UTF-8 BOM                 accepted
+last line without a newline                    read like any other line
+quoted fields (``"a,b"``)                      accepted (one physical line is one row)
+empty stream, header-only stream               no rows, a note on stderr, not an error
+header without a column the model reads        error (``InputError``), whatever ``on_error``
+=============================================  ================================================
+
+Numbers are what Python's ``float()`` reads (``22.5``, ``-1e-3``, `` 7 ``, ``nan``, ``inf``).
+
+State (``state="FILE"``): the scorer state(s), the model's fingerprint, and how much of the input
+has been consumed (lines, bytes, CRC-32 of those bytes) are saved atomically at the end, on
+SIGINT/SIGTERM, on a bad row with ``on_error="fail"``, and every ``checkpoint_every`` rows; always
+right after the output of the rows they include has been flushed. A run given an existing state
+file resumes from it:
+
+- if the input is a regular file (``--input FILE`` or ``< FILE``) that begins with exactly the
+  bytes the state has consumed (the same file again, or that file grown), those lines are skipped
+  and scoring continues at the first line not yet scored: re-running an interrupted command
+  finishes the job, and the output of both runs together is that of one uninterrupted run;
+- otherwise (a pipe, or another file) the whole input is the continuation of the stream: feed it
+  only the rows that come after.
+
+A SIGKILL or power loss between a flush and the next checkpoint can make the resumed run repeat
+the rows scored since the last checkpoint (never lose one). On a pipe, a line still incomplete
+(no newline yet) when a signal arrives is not scored.
+"""
+import csv
+import dataclasses
+import hashlib
+import io
+import json
+import os
+import select
+import signal
+import stat
+import sys
+import tempfile
+import threading
+import zlib
+
+import numpy as np
+
+from edgegru._jit import njit
+from edgegru.errors import EdgeGRUError, InputError
+from edgegru.scoring import AnomalyScorer, GroupScorer
+
+READ_SIZE = 1 << 18          # bytes per read: up to ~7000 rows of a 4-channel sensor file
+MAX_LINE = 1 << 20           # a longer line is a bad row (binary garbage without newlines)
+MAX_REPORTED = 20            # skipped rows reported one by one; later ones are only counted
+BOM = b"\xef\xbb\xbf"
+
+# line status, from the compiled parser and after the Python parser has looked at the rest
+OK, BLANK, SLOW, BAD = 0, 1, 2, 3
+
+# 10**k, exact in float64 for k <= 22
+_POW10 = np.array([float(10 ** k) for k in range(16)])
+
+
+# -- parsing ---------------------------------------------------------------------------------
+
+@njit(cache=True)
+def _parse_number(buf, a, b):
+    """The number in buf[a:b] when it is plain decimal: (value, True); else (0.0, False).
+
+    Plain means [+-]digits[.digits] with at most 15 digits: the digits make an integer m
+    < 2**53 and the value is m / 10**k, both exact in float64, so the one division rounds
+    correctly, exactly as Python's float() does. Anything else (exponents, nan, spaces, more
+    digits) is left to Python. An empty field is a missing value: NaN.
+    """
+    if a == b:
+        return np.nan, True
+    neg = False
+    c = buf[a]
+    if c == 45:                 # '-'
+        neg = True
+        a += 1
+    elif c == 43:               # '+'
+        a += 1
+    m = 0
+    digits = 0
+    frac = 0
+    seen_point = False
+    for i in range(a, b):
+        c = buf[i]
+        if 48 <= c <= 57:
+            m = m * 10 + (c - 48)
+            digits += 1
+            if seen_point:
+                frac += 1
+        elif c == 46 and not seen_point:
+            seen_point = True
+        else:
+            return 0.0, False
+    if digits == 0 or digits > 15:
+        return 0.0, False
+    v = float(m) / _POW10[frac]
+    return (-v if neg else v), True
+
+
+@njit(cache=True)
+def _parse_lines(X, status, spans, ends, buf, role, slot):
+    """Split buf into lines and fields and read the numbers of the fast, common case.
+
+    buf (n,) uint8: whole lines, each ending in LF (a CR before it is dropped).
+    role (F,): for each of the F fields of a row, the model channel it feeds, or -1.
+    slot (F,): for each field, where its span goes in ``spans``, or -1.
+    Outputs, for line i: ends[i] the offset just after its LF; X[i, c] the value of channel c
+    (NaN when empty); spans[i, k] = (start, stop) of the field in slot k; status[i] OK, BLANK
+    (empty line) or SLOW (Python must decide: a field that is not plain decimal, quotes, a NUL
+    byte, the wrong number of fields).
+    """
+    F = role.shape[0]
+    n = buf.shape[0]
+    i = 0
+    line = 0
+    while i < n:
+        start = i
+        while buf[i] != 10:
+            i += 1
+        stop = i
+        i += 1
+        ends[line] = i
+        if stop > start and buf[stop - 1] == 13:
+            stop -= 1
+        if stop == start:
+            status[line] = BLANK
+            line += 1
+            continue
+        st = OK
+        f = 0
+        a = start
+        while True:
+            b = a
+            while b < stop and buf[b] != 44:          # ','
+                if buf[b] == 34 or buf[b] == 0 or buf[b] == 13:     # '"', NUL, CR
+                    st = SLOW
+                b += 1
+            if f < F:
+                c = role[f]
+                if c >= 0:
+                    v, ok = _parse_number(buf, a, b)
+                    if ok:
+                        X[line, c] = v
+                    else:
+                        st = SLOW
+                k = slot[f]
+                if k >= 0:
+                    spans[line, k, 0] = a
+                    spans[line, k, 1] = b
+            f += 1
+            if b >= stop:
+                break
+            a = b + 1
+        if f != F:
+            st = SLOW
+        status[line] = st
+        line += 1
+    return line
+
+
+class _Bad(Exception):
+    """A bad row, as parse_line finds it: which field (index or None) and what is wrong."""
+
+    def __init__(self, field, message):
+        super().__init__(message)
+        self.field = field
+        self.message = message
+
+
+def _split(text):
+    """The fields of one line (str): plain comma splitting, or the csv module when quoted."""
+    if '"' not in text:
+        return text.split(",")
+    try:
+        return next(csv.reader([text], strict=True))
+    except csv.Error as exc:
+        raise _Bad(None, f"bad quoting ({exc})") from None
+
+
+def _number(field):
+    """A field's value: NaN when empty (a missing value), else what float() reads."""
+    s = field.strip()
+    if not s:
+        return np.nan
+    try:
+        return float(s)
+    except ValueError:
+        return None
+
+
+def _decode(line):
+    """One line (bytes, no LF, no CR) as text; _Bad for binary data."""
+    nul = line.find(b"\x00")
+    if nul >= 0:
+        raise _Bad(line.count(b",", 0, nul), "binary data (a NUL byte)")
+    try:
+        return line.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise _Bad(line.count(b",", 0, exc.start),
+                   f"not UTF-8 text (byte 0x{line[exc.start]:02x})") from None
+
+
+def parse_line(line, layout):
+    """The reference meaning of one line (bytes, without its LF) under ``layout``.
+
+    Returns None for a blank line, else ``(values, spans)``: the model's channels as floats (NaN
+    for missing) and the text of the fields ``layout.span_fields`` names. Raises ``_Bad``.
+    The compiled parser gives the same for every line it marks OK (the tests check this).
+    """
+    if line.endswith(b"\r"):
+        line = line[:-1]
+    text = _decode(line)
+    if not text.strip():
+        return None
+    fields = _split(text)
+    F = layout.num_fields
+    if len(fields) != F:
+        where = len(fields) if len(fields) < F else F
+        raise _Bad(where, f"{len(fields)} field{'s' if len(fields) != 1 else ''} where the "
+                          f"{layout.what} has {F}")
+    values = []
+    for f in layout.numeric:
+        v = _number(fields[f])
+        if v is None:
+            raise _Bad(f, f"{_short(fields[f])} is not a number")
+        values.append(v)
+    return values, [fields[f] for f in layout.span_fields]
+
+
+def _short(text, n=40):
+    return repr(text if len(text) <= n else text[:n] + "...")
+
+
+class Layout:
+    """Where a row's fields go: which feed the model (in its column order), which are passed
+    through to the output, which names the stream (``group_by``)."""
+
+    def __init__(self, names, numeric, kept, group, has_header):
+        self.names = names                          # one per field
+        self.num_fields = len(names)
+        self.numeric = list(numeric)                # field index of each model channel
+        self.kept = list(kept)                      # field indices passed through
+        self.group = group                          # field index of the key, or None
+        self.has_header = has_header
+        self.what = "header" if has_header else "model"
+        self.span_fields = list(dict.fromkeys(self.kept + ([group] if group is not None else [])))
+        self.kept_slots = [self.span_fields.index(f) for f in self.kept]
+        self.group_slot = None if group is None else self.span_fields.index(group)
+        self.role = np.full(self.num_fields, -1, np.int64)
+        self.role[self.numeric] = np.arange(len(self.numeric))
+        self.slot = np.full(self.num_fields, -1, np.int64)
+        self.slot[self.span_fields] = np.arange(len(self.span_fields))
+
+    @property
+    def kept_names(self):
+        return [self.names[f] for f in self.kept]
+
+    def column(self, field):
+        """How a message names field ``field`` (an index, maybe past the last column)."""
+        if field is None:
+            return None
+        if field < self.num_fields and self.has_header and self.names[field]:
+            return repr(self.names[field])
+        return f"#{field + 1}"
+
+    @classmethod
+    def from_first_line(cls, fields, model_columns, columns=None, keep=None, group_by=None,
+                        line=1):
+        """The layout from the first non-blank line's fields; returns (layout, is_header)."""
+        if all(_number(f) is not None for f in fields):
+            return cls._headerless(fields, model_columns, columns, keep, group_by, line), False
+        names = [f.strip() for f in fields]
+        index = {}
+        for i, name in enumerate(names):
+            index.setdefault(name, i)
+
+        def find(name, option):
+            if name not in index:
+                raise InputError(
+                    f"the input has no column {name!r} ({option}; its header has "
+                    f"{', '.join(map(repr, names))})", line=line)
+            return index[name]
+
+        wanted = list(columns) if columns else list(model_columns)
+        how = "given with --columns" if columns else \
+            f"the model reads {', '.join(model_columns)}; map other names with --columns"
+        numeric = [find(name, how) for name in wanted]
+        if keep is None:
+            kept = [i for i, name in enumerate(names)
+                    if i not in numeric and name and index[name] == i]
+        else:
+            kept = [find(name, "given with --keep") for name in keep]
+        group = None if group_by is None else find(group_by, "given with --group-by")
+        return cls(names, numeric, kept, group, has_header=True), True
+
+    @classmethod
+    def _headerless(cls, fields, model_columns, columns, keep, group_by, line):
+        named = [opt for opt, v in (("--columns", columns), ("--keep", keep),
+                                    ("--group-by", group_by)) if v]
+        if named:
+            raise InputError(f"the first line is all numbers, so the input has no header, and "
+                             f"{'/'.join(named)} need(s) column names: add a header line",
+                             line=line)
+        C = len(model_columns)
+        if len(fields) != C:
+            raise InputError(
+                f"the input has no header (the first line is all numbers) and {len(fields)} "
+                f"fields, but the model reads {C} columns ({', '.join(model_columns)}): give "
+                f"the input a header line naming them", line=line)
+        return cls(list(model_columns), range(C), [], None, has_header=False)
+
+
+@dataclasses.dataclass
+class Rows:
+    """One block of lines, parsed: per physical line a status; for OK lines the values."""
+    buf: bytes
+    status: np.ndarray           # (L,) OK, BLANK or BAD
+    values: np.ndarray           # (L, C) float64
+    ends: np.ndarray             # (L,) offset just after each line's LF
+    span_ix: np.ndarray          # (L, K, 2) start, stop of the span fields in buf
+    parsed_spans: dict           # line index -> span field texts, for lines Python parsed
+    errors: dict                 # line index -> (field index or None, message)
+
+    def spans(self, k, use):
+        """Span field k of lines ``use``: bytes as in the input, or str if Python parsed it."""
+        buf = self.buf
+        ix = self.span_ix[use, k]
+        col = [buf[s:e] for s, e in zip(ix[:, 0].tolist(), ix[:, 1].tolist())]
+        if self.parsed_spans:
+            for j, i in enumerate(use.tolist()):
+                if i in self.parsed_spans:
+                    col[j] = self.parsed_spans[i][k]
+        return col
+
+
+def parse_lines(buf, layout):
+    """Parse a block of whole lines (bytes, each ending in LF) under ``layout``."""
+    L = buf.count(b"\n")
+    C = len(layout.numeric)
+    K = len(layout.span_fields)
+    X = np.empty((L, C))
+    status = np.empty(L, np.int8)
+    span_ix = np.zeros((L, K, 2), np.int64)
+    ends = np.empty(L, np.int64)
+    _parse_lines(X, status, span_ix, ends, np.frombuffer(buf, np.uint8), layout.role,
+                 layout.slot)
+    starts = np.concatenate(([0], ends[:-1]))
+    if not _ascii_or_utf8(buf):
+        # bytes that are not UTF-8 somewhere: the lines holding them are for Python to judge
+        for i in np.flatnonzero(status == OK).tolist():
+            try:
+                buf[starts[i]:ends[i]].decode("utf-8")
+            except UnicodeDecodeError:
+                status[i] = SLOW
+    parsed_spans, errors = {}, {}
+    for i in np.flatnonzero(status == SLOW).tolist():
+        try:
+            parsed = parse_line(buf[starts[i]:ends[i] - 1], layout)
+        except _Bad as bad:
+            status[i] = BAD
+            errors[i] = (bad.field, bad.message)
+            continue
+        if parsed is None:
+            status[i] = BLANK
+            continue
+        status[i] = OK
+        X[i], parsed_spans[i] = parsed
+    return Rows(buf, status, X, ends, span_ix, parsed_spans, errors)
+
+
+def _ascii_or_utf8(buf):
+    if buf.isascii():
+        return True
+    try:
+        buf.decode("utf-8")
+        return True
+    except UnicodeDecodeError:
+        return False
+
+
+# -- output ----------------------------------------------------------------------------------
+
+class _Writer:
+    """Output rows as CSV or JSON lines: kept fields, score, anomaly, [contributions]."""
+
+    def __init__(self, fmt, kept_names, channels, explain, precision):
+        if fmt not in ("csv", "jsonl"):
+            raise ValueError(f"format must be 'csv' or 'jsonl', got {fmt!r}")
+        if not 1 <= precision <= 17:
+            raise ValueError(f"precision must be 1..17 significant digits, got {precision}")
+        self.fmt, self.explain = fmt, explain
+        self.num = f"%.{precision}g"
+        names = list(kept_names) + ["score", "anomaly"]
+        if explain:
+            names += [f"contrib_{c}" for c in channels]
+        self.names = names
+        K = len(kept_names)
+        if fmt == "csv":
+            fields = ["%s"] * K + [self.num, "%d"] + [self.num] * (len(channels) if explain else 0)
+        else:
+            key = lambda n: json.dumps(n).replace("%", "%%")
+            fields = [f"{key(n)}: %s" for n in kept_names] + ['"score": %s', '"anomaly": %d'] + \
+                     [f"{key(n)}: %s" for n in names[K + 2:]]
+        self.row = ((",".join(fields) if fmt == "csv" else "{" + ", ".join(fields) + "}")
+                    + "\n").encode()
+
+    def header(self):
+        if self.fmt == "jsonl":
+            return b""
+        return (",".join(_csv_quote(n) for n in self.names) + "\n").encode()
+
+    def rows(self, kept, scores, anomaly, contrib):
+        """kept: per kept column a list of bytes/str; scores (N,), anomaly (N,), contrib (N, C)."""
+        N = len(scores)
+        cols = [self._text(col) for col in kept]
+        if self.fmt == "csv":
+            cols += [scores.tolist(), anomaly.tolist()]
+            if self.explain:
+                cols += contrib.T.tolist()
+        else:
+            cols += [self._json_numbers(scores), anomaly.tolist()]
+            if self.explain:
+                cols += [self._json_numbers(c) for c in contrib.T]
+        W = len(cols)
+        flat = [None] * (N * W)
+        for j, col in enumerate(cols):
+            flat[j::W] = col
+        return (self.row * N) % tuple(flat)
+
+    def _text(self, col):
+        if self.fmt == "csv":
+            return [v if v.__class__ is bytes else _csv_quote(v).encode() for v in col]
+        return [json.dumps(v if v.__class__ is str else v.decode()).encode() for v in col]
+
+    def _json_numbers(self, x):
+        num = self.num
+        if np.isfinite(x).all():
+            return [(num % v).encode() for v in x.tolist()]
+        return [(num % v).encode() if np.isfinite(v) else b"null" for v in x.tolist()]
+
+
+def _csv_quote(text):
+    if any(ch in text for ch in ',"\r\n'):
+        return '"' + text.replace('"', '""') + '"'
+    return text
+
+
+# -- state file ------------------------------------------------------------------------------
+
+STATE_FORMAT = "edgegru-state"
+STATE_VERSION = 1
+
+
+def model_fingerprint(scorer):
+    """A short hash of everything that makes the scores: weights, config, columns, scaling."""
+    h = hashlib.sha256()
+    model = scorer.model
+    h.update(repr(model.config).encode())
+    for name in sorted(model.weights.arrays):
+        h.update(name.encode())
+        h.update(np.ascontiguousarray(model.weights.arrays[name], np.float32).tobytes())
+    h.update(json.dumps([scorer.columns, scorer.mean.tolist(), scorer.std.tolist(),
+                         scorer.residual_std.tolist(), scorer.smoothing, scorer.warmup]).encode())
+    return h.hexdigest()[:16]
+
+
+@dataclasses.dataclass
+class Position:
+    """How much of the input the state has consumed."""
+    lines: int = 0               # physical lines, header and blank lines included
+    bytes: int = 0
+    crc32: int = 0               # of those bytes
+    rows: int = 0                # rows scored, over all runs that built this state
+
+
+class StateFile:
+    """The ``--state`` file: one ``.npz`` (read with allow_pickle=False), written atomically."""
+
+    def __init__(self, path, fingerprint, group_by):
+        self.path = os.fspath(path)
+        self.fingerprint = fingerprint
+        self.group_by = group_by or ""
+
+    def load(self):
+        """(scorer state dict, Position), or None when the file does not exist."""
+        if not os.path.exists(self.path):
+            return None
+        try:
+            with np.load(self.path, allow_pickle=False) as f:
+                data = {k: f[k] for k in f.files}
+        except Exception as exc:         # zip, npy and pickle errors alike: refuse the file
+            raise EdgeGRUError(f"{self.path}: not an edgegru state file ({exc})") from None
+        if str(data.get("format", "")) != STATE_FORMAT:
+            raise EdgeGRUError(f"{self.path}: not an edgegru state file")
+        if int(data.get("format_version", -1)) != STATE_VERSION:
+            raise EdgeGRUError(f"{self.path}: state format version "
+                               f"{data.get('format_version')} is not supported (this edgegru "
+                               f"reads version {STATE_VERSION})")
+        if str(data["model"]) != self.fingerprint:
+            raise EdgeGRUError(f"{self.path}: this state was saved with another model (or "
+                               f"other scaling/columns); delete it to start afresh")
+        if str(data["group_by"]) != self.group_by:
+            was = str(data["group_by"])
+            raise EdgeGRUError(
+                f"{self.path}: this state was saved "
+                + (f"with --group-by {was}" if was else "without --group-by")
+                + "; resume with the same setting, or delete it to start afresh")
+        pos = Position(*(int(data[k]) for k in ("lines", "bytes", "crc32", "rows")))
+        state = {k[6:]: v for k, v in data.items() if k.startswith("state.")}
+        return state, pos
+
+    def save(self, state, pos):
+        arrays = {"format": np.array(STATE_FORMAT), "format_version": np.array(STATE_VERSION),
+                  "model": np.array(self.fingerprint), "group_by": np.array(self.group_by),
+                  "lines": np.array(pos.lines), "bytes": np.array(pos.bytes),
+                  "crc32": np.array(pos.crc32), "rows": np.array(pos.rows)}
+        arrays.update({"state." + k: np.asarray(v) for k, v in state.items()})
+        directory = os.path.dirname(os.path.abspath(self.path))
+        fd, tmp = tempfile.mkstemp(dir=directory, prefix=".edgegru-state-", suffix=".tmp")
+        try:
+            with os.fdopen(fd, "wb") as f:
+                np.savez(f, **arrays)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, self.path)
+        except BaseException:
+            os.unlink(tmp)
+            raise
+
+
+# -- reading ---------------------------------------------------------------------------------
+
+class _Signals:
+    """While active, SIGINT and SIGTERM ask for a clean stop (``received``) instead of killing
+    the process, and wake up a read that is waiting for input. A second signal interrupts at
+    once (KeyboardInterrupt). Only in the main thread: elsewhere nothing changes."""
+
+    def __init__(self, enabled=True):
+        self.enabled = enabled and threading.current_thread() is threading.main_thread()
+        self.received = None
+        self.wake_fd = None
+
+    def __enter__(self):
+        if self.enabled:
+            r, w = os.pipe()
+            os.set_blocking(r, False)
+            os.set_blocking(w, False)
+            self._pipe = (r, w)
+            self.wake_fd = r
+            self._old_wakeup = signal.set_wakeup_fd(w)
+            self._old = {s: signal.signal(s, self._handler)
+                         for s in (signal.SIGINT, signal.SIGTERM)}
+        return self
+
+    def _handler(self, signum, frame):
+        if self.received is not None:
+            raise KeyboardInterrupt
+        self.received = signum
+
+    def __exit__(self, *exc):
+        if self.enabled:
+            for s, handler in self._old.items():
+                signal.signal(s, handler)
+            signal.set_wakeup_fd(self._old_wakeup)
+            for fd in self._pipe:
+                os.close(fd)
+        return False
+
+
+def _fileno(source):
+    if isinstance(source, int):
+        return source
+    try:
+        return source.fileno()
+    except (AttributeError, OSError, io.UnsupportedOperation):
+        return None
+
+
+def _blocks(source, signals):
+    """Bytes from ``source`` as soon as they are available; stops at EOF or a stop signal."""
+    fd = _fileno(source)
+    read = getattr(source, "read1", None) or getattr(source, "read", None)
+    while signals.received is None:
+        if fd is not None and signals.wake_fd is not None:
+            ready = select.select([fd, signals.wake_fd], [], [])[0]
+            if signals.wake_fd in ready:
+                try:
+                    os.read(signals.wake_fd, 512)
+                except BlockingIOError:
+                    pass
+            if fd not in ready or signals.received is not None:
+                continue
+        data = os.read(fd, READ_SIZE) if fd is not None else read(READ_SIZE)
+        if not data:
+            return
+        yield data
+
+
+def _is_regular_file(source):
+    fd = _fileno(source)
+    if fd is not None:
+        return stat.S_ISREG(os.fstat(fd).st_mode)
+    seekable = getattr(source, "seekable", None)
+    return bool(seekable and seekable())
+
+
+# -- the loop --------------------------------------------------------------------------------
+
+@dataclasses.dataclass
+class StreamResult:
+    lines: int = 0               # physical lines consumed in this run
+    rows: int = 0                # rows scored and written in this run
+    skipped: int = 0             # bad rows dropped (on_error="skip")
+    resumed_at: int = 0          # lines of this input skipped because the state had them
+    signal: int = None           # the signal that stopped the run, if one did
+
+
+def score_stream(scorer, source, out, *, columns=None, keep=None, group_by=None, explain=False,
+                 threshold=None, fmt="csv", precision=6, on_error="fail", state=None,
+                 checkpoint_every=0, progress=None, log=None, handle_signals=True):
+    """Score every CSV row of ``source`` into ``out``: what ``edgegru run`` does.
+
+    scorer: an :class:`~edgegru.AnomalyScorer`. source: a binary file (or file descriptor);
+    out: a binary file, flushed after each block of rows. columns: input column names for the
+    model's channels, in its order (default: the model's own names). keep: names of columns to
+    pass through (default: every column the model does not read). group_by: a column whose value
+    names independent streams (one state each). threshold: overrides ``scorer.threshold``.
+    fmt: "csv" or "jsonl"; precision: significant digits of scores. on_error: "fail" or "skip"
+    (see the module doc). state: path of the state file to resume from and checkpoint to;
+    checkpoint_every: rows between checkpoints (0: only at the end and on signals).
+    progress: called with the number of bytes consumed after each block. log: called with each
+    note for stderr (default: printed to sys.stderr). Returns a :class:`StreamResult`; raises
+    :class:`~edgegru.errors.InputError` for bad input under on_error="fail".
+    """
+    run = _Run(scorer, out, columns=columns, keep=keep, group_by=group_by, explain=explain,
+               threshold=threshold, fmt=fmt, precision=precision, on_error=on_error,
+               state=state, checkpoint_every=checkpoint_every, progress=progress, log=log)
+    with _Signals(handle_signals) as signals:
+        return run.run(source, signals)
+
+
+class _Run:
+    def __init__(self, scorer, out, *, columns, keep, group_by, explain, threshold, fmt,
+                 precision, on_error, state, checkpoint_every, progress, log):
+        if on_error not in ("fail", "skip"):
+            raise ValueError(f"on_error must be 'fail' or 'skip', got {on_error!r}")
+        if columns is not None and len(columns) != scorer.num_channels:
+            raise ValueError(f"columns names {len(columns)} input columns, the model reads "
+                             f"{scorer.num_channels} ({', '.join(scorer.columns)})")
+        if checkpoint_every < 0:
+            raise ValueError("checkpoint_every must be >= 0")
+        self.scorer = scorer
+        self.group = GroupScorer(scorer) if group_by is not None else None
+        self.out = out
+        self.columns, self.keep, self.group_by = columns, keep, group_by
+        self.explain, self.fmt, self.precision = explain, fmt, precision
+        self.threshold = scorer.threshold if threshold is None else float(threshold)
+        self.on_error = on_error
+        self.state_file = None if state is None else \
+            StateFile(state, model_fingerprint(scorer), group_by)
+        self.checkpoint_every = checkpoint_every
+        self.progress = progress
+        self.log = log or (lambda msg: print(f"edgegru: {msg}", file=sys.stderr, flush=True))
+        _Writer(fmt, [], scorer.columns, explain, precision)       # check the options early
+        self.layout = None
+        self.writer = None
+        self.pos = Position()
+        self.result = StreamResult()
+        self.since_checkpoint = 0
+        self.discarding = False      # inside an over-long line being skipped
+        self.stream_end = float("inf")   # set at EOF when the last line lacks its newline
+
+    # -- the state of the scorer(s), for checkpoints
+    @property
+    def _scoring(self):
+        return self.scorer if self.group is None else self.group
+
+    def _scorer_state(self):
+        return self._scoring.state
+
+    def _save(self):
+        if self.state_file is not None:
+            self.state_file.save(self._scorer_state(), self.pos)
+            self.since_checkpoint = 0
+
+    def _resume(self, source):
+        loaded = self.state_file.load() if self.state_file is not None else None
+        if loaded is None:
+            return
+        state, pos = loaded
+        try:
+            self._scoring.state = state
+        except ValueError as exc:
+            raise EdgeGRUError(f"{self.state_file.path}: {exc}") from None
+        self.pos.rows = pos.rows
+        if pos.bytes and _is_regular_file(source) and self._same_prefix(source, pos):
+            self.pos = pos
+            self.result.resumed_at = pos.lines
+            self.log(f"resuming from {self.state_file.path}: lines 1-{pos.lines} of this input "
+                     f"were scored before, continuing at line {pos.lines + 1}")
+        else:
+            self.log(f"resuming from {self.state_file.path} (after {pos.rows} rows): this input "
+                     f"continues that stream")
+
+    def _same_prefix(self, source, pos):
+        """Whether the input starts with the bytes the state consumed; if so, leave the file
+        just after them with the layout read from its first line."""
+        fd = _fileno(source)
+        if fd is not None:
+            seek = lambda offset: os.lseek(fd, offset, os.SEEK_SET)
+            read = lambda n: os.read(fd, n)
+            start = os.lseek(fd, 0, os.SEEK_CUR)
+        else:
+            seek, read, start = source.seek, source.read, source.tell()
+        crc, done, head = 0, 0, b""
+        while done < pos.bytes:
+            data = read(min(READ_SIZE, pos.bytes - done))
+            if not data:
+                break
+            if len(head) < MAX_LINE:
+                head += data[:MAX_LINE]
+            crc = zlib.crc32(data, crc)
+            done += len(data)
+        if done != pos.bytes or crc != pos.crc32:
+            seek(start)
+            return False
+        # the layout comes from the first non-blank line, which the skipped part holds
+        for number, line in enumerate(head.split(b"\n")[:pos.lines], 1):
+            if number == 1 and line.startswith(BOM):
+                line = line[len(BOM):]
+            if self._first_line(line, number, write_header=True) is not None:
+                break
+        seek(start + pos.bytes)
+        return True
+
+    def _first_line(self, line, number, write_header):
+        """Sets the layout from the first non-blank line; returns None for a blank line, True
+        when the line was a header (consumed), False when it is the first data row."""
+        try:
+            text = _decode(line[:-1] if line.endswith(b"\r") else line)
+            if not text.strip():
+                return None
+            fields = _split(text)
+        except _Bad as bad:
+            raise InputError(f"the first line is not a CSV header or row: {bad.message}",
+                             line=number) from None
+        self.layout, is_header = Layout.from_first_line(
+            fields, self.scorer.columns, self.columns, self.keep, self.group_by, line=number)
+        self.writer = _Writer(self.fmt, self.layout.kept_names, self.scorer.columns,
+                              self.explain, self.precision)
+        if write_header:
+            self._write(self.writer.header())
+        return is_header
+
+    def _write(self, data):
+        if data:
+            self.out.write(data)
+        self.out.flush()
+
+    def _consume(self, data, lines):
+        over = self.pos.bytes + len(data) - self.stream_end
+        if over > 0:
+            data = data[:-over]
+        self.pos.bytes += len(data)
+        self.pos.crc32 = zlib.crc32(data, self.pos.crc32)
+        self.pos.lines += lines
+        self.result.lines += lines
+        if self.progress is not None:
+            self.progress(len(data))
+
+    # -- the loop
+    def run(self, source, signals):
+        self._resume(source)
+        pending = bytearray()
+        try:
+            for data in _blocks(source, signals):
+                pending += data
+                cut = pending.rfind(b"\n") + 1
+                if cut:
+                    self._block(bytes(pending[:cut]))
+                    del pending[:cut]
+                if len(pending) > MAX_LINE:
+                    self._too_long(pending)
+            if signals.received is None and pending:
+                # a last line without newline: read as if it had one, which is not consumed
+                self.stream_end = self.pos.bytes + len(pending)
+                self._block(bytes(pending) + b"\n")
+        except InputError:
+            self._save()
+            raise
+        self.result.signal = signals.received
+        self._save()
+        if signals.received is None:
+            if self.layout is None:
+                self.log("the input is empty: no header, no rows")
+            elif self.result.rows == 0 and self.result.skipped == 0 and \
+                    not self.result.resumed_at:
+                self.log("the input has no rows" + (" after its header"
+                                                     if self.layout.has_header else ""))
+        if self.result.skipped > MAX_REPORTED:
+            self.log(f"skipped {self.result.skipped} bad rows in all")
+        return self.result
+
+    def _too_long(self, pending):
+        """A line of over MAX_LINE bytes without a newline: a bad row; its bytes are dropped
+        up to the next newline."""
+        if not self.discarding:
+            self.discarding = True
+            self._bad(self.pos.lines + 1, None, f"longer than {MAX_LINE} bytes (binary data?)")
+        self.pos.bytes += len(pending)
+        self.pos.crc32 = zlib.crc32(pending, self.pos.crc32)
+        if self.progress is not None:
+            self.progress(len(pending))
+        del pending[:]
+
+    def _bad(self, line, column, message):
+        where = f"line {line}" + (f", column {column}" if column else "")
+        if self.on_error == "fail":
+            raise InputError(f"{where}: {message}", line=line, column=column)
+        self.result.skipped += 1
+        if self.result.skipped <= MAX_REPORTED:
+            self.log(f"{where}: {message}; row skipped"
+                     + (" (further bad rows are counted, not shown)"
+                        if self.result.skipped == MAX_REPORTED else ""))
+
+    def _block(self, buf):
+        """Whole lines (ending in LF): header first, then rows, scored and written."""
+        if self.discarding:          # the end of an over-long bad line
+            nl = buf.index(b"\n") + 1
+            self._consume(buf[:nl], 1)
+            self.discarding = False
+            buf = buf[nl:]
+        while self.layout is None and buf:
+            nl = buf.index(b"\n") + 1
+            line, skip = buf[:nl - 1], 0
+            if self.pos.bytes == 0 and line.startswith(BOM):
+                line, skip = line[len(BOM):], len(BOM)
+            is_header = self._first_line(line, self.pos.lines + 1, write_header=True)
+            if is_header is False:               # headerless: this line is the first row
+                self._consume(buf[:skip], 0)
+                buf = buf[skip:]
+                break
+            self._consume(buf[:nl], 1)
+            buf = buf[nl:]
+        if buf:
+            self._rows(buf)
+
+    def _rows(self, buf):
+        rows = parse_lines(buf, self.layout)
+        status = rows.status
+        L = len(status)
+        bad = np.flatnonzero(status == BAD)
+        cut = int(bad[0]) if bad.size and self.on_error == "fail" else L
+        use = np.flatnonzero(status[:cut] == OK)
+        if use.size:
+            self._score(rows, use)
+        first_line = self.pos.lines + 1
+        for i in bad.tolist():
+            if i >= cut:
+                break
+            field, message = rows.errors[i]
+            self._bad(first_line + i, self.layout.column(field), message)
+        self._consume(buf[:int(rows.ends[cut - 1]) if cut else 0], cut)
+        if self.checkpoint_every and self.since_checkpoint >= self.checkpoint_every:
+            self._save()
+        if cut < L:
+            field, message = rows.errors[cut]
+            self._bad(first_line + cut, self.layout.column(field), message)
+
+    def _score(self, rows, use):
+        X = rows.values[use]
+        lay = self.layout
+        if self.group is not None:
+            keys = [_text(k) for k in rows.spans(lay.group_slot, use)]
+            scores, contrib = self.group.score_many(keys, X, explain=True)
+        else:
+            scores, contrib = self.scorer.score_many(X, explain=True)
+        kept = [rows.spans(k, use) for k in lay.kept_slots]
+        anomaly = (scores > self.threshold).astype(np.int64)
+        self._write(self.writer.rows(kept, scores, anomaly, contrib))
+        self.result.rows += len(use)
+        self.pos.rows += len(use)
+        self.since_checkpoint += len(use)
+
+
+def _text(value):
+    return value if value.__class__ is str else value.decode()

@@ -1,0 +1,504 @@
+"""edgegru.stream: the compiled parser agrees with the Python reference, every bad-input policy,
+chunked == trickled == score_many, group-by == each group alone, state files, and fuzzing."""
+import csv
+import io
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import edgegru
+from conftest import SENSOR_COLUMNS, make_scoring_model
+from edgegru import stream
+from edgegru.errors import EdgeGRUError, InputError
+
+EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "sensor.csv"
+HEADER = b"timestamp,temperature,vibration,current,pressure\n"
+
+
+def make_scorer(**kw):
+    return edgegru.AnomalyScorer.from_model(make_scoring_model(**kw))
+
+
+@pytest.fixture(scope="module")
+def example():
+    """The first 600 rows of examples/sensor.csv (header included) and their values."""
+    lines = EXAMPLE.read_bytes().split(b"\n")[:601]
+    data = b"\n".join(lines) + b"\n"
+    X = np.array([[float(v) for v in line.split(b",")[1:]] for line in lines[1:]])
+    return data, X
+
+
+class Trickle:
+    """A non-seekable source that hands out the data in the given piece sizes (cycled)."""
+
+    def __init__(self, data, sizes=(1,)):
+        self.data, self.sizes, self.pos, self.k = data, sizes, 0, 0
+
+    def read1(self, n):
+        size = min(n, self.sizes[self.k % len(self.sizes)])
+        self.k += 1
+        piece = self.data[self.pos:self.pos + size]
+        self.pos += len(piece)
+        return piece
+
+
+class Lines(Trickle):
+    """A non-seekable source that hands out one line per read."""
+
+    def read1(self, n):
+        end = self.data.find(b"\n", self.pos) + 1 or len(self.data)
+        piece = self.data[self.pos:end]
+        self.pos = end
+        return piece
+
+
+def run(data, scorer=None, source=None, **kw):
+    """score_stream on bytes: (output text, StreamResult or the InputError, stderr notes)."""
+    out, notes = io.BytesIO(), []
+    kw.setdefault("precision", 17)
+    try:
+        result = stream.score_stream(scorer or make_scorer(), source or io.BytesIO(data), out,
+                                     log=notes.append, handle_signals=False, **kw)
+    except InputError as exc:
+        result = exc
+    return out.getvalue().decode(), result, notes
+
+
+def table(text):
+    """Output CSV -> (column names, rows as lists of str)."""
+    rows = list(csv.reader(io.StringIO(text)))
+    return (rows[0], rows[1:]) if rows else ([], [])
+
+
+def scores_of(text):
+    names, rows = table(text)
+    i = names.index("score")
+    return np.array([float(r[i]) for r in rows])
+
+
+# -- scores --------------------------------------------------------------------------------------
+
+def test_output_equals_score_many_row_for_row(example):
+    data, X = example
+    text, result, notes = run(data)
+    names, rows = table(text)
+    assert names == ["timestamp", "score", "anomaly"]
+    assert result.rows == len(rows) == len(X) and result.lines == len(X) + 1 and not notes
+    expected = make_scorer().score_many(X)
+    assert np.array_equal(scores_of(text), expected)
+    assert [r[0] for r in rows] == [l.split(b",")[0].decode() for l in data.split(b"\n")[1:-1]]
+    assert [int(r[2]) for r in rows] == (expected > 3.0).astype(int).tolist()
+
+
+def test_trickled_and_chunked_input_give_identical_output(example):
+    data = example[0]
+    whole = run(data)[0]
+    assert run(data, source=Lines(data))[0] == whole                 # a row per read
+    assert run(data, source=Trickle(data, (1, 7, 300, 2)))[0] == whole   # lines cut anywhere
+    assert run(data, source=Trickle(data, (5000,)))[0] == whole
+
+
+def test_explain_jsonl_threshold_keep_and_columns(example):
+    data, X = example
+    text = run(data, fmt="jsonl", explain=True, threshold=0.5, keep=[])[0]
+    records = [json.loads(line) for line in text.splitlines()]
+    assert list(records[0]) == ["score", "anomaly"] + [f"contrib_{c}" for c in SENSOR_COLUMNS]
+    scores, contrib = make_scorer().score_many(X, explain=True)
+    got = np.array([[r[f"contrib_{c}"] for c in SENSOR_COLUMNS] for r in records])
+    assert np.array_equal(got, contrib)
+    assert np.array_equal([r["score"] for r in records], scores)
+    assert [r["anomaly"] for r in records] == (scores > 0.5).astype(int).tolist()
+    # other names for the model's columns, in the model's order; a chosen kept column
+    renamed = b"time,p,i,v,t\n" + b"\n".join(
+        b",".join([l.split(b",")[k] for k in (0, 4, 3, 2, 1)]) for l in data.split(b"\n")[1:-1])
+    text = run(renamed, columns=["t", "v", "i", "p"], keep=["time"], precision=6)[0]
+    assert text == run(data, precision=6)[0].replace("timestamp,", "time,", 1)
+
+
+def test_headerless_input_with_the_model_columns(example):
+    data, X = example
+    body = b"\n".join(b",".join(l.split(b",")[1:]) for l in data.split(b"\n")[1:-1])
+    text, result, _ = run(body)
+    assert table(text)[0] == ["score", "anomaly"]
+    assert np.array_equal(scores_of(text), make_scorer().score_many(X))
+    text, error, _ = run(data.split(b"\n", 1)[1])          # 5 fields: timestamps, no header
+    assert isinstance(error, InputError) and "header" in str(error) and error.line == 1
+
+
+# -- bad input: each case under --on-error fail and skip -------------------------------------------
+
+ROW = b"2026-01-01T00:00:00,30.5,1.9,9.1,2.8"
+
+
+def case(*lines, ending=b"\n"):
+    return ending.join(lines) + ending
+
+
+# name: (input, rows of values it holds (None = a bad row), (line, column) of the first bad row)
+CASES = {
+    "non-numeric field": (case(HEADER[:-1], ROW, b"t,30,abc,9,2.8", ROW), "vibration"),
+    "missing field": (case(HEADER[:-1], ROW, b"t,30,1.9,9", ROW), "pressure"),
+    "extra field": (case(HEADER[:-1], ROW, b"t,30,1.9,9,2.8,7", ROW), "#6"),
+    "invalid UTF-8": (case(HEADER[:-1], ROW, b"t\xff\xfe,30,1.9,9,2.8", ROW), "timestamp"),
+    "binary garbage": (case(HEADER[:-1], ROW, b"\x00\x13\x88\xffPK\x03\x04", ROW), "timestamp"),
+    "bad quoting": (case(HEADER[:-1], ROW, b'"t,30,1.9,9,2.8', ROW), None),
+    "line too long": (case(HEADER[:-1], ROW, b"9" * (stream.MAX_LINE + 5), ROW), None),
+}
+
+
+@pytest.mark.parametrize("name", list(CASES))
+def test_bad_rows_fail_after_writing_the_rows_before_or_are_skipped(name):
+    data, column = CASES[name]
+    text, error, notes = run(data)
+    assert isinstance(error, InputError) and error.line == 3
+    assert str(error).startswith("line 3") and (column is None or column in str(error))
+    assert len(table(text)[1]) == 1 and not notes                   # the row before: written
+    text, result, notes = run(data, on_error="skip")
+    rows = table(text)[1]
+    assert result.rows == len(rows) == 2 and result.skipped == 1
+    assert [r[0] for r in rows] == ["2026-01-01T00:00:00"] * 2      # both good rows
+    assert len(notes) == 1 and notes[0].startswith("line 3") and "skipped" in notes[0]
+    assert np.array_equal(scores_of(text), make_scorer().score_many(np.array(
+        [[30.5, 1.9, 9.1, 2.8]] * 2)))
+
+
+def test_accepted_variants_give_the_same_output():
+    rows = [b"2026-01-01T00:0%d:00,%d.5,1.%d,9.1,2.8" % (i, 30 + i, i) for i in range(8)]
+    plain = case(HEADER[:-1], *rows)
+    expected = run(plain)[0]
+    variants = {
+        "CRLF": case(HEADER[:-1], *rows, ending=b"\r\n"),
+        "BOM": stream.BOM + plain,
+        "no final newline": plain[:-1],
+        "blank lines": case(b"", HEADER[:-1], b"", rows[0], b"  ", b"\r", *rows[1:], b""),
+        "spaces and signs": plain.replace(b",1.", b", +1.").replace(b",9.1", b",9.10 "),
+        "exponents": plain.replace(b",2.8", b",0.28e1"),
+        "quoted fields": plain.replace(b"2026-01-01T", b'"2026-01-01T').replace(
+            b":00,", b':00",'),
+    }
+    for name, data in variants.items():
+        text, result, notes = run(data)
+        assert text == expected, name
+        assert result.rows == 8 and not notes, name
+    _, result, _ = run(variants["blank lines"])
+    assert result.lines == 14                                        # blank lines count
+
+
+def test_missing_values_are_imputed_not_errors():
+    data = case(HEADER[:-1], ROW, b"t,,1.9,9,2.8", b"t,nan,NaN,9,inf", b"t,,,,", b"t,1e300,2,9,2.8",
+                ROW)
+    X = np.array([[30.5, 1.9, 9.1, 2.8], [np.nan, 1.9, 9, 2.8], [np.nan, np.nan, 9, np.inf],
+                  [np.nan] * 4, [1e300, 2, 9, 2.8], [30.5, 1.9, 9.1, 2.8]])
+    text, result, notes = run(data)
+    assert result.rows == 6 and not notes
+    scores = scores_of(text)
+    assert np.array_equal(scores, make_scorer().score_many(X))
+    assert np.isfinite(scores).all()
+
+
+def test_quoted_pass_through_fields_stay_one_column():
+    data = case(b"id,temperature,vibration,current,pressure", b'"pump 1, east",30,1.9,9,2.8',
+                b'"say ""hi""",30,1.9,9,2.8')
+    names, rows = table(run(data)[0])
+    assert [r[0] for r in rows] == ["pump 1, east", 'say "hi"']
+    records = [json.loads(l) for l in run(data, fmt="jsonl")[0].splitlines()]
+    assert [r["id"] for r in records] == ["pump 1, east", 'say "hi"']
+
+
+@pytest.mark.parametrize("data, note", [(b"", "empty"), (b"\n\r\n  \n", "empty"),
+                                        (HEADER, "no rows after its header"),
+                                        (stream.BOM + HEADER[:-1], "no rows after its header")])
+def test_empty_and_header_only_streams_are_not_errors(data, note):
+    text, result, notes = run(data)
+    assert result.rows == 0 and len(notes) == 1 and note in notes[0]
+    assert text == ("" if note == "empty" else "timestamp,score,anomaly\n")
+
+
+def test_header_problems_are_errors_even_when_skipping():
+    for kw in ({}, {"on_error": "skip"}):
+        _, error, _ = run(b"timestamp,temperature,vibration,current\n1,2,3,4\n", **kw)
+        assert isinstance(error, InputError) and "'pressure'" in str(error) and error.line == 1
+    _, error, _ = run(HEADER + ROW + b"\n", keep=["site"])
+    assert "no column 'site'" in str(error)
+    _, error, _ = run(b"\n\n\xff\xfe,1\n")
+    assert isinstance(error, InputError) and error.line == 3 and "UTF-8" in str(error)
+
+
+def test_skipped_rows_are_counted_after_the_first_twenty():
+    data = case(HEADER[:-1], *[b"t,x,1,2,3"] * 30, ROW)
+    _, result, notes = run(data, on_error="skip")
+    assert result.skipped == 30 and result.rows == 1
+    assert len(notes) == stream.MAX_REPORTED + 1 and "30 bad rows" in notes[-1]
+
+
+# -- many streams ----------------------------------------------------------------------------------
+
+def interleaved(example, devices=("a", "b", "c"), seed=0):
+    data, X = example
+    rng = np.random.default_rng(seed)
+    keys = [devices[k] for k in rng.integers(0, len(devices), len(X))]
+    X = X.copy()
+    X[rng.integers(0, len(X), 15), rng.integers(0, 4, 15)] = np.nan
+    lines = [b"device,timestamp,temperature,vibration,current,pressure"]
+    for k, (i, x) in zip(keys, enumerate(X)):
+        lines.append(b"%s,%d,%s" % (k.encode(), i, b",".join(b"%r" % v for v in x.tolist())))
+    return b"\n".join(lines).replace(b"nan", b"") + b"\n", X, keys
+
+
+def test_group_by_equals_each_group_alone(example):
+    data, X, keys = interleaved(example)
+    text, result, _ = run(data, group_by="device")
+    names, rows = table(text)
+    assert names == ["device", "timestamp", "score", "anomaly"]
+    assert [r[0] for r in rows] == keys and [int(r[1]) for r in rows] == list(range(len(X)))
+    scores = scores_of(text)
+    for key in set(keys):
+        mine = np.array(keys) == key
+        assert np.array_equal(scores[mine], make_scorer().score_many(X[mine])), key
+    assert run(data, group_by="device", source=Lines(data))[0] == text
+
+
+def test_group_scorer_round_robin_batches_match(example):
+    _, X = example
+    keys = ["a", "b", "c", "d"] * (len(X) // 4)
+    group = edgegru.scoring.GroupScorer(make_scorer())
+    got = np.concatenate([group.score_many(keys[i:i + 40], X[i:i + 40])
+                          for i in range(0, len(keys), 40)])
+    for k in "abcd":
+        mine = np.array(keys) == k
+        assert np.array_equal(got[mine], make_scorer().score_many(X[:len(keys)][mine]))
+    restored = edgegru.scoring.GroupScorer(make_scorer())
+    restored.state = group.state
+    assert np.array_equal(restored.score_many(keys[:8], X[:8]), group.score_many(keys[:8], X[:8]))
+    with pytest.raises(ValueError, match="does not fit"):
+        restored.state = {**group.state, "forecast": np.zeros((4, 3))}
+
+
+# -- state files -----------------------------------------------------------------------------------
+
+def lines_of(text):
+    return text.splitlines()[1:]
+
+
+def test_resume_on_the_same_file_continues_where_it_stopped(example, tmp_path):
+    data = example[0]
+    whole = lines_of(run(data)[0])
+    state = tmp_path / "s.npz"
+    cut = data.index(b"\n", 9000) + 1                     # the first run saw part of the file
+    first, r1, _ = run(data[:cut], state=state)
+    second, r2, notes = run(data, state=state)            # the same file, grown to full size
+    assert r2.resumed_at == r1.lines and "continuing at line" in notes[0]
+    assert lines_of(first) + lines_of(second) == whole
+    third, r3, _ = run(data, state=state)                 # nothing left to score
+    assert r3.rows == 0 and lines_of(third) == []
+
+
+def test_resume_on_a_pipe_or_another_file_continues_the_stream(example, tmp_path):
+    data = example[0]
+    whole = lines_of(run(data)[0])
+    cut = data.index(b"\n", 9000) + 1
+    rest = HEADER + data[cut:]
+    for i, source in enumerate([Lines(rest), None]):      # a pipe; another (seekable) file
+        state = tmp_path / f"s{i}.npz"
+        first = run(data[:cut], source=Lines(data[:cut]), state=state)[0]
+        second, result, notes = run(rest, source=source, state=state)
+        assert result.resumed_at == 0 and "continues that stream" in notes[0]
+        assert lines_of(first) + lines_of(second) == whole
+
+
+def test_group_states_resume(example, tmp_path):
+    data = interleaved(example)[0]
+    whole = lines_of(run(data, group_by="device")[0])
+    cut = data.index(b"\n", 12000) + 1
+    state = tmp_path / "g.npz"
+    first = run(data[:cut], group_by="device", state=state)[0]
+    second = run(data, group_by="device", state=state)[0]
+    assert lines_of(first) + lines_of(second) == whole
+    with pytest.raises(EdgeGRUError, match="with --group-by device"):
+        run(data, state=state)
+
+
+def test_periodic_checkpoints_and_failures_save_a_state_that_resumes(example, tmp_path):
+    data = example[0]
+    whole = lines_of(run(data)[0])
+    state = tmp_path / "s.npz"
+    snapshots = []
+
+    class Snapshotting(Lines):                 # copies the state file as the run goes
+        def read1(self, n):
+            if state.exists():
+                snapshots.append(state.read_bytes())
+            return super().read1(n)
+
+    run(data, source=Snapshotting(data), state=state, checkpoint_every=100)
+    saved = list(dict.fromkeys(snapshots))                  # after rows 100, 200, ... 600
+    assert len(saved) == 6
+    snap = tmp_path / "snap.npz"
+    for k, content in enumerate(saved, 1):                  # as if killed after row 100 k
+        snap.write_bytes(content)
+        resumed, result, _ = run(data, state=snap)
+        assert result.resumed_at == 100 * k + 1 and lines_of(resumed) == whole[100 * k:]
+    # a bad row with --on-error fail: the state holds the rows before it; fix it and re-run
+    broken = data.replace(b"\n", b"\nbroken\n", 301)[:]
+    bad_line = broken.split(b"\n").index(b"broken") + 1
+    state = tmp_path / "f.npz"
+    first, error, _ = run(broken, state=state)
+    assert error.line == bad_line
+    fixed = broken.replace(b"broken\n", b"")
+    second = run(fixed, state=state)[0]
+    assert lines_of(first) + lines_of(second) == whole
+
+
+def test_state_file_is_refused_when_it_does_not_fit(example, tmp_path):
+    data = example[0]
+    state = tmp_path / "s.npz"
+    run(data[:2000], state=state)
+    with pytest.raises(EdgeGRUError, match="another model"):
+        run(data, scorer=make_scorer(seed=1), state=state)
+    with pytest.raises(EdgeGRUError, match="without --group-by"):
+        run(data, group_by="timestamp", state=state)
+    junk = tmp_path / "junk.npz"
+    junk.write_bytes(b"not a zip")
+    with pytest.raises(EdgeGRUError, match="not an edgegru state file"):
+        run(data, state=junk)
+    pickled = tmp_path / "pickled.npz"
+    np.savez(pickled, format=np.array([{"evil": 1}], dtype=object))
+    with pytest.raises(EdgeGRUError, match="not an edgegru state file"):
+        run(data, state=pickled)
+
+
+# -- the compiled parser against the reference, and fuzzing -----------------------------------------
+
+ALPHABET = b'0123456789.,-+eE"  \t\r\x00\xff\xc3\xa9nanif_x;'
+
+
+def mutate(line, rng):
+    """One random edit of a line: replace, insert or delete bytes, drop or add fields, quote."""
+    b = bytearray(line)
+    for _ in range(rng.integers(1, 4)):
+        op = rng.integers(0, 8)
+        at = int(rng.integers(0, len(b) + 1))
+        ch = ALPHABET[rng.integers(0, len(ALPHABET))]
+        if op == 0 and b:
+            b[min(at, len(b) - 1)] = ch
+        elif op == 1:
+            b.insert(at, ch)
+        elif op == 2 and b:
+            del b[min(at, len(b) - 1)]
+        elif op == 3:
+            b = bytearray(b",".join(b.split(b",")[:-1]))
+        elif op == 4:
+            b += b"," + bytes(rng.choice(list(b"0123456789."), rng.integers(0, 20)))
+        elif op == 5:
+            b.insert(at, 34)
+            b.insert(min(len(b), at + int(rng.integers(1, 10))), 34)
+        elif op == 6:
+            digits = bytes(rng.choice(list(b"0123456789"), rng.integers(10, 25)))
+            fields = b.split(b",")
+            fields[int(rng.integers(0, len(fields)))] = b"-" + digits[:5] + b"." + digits[5:]
+            b = bytearray(b",".join(fields))
+        else:
+            b = bytearray(rng.bytes(int(rng.integers(0, 30))))
+    return bytes(b).replace(b"\n", b"")
+
+
+def layouts():
+    sensor, _ = stream.Layout.from_first_line(HEADER[:-1].decode().split(","), SENSOR_COLUMNS)
+    bare, _ = stream.Layout.from_first_line(["1", "2", "3", "4"], SENSOR_COLUMNS)
+    return sensor, bare
+
+
+def test_compiled_parser_equals_the_python_reference_on_10000_mutated_rows(example):
+    base = example[0].split(b"\n")[1:201]
+    base += [b",".join(l.split(b",")[1:]) for l in base]             # headerless rows too
+    rng = np.random.default_rng(7)
+    seen = set()
+    for layout in layouts():
+        for start in range(0, 5000, 250):
+            lines = [mutate(base[rng.integers(0, len(base))], rng) if rng.random() < 0.8
+                     else base[rng.integers(0, len(base))] for _ in range(250)]
+            block = b"\n".join(lines) + b"\n"
+            rows = stream.parse_lines(block, layout)
+            for i, line in enumerate(lines):
+                try:
+                    ref = stream.parse_line(line, layout)
+                except stream._Bad as bad:
+                    assert rows.status[i] == stream.BAD and rows.errors[i] == (bad.field,
+                                                                              bad.message)
+                    seen.add("bad")
+                    continue
+                if ref is None:
+                    assert rows.status[i] == stream.BLANK
+                    continue
+                assert rows.status[i] == stream.OK, line
+                got = rows.values[i]
+                assert np.array_equal(got, ref[0], equal_nan=True), line
+                assert np.array_equal(np.signbit(got), np.signbit(ref[0])), line
+                spans = [s if isinstance(s, str) else s.decode()
+                         for s in (rows.spans(k, np.array([i]))[0]
+                                   for k in range(len(layout.span_fields)))]
+                assert spans == ref[1], line
+                seen.add("fast" if i not in rows.parsed_spans else "python")
+    assert seen == {"bad", "fast", "python"}
+
+
+def mutate_stream(data, rng):
+    """Stream-level damage: cut anywhere, CRLF, BOM, garbage, dropped newlines, mutated lines."""
+    lines = data.split(b"\n")
+    for _ in range(rng.integers(0, 4)):
+        i = int(rng.integers(0, len(lines)))
+        lines[i] = mutate(lines[i], rng)
+    if rng.random() < 0.3:
+        del lines[int(rng.integers(0, len(lines)))]
+    data = (b"\r\n" if rng.random() < 0.2 else b"\n").join(lines)
+    if rng.random() < 0.2:
+        data = stream.BOM + data
+    if rng.random() < 0.3:
+        data = data[:int(rng.integers(0, len(data) + 1))]
+    if rng.random() < 0.1:
+        data = rng.bytes(int(rng.integers(0, 200)))
+    return data
+
+
+def test_fuzz_streams_through_score_stream(example, tmp_path):
+    """3,000 damaged streams (over 10,000 rows): each run ends with one of the documented
+    outcomes: scored rows (one output row each) and skipped rows, or an InputError naming a
+    line; never another exception."""
+    lines = example[0].split(b"\n")
+    rng = np.random.default_rng(11)
+    scorer = make_scorer()
+    total = outcomes = 0
+    for n in range(3000):
+        start = int(rng.integers(1, len(lines) - 12))
+        body = lines[start:start + int(rng.integers(1, 12))]
+        head = [lines[0]] if rng.random() < 0.85 else []
+        if not head:
+            body = [b",".join(l.split(b",")[1:]) for l in body]
+        data = mutate_stream(b"\n".join(head + body) + b"\n", rng)
+        total += data.count(b"\n")
+        on_error = "skip" if n % 2 else "fail"
+        group = "timestamp" if n % 7 == 0 and head else None
+        scorer.reset()
+        text, result, notes = run(data, scorer=scorer, source=Trickle(data, (int(rng.integers(
+            1, 64)),)) if n % 5 == 0 else None, on_error=on_error, group_by=group,
+            fmt="jsonl" if n % 3 == 0 else "csv", precision=6)
+        out = text.split("\n")
+        assert out.pop() == ""                           # every output line ends in LF
+        if n % 3 == 0:
+            records = [json.loads(l) for l in out]
+            assert all(set(r) >= {"score", "anomaly"} for r in records)
+            scored = len(records)
+        else:
+            scored = max(0, len(out) - 1)
+        if isinstance(result, InputError):
+            assert result.line >= 1 and str(result).startswith("line ")
+            if on_error == "skip":                       # only the header can stop a skip
+                assert result.line <= data.count(b"\n") + 1 and result.line <= 20
+            outcomes += 1
+        else:
+            assert result.rows == scored and result.skipped == len(
+                [m for m in notes if "skipped" in m])
+    assert total >= 10000 and 0 < outcomes < 3000
