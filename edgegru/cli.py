@@ -4,7 +4,10 @@ object and loops; edgegru's own errors become one-line messages (no traceback) i
 Exit codes: 0 success, 1 an error edgegru detected (bad model file, bad input data), 2 bad
 usage (Click's own), 130 interrupted by Ctrl-C.
 """
+import contextlib
 import functools
+import io
+import os
 import sys
 
 import click
@@ -74,3 +77,87 @@ def info(model_path):
     from edgegru.formats import describe
     for key, value in describe(edgegru.load(model_path)).items():
         click.echo(f"{key + ':':16s}{value}")
+
+
+def _names(text):
+    """A comma-separated list of column names (None when not given, [] when empty)."""
+    if text is None:
+        return None
+    return [name.strip() for name in text.split(",") if name.strip()]
+
+
+@main.command()
+@click.option("--weights", required=True, type=click.Path(dir_okay=False),
+              help="The scoring model (.npz with preprocessing and scoring metadata).")
+@click.option("--input", "input_path", type=click.Path(exists=True, dir_okay=False),
+              help="CSV file to read (default: stdin). A progress bar shows on a terminal.")
+@click.option("--columns", help="Input column names feeding the model's channels, in its "
+              "order, comma-separated (default: the model's own column names).")
+@click.option("--keep", help="Columns to copy to the output, comma-separated; '' for none "
+              "(default: every column the model does not read, e.g. the timestamp).")
+@click.option("--group-by", metavar="COLUMN", help="Score each value of COLUMN (a device id) as "
+              "its own stream, with its own state.")
+@click.option("--threshold", type=float, help="Anomaly threshold (default: the model's).")
+@click.option("--explain", is_flag=True, help="Add each channel's contribution to the score.")
+@click.option("--format", "fmt", type=click.Choice(["csv", "jsonl"]), default="csv",
+              show_default=True, help="Output format.")
+@click.option("--precision", type=click.IntRange(1, 17), default=6, show_default=True,
+              help="Significant digits of scores (17 reproduces them exactly).")
+@click.option("--on-error", type=click.Choice(["fail", "skip"]), default="fail",
+              show_default=True, help="A bad row stops the run (exit 1), or is dropped with a "
+              "note on stderr.")
+@click.option("--state", type=click.Path(dir_okay=False), help="State file: resume from it if "
+              "it exists; saved at the end, on Ctrl-C/SIGTERM and every --checkpoint-every rows.")
+@click.option("--checkpoint-every", type=click.IntRange(min=0), default=0, metavar="N",
+              help="Also save the state every N rows (needs --state).")
+@friendly_errors
+def run(weights, input_path, columns, keep, group_by, threshold, explain, fmt, precision,
+        on_error, state, checkpoint_every):
+    """Score CSV sensor rows: one output row per input row, written as soon as it is read.
+
+    Output columns: the kept columns, score (high = anomalous, about 1 on normal data),
+    anomaly (1 when score > threshold) and with --explain contrib_<channel>. Empty fields
+    and nan are missing values (imputed from the forecast). Bad rows, resuming and the score
+    formula: see README.md, section "edgegru run".
+
+    \b
+    Exit codes: 0 done; 1 bad input row (with --on-error fail), bad model or state file,
+    missing column; 2 bad usage; 130 / 143 stopped by SIGINT / SIGTERM after writing every
+    row read and saving --state; 141 the output was closed (e.g. | head).
+
+    \b
+    Examples:
+      edgegru run --weights weights/model.npz < examples/sensor.csv
+      tail -f sensors.csv | edgegru run --weights weights/model.npz --group-by device \\
+          --state run.state --checkpoint-every 1000 --on-error skip
+    """
+    from edgegru.stream import score_stream
+    if checkpoint_every and not state:
+        raise click.UsageError("--checkpoint-every needs --state FILE")
+    scorer = edgegru.AnomalyScorer.load(weights)
+    columns = _names(columns)
+    if columns is not None and len(columns) != scorer.num_channels:
+        raise click.BadParameter(f"names {len(columns)} columns, the model reads "
+                                 f"{scorer.num_channels} ({', '.join(scorer.columns)})",
+                                 param_hint="--columns")
+    out = click.get_binary_stream("stdout")
+    show = bool(input_path) and sys.stderr.isatty()
+    with contextlib.ExitStack() as stack:
+        source = stack.enter_context(open(input_path, "rb", buffering=0)) if input_path else \
+            click.get_binary_stream("stdin")
+        bar = stack.enter_context(click.progressbar(
+            length=os.path.getsize(input_path), label="scoring", file=sys.stderr)) if show else None
+        try:
+            result = score_stream(
+                scorer, source, out, columns=columns, keep=_names(keep), group_by=group_by,
+                explain=explain, threshold=threshold, fmt=fmt, precision=precision,
+                on_error=on_error, state=state, checkpoint_every=checkpoint_every,
+                progress=bar.update if bar else None)
+        except BrokenPipeError:                      # the reader went away: stop quietly
+            try:
+                os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            except (OSError, ValueError, io.UnsupportedOperation):
+                pass
+            sys.exit(141)
+    if result.signal is not None:
+        sys.exit(128 + result.signal)

@@ -1,0 +1,204 @@
+"""``edgegru run``: through Click's CliRunner (fast, in-process) and through real subprocesses on
+pipes (a row trickled in gets its score before the next row is written; SIGTERM then resume
+gives the scores of one uninterrupted run)."""
+import csv
+import io
+import os
+import select
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+import edgegru
+from conftest import make_model
+from edgegru.cli import main
+
+ROOT = Path(__file__).resolve().parents[1]
+EXAMPLE = ROOT / "examples" / "sensor.csv"
+COMMAND = [sys.executable, "-c", "from edgegru.cli import main; main()", "run"]
+
+
+@pytest.fixture(scope="module")
+def example():
+    """The first 600 rows of examples/sensor.csv (with header), their values, their scores."""
+    lines = EXAMPLE.read_bytes().split(b"\n")[:601]
+    X = np.array([[float(v) for v in line.split(b",")[1:]] for line in lines[1:]])
+    return b"\n".join(lines) + b"\n", X
+
+
+def expected_scores(model_path, X):
+    return edgegru.AnomalyScorer.load(model_path).score_many(X)
+
+
+def invoke(*args, input=None):
+    return CliRunner().invoke(main, ["run", *map(str, args)], input=input)
+
+
+def scores_of(text):
+    rows = list(csv.reader(io.StringIO(text)))
+    i = rows[0].index("score")
+    return np.array([float(r[i]) for r in rows[1:]])
+
+
+def test_one_output_row_per_input_row_equal_to_score_many(scoring_model_path, example):
+    data, X = example
+    result = invoke("--weights", scoring_model_path, "--precision", 17, input=data)
+    assert result.exit_code == 0, result.output
+    assert result.stdout.splitlines()[0] == "timestamp,score,anomaly"
+    assert len(result.stdout.splitlines()) == len(X) + 1
+    assert np.array_equal(scores_of(result.stdout), expected_scores(scoring_model_path, X))
+    assert result.stderr == ""
+
+
+def test_input_file_group_by_jsonl_and_explain(scoring_model_path, example, tmp_path):
+    data, X = example
+    path = tmp_path / "in.csv"
+    path.write_bytes(data.replace(b"\n2026-01-01T0", b"\nb,2026-01-01T0").replace(
+        b"\n2026", b"\na,2026").replace(b"timestamp,", b"device,timestamp,", 1))
+    result = invoke("--weights", scoring_model_path, "--input", path, "--group-by", "device",
+                    "--format", "jsonl", "--explain", "--keep", "device")
+    assert result.exit_code == 0, result.output
+    lines = result.stdout.splitlines()
+    assert len(lines) == len(X) and lines[0].startswith('{"device": "')
+    assert '"contrib_pressure": ' in lines[0]
+
+
+def test_run_help_has_examples_and_exit_codes():
+    result = CliRunner().invoke(main, ["run", "--help"])
+    assert result.exit_code == 0
+    assert "Examples:" in result.output and "edgegru run --weights" in result.output
+    assert "Exit codes" in result.output and "143" in result.output
+
+
+def test_a_bad_row_exits_1_with_one_line_after_writing_the_rows_before(scoring_model_path):
+    data = (b"timestamp,temperature,vibration,current,pressure\n" + b"t,30,1.9,9,2.8\n" * 3
+            + b"t,30,oops,9,2.8\n" + b"t,30,1.9,9,2.8\n")
+    result = invoke("--weights", scoring_model_path, input=data)
+    assert result.exit_code == 1
+    assert len(result.stdout.splitlines()) == 4                       # header + 3 rows
+    assert result.stderr == "Error: line 5, column 'vibration': 'oops' is not a number\n"
+    result = invoke("--weights", scoring_model_path, "--on-error", "skip", input=data)
+    assert result.exit_code == 0 and len(result.stdout.splitlines()) == 5
+    assert result.stderr.startswith("edgegru: line 5, column 'vibration'")
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--checkpoint-every", "10"], "needs --state"),
+    (["--columns", "a,b"], "names 2 columns, the model reads 4"),
+    (["--format", "xml"], "'xml' is not one of"),
+    (["--precision", "0"], "0 is not in the range"),
+])
+def test_usage_errors_exit_2(scoring_model_path, args, message):
+    result = invoke("--weights", scoring_model_path, *args, input=b"")
+    assert result.exit_code == 2 and message in result.output
+
+
+def test_model_and_column_problems_exit_1_without_traceback(tmp_path, scoring_model_path):
+    junk = tmp_path / "junk.npz"
+    junk.write_bytes(b"junk")
+    plain = tmp_path / "plain.npz"
+    make_model(input_size=4, hidden_size=4, output_size=4).save(plain)
+    for weights, data, message in [
+            (junk, b"", "not a model file"), (plain, b"", "not a scoring model"),
+            (scoring_model_path, b"time,temperature\n1,2\n", "no column 'vibration'")]:
+        result = invoke("--weights", weights, input=data)
+        assert result.exit_code == 1 and message in result.stderr, result.output
+        assert "Traceback" not in result.output and len(result.stderr.splitlines()) == 1
+
+
+def test_empty_input_is_not_an_error(scoring_model_path):
+    result = invoke("--weights", scoring_model_path, input=b"")
+    assert result.exit_code == 0 and result.stdout == ""
+    assert result.stderr == "edgegru: the input is empty: no header, no rows\n"
+
+
+# -- real processes on pipes ------------------------------------------------------------------------
+
+class LineReader:
+    """Lines from a subprocess's stdout, each waited for at most ``timeout`` seconds (a guard
+    against a hang, not a speed test)."""
+
+    def __init__(self, stream, timeout=120):
+        self.fd, self.timeout, self.buf = stream.fileno(), timeout, b""
+
+    def line(self):
+        deadline = time.monotonic() + self.timeout
+        while b"\n" not in self.buf:
+            ready = select.select([self.fd], [], [], max(0.0, deadline - time.monotonic()))[0]
+            assert ready, "no output line: the row's score was not written and flushed"
+            data = os.read(self.fd, 1 << 16)
+            assert data, "the process ended"
+            self.buf += data
+        line, self.buf = self.buf.split(b"\n", 1)
+        return line.decode()
+
+    def rest(self):
+        chunks = [self.buf]
+        while True:
+            data = os.read(self.fd, 1 << 16)
+            if not data:
+                return b"".join(chunks).decode().splitlines()
+            chunks.append(data)
+
+
+def spawn(*args):
+    return subprocess.Popen(COMMAND + [str(a) for a in args], cwd=ROOT, stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+
+
+def test_trickled_rows_are_scored_before_the_next_arrives_then_a_bulk(scoring_model_path,
+                                                                       example):
+    data, X = example
+    header, *rows = data.split(b"\n")[:-1]
+    proc = spawn("--weights", scoring_model_path, "--precision", 17)
+    out = LineReader(proc.stdout)
+    proc.stdin.write(header + b"\n")
+    proc.stdin.flush()
+    assert out.line() == "timestamp,score,anomaly"
+    lines = []
+    for row in rows[:150]:                  # one row at a time: its score comes back first
+        proc.stdin.write(row + b"\n")
+        proc.stdin.flush()
+        lines.append(out.line())
+    proc.stdin.write(b"\n".join(rows[150:]) + b"\n")     # then the rest at once: chunked
+    proc.stdin.close()
+    lines += out.rest()
+    assert proc.wait(60) == 0 and proc.stderr.read() == b""
+    assert len(lines) == len(X)
+    assert [l.split(",")[0] for l in lines] == [r.split(b",")[0].decode() for r in rows]
+    got = np.array([float(l.split(",")[1]) for l in lines])
+    assert np.array_equal(got, expected_scores(scoring_model_path, X))
+
+
+def test_sigterm_saves_the_state_and_a_rerun_finishes_the_file(scoring_model_path, example,
+                                                                tmp_path):
+    data, X = example
+    path, state = tmp_path / "in.csv", tmp_path / "run.state"
+    path.write_bytes(data)
+    header, *rows = data.split(b"\n")[:-1]
+    # a sensor pipe: 250 rows arrive and are scored, half a row more, then SIGTERM
+    proc = spawn("--weights", scoring_model_path, "--precision", 17, "--state", state)
+    out = LineReader(proc.stdout)
+    proc.stdin.write(b"\n".join([header] + rows[:250]) + b"\n" + rows[250][:10])
+    proc.stdin.flush()
+    first = [out.line() for _ in range(251)]
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(60) == 143
+    assert b"Traceback" not in proc.stderr.read() and out.rest() == []
+    # the same command on the whole file: the 251 lines already scored are skipped
+    done = subprocess.run(COMMAND + ["--weights", str(scoring_model_path), "--precision", "17",
+                                     "--state", str(state), "--input", str(path)],
+                          cwd=ROOT, capture_output=True)
+    assert done.returncode == 0
+    assert b"continuing at line 252" in done.stderr
+    second = done.stdout.decode().splitlines()
+    lines = first[1:] + second[1:]
+    assert len(lines) == len(X)
+    got = np.array([float(l.split(",")[1]) for l in lines])
+    assert np.array_equal(got, expected_scores(scoring_model_path, X))
