@@ -7,7 +7,9 @@ Where things are:
 - :mod:`edgegru.numpy_kernels`  the same kernels in NumPy, used where Numba is not available
 - :mod:`edgegru.formats`   model files: native ``.npz`` (``load``, ``Model.save``), PyTorch
                           ``.pt``, safetensors, ONNX, Keras, textbook arrays (``from_arrays``)
-- :mod:`edgegru.scoring`   ``AnomalyScorer``: anomaly scores from a GRU forecaster, row by row
+- :mod:`edgegru.scoring`   ``AnomalyScorer``: anomaly scores from a GRU forecaster, row by row;
+                          ``GroupScorer``: one stream per device key, batched
+- :mod:`edgegru.stream`    ``score_stream``: CSV rows in, one scored row out per row (``edgegru run``)
 - :mod:`edgegru.errors`    ``ModelFormatError`` and friends
 
 >>> import numpy as np, edgegru

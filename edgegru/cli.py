@@ -2,7 +2,8 @@
 object and loops; edgegru's own errors become one-line messages (no traceback) in one place.
 
 Exit codes: 0 success, 1 an error edgegru detected (bad model file, bad input data), 2 bad
-usage (Click's own), 130 interrupted by Ctrl-C.
+usage (Click's own), 130 interrupted by Ctrl-C; ``run`` also 143 (SIGTERM) and 141 (output
+closed).
 """
 import contextlib
 import functools

@@ -827,6 +827,10 @@ class _Run:
             raise
         self.result.signal = signals.received
         self._save()
+        if signals.received is not None:
+            self.log(f"stopped by {signal.Signals(signals.received).name} after "
+                     f"{self.result.rows} rows" + (f"; state saved to {self.state_file.path}"
+                                                   if self.state_file is not None else ""))
         if signals.received is None:
             if self.layout is None:
                 self.log("the input is empty: no header, no rows")
