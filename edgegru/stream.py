@@ -77,7 +77,7 @@ import zlib
 
 import numpy as np
 
-from edgegru._jit import njit
+from edgegru._jit import JIT, njit
 from edgegru.errors import EdgeGRUError, InputError
 from edgegru.scoring import AnomalyScorer, GroupScorer
 
@@ -379,8 +379,13 @@ def parse_lines(buf, layout):
     status = np.empty(L, np.int8)
     span_ix = np.zeros((L, K, 2), np.int64)
     ends = np.empty(L, np.int64)
-    _parse_lines(X, status, span_ix, ends, np.frombuffer(buf, np.uint8), layout.role,
-                 layout.slot)
+    if JIT:
+        _parse_lines(X, status, span_ix, ends, np.frombuffer(buf, np.uint8), layout.role,
+                     layout.slot)
+    else:                       # without numba a byte loop is slow: Python parses every line
+        lengths = [len(line) + 1 for line in buf.split(b"\n")[:-1]]
+        ends[:] = np.cumsum(lengths)
+        status[:] = SLOW
     starts = np.concatenate(([0], ends[:-1]))
     if not _ascii_or_utf8(buf):
         # bytes that are not UTF-8 somewhere: the lines holding them are for Python to judge

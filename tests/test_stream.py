@@ -442,7 +442,7 @@ def test_compiled_parser_equals_the_python_reference_on_10000_mutated_rows(examp
                                    for k in range(len(layout.span_fields)))]
                 assert spans == ref[1], line
                 seen.add("fast" if i not in rows.parsed_spans else "python")
-    assert seen == {"bad", "fast", "python"}
+    assert seen == ({"bad", "fast", "python"} if edgegru.JIT else {"bad", "python"})
 
 
 def mutate_stream(data, rng):
