@@ -260,7 +260,8 @@ class GroupScorer:
 
     ``score_many(keys, rows)`` scores interleaved rows; each key's rows get exactly the scores
     its own :class:`AnomalyScorer` would give them (same state rules, warm-up and imputation).
-    A key seen for the first time starts from a fresh state.
+    A key seen for the first time starts from a fresh state. Keys are any hashable values;
+    ``state`` stores them as strings (so give strings if you restore states).
 
     >>> group = GroupScorer(AnomalyScorer.load("weights/model.npz"))    # doctest: +SKIP
     >>> scores = group.score_many(["pump-1", "pump-2", "pump-1"], rows)   # doctest: +SKIP

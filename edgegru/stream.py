@@ -650,6 +650,7 @@ def _is_regular_file(source):
 
 @dataclasses.dataclass
 class StreamResult:
+    """What one :func:`score_stream` call did."""
     lines: int = 0               # physical lines consumed in this run
     rows: int = 0                # rows scored and written in this run
     skipped: int = 0             # bad rows dropped (on_error="skip")
