@@ -1,6 +1,6 @@
 """Score a sensor on a Raspberry Pi, one reading at a time, and react when it looks anomalous.
 
-    python examples/pi_sensor.py                      # simulated sensor: replays examples/sensor.csv
+    python examples/pi_sensor.py                   # no hardware: replays examples/sensor.csv
     python examples/pi_sensor.py --verbose --interval 0 --count 2000
     python examples/pi_sensor.py --gpio 17 --state /var/lib/edgegru/pi_sensor.npz
 

@@ -28,14 +28,16 @@ BLOCK_NUMBA = textwrap.dedent("""
 """)
 
 # Reference cases against PyTorch's outputs, through the public API only: a stacked model with
-# a head from a non-zero state, a batch, and a GRUCell stepped; then a scorer on the same process
-# (a second and third model built: the note must still appear once).
+# a head from a non-zero state, a batch, and a GRUCell stepped; then a scorer and `edgegru run`
+# on 50 rows of the example data in the same process (more models built: the note must still
+# appear once).
 SCRIPT = textwrap.dedent("""
     import json, sys
     import numpy as np
     import edgegru
     from reference import CASES, inputs, load_expected, state_dict
 
+    EXAMPLE = sys.argv[1]
     expected = load_expected()
     worst = 0.0
     for case in CASES:
@@ -58,28 +60,40 @@ SCRIPT = textwrap.dedent("""
     model.meta["scoring"] = {"residual_std": [1, 1], "threshold": 3.0}
     scorer = edgegru.AnomalyScorer.from_model(model)
     scores = [scorer.score_one({"a": 0.1 * i, "b": 1.0}) for i in range(5)]
+
+    # the command on the example data: one row out per row in
+    from conftest import make_scoring_model
+    from edgegru.cli import main
+    make_scoring_model().save("model.npz")
+    with open("sensor.csv", "wb") as f:
+        f.write(b"\\n".join(open(EXAMPLE, "rb").read().split(b"\\n")[:51]) + b"\\n")
+    main(["run", "--weights", "model.npz", "--input", "sensor.csv"], standalone_mode=False)
+    sys.stdout.flush()
     print(json.dumps({"jit": edgegru.JIT, "numba_imported": "numba" in sys.modules,
                       "worst": worst, "scores_finite": bool(np.isfinite(scores).all())}))
 """)
 
 
-def run_python(code, no_jit):
+def run_python(code, no_jit, cwd):
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([ROOT, TESTS]),
            "EDGEGRU_NO_JIT": "1" if no_jit else ""}
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env,
-                          cwd=ROOT, timeout=300)
+    example = os.path.join(ROOT, "examples", "sensor.csv")
+    proc = subprocess.run([sys.executable, "-c", code, example], capture_output=True, text=True,
+                          env=env, cwd=cwd, timeout=300)
     assert proc.returncode == 0, proc.stderr
-    return json.loads(proc.stdout.strip().splitlines()[-1]), proc.stderr
+    *csv_lines, result = proc.stdout.strip().splitlines()
+    return json.loads(result), csv_lines, proc.stderr
 
 
 @pytest.mark.parametrize("how", ["EDGEGRU_NO_JIT=1", "numba absent"])
-def test_same_numbers_without_numba_and_one_note(how):
+def test_same_numbers_without_numba_and_one_note(how, tmp_path):
     if how == "EDGEGRU_NO_JIT=1":
-        result, stderr = run_python(SCRIPT, no_jit=True)
+        result, csv_lines, stderr = run_python(SCRIPT, no_jit=True, cwd=tmp_path)
     else:
-        result, stderr = run_python(BLOCK_NUMBA + SCRIPT, no_jit=False)
+        result, csv_lines, stderr = run_python(BLOCK_NUMBA + SCRIPT, no_jit=False, cwd=tmp_path)
     assert result["jit"] is False
     assert result["numba_imported"] is False       # import edgegru never needs numba
     assert result["worst"] <= 1e-5
     assert result["scores_finite"]
+    assert csv_lines[0] == "timestamp,score,anomaly" and len(csv_lines) == 51
     assert stderr.count(NOTE) == 1, stderr

@@ -169,7 +169,9 @@ def test_trickled_rows_are_scored_before_the_next_arrives_then_a_bulk(scoring_mo
     proc.stdin.write(b"\n".join(rows[150:]) + b"\n")     # then the rest at once: chunked
     proc.stdin.close()
     lines += out.rest()
-    assert proc.wait(60) == 0 and proc.stderr.read() == b""
+    assert proc.wait(60) == 0
+    # nothing on stderr but, without numba (EDGEGRU_NO_JIT=1), the note that NumPy runs
+    assert [l for l in proc.stderr.read().splitlines() if b"NumPy fallback" not in l] == []
     assert len(lines) == len(X)
     assert [l.split(",")[0] for l in lines] == [r.split(b",")[0].decode() for r in rows]
     got = np.array([float(l.split(",")[1]) for l in lines])
