@@ -4,20 +4,33 @@ The model file holds a GRU stack whose linear head predicts the next normalised 
 metadata sections that :mod:`tools/train.py <train>` writes::
 
     "preprocessing": {"columns": ["temperature", ...], "mean": [...], "std": [...]}
-    "scoring": {"residual_std": [...], "smoothing": 0.3, "threshold": 4.2, "warmup": 10, ...}
+    "scoring": {"residual_std": [...], "smoothing": 0.3, "threshold": 4.2, "warmup": 10,
+                "combine": "sum", "whitening": [[...], ...], ...}
 
 The score of row t, for C channels (``z`` the normalised row, ``f`` the forecast made after row
 t-1, ``s_c`` the spread of channel c's forecast residual on normal data)::
 
     z_c  = (x_c - mean_c) / std_c
-    e_c  = (z_c - f_c) / s_c                               standardised residual, ~N(0, 1) if normal
+    r_c  = (z_c - f_c) / s_c                               standardised residual, ~N(0, 1) if normal
+    e    = W r                                             W = whitening (C, C), identity if absent
+    combine "sum" (the default):
     a_c <- (1 - alpha) * a_c + alpha * e_c**2 / C          per-channel contribution (EWMA)
     score = sum_c a_c                                      ~1 on normal data; high = anomalous
+    combine "max":
+    a_c <- (1 - alpha) * a_c + alpha * e_c**2              ~chi-square(1) per channel
+    score = max_c a_c                                      one channel's anomaly is not diluted
 
 ``anomaly = score > threshold``. The exponential smoothing (``alpha = smoothing``) suppresses
 one-sample flicker: a single large residual still shows, but ordinary noise does not cross the
-threshold on its own. The contributions ``a_c`` are what ``--explain`` prints: they add up to
-the score and say which sensor moved.
+threshold on its own (``smoothing = 1`` scores every row on its own). The contributions ``a_c``
+are what ``--explain`` prints and say which sensor moved: with "sum" they add up to the score,
+with "max" the largest of them is the score.
+
+The whitening undoes the correlation of the residuals on normal data (a load change moves
+several channels at once, so their forecast errors are correlated): ``W = Sigma^(-1/2)``,
+``Sigma`` the correlation matrix of ``r`` on normal data (ZCA whitening, the symmetric choice,
+so that ``e_c`` stays as close as possible to channel c's own ``r_c`` and the contributions keep
+naming channels). ``tools/train.py`` writes ``"combine": "max"`` with the whitening.
 
 First rows: the first row has no forecast, and the forecaster starts from a zero state, so the
 first ``warmup`` rows of a stream (rows_seen < warmup) score 0.0 and are never anomalous; the
@@ -43,24 +56,40 @@ from edgegru.formats import load as load_model
 
 
 @njit(cache=True, error_model="numpy")
-def _score_rows(scores, contrib, Z, F, f_prev, smoothed, rows_seen, inv_residual_std, alpha,
-                warmup):
+def _score_rows(scores, contrib, Z, F, f_prev, smoothed, rows_seen, inv_residual_std, whitening,
+                combine_max, alpha, warmup):
     """Scores of rows Z (T, C) given the forecasts: f_prev (C,) before row 0, F[t] after row t.
 
     scores (T,), contrib (T, C): outputs. smoothed (C,): the EWMA state, updated in place.
+    whitening (C, C), or (0, 0) for none. combine_max: score = max_c a_c instead of sum_c.
     Returns the new rows_seen.
     """
     T, C = Z.shape
-    inv_c = 1.0 / C
+    weight = 1.0 if combine_max else 1.0 / C
+    whiten = whitening.shape[0] == C
+    r = np.empty(C)
+    e = np.empty(C)
     for t in range(T):
         if rows_seen >= warmup:
-            total = 0.0
             for c in range(C):
                 f = f_prev[c] if t == 0 else F[t - 1, c]
-                e = (Z[t, c] - f) * inv_residual_std[c]
-                smoothed[c] = (1.0 - alpha) * smoothed[c] + alpha * e * e * inv_c
+                r[c] = (Z[t, c] - f) * inv_residual_std[c]
+            if whiten:
+                for c in range(C):          # e = W r
+                    acc = 0.0
+                    for k in range(C):
+                        acc += whitening[c, k] * r[k]
+                    e[c] = acc
+            else:
+                e[:] = r
+            total = 0.0
+            for c in range(C):
+                smoothed[c] = (1.0 - alpha) * smoothed[c] + alpha * e[c] * e[c] * weight
                 contrib[t, c] = smoothed[c]
-                total += smoothed[c]
+                if combine_max:
+                    total = max(total, smoothed[c])
+                else:
+                    total += smoothed[c]
             scores[t] = total
         else:
             scores[t] = 0.0
@@ -72,12 +101,13 @@ def _score_rows(scores, contrib, Z, F, f_prev, smoothed, rows_seen, inv_residual
 
 @njit(cache=True, error_model="numpy")
 def _score_rows_batch(scores, contrib, Z, F, f_prev, smoothed, rows_seen, inv_residual_std,
-                      alpha, warmup):
+                      whitening, combine_max, alpha, warmup):
     """_score_rows for B independent streams: scores (B, T), contrib (B, T, C), Z and F
     (B, T, C), f_prev and smoothed (B, C), rows_seen (B,); the last three updated in place."""
     for b in range(Z.shape[0]):
         rows_seen[b] = _score_rows(scores[b], contrib[b], Z[b], F[b], f_prev[b], smoothed[b],
-                                   rows_seen[b], inv_residual_std, alpha, warmup)
+                                   rows_seen[b], inv_residual_std, whitening, combine_max,
+                                   alpha, warmup)
 
 
 class AnomalyScorer:
@@ -90,7 +120,7 @@ class AnomalyScorer:
     """
 
     def __init__(self, model, columns, mean, std, residual_std, threshold, smoothing=0.3,
-                 warmup=1):
+                 warmup=1, combine="sum", whitening=None):
         C = len(columns)
         if model.input_size != C or model.output_size != C:
             raise ModelFormatError(
@@ -112,6 +142,12 @@ class AnomalyScorer:
         if self.warmup < 1:
             raise ModelFormatError(f"warmup must be at least 1 (the first row has no forecast), "
                                    f"got {self.warmup}")
+        if combine not in ("sum", "max"):
+            raise ModelFormatError(f"combine must be 'sum' or 'max', got {combine!r}")
+        self.combine = combine
+        self.whitening = None if whitening is None else _matrix(whitening, C, "whitening")
+        self._combine_max = combine == "max"
+        self._whitening = np.zeros((0, 0)) if whitening is None else self.whitening
         self._mean32 = self.mean.astype(np.float32)
         self._inv_std = (1.0 / self.std).astype(np.float32)
         self._inv_residual_std = 1.0 / self.residual_std
@@ -140,7 +176,8 @@ class AnomalyScorer:
                 f"in its metadata, as tools/train.py writes them)")
         try:
             return cls(model, pre["columns"], pre["mean"], pre["std"], sc["residual_std"],
-                       sc["threshold"], sc.get("smoothing", 0.3), sc.get("warmup", 1))
+                       sc["threshold"], sc.get("smoothing", 0.3), sc.get("warmup", 1),
+                       sc.get("combine", "sum"), sc.get("whitening"))
         except KeyError as exc:
             raise ModelFormatError(f"{source}: scoring metadata lacks {exc}") from None
         except (TypeError, ValueError) as exc:
@@ -158,7 +195,8 @@ class AnomalyScorer:
         self._impute(z[0], self._forecast)
         self._rows_seen = _score_rows(self._score1, self._contrib1, z, z, self._forecast,
                                       self._smoothed, self._rows_seen, self._inv_residual_std,
-                                      self.smoothing, self.warmup)
+                                      self._whitening, self._combine_max, self.smoothing,
+                                      self.warmup)
         self.model.step(z[0], out=self._forecast)
         self._contributions[:] = self._contrib1[0]
         return float(self._score1[0])
@@ -184,6 +222,7 @@ class AnomalyScorer:
             self._rows_seen = _score_rows(scores[start:stop], contrib[start:stop],
                                           Z[start:stop], F, self._forecast, self._smoothed,
                                           self._rows_seen, self._inv_residual_std,
+                                          self._whitening, self._combine_max,
                                           self.smoothing, self.warmup)
             self._forecast[:] = F[-1]
             start = stop
@@ -329,7 +368,8 @@ class GroupScorer:
             s_b = np.empty(P.shape, np.float64)
             c_b = np.empty(P.shape + (C,), np.float64)
             _score_rows_batch(s_b, c_b, Zb, F, f_prev, smoothed, rows_seen,
-                              sc._inv_residual_std, sc.smoothing, sc.warmup)
+                              sc._inv_residual_std, sc._whitening, sc._combine_max,
+                              sc.smoothing, sc.warmup)
             self._hidden[ks] = h_n.transpose(1, 0, 2)
             self._forecast[ks] = F[:, -1]
             self._smoothed[ks] = smoothed
@@ -399,6 +439,18 @@ def _grow(a, n):
     out = np.zeros((n,) + a.shape[1:], a.dtype)
     out[:len(a)] = a
     return out
+
+
+def _matrix(values, n, name):
+    try:
+        a = np.asarray(values, dtype=np.float64)
+    except (TypeError, ValueError):
+        raise ModelFormatError(f"scoring metadata: {name} must be a {n} x {n} list of lists of "
+                               f"numbers") from None
+    if a.shape != (n, n) or not np.isfinite(a).all():
+        raise ModelFormatError(f"scoring metadata: {name} must be a finite {n} x {n} matrix, got "
+                               f"shape {a.shape}")
+    return np.ascontiguousarray(a)
 
 
 def _vector(values, n, name, positive=False):

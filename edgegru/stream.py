@@ -503,6 +503,9 @@ def model_fingerprint(scorer):
         h.update(np.ascontiguousarray(model.weights.arrays[name], np.float32).tobytes())
     h.update(json.dumps([scorer.columns, scorer.mean.tolist(), scorer.std.tolist(),
                          scorer.residual_std.tolist(), scorer.smoothing, scorer.warmup]).encode())
+    if scorer.combine != "sum" or scorer.whitening is not None:
+        h.update(json.dumps([scorer.combine, None if scorer.whitening is None
+                             else scorer.whitening.tolist()]).encode())
     return h.hexdigest()[:16]
 
 
