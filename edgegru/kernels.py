@@ -23,15 +23,19 @@ The GRU, with r, z, n the reset gate, update gate and candidate::
     n = tanh(W_in x + b_in + W_hn (r * h) + b_hn)      reset_before (Cho 2014, ONNX default)
     h' = (1 - z) * n + z * h
 
-One cell (:func:`_cell`) serves the step and the sequence paths, so they cannot disagree.
+One cell serves the step and the sequence paths, so they cannot disagree: :func:`_cell` for one
+sequence and :func:`_cells` for a batch are built from the same pieces and the same row-by-row
+sums (:func:`_axpy`, :func:`_matmul`), and the tests hold them to bitwise equality.
 """
 import numpy as np
 
 from edgegru._jit import njit
 
-# Lets LLVM contract a*b+c into FMA and reassociate sums, but not assume the absence of NaN/inf
-# ("nnan", "ninf"): sensor data has NaN, and a NaN must propagate, not be optimised away.
-FASTMATH = {"nsz", "arcp", "contract", "reassoc"}
+# Lets LLVM contract a*b+c into FMA, but not assume the absence of NaN/inf ("nnan", "ninf"):
+# sensor data has NaN, and a NaN must propagate, not be optimised away. Nor may it reassociate
+# ("reassoc"): every sum is computed in the order written, so the result of a kernel does not
+# depend on how LLVM chose to vectorise it in one context or another (step, sequence, batch).
+FASTMATH = {"nsz", "arcp", "contract"}
 # error_model="numpy": float division by zero gives inf/NaN instead of raising. Numba's default
 # (Python's ZeroDivisionError) puts a branch in every division, and that alone stops LLVM from
 # vectorising the activations (0.54 vs 4.2 ns per tanh here).
@@ -115,6 +119,17 @@ def head_offset(input_size, hidden_size, num_layers, num_directions):
     return b_hn + hidden_size
 
 
+def entry_point(kernel, args):
+    """The machine code of ``kernel`` for the types of ``args``, as a plain callable.
+
+    Compiled now, or loaded from numba's cache. Calling it skips numba's dispatcher (which
+    types every argument on every call: ~0.3 µs of a 1 µs step), so it does no type checking
+    at all: the caller must pass arrays of exactly these dtypes, dimensions and contiguity.
+    """
+    from numba import typeof
+    return kernel.compile(tuple(typeof(a) for a in args))
+
+
 def params_size(input_size, hidden_size, num_layers, num_directions, output_size):
     """Length of ``params`` for these sizes (output_size 0: no head)."""
     size = head_offset(input_size, hidden_size, num_layers, num_directions)
@@ -127,82 +142,196 @@ def params_size(input_size, hidden_size, num_layers, num_directions, output_size
 # 38 GFLOP/s written with views (H=64, this machine).
 
 @njit(**KERNEL, inline="always")
-def _axpy_rows(acc, x, w, c0):
-    # acc (n,) += W^T x, with x (m,) and W = w[:, c0:c0+n], w (m, >= c0+n) row-major.
-    # Four rows per pass: one load/store of acc per four multiply-adds.
+def _rows4(acc, x0, x1, x2, x3, w0, w1, w2, w3):
+    # acc (n,) += x0 w0 + x1 w1 + x2 w2 + x3 w3, summed in this order (no reassociation).
+    for j in range(acc.shape[0]):
+        acc[j] = (((acc[j] + x0 * w0[j]) + x1 * w1[j]) + x2 * w2[j]) + x3 * w3[j]
+
+
+@njit(**KERNEL, inline="always")
+def _rows1(acc, x0, w0):
+    for j in range(acc.shape[0]):
+        acc[j] += x0 * w0[j]
+
+
+@njit(**KERNEL, inline="always")
+def _axpy(acc, x, w, c0):
+    # acc (n,) += x @ w[:, c0:c0+n];   x (m,), w (m, >= c0+n) row-major.
+    # w is transposed ("rows" are input elements), so acc is a sum of scaled rows of w: the
+    # inner loop runs over contiguous outputs and vectorises. Four rows per pass.
     n = acc.shape[0]
     m = x.shape[0]
     i = 0
     while i + 4 <= m:
-        x_0 = x[i]
-        x_1 = x[i + 1]
-        x_2 = x[i + 2]
-        x_3 = x[i + 3]
-        w_0 = w[i, c0:c0 + n]
-        w_1 = w[i + 1, c0:c0 + n]
-        w_2 = w[i + 2, c0:c0 + n]
-        w_3 = w[i + 3, c0:c0 + n]
-        for j in range(n):
-            acc[j] += (x_0 * w_0[j] + x_1 * w_1[j]) + (x_2 * w_2[j] + x_3 * w_3[j])
+        _rows4(acc, x[i], x[i + 1], x[i + 2], x[i + 3], w[i, c0:c0 + n], w[i + 1, c0:c0 + n],
+               w[i + 2, c0:c0 + n], w[i + 3, c0:c0 + n])
         i += 4
     while i < m:
-        x_i = x[i]
-        w_i = w[i, c0:c0 + n]
-        for j in range(n):
-            acc[j] += x_i * w_i[j]
+        _rows1(acc, x[i], w[i, c0:c0 + n])
         i += 1
 
 
 @njit(**KERNEL)
-def _input_projection(xp, x, w_ih, b_x):
-    # xp (3H,) = W_ih^T x + b_x;   x (in,), w_ih (in, 3H), b_x (3H,)
-    for j in range(xp.shape[0]):
-        xp[j] = b_x[j]
-    _axpy_rows(xp, x, w_ih, 0)
+def _matmul(acc, a0, xs, w, c0, n):
+    # acc[:, a0:a0+n] += xs @ w[:, c0:c0+n];   acc (N, >= a0+n), xs (N, m), w (m, >= c0+n).
+    # Row by row, the same sums in the same order as _axpy, so one sequence, a batch and a
+    # single step agree bitwise. For N > 1, each four rows of w are applied to a block of acc
+    # rows that sits in L1, so w is read from memory once per block rather than once per row.
+    N = acc.shape[0]
+    if N == 1:
+        _axpy(acc[0, a0:a0 + n], xs[0], w, c0)
+        return
+    m = xs.shape[1]
+    nb = max(1, 2048 // n)              # acc rows per block: 8 KB
+    for b0 in range(0, N, nb):
+        b1 = min(N, b0 + nb)
+        i = 0
+        while i + 4 <= m:
+            w0 = w[i, c0:c0 + n]
+            w1 = w[i + 1, c0:c0 + n]
+            w2 = w[i + 2, c0:c0 + n]
+            w3 = w[i + 3, c0:c0 + n]
+            for b in range(b0, b1):
+                x = xs[b]
+                _rows4(acc[b, a0:a0 + n], x[i], x[i + 1], x[i + 2], x[i + 3], w0, w1, w2, w3)
+            i += 4
+        while i < m:
+            w0 = w[i, c0:c0 + n]
+            for b in range(b0, b1):
+                _rows1(acc[b, a0:a0 + n], xs[b, i], w0)
+            i += 1
 
 
 @njit(**KERNEL)
-def _cell(h, xp, acc, w_hh, b_hn, reset_after):
+def _project(xp, xs, w_ih, b_x):
+    # xp (N, 3H) = xs @ w_ih + b_x;   xs (N, in), w_ih (in, 3H), b_x (3H,)
+    for b in range(xp.shape[0]):
+        row = xp[b]
+        for j in range(row.shape[0]):
+            row[j] = b_x[j]
+    _matmul(xp, 0, xs, w_ih, 0, xp.shape[1])
+
+
+# The cell in pieces, so that one sequence (_cell) and a batch (_cells) run the same arithmetic.
+# a (3H,): the accumulator of one sequence; xp (3H,): its input projection for this step.
+
+@njit(**KERNEL, inline="always")
+def _start(a, xp, b_hn, reset_after):
+    # a = [xp_r | xp_z | b_hn] (reset_after) or [xp_r | xp_z | .] (reset_before)
+    H = b_hn.shape[0]
+    for j in range(2 * H):
+        a[j] = xp[j]
+    if reset_after:
+        a_n = a[2 * H:]
+        for j in range(H):
+            a_n[j] = b_hn[j]
+
+
+@njit(**KERNEL, inline="always")
+def _finish_after(h, a, xp):
+    # a = [r | z | W_hn h + b_hn] pre-activations -> new h, in place
+    H = h.shape[0]
+    a_r = a[:H]
+    a_z = a[H:2 * H]
+    a_n = a[2 * H:]
+    xp_n = xp[2 * H:]
+    for j in range(H):
+        r = sigmoid(a_r[j])
+        z = sigmoid(a_z[j])
+        n = tanh(xp_n[j] + r * a_n[j])
+        h[j] = n + z * (h[j] - n)
+
+
+@njit(**KERNEL, inline="always")
+def _reset_before(h, a, xp):
+    # a = [r | z | .] pre-activations -> [r * h | z | xp_n], ready for a_n += W_hn (r * h)
+    H = h.shape[0]
+    a_r = a[:H]
+    a_z = a[H:2 * H]
+    a_n = a[2 * H:]
+    xp_n = xp[2 * H:]
+    for j in range(H):
+        a_r[j] = sigmoid(a_r[j]) * h[j]      # r is not needed again
+        a_z[j] = sigmoid(a_z[j])
+        a_n[j] = xp_n[j]
+
+
+@njit(**KERNEL, inline="always")
+def _finish_before(h, a):
+    H = h.shape[0]
+    a_z = a[H:2 * H]
+    a_n = a[2 * H:]
+    for j in range(H):
+        n = tanh(a_n[j])
+        h[j] = n + a_z[j] * (h[j] - n)
+
+
+@njit(**KERNEL)
+def _cell(h, xp, a, w_hh, b_hn, reset_after):
     # One GRU time step of one layer and direction, in place on h (H,).
-    # xp (3H,): this step's input projection (from _input_projection); acc (3H,): scratch;
+    # xp (3H,): this step's input projection (from _project); a (3H,): scratch;
     # w_hh (H, 3H); b_hn (H,).
     H = h.shape[0]
-    acc_r = acc[:H]
-    acc_z = acc[H:2 * H]
-    acc_n = acc[2 * H:]
-    xp_n = xp[2 * H:]
-    for j in range(2 * H):
-        acc[j] = xp[j]
+    _start(a, xp, b_hn, reset_after)
     if reset_after:
-        for j in range(H):
-            acc_n[j] = b_hn[j]
-        _axpy_rows(acc, h, w_hh, 0)                 # [r | z | W_hn h + b_hn] pre-activations
-        for j in range(H):
-            r = sigmoid(acc_r[j])
-            z = sigmoid(acc_z[j])
-            n = tanh(xp_n[j] + r * acc_n[j])
-            h[j] = n + z * (h[j] - n)
+        _axpy(a, h, w_hh, 0)                          # [r | z | W_hn h + b_hn]
+        _finish_after(h, a, xp)
     else:
-        _axpy_rows(acc[:2 * H], h, w_hh, 0)         # r, z pre-activations
-        for j in range(H):
-            acc_r[j] = sigmoid(acc_r[j]) * h[j]     # r * h (r is not needed again)
-            acc_z[j] = sigmoid(acc_z[j])
-            acc_n[j] = xp_n[j]
-        _axpy_rows(acc_n, acc_r, w_hh, 2 * H)       # += W_hn (r * h)
-        for j in range(H):
-            n = tanh(acc_n[j])
-            h[j] = n + acc_z[j] * (h[j] - n)
+        _axpy(a[:2 * H], h, w_hh, 0)                  # [r | z]
+        _reset_before(h, a, xp)
+        _axpy(a[2 * H:], a[:H], w_hh, 2 * H)          # += W_hn (r * h)
+        _finish_before(h, a)
+
+
+@njit(**KERNEL)
+def _cells(hs, xps, c, acc, w_hh, b_hn, reset_after):
+    # _cell for N independent sequences at once, so each row of w_hh is read once for all:
+    # hs (N, H) in place; xps[:, c] (N, 3H) this step's input projections; acc (N, 3H).
+    N, H = hs.shape
+    for b in range(N):
+        _start(acc[b], xps[b, c], b_hn, reset_after)
+    if reset_after:
+        _matmul(acc, 0, hs, w_hh, 0, 3 * H)
+        for b in range(N):
+            _finish_after(hs[b], acc[b], xps[b, c])
+    else:
+        _matmul(acc, 0, hs, w_hh, 0, 2 * H)
+        for b in range(N):
+            _reset_before(hs[b], acc[b], xps[b, c])
+        _matmul(acc, 2 * H, acc[:, :H], w_hh, 2 * H, H)
+        for b in range(N):
+            _finish_before(hs[b], acc[b])
+
+
+@njit(**KERNEL, inline="always")
+def _dot(a, b):
+    # sum(a * b) in a fixed order, without relying on reassociation: eight running sums
+    # (independent chains, so no FMA latency chain), then a fixed tree, then the tail.
+    n = a.shape[0]
+    s0 = s1 = s2 = s3 = s4 = s5 = s6 = s7 = np.float32(0.0)
+    k = 0
+    while k + 8 <= n:
+        s0 += a[k] * b[k]
+        s1 += a[k + 1] * b[k + 1]
+        s2 += a[k + 2] * b[k + 2]
+        s3 += a[k + 3] * b[k + 3]
+        s4 += a[k + 4] * b[k + 4]
+        s5 += a[k + 5] * b[k + 5]
+        s6 += a[k + 6] * b[k + 6]
+        s7 += a[k + 7] * b[k + 7]
+        k += 8
+    s = ((s0 + s1) + (s2 + s3)) + ((s4 + s5) + (s6 + s7))
+    while k < n:
+        s += a[k] * b[k]
+        k += 1
+    return s
 
 
 @njit(**KERNEL)
 def _head(y, h, w_head, b_head, activation):
     # y (O,) = act(W_head h + b_head);  h (K,), w_head (O, K)
     for o in range(y.shape[0]):
-        w = w_head[o]
-        s = np.float32(0.0)
-        for k in range(h.shape[0]):
-            s += w[k] * h[k]
-        s += b_head[o]
+        s = _dot(w_head[o], h) + b_head[o]
         if activation == HEAD_SIGMOID:
             s = sigmoid(s)
         y[o] = s
@@ -238,21 +367,22 @@ def gru_step(out, x, params, work, input_size, hidden_size, num_layers, output_s
     H = hidden_size
     G = 3 * H
     s = num_layers * H
-    xp = work[s:s + G]
+    xp = work[s:s + G].reshape((1, G))
     acc = work[s + G:s + 2 * G]
-    layer_in = x
+    layer_in = x.reshape((1, x.shape[0]))
     for l in range(num_layers):
         w_ih, b_x, w_hh, b_hn = _block(params, l, 0, input_size, H, 1)
-        h = work[l * H:(l + 1) * H]
-        _input_projection(xp, layer_in, w_ih, b_x)
-        _cell(h, xp, acc, w_hh, b_hn, reset_after)
+        h = work[l * H:(l + 1) * H].reshape((1, H))
+        _project(xp, layer_in, w_ih, b_x)
+        _cell(h[0], xp[0], acc, w_hh, b_hn, reset_after)
         layer_in = h
+    top = layer_in[0]
     if output_size > 0:
         w_head, b_head = _head_views(params, input_size, H, num_layers, 1, output_size)
-        _head(out, layer_in, w_head, b_head, head_activation)
+        _head(out, top, w_head, b_head, head_activation)
     else:
         for j in range(H):
-            out[j] = layer_in[j]
+            out[j] = top[j]
 
 
 @njit(cache=True)
@@ -260,58 +390,70 @@ def step_workspace_size(hidden_size, num_layers):
     return num_layers * hidden_size + 6 * hidden_size
 
 
+# The sequence kernels project the input of a chunk of CHUNK time steps at once (for all
+# sequences of a batch), so the input weights are read once per chunk rather than per step.
+CHUNK = 32
+
+
 @njit(cache=True)
-def sequence_workspace_size(T, hidden_size, num_directions):
+def sequence_workspace_size(B, T, hidden_size, num_directions):
+    """Floats of workspace gru_sequences needs for B sequences of T steps."""
     G = 3 * hidden_size
     K = num_directions * hidden_size
-    return T * (G + 2 * K) + G
+    return 2 * B * T * K + B * min(T, CHUNK) * G + B * G
 
 
 @njit(**KERNEL)
-def gru_sequence(Y, X, h, params, ws, input_size, hidden_size, num_layers, num_directions,
-                 output_size, reset_after, head_activation):
-    """A whole sequence through the stack: Y (T, O) from X (T, I), state h (L*D, H) in and out.
+def gru_sequences(Y, X, h, params, ws, input_size, hidden_size, num_layers, num_directions,
+                  output_size, reset_after, head_activation):
+    """B independent sequences through the stack, all B advanced together one step at a time
+    (each weight read once per step for the whole batch).
 
-    For each layer, the input projection of all T steps is computed first (its weights stay in
-    cache), then the recurrence runs over it. The reverse direction of a bidirectional layer
-    starts from its row of h at the end of the sequence, as in PyTorch.
-    ws: workspace of at least sequence_workspace_size(T, H, D) floats.
+    Y (B, T, O)   X (B, T, I)   h (L*D, B, H): initial state in, final state out
+    ws: workspace of at least sequence_workspace_size(B, T, H, D) floats.
+
+    For each layer and direction, the input projection of a chunk of time steps is computed
+    first, then the recurrence runs over it. The reverse direction of a bidirectional layer
+    starts from its row of h at the end of the sequences, as in PyTorch.
     """
-    T = X.shape[0]
+    B, T = X.shape[0], X.shape[1]
     H = hidden_size
     G = 3 * H
     D = num_directions
     K = D * H
-    xp = ws[:T * G].reshape((T, G))
-    seq_a = ws[T * G:T * (G + K)].reshape((T, K))
-    seq_b = ws[T * (G + K):T * (G + 2 * K)].reshape((T, K))
-    acc = ws[T * (G + 2 * K):T * (G + 2 * K) + G]
+    C = min(T, CHUNK)
+    seq_a = ws[:B * T * K].reshape((B, T, K))
+    seq_b = ws[B * T * K:2 * B * T * K].reshape((B, T, K))
+    rest = ws[2 * B * T * K:]
+    xp = rest[:B * C * G].reshape((B, C, G))           # sequence b, step c of the chunk
+    acc = rest[B * C * G:B * C * G + B * G].reshape((B, G))
     src = X
     for l in range(num_layers):
         dst = seq_a if l % 2 == 0 else seq_b
         for d in range(D):
             w_ih, b_x, w_hh, b_hn = _block(params, l, d, input_size, H, D)
             hk = h[l * D + d]
-            for t in range(T):
-                _input_projection(xp[t], src[t], w_ih, b_x)
-            for s in range(T):
-                t = s if d == 0 else T - 1 - s
-                _cell(hk, xp[t], acc, w_hh, b_hn, reset_after)
-                dst[t, d * H:(d + 1) * H] = hk
+            for c0 in range(0, T, C):
+                n = min(C, T - c0)
+                # time steps t0 .. t0+n-1 (forward) or their mirror image (backward)
+                t0 = c0 if d == 0 else T - c0 - n
+                for b in range(B):
+                    _project(xp[b, :n], src[b, t0:t0 + n], w_ih, b_x)
+                for s in range(n):
+                    c = s if d == 0 else n - 1 - s
+                    if B == 1:
+                        _cell(hk[0], xp[0, c], acc[0], w_hh, b_hn, reset_after)
+                    else:
+                        _cells(hk, xp, c, acc, w_hh, b_hn, reset_after)
+                    for b in range(B):
+                        dst[b, t0 + c, d * H:(d + 1) * H] = hk[b]
         src = dst
     if output_size > 0:
         w_head, b_head = _head_views(params, input_size, H, num_layers, D, output_size)
-        for t in range(T):
-            _head(Y[t], src[t], w_head, b_head, head_activation)
+        for b in range(B):
+            for t in range(T):
+                _head(Y[b, t], src[b, t], w_head, b_head, head_activation)
     else:
-        for t in range(T):
-            Y[t] = src[t]
-
-
-@njit(**KERNEL)
-def gru_sequence_batch(Y, X, h, params, ws, input_size, hidden_size, num_layers,
-                       num_directions, output_size, reset_after, head_activation):
-    """B independent sequences: Y (B, T, O), X (B, T, I), h (B, L*D, H) in and out."""
-    for b in range(X.shape[0]):
-        gru_sequence(Y[b], X[b], h[b], params, ws, input_size, hidden_size, num_layers,
-                     num_directions, output_size, reset_after, head_activation)
+        for b in range(B):
+            for t in range(T):
+                Y[b, t] = src[b, t]

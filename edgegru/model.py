@@ -187,6 +187,11 @@ class Model:
         self._ws = np.zeros(0, dtype=np.float32)          # sequence workspace, grows on demand
         self._x_shape = (I,)
         self._out_shape = (self.output_size,)
+        # step(): the kernel's arguments after (out, x), and the kernel itself, bound on the
+        # first call to its compiled entry point (see _bind_step)
+        self._step_args = (self._params, self._work, I, H, L, config.output_size,
+                           config.reset_after, self._head_act)
+        self._step_kernel = self._bind_step
 
     # -- sizes ----------------------------------------------------------------------------
     input_size = property(lambda self: self.config.input_size)
@@ -230,19 +235,31 @@ class Model:
 
         With ``out`` (a float32 array of shape (output_size,)) nothing is allocated.
         """
-        if not (type(x) is np.ndarray and x.dtype is _F32 and x.shape == self._x_shape
-                and x.flags.c_contiguous):
-            x = self._check_step_input(x)
+        # The per-call path: a float32, contiguous x of the right shape costs four cheap
+        # checks, then one call of the compiled kernel (no numba dispatch). Anything else
+        # takes the slow path, which converts or explains.
         if out is None:
             out = np.empty(self._out_shape, dtype=np.float32)
         elif not (type(out) is np.ndarray and out.dtype is _F32 and out.shape == self._out_shape
-                  and out.flags.c_contiguous and out.flags.writeable):
+                  and out.flags.carray):
             raise ValueError(f"out must be a writeable, contiguous float32 array of shape "
                              f"{self._out_shape}")
-        c = self.config
-        self._k.gru_step(out, x, self._params, self._work, c.input_size, c.hidden_size,
-                         c.num_layers, c.output_size, c.reset_after, self._head_act)
+        if not (type(x) is np.ndarray and x.dtype is _F32 and x.shape == self._x_shape
+                and x.flags.c_contiguous):
+            x = self._check_step_input(x)
+        self._step_kernel(out, x, *self._step_args)
         return out
+
+    def _bind_step(self, out, x, *args):
+        # First step(): replace self._step_kernel by the kernel's compiled entry point for
+        # exactly these argument types (compiled now, or loaded from numba's cache). Calling
+        # it directly skips numba's dispatcher, which costs more than the H=64 step itself;
+        # that is safe because step() has checked dtype, shape and contiguity.
+        if self.config.bidirectional:
+            raise ValueError("step() needs a unidirectional model: a bidirectional layer reads "
+                             "the whole sequence, so use run() on the sequence instead")
+        self._step_kernel = self._k.entry_point(self._k.gru_step, (out, x) + args)
+        self._step_kernel(out, x, *args)
 
     def _check_step_input(self, x):
         if self.config.bidirectional:
@@ -269,34 +286,36 @@ class Model:
         if X.ndim not in (2, 3) or X.shape[-1] != c.input_size:
             raise ValueError(f"X must have shape (T, {c.input_size}) or (B, T, {c.input_size}) "
                              f"(input_size = {c.input_size}), got {X.shape}")
-        T = X.shape[-2]
-        need = kernels.sequence_workspace_size(T, c.hidden_size, c.num_directions)
-        if self._ws.size < need:
-            self._ws = np.empty(need, dtype=np.float32)
-        args = (self._params, self._ws, c.input_size, c.hidden_size, c.num_layers,
-                c.num_directions, c.output_size, c.reset_after, self._head_act)
+        L, D, H = c.num_layers, c.num_directions, c.hidden_size
         if X.ndim == 2:
             if h0 is not None:
                 raise ValueError("h0 is for batched (B, T, I) input; for one sequence set "
                                  "model.state")
-            Y = np.empty((T, self.output_size), dtype=np.float32)
-            if T:
-                self._k.gru_sequence(Y, X, self._h, *args)
-            return (Y, self.state) if return_state else Y
-        B = X.shape[0]
-        state_shape = (c.num_layers * c.num_directions, B, c.hidden_size)
-        if h0 is None:
-            h = np.zeros((B,) + self._h.shape, dtype=np.float32)
+            Xb = X.reshape((1,) + X.shape)
+            h = self._h.reshape(L * D, 1, H)      # a view: the kernel updates the state in place
         else:
-            h0 = _as_float32(h0, "h0")
-            if h0.shape != state_shape:
-                raise ValueError(f"h0 must have shape {state_shape} "
-                                 f"(num_layers * num_directions, B, hidden_size), got {h0.shape}")
-            h = np.ascontiguousarray(h0.transpose(1, 0, 2))
+            Xb = X
+            state_shape = (L * D, X.shape[0], H)
+            if h0 is None:
+                h = np.zeros(state_shape, dtype=np.float32)
+            else:
+                h0 = _as_float32(h0, "h0")
+                if h0.shape != state_shape:
+                    raise ValueError(f"h0 must have shape {state_shape} "
+                                     f"(num_layers * num_directions, B, hidden_size), "
+                                     f"got {h0.shape}")
+                h = h0.copy()
+        B, T = Xb.shape[:2]
+        need = kernels.sequence_workspace_size(B, T, H, D)
+        if self._ws.size < need:
+            self._ws = np.empty(need, dtype=np.float32)
         Y = np.empty((B, T, self.output_size), dtype=np.float32)
         if T and B:
-            self._k.gru_sequence_batch(Y, X, h, *args)
-        return (Y, np.ascontiguousarray(h.transpose(1, 0, 2))) if return_state else Y
+            self._k.gru_sequences(Y, Xb, h, self._params, self._ws, c.input_size, H, L, D,
+                                  c.output_size, c.reset_after, self._head_act)
+        if X.ndim == 2:
+            return (Y[0], self.state) if return_state else Y[0]
+        return (Y, h) if return_state else Y
 
     # -- files ----------------------------------------------------------------------------
     def save(self, path):

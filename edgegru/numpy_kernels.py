@@ -10,6 +10,11 @@ from edgegru.kernels import HEAD_SIGMOID, block_offsets, head_offset
 _f32 = np.float32
 
 
+def entry_point(kernel, args):
+    """As :func:`edgegru.kernels.entry_point`: here the kernel is already a plain function."""
+    return kernel
+
+
 def _sigmoid(x):
     return _f32(0.5) * np.tanh(_f32(0.5) * x) + _f32(0.5)
 
@@ -62,6 +67,7 @@ def gru_step(out, x, params, work, input_size, hidden_size, num_layers, output_s
 
 def gru_sequence(Y, X, h, params, ws, input_size, hidden_size, num_layers, num_directions,
                  output_size, reset_after, head_activation):
+    """One sequence: Y (T, O), X (T, I), h (L*D, H) in and out."""
     T = X.shape[0]
     H = hidden_size
     D = num_directions
@@ -87,8 +93,9 @@ def gru_sequence(Y, X, h, params, ws, input_size, hidden_size, num_layers, num_d
         Y[:] = src
 
 
-def gru_sequence_batch(Y, X, h, params, ws, input_size, hidden_size, num_layers,
-                       num_directions, output_size, reset_after, head_activation):
+def gru_sequences(Y, X, h, params, ws, input_size, hidden_size, num_layers, num_directions,
+                  output_size, reset_after, head_activation):
+    """B sequences: Y (B, T, O), X (B, T, I), h (L*D, B, H) in and out."""
     for b in range(X.shape[0]):
-        gru_sequence(Y[b], X[b], h[b], params, ws, input_size, hidden_size, num_layers,
+        gru_sequence(Y[b], X[b], h[:, b], params, ws, input_size, hidden_size, num_layers,
                      num_directions, output_size, reset_after, head_activation)

@@ -70,13 +70,42 @@ def test_huge_inputs_saturate_not_overflow(backend):
     assert np.isfinite(Y).all() and (np.abs(Y) <= 1).all()
 
 
-def test_batch_equals_sequences_one_by_one(backend):
-    model = make_model(backend, input_size=3, hidden_size=16, num_layers=2, output_size=1)
-    X = np.random.default_rng(2).standard_normal((5, 40, 3)).astype(np.float32)
-    Y = model.run(X)
-    for b in range(5):
-        model.reset()
+BATCH_SIZES = [  # input_size, hidden_size, num_layers, bidirectional, batch, T
+    (3, 16, 2, False, 5, 40),
+    (7, 33, 2, True, 23, 70),     # odd sizes; B spans two row blocks, T three chunks (+ a rest)
+    (1, 9, 1, False, 2, 1),
+]
+
+
+@pytest.mark.parametrize("reset_after", [True, False], ids=["reset_after", "reset_before"])
+@pytest.mark.parametrize("sizes", BATCH_SIZES, ids=lambda s: "i{}_h{}_l{}{}_b{}_t{}".format(
+    s[0], s[1], s[2], "_bi" if s[3] else "", s[4], s[5]))
+def test_batch_equals_sequences_one_by_one(sizes, reset_after, backend):
+    """The batched kernel (all B sequences advanced together) gives exactly the per-sequence
+    results, from a given h0, with its final states."""
+    I, H, L, bi, B, T = sizes
+    model = make_model(backend, seed=H, input_size=I, hidden_size=H, num_layers=L,
+                       bidirectional=bi, output_size=2, reset_after=reset_after)
+    rng = np.random.default_rng(2)
+    X = rng.standard_normal((B, T, I)).astype(np.float32)
+    h0 = rng.standard_normal((L * (2 if bi else 1), B, H)).astype(np.float32)
+    Y, h_n = model.run(X, h0=h0, return_state=True)
+    for b in range(B):
+        model.state = h0[:, b]
         assert max_abs(Y[b], model.run(X[b])) == 0.0
+        assert max_abs(h_n[:, b], model.state) == 0.0
+
+
+@pytest.mark.parametrize("reset_after", [True, False], ids=["reset_after", "reset_before"])
+def test_step_equals_run_bitwise(reset_after, backend):
+    """step() and run() share the cell and sum in the same order: not a bit apart."""
+    model = make_model(backend, input_size=5, hidden_size=33, num_layers=2, output_size=3,
+                       reset_after=reset_after)
+    X = np.random.default_rng(4).standard_normal((70, 5)).astype(np.float32)
+    Y = model.run(X)
+    model.reset()
+    out = np.empty(3, np.float32)
+    assert max_abs(np.stack([model.step(x, out=out).copy() for x in X]), Y) == 0.0
 
 
 def test_backends_agree():
