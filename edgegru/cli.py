@@ -116,8 +116,8 @@ def run(weights, input_path, columns, keep, group_by, threshold, explain, fmt, p
         on_error, state, checkpoint_every):
     """Score CSV sensor rows: one output row per input row, written as soon as it is read.
 
-    Output columns: the kept columns, score (high = anomalous, about 1 on normal data),
-    anomaly (1 when score > threshold) and with --explain contrib_<channel>. Empty fields
+    Output columns: the kept columns, score (high = anomalous), anomaly (1 when
+    score > threshold) and with --explain contrib_<channel>, which sensor moved. Empty fields
     and nan are missing values (imputed from the forecast). Bad rows, resuming and the score
     formula: see README.md, section "edgegru run".
 
