@@ -145,7 +145,7 @@ def params_size(input_size, hidden_size, num_layers, num_directions, output_size
 def _rows4(acc, x0, x1, x2, x3, w0, w1, w2, w3):
     # acc (n,) += x0 w0 + x1 w1 + x2 w2 + x3 w3, summed in this order (no reassociation).
     for j in range(acc.shape[0]):
-        acc[j] = (((acc[j] + x0 * w0[j]) + x1 * w1[j]) + x2 * w2[j]) + x3 * w3[j]
+        acc[j] += (x0 * w0[j] + x1 * w1[j]) + (x2 * w2[j] + x3 * w3[j])
 
 
 @njit(**KERNEL, inline="always")
@@ -155,31 +155,33 @@ def _rows1(acc, x0, w0):
 
 
 @njit(**KERNEL, inline="always")
-def _axpy(acc, x, w, c0):
-    # acc (n,) += x @ w[:, c0:c0+n];   x (m,), w (m, >= c0+n) row-major.
+def _axpy(acc, x, w, ld, c0):
+    # acc (n,) += x @ W[:, c0:c0+n];   x (m,), W (m, ld) row-major, flat in w.
     # w is transposed ("rows" are input elements), so acc is a sum of scaled rows of w: the
     # inner loop runs over contiguous outputs and vectorises. Four rows per pass.
     n = acc.shape[0]
     m = x.shape[0]
     i = 0
     while i + 4 <= m:
-        _rows4(acc, x[i], x[i + 1], x[i + 2], x[i + 3], w[i, c0:c0 + n], w[i + 1, c0:c0 + n],
-               w[i + 2, c0:c0 + n], w[i + 3, c0:c0 + n])
+        r = i * ld + c0
+        _rows4(acc, x[i], x[i + 1], x[i + 2], x[i + 3], w[r:r + n], w[r + ld:r + ld + n],
+               w[r + 2 * ld:r + 2 * ld + n], w[r + 3 * ld:r + 3 * ld + n])
         i += 4
     while i < m:
-        _rows1(acc, x[i], w[i, c0:c0 + n])
+        r = i * ld + c0
+        _rows1(acc, x[i], w[r:r + n])
         i += 1
 
 
 @njit(**KERNEL)
-def _matmul(acc, a0, xs, w, c0, n):
-    # acc[:, a0:a0+n] += xs @ w[:, c0:c0+n];   acc (N, >= a0+n), xs (N, m), w (m, >= c0+n).
+def _matmul(acc, a0, xs, w, ld, c0, n):
+    # acc[:, a0:a0+n] += xs @ W[:, c0:c0+n];   acc (N, >= a0+n), xs (N, m), W (m, ld) flat in w.
     # Row by row, the same sums in the same order as _axpy, so one sequence, a batch and a
     # single step agree bitwise. For N > 1, each four rows of w are applied to a block of acc
     # rows that sits in L1, so w is read from memory once per block rather than once per row.
     N = acc.shape[0]
     if N == 1:
-        _axpy(acc[0, a0:a0 + n], xs[0], w, c0)
+        _axpy(acc[0, a0:a0 + n], xs[0], w, ld, c0)
         return
     m = xs.shape[1]
     nb = max(1, 2048 // n)              # acc rows per block: 8 KB
@@ -187,16 +189,18 @@ def _matmul(acc, a0, xs, w, c0, n):
         b1 = min(N, b0 + nb)
         i = 0
         while i + 4 <= m:
-            w0 = w[i, c0:c0 + n]
-            w1 = w[i + 1, c0:c0 + n]
-            w2 = w[i + 2, c0:c0 + n]
-            w3 = w[i + 3, c0:c0 + n]
+            r = i * ld + c0
+            w0 = w[r:r + n]
+            w1 = w[r + ld:r + ld + n]
+            w2 = w[r + 2 * ld:r + 2 * ld + n]
+            w3 = w[r + 3 * ld:r + 3 * ld + n]
             for b in range(b0, b1):
                 x = xs[b]
                 _rows4(acc[b, a0:a0 + n], x[i], x[i + 1], x[i + 2], x[i + 3], w0, w1, w2, w3)
             i += 4
         while i < m:
-            w0 = w[i, c0:c0 + n]
+            r = i * ld + c0
+            w0 = w[r:r + n]
             for b in range(b0, b1):
                 _rows1(acc[b, a0:a0 + n], xs[b, i], w0)
             i += 1
@@ -209,7 +213,7 @@ def _project(xp, xs, w_ih, b_x):
         row = xp[b]
         for j in range(row.shape[0]):
             row[j] = b_x[j]
-    _matmul(xp, 0, xs, w_ih, 0, xp.shape[1])
+    _matmul(xp, 0, xs, w_ih, xp.shape[1], 0, xp.shape[1])
 
 
 # The cell in pieces, so that one sequence (_cell) and a batch (_cells) run the same arithmetic.
@@ -274,12 +278,12 @@ def _cell(h, xp, a, w_hh, b_hn, reset_after):
     H = h.shape[0]
     _start(a, xp, b_hn, reset_after)
     if reset_after:
-        _axpy(a, h, w_hh, 0)                          # [r | z | W_hn h + b_hn]
+        _axpy(a, h, w_hh, 3 * H, 0)                   # [r | z | W_hn h + b_hn]
         _finish_after(h, a, xp)
     else:
-        _axpy(a[:2 * H], h, w_hh, 0)                  # [r | z]
+        _axpy(a[:2 * H], h, w_hh, 3 * H, 0)           # [r | z]
         _reset_before(h, a, xp)
-        _axpy(a[2 * H:], a[:H], w_hh, 2 * H)          # += W_hn (r * h)
+        _axpy(a[2 * H:], a[:H], w_hh, 3 * H, 2 * H)   # += W_hn (r * h)
         _finish_before(h, a)
 
 
@@ -291,14 +295,14 @@ def _cells(hs, xps, c, acc, w_hh, b_hn, reset_after):
     for b in range(N):
         _start(acc[b], xps[b, c], b_hn, reset_after)
     if reset_after:
-        _matmul(acc, 0, hs, w_hh, 0, 3 * H)
+        _matmul(acc, 0, hs, w_hh, 3 * H, 0, 3 * H)
         for b in range(N):
             _finish_after(hs[b], acc[b], xps[b, c])
     else:
-        _matmul(acc, 0, hs, w_hh, 0, 2 * H)
+        _matmul(acc, 0, hs, w_hh, 3 * H, 0, 2 * H)
         for b in range(N):
             _reset_before(hs[b], acc[b], xps[b, c])
-        _matmul(acc, 2 * H, acc[:, :H], w_hh, 2 * H, H)
+        _matmul(acc, 2 * H, acc[:, :H], w_hh, 3 * H, 2 * H, H)
         for b in range(N):
             _finish_before(hs[b], acc[b])
 
@@ -329,9 +333,10 @@ def _dot(a, b):
 
 @njit(**KERNEL)
 def _head(y, h, w_head, b_head, activation):
-    # y (O,) = act(W_head h + b_head);  h (K,), w_head (O, K)
+    # y (O,) = act(W_head h + b_head);  h (K,), W_head (O, K) flat in w_head
+    K = h.shape[0]
     for o in range(y.shape[0]):
-        s = _dot(w_head[o], h) + b_head[o]
+        s = _dot(w_head[o * K:(o + 1) * K], h) + b_head[o]
         if activation == HEAD_SIGMOID:
             s = sigmoid(s)
         y[o] = s
@@ -339,20 +344,19 @@ def _head(y, h, w_head, b_head, activation):
 
 @njit(cache=True, inline="always")
 def _block(params, l, d, input_size, hidden_size, num_directions):
-    # Views of one block: w_ih (in, 3H), b_x (3H,), w_hh (H, 3H), b_hn (H,)
+    # Views of one block: w_ih (in * 3H,), b_x (3H,), w_hh (H * 3H,), b_hn (H,). The matrices
+    # stay flat (rows of 3H): a reshape is a call into numba's C helpers, a slice is not.
     w_ih, b_x, w_hh, b_hn, in_size = block_offsets(l, d, input_size, hidden_size, num_directions)
-    G = 3 * hidden_size
-    return (params[w_ih:b_x].reshape((in_size, G)), params[b_x:w_hh],
-            params[w_hh:b_hn].reshape((hidden_size, G)), params[b_hn:b_hn + hidden_size])
+    return params[w_ih:b_x], params[b_x:w_hh], params[w_hh:b_hn], params[b_hn:b_hn + hidden_size]
 
 
 @njit(cache=True, inline="always")
 def _head_views(params, input_size, hidden_size, num_layers, num_directions, output_size):
-    # w_head (O, K), b_head (O,)
+    # w_head (O * K,), b_head (O,)
     K = hidden_size * num_directions
     start = head_offset(input_size, hidden_size, num_layers, num_directions)
     end = start + output_size * K
-    return params[start:end].reshape((output_size, K)), params[end:end + output_size]
+    return params[start:end], params[end:end + output_size]
 
 
 @njit(**KERNEL)
@@ -367,22 +371,23 @@ def gru_step(out, x, params, work, input_size, hidden_size, num_layers, output_s
     H = hidden_size
     G = 3 * H
     s = num_layers * H
-    xp = work[s:s + G].reshape((1, G))
+    xp = work[s:s + G]
     acc = work[s + G:s + 2 * G]
-    layer_in = x.reshape((1, x.shape[0]))
+    layer_in = x
     for l in range(num_layers):
         w_ih, b_x, w_hh, b_hn = _block(params, l, 0, input_size, H, 1)
-        h = work[l * H:(l + 1) * H].reshape((1, H))
-        _project(xp, layer_in, w_ih, b_x)
-        _cell(h[0], xp[0], acc, w_hh, b_hn, reset_after)
+        h = work[l * H:(l + 1) * H]
+        for j in range(G):                  # _project for one row
+            xp[j] = b_x[j]
+        _axpy(xp, layer_in, w_ih, G, 0)
+        _cell(h, xp, acc, w_hh, b_hn, reset_after)
         layer_in = h
-    top = layer_in[0]
     if output_size > 0:
         w_head, b_head = _head_views(params, input_size, H, num_layers, 1, output_size)
-        _head(out, top, w_head, b_head, head_activation)
+        _head(out, layer_in, w_head, b_head, head_activation)
     else:
         for j in range(H):
-            out[j] = top[j]
+            out[j] = layer_in[j]
 
 
 @njit(cache=True)
