@@ -92,7 +92,9 @@ def sigmoid(x):
     return _HALF * tanh(_HALF * x) + _HALF
 
 
-@njit(cache=True)
+# The layout arithmetic is plain Python, so that building a model (and the NumPy fallback) does
+# not load compiled code; the kernels use njit-compiled copies of the same functions.
+
 def block_offsets(l, d, input_size, hidden_size, num_directions):
     """Where block (layer l, direction d) lives in ``params``: (w_ih, b_x, w_hh, b_hn, in_size)."""
     G = 3 * hidden_size
@@ -111,10 +113,19 @@ def block_offsets(l, d, input_size, hidden_size, num_directions):
     return w_ih, b_x, w_hh, b_hn, in_size
 
 
-@njit(cache=True)
 def head_offset(input_size, hidden_size, num_layers, num_directions):
     """Start of w_head in ``params`` (b_head follows it); also the size without a head."""
     w_ih, b_x, w_hh, b_hn, in_size = block_offsets(
+        num_layers - 1, num_directions - 1, input_size, hidden_size, num_directions)
+    return b_hn + hidden_size
+
+
+_block_offsets = njit(cache=True, inline="always")(block_offsets)
+
+
+@njit(cache=True, inline="always")
+def _head_offset(input_size, hidden_size, num_layers, num_directions):
+    w_ih, b_x, w_hh, b_hn, in_size = _block_offsets(
         num_layers - 1, num_directions - 1, input_size, hidden_size, num_directions)
     return b_hn + hidden_size
 
@@ -346,7 +357,7 @@ def _head(y, h, w_head, b_head, activation):
 def _block(params, l, d, input_size, hidden_size, num_directions):
     # Views of one block: w_ih (in * 3H,), b_x (3H,), w_hh (H * 3H,), b_hn (H,). The matrices
     # stay flat (rows of 3H): a reshape is a call into numba's C helpers, a slice is not.
-    w_ih, b_x, w_hh, b_hn, in_size = block_offsets(l, d, input_size, hidden_size, num_directions)
+    w_ih, b_x, w_hh, b_hn, in_size = _block_offsets(l, d, input_size, hidden_size, num_directions)
     return params[w_ih:b_x], params[b_x:w_hh], params[w_hh:b_hn], params[b_hn:b_hn + hidden_size]
 
 
@@ -354,7 +365,7 @@ def _block(params, l, d, input_size, hidden_size, num_directions):
 def _head_views(params, input_size, hidden_size, num_layers, num_directions, output_size):
     # w_head (O * K,), b_head (O,)
     K = hidden_size * num_directions
-    start = head_offset(input_size, hidden_size, num_layers, num_directions)
+    start = _head_offset(input_size, hidden_size, num_layers, num_directions)
     end = start + output_size * K
     return params[start:end], params[end:end + output_size]
 
@@ -390,7 +401,6 @@ def gru_step(out, x, params, work, input_size, hidden_size, num_layers, output_s
             out[j] = layer_in[j]
 
 
-@njit(cache=True)
 def step_workspace_size(hidden_size, num_layers):
     return num_layers * hidden_size + 6 * hidden_size
 
@@ -400,7 +410,6 @@ def step_workspace_size(hidden_size, num_layers):
 CHUNK = 32
 
 
-@njit(cache=True)
 def sequence_workspace_size(B, T, hidden_size, num_directions):
     """Floats of workspace gru_sequences needs for B sequences of T steps."""
     G = 3 * hidden_size
