@@ -19,6 +19,10 @@ Definitions (``window`` of an event = rows ``start_row .. end_row + grace``):
 - false alarms: alarm rows outside every window, each run of consecutive such rows counted
   once; a run is cut where a window begins. Normal rows are the rows outside every window.
 
+``--start-row N`` evaluates rows N and later only (events that start before N are left out),
+for example the rows after a model's training part; scores and the baseline are still computed
+on the whole file, so the state before row N is what it would be in a real run.
+
 The z-score baseline (``--baseline DATA.csv``): for every numeric column,
 ``|x - mean| / std`` over the ``--window`` rows before the current one (not including it),
 the score being the largest over channels, NaN for the first ``window`` rows. Its threshold is
@@ -340,6 +344,8 @@ def parse_args(argv):
     parser.add_argument("--calibration-fraction", type=float, default=0.4,
                         help="leading, anomaly-free fraction of rows the baseline threshold is "
                              "taken from (0.4)")
+    parser.add_argument("--start-row", type=int, default=0,
+                        help="evaluate rows from this one on, e.g. after the training part (0)")
     parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
     return parser.parse_args(argv)
 
@@ -354,7 +360,12 @@ def run(args):
         alarms = anomaly
     else:
         raise ValueError(f"{args.scores} has no {args.anomaly_column!r} column; pass --threshold T")
-    detector = evaluate(scores, alarms, events, n_rows, args.grace)
+    start = args.start_row
+    if not 0 <= start < n_rows:
+        raise ValueError(f"--start-row must be in [0, {n_rows}), got {start}")
+    late = [Event(ev.event_id, ev.start_row - start, ev.end_row - start, ev.kind, ev.channels)
+            for ev in events if ev.start_row >= start]
+    detector = evaluate(scores[start:], alarms[start:], late, n_rows - start, args.grace)
     detector["threshold"] = args.threshold
     results = {"detector": detector}
 
@@ -369,7 +380,7 @@ def run(args):
                   f"calibrate the baseline; lower --calibration-fraction", file=sys.stderr)
         z = rolling_zscore(values, args.window)
         threshold = calibrate_threshold(z, n_clean)
-        baseline = evaluate(z, z > threshold, events, n_rows, args.grace)
+        baseline = evaluate(z[start:], z[start:] > threshold, late, n_rows - start, args.grace)
         baseline["threshold"] = threshold
         baseline["channels"] = names
         results["z-score baseline"] = baseline
