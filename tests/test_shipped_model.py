@@ -1,0 +1,62 @@
+"""weights/model.npz, the shipped model: it loads, carries its sections, and scores the example
+data with the numbers weights/README.md documents (no torch needed)."""
+import hashlib
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import edgegru
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "tools"))
+
+import evaluate  # noqa: E402
+
+MODEL = ROOT / "weights" / "model.npz"
+DOC = (ROOT / "weights" / "README.md").read_text()
+
+
+@pytest.fixture(scope="module")
+def scorer():
+    return edgegru.AnomalyScorer.load(MODEL)
+
+
+def test_the_model_file_has_its_sections(scorer):
+    model = scorer.model
+    assert (model.input_size, model.hidden_size, model.num_layers, model.output_size) == (4, 32, 1, 4)
+    assert scorer.columns == ["temperature", "vibration", "current", "pressure"]
+    sc = model.meta["scoring"]
+    assert sc["combine"] == "max" and np.array(sc["whitening"]).shape == (4, 4)
+    assert sc["calibration"]["rows"] == 2400
+    prov = model.meta["provenance"]
+    assert prov["command"] == "python tools/train.py examples/sensor.csv -o weights/model.npz"
+    assert prov["command"] in DOC
+    data = (ROOT / "examples" / "sensor.csv").read_bytes()
+    assert prov["data"]["sha256"] == hashlib.sha256(data).hexdigest()
+    assert f"{scorer.threshold:.2f}" in DOC
+
+
+def test_the_state_dict_next_to_it_is_the_same_network():
+    pt = edgegru.load(MODEL.with_suffix(".pt"))      # edgegru's torch-free .pt reader
+    npz = edgegru.load(MODEL)
+    assert pt.weights.arrays.keys() == npz.weights.arrays.keys()
+    for name, a in npz.weights.arrays.items():
+        assert np.array_equal(pt.weights.arrays[name], a)
+
+
+@pytest.mark.parametrize("data,labels,caught,false_alarms", [
+    ("sensor.csv", "sensor_labels.csv", 24, 2),
+    ("sensor_heldout.csv", "sensor_heldout_labels.csv", 20, 4),
+])
+def test_detection_numbers_are_the_documented_ones(scorer, data, labels, caught, false_alarms):
+    names, X = evaluate.read_channels(ROOT / "examples" / data)
+    assert names == scorer.columns
+    scorer.reset()
+    scores = scorer.score_many(X)
+    assert (scores[:scorer.warmup] == 0).all() and np.isfinite(scores).all()
+    events = evaluate.read_events(ROOT / "examples" / labels)
+    m = evaluate.evaluate(scores, scores > scorer.threshold, events, len(scores))
+    assert (m["events_caught"], m["false_alarms"]) == (caught, false_alarms)
+    assert f"**{caught}/30**" in DOC
