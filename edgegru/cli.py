@@ -162,3 +162,64 @@ def run(weights, input_path, columns, keep, group_by, threshold, explain, fmt, p
             sys.exit(141)
     if result.signal is not None:
         sys.exit(128 + result.signal)
+
+
+@main.command("compile")
+@click.argument("model_path", metavar="[MODEL]", required=False,
+                type=click.Path(dir_okay=False))
+@friendly_errors
+def compile_(model_path):
+    """Compile the kernels now (into numba's cache), so the first reading is not kept waiting.
+
+    Compiles what step(), run(), AnomalyScorer and `edgegru run` use. The kernels do not depend
+    on the model's sizes: MODEL (optional) is loaded as a check. Run it with the same
+    NUMBA_CACHE_DIR, user and NUMBA_CPU_NAME the program will run with (README: On a
+    Raspberry Pi).
+
+    \b
+    Example:
+      NUMBA_CACHE_DIR=/var/cache/edgegru edgegru compile weights/model.npz
+    """
+    from edgegru import bench
+    model = edgegru.load(model_path) if model_path else None
+    for what, seconds in bench.precompile(model).items():
+        click.echo(f"{what}: {seconds:.2f} s")
+    click.echo(f"cache: {bench.cache_dir() or 'none (numba is not available)'}")
+
+
+@main.command()
+@click.option("--weights", type=click.Path(dir_okay=False),
+              help="Model file to measure (default: random weights of the sizes below).")
+@click.option("--input-size", type=click.IntRange(min=1), help="[default: 4]")
+@click.option("--hidden-size", type=click.IntRange(min=1), help="[default: 64]")
+@click.option("--num-layers", type=click.IntRange(min=1), help="[default: 1]")
+@click.option("--samples", type=click.IntRange(min=100), default=100_000, show_default=True,
+              help="step() calls timed one by one (for the percentiles).")
+@click.option("--rows", type=click.IntRange(min=100), default=100_000, show_default=True,
+              help="CSV rows through the edgegru run path.")
+@click.option("--no-cold-start", is_flag=True, help="Skip the compile and cache-load timing "
+              "(two new processes with an empty NUMBA_CACHE_DIR; compiling takes a while).")
+@click.option("--json", "as_json", is_flag=True, help="JSON instead of a table.")
+@friendly_errors
+def bench(weights, input_size, hidden_size, num_layers, samples, rows, no_cold_start, as_json):
+    """Measure edgegru on this machine: step() latency (p50/p99/p99.9/max), run() time per
+    step, rows/s through the edgegru run path, compile and cache-load time, peak memory.
+
+    \b
+    Examples:
+      edgegru bench --weights weights/model.npz
+      edgegru bench --input-size 4 --hidden-size 128 --num-layers 2 --json
+    """
+    from edgegru import bench as benchmarks
+    if weights:
+        if input_size or hidden_size or num_layers:
+            raise click.UsageError("give either --weights or the sizes, not both")
+        model = edgegru.load(weights)
+    else:
+        I = input_size or 4
+        cfg = edgegru.GRUConfig(input_size=I, hidden_size=hidden_size or 64,
+                                num_layers=num_layers or 1, output_size=I)
+        model = edgegru.Model(cfg, edgegru.GRUWeights.random(cfg))
+    results = benchmarks.benchmark(model, samples=samples, rows=rows,
+                                   cold_start=not no_cold_start)
+    click.echo(benchmarks.to_json(results) if as_json else benchmarks.report(results))
