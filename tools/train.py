@@ -14,14 +14,19 @@ What it does
    ``1 - --calibration-fraction`` trains the network, the rest (never trained on) calibrates
    the score.
 3. Normalises every channel by its mean and std over the training rows and trains
-   ``nn.GRU + nn.Linear`` to predict the next normalised row from the rows so far (mean squared
-   error; truncated back-propagation through time over random windows of ``--window`` rows,
-   the first ``--burn-in`` rows of each window only settle the state).
+   ``nn.GRU + nn.Linear`` to predict the next normalised row from the rows so far (squared
+   error per channel relative to the channel's mean squared row-to-row step; truncated
+   back-propagation through time over windows of ``--window`` rows, whose first ``--burn-in``
+   rows only settle the state; each window shifted by a random constant per channel, up to
+   ``--shift``, so the network follows levels it has not seen instead of memorising the
+   training range).
 4. Builds the edgegru model from the trained state dict (``edgegru.from_state_dict``, the
    import path users take), and calibrates with edgegru itself on the calibration rows:
    ``warmup`` = rows until a forecaster started from a zero state agrees with one that has
    seen the past; ``residual_std`` = per-channel RMS of the forecast residuals after the
-   warm-up; ``threshold`` = the score level that normal data crosses ``--false-alarm-rate``
+   warm-up; ``whitening`` = the inverse square root of their correlation matrix (ZCA) and
+   ``combine: "max"`` (the score is the largest squared whitened residual, see
+   ``edgegru/scoring.py``); ``threshold`` = the score level that normal data crosses ``--false-alarm-rate``
    times per row, from a peaks-over-threshold fit to the calibration scores of
    ``AnomalyScorer.score_many`` (so the threshold is on exactly the scores users get).
 5. Writes ``OUT.npz`` (weights + ``preprocessing``, ``scoring``, ``provenance`` metadata) and
