@@ -206,3 +206,14 @@ def test_sigterm_saves_the_state_and_a_rerun_finishes_the_file(scoring_model_pat
     assert len(lines) == len(X)
     got = np.array([float(l.split(",")[1]) for l in lines])
     assert np.array_equal(got, expected_scores(scoring_model_path, X))
+
+
+@pytest.mark.skipif(not (ROOT / "weights" / "model.npz").exists(), reason="no shipped model")
+def test_the_readme_command_on_the_shipped_model_and_the_example_data():
+    # edgegru run --weights weights/model.npz < examples/sensor.csv (its first 3000 rows)
+    data = b"\n".join(EXAMPLE.read_bytes().split(b"\n")[:3001]) + b"\n"
+    result = invoke("--weights", ROOT / "weights" / "model.npz", input=data)
+    assert result.exit_code == 0 and result.stderr == ""
+    lines = result.stdout.splitlines()
+    assert lines[0] == "timestamp,score,anomaly" and len(lines) == 3001
+    assert np.isfinite(scores_of(result.stdout)).all()
