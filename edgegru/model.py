@@ -22,6 +22,7 @@ from edgegru.errors import ModelFormatError
 
 HEAD_ACTIVATIONS = {"linear": kernels.HEAD_LINEAR, "sigmoid": kernels.HEAD_SIGMOID}
 _F32 = np.dtype(np.float32)
+_ndarray = np.ndarray
 
 
 @dataclasses.dataclass(frozen=True)
@@ -188,11 +189,10 @@ class Model:
         self._ws = np.zeros(0, dtype=np.float32)          # sequence workspace, grows on demand
         self._x_shape = (I,)
         self._out_shape = (self.output_size,)
-        # step(): the kernel's arguments after (out, x), and the kernel itself, bound on the
-        # first call to its compiled entry point (see _bind_step)
-        self._step_args = (self._params, self._work, I, H, L, config.output_size,
-                           config.reset_after, self._head_act)
-        self._step_kernel = self._bind_step
+        # step(): the kernel and its arguments after (out, x); the kernel is bound on the first
+        # call to its compiled entry point (see _bind_step)
+        self._step_call = (self._bind_step, self._params, self._work, I, H, L,
+                           config.output_size, config.reset_after, self._head_act)
 
     # -- sizes ----------------------------------------------------------------------------
     input_size = property(lambda self: self.config.input_size)
@@ -241,26 +241,28 @@ class Model:
         # takes the slow path, which converts or explains.
         if out is None:
             out = np.empty(self._out_shape, dtype=np.float32)
-        elif not (type(out) is np.ndarray and out.dtype is _F32 and out.shape == self._out_shape
+        elif not (type(out) is _ndarray and out.dtype is _F32 and out.shape == self._out_shape
                   and out.flags.carray):
             raise ValueError(f"out must be a writeable, contiguous float32 array of shape "
                              f"{self._out_shape}")
-        if not (type(x) is np.ndarray and x.dtype is _F32 and x.shape == self._x_shape
+        if not (type(x) is _ndarray and x.dtype is _F32 and x.shape == self._x_shape
                 and x.flags.c_contiguous):
             x = self._check_step_input(x)
-        self._step_kernel(out, x, *self._step_args)
+        kernel, params, work, I, H, L, O, reset_after, head = self._step_call
+        kernel(out, x, params, work, I, H, L, O, reset_after, head)
         return out
 
     def _bind_step(self, out, x, *args):
-        # First step(): replace self._step_kernel by the kernel's compiled entry point for
+        # First step(): replace _bind_step in self._step_call by the kernel's entry point for
         # exactly these argument types (compiled now, or loaded from numba's cache). Calling
         # it directly skips numba's dispatcher, which costs more than the H=64 step itself;
         # that is safe because step() has checked dtype, shape and contiguity.
         if self.config.bidirectional:
             raise ValueError("step() needs a unidirectional model: a bidirectional layer reads "
                              "the whole sequence, so use run() on the sequence instead")
-        self._step_kernel = self._k.entry_point(self._k.gru_step, (out, x) + args)
-        self._step_kernel(out, x, *args)
+        kernel = self._k.entry_point(self._k.gru_step, (out, x) + args)
+        self._step_call = (kernel,) + args
+        kernel(out, x, *args)
 
     def compile(self):
         """Compile the kernels step() and run() use now (or load them from numba's cache),
@@ -276,7 +278,8 @@ class Model:
         t = time.perf_counter()
         if not c.bidirectional:
             out, x = np.empty(self._out_shape, np.float32), np.empty(self._x_shape, np.float32)
-            self._step_kernel = kernels.entry_point(kernels.gru_step, (out, x) + self._step_args)
+            args = self._step_call[1:]
+            self._step_call = (kernels.entry_point(kernels.gru_step, (out, x) + args),) + args
             times["step"] = time.perf_counter() - t
             t = time.perf_counter()
         L, D, H = c.num_layers, c.num_directions, c.hidden_size

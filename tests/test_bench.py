@@ -79,4 +79,4 @@ def test_model_compile_binds_what_step_and_run_use():
     model.run(np.zeros((3, 2)))
     model.run(np.zeros((2, 3, 2)))
     assert len(kernels.gru_sequences.signatures) == before     # found compiled, not recompiled
-    assert model._step_kernel != model._bind_step
+    assert model._step_call[0] != model._bind_step
