@@ -11,7 +11,9 @@
   built elsewhere is never silently used. NUMBA_CPU_NAME=generic gives one key on every machine
   of an architecture: a portable cache.
 
-Three fresh processes share one cache directory (two compile gru_step, ~10 s each; one loads).
+Three fresh processes share one cache directory: ``edgegru compile`` (compiles everything,
+~20 s), then what a Pi runs (``edgegru run`` on example rows and ``score_one``: must compile
+nothing), then a step with NUMBA_CPU_NAME=generic (compiles the step kernel again, ~5 s).
 """
 import json
 import os
@@ -29,35 +31,61 @@ import edgegru
 pytestmark = pytest.mark.skipif(not edgegru.JIT, reason="needs numba")
 
 ROOT = Path(__file__).resolve().parents[1]
+MODEL = ROOT / "weights" / "model.npz"
 
-SCRIPT = textwrap.dedent("""
-    import json
+COMPILE = "from edgegru.cli import main; main(['compile', {model!r}], standalone_mode=False)\n"
+
+# What a Pi runs: the command on 200 example rows, then a scorer fed one reading at a time
+WORKLOAD = textwrap.dedent("""
+    import sys
+    import edgegru
+    from edgegru.cli import main
+    with open({example!r}, "rb") as f:
+        lines = f.read().split(b"\\n")[:201]
+    with open("rows.csv", "wb") as f:
+        f.write(b"\\n".join(lines) + b"\\n")
+    main(["run", "--weights", {model!r}, "--input", "rows.csv"], standalone_mode=False)
+    scorer = edgegru.AnomalyScorer.load({model!r})
+    for line in lines[1:20]:
+        scorer.score_one([float(v) for v in line.split(b",")[1:]])
+""")
+
+STEP = textwrap.dedent("""
     import numpy as np
     import edgegru
-    from numba.core.registry import cpu_target
-
     cfg = edgegru.GRUConfig(input_size=2, hidden_size=4, output_size=1)
     edgegru.Model(cfg, edgegru.GRUWeights.random(cfg)).step(np.zeros(2, np.float32))
+""")
+
+MAGIC = textwrap.dedent("""
+    import json
+    from numba.core.registry import cpu_target
     print(json.dumps(list(cpu_target.target_context.codegen().magic_tuple())))
 """)
 
 
-def run(site, cache, cpu):
+def run(code, site, cache, cpu=None):
     """One process: the package from ``site``, the cache in ``cache``; returns (magic tuple,
-    which cache files of gru_step it loaded and saved, from numba's NUMBA_DEBUG_CACHE log)."""
+    numba's NUMBA_DEBUG_CACHE lines "[cache] data loaded from/saved to <file>")."""
     env = {k: v for k, v in os.environ.items()
            if not k.startswith(("NUMBA_", "EDGEGRU_", "PYTHON"))}
     env.update(PYTHONPATH=str(site), PYTHONDONTWRITEBYTECODE="1", NUMBA_CACHE_DIR=str(cache),
                NUMBA_DEBUG_CACHE="1")
     if cpu:
         env["NUMBA_CPU_NAME"] = cpu
-    proc = subprocess.run([sys.executable, "-c", SCRIPT], capture_output=True, text=True,
+    proc = subprocess.run([sys.executable, "-c", code + MAGIC], capture_output=True, text=True,
                           env=env, cwd=str(site), timeout=600)
     assert proc.returncode == 0, proc.stderr
     lines = proc.stdout.splitlines()
-    log = [l for l in lines if l.startswith("[cache]") and "gru_step" in l]
-    return (tuple(json.loads(lines[-1])),
-            sum("data loaded from" in l for l in log), sum("data saved to" in l for l in log))
+    return tuple(json.loads(lines[-1])), [l for l in lines if l.startswith("[cache] data")]
+
+
+def saved(log, name=""):
+    return [l for l in log if "data saved to" in l and name in l]
+
+
+def loaded(log, name=""):
+    return [l for l in log if "data loaded from" in l and name in l]
 
 
 def index_keys(cache, function):
@@ -69,21 +97,25 @@ def index_keys(cache, function):
     return list(overloads)
 
 
-def test_cache_dir_survives_and_is_keyed_by_cpu(tmp_path):
+@pytest.mark.skipif(not MODEL.exists(), reason="no weights/model.npz")
+def test_precompiled_cache_is_used_and_keyed_by_cpu(tmp_path):
     site, cache = tmp_path / "site-packages", tmp_path / "cache"
     shutil.copytree(ROOT / "edgegru", site / "edgegru",
                     ignore=shutil.ignore_patterns("__pycache__"))
 
-    host, loaded, saved = run(site, cache, cpu=None)       # compiles for this CPU
-    assert (loaded, saved) == (0, 1)
+    host, log = run(COMPILE.format(model=str(MODEL)), site, cache)     # after installing
+    assert saved(log, "gru_step") and not loaded(log)
     assert host[1] not in ("", "generic")
 
-    again, loaded, saved = run(site, cache, cpu=None)      # next boot: loads, compiles nothing
-    assert again == host and (loaded, saved) == (1, 0)
+    workload = WORKLOAD.format(example=str(ROOT / "examples" / "sensor.csv"), model=str(MODEL))
+    again, log = run(workload, site, cache)                           # every boot after
+    assert again == host
+    assert loaded(log, "gru_step") and loaded(log, "gru_sequences")
+    assert saved(log) == [], "edgegru compile left this to compile"
 
-    generic, loaded, saved = run(site, cache, cpu="generic")   # another CPU: not used
+    generic, log = run(STEP, site, cache, cpu="generic")              # another CPU
     assert generic[1:] == ("generic", "")
-    assert (loaded, saved) == (0, 1)
+    assert saved(log, "gru_step") and not loaded(log, "gru_step")     # host entry not used
 
     magics = sorted(key[1] for key in index_keys(cache, "gru_step"))
     assert magics == sorted([host, generic])
