@@ -459,8 +459,11 @@ def gru_sequences(Y, X, h, params, ws, input_size, hidden_size, num_layers, num_
                         _cell(hk[0], xp[0, c], acc[0], w_hh, b_hn, reset_after)
                     else:
                         _cells(hk, xp, c, acc, w_hh, b_hn, reset_after)
-                    for b in range(B):
-                        dst[b, t0 + c, d * H:(d + 1) * H] = hk[b]
+                    for b in range(B):              # a loop: numba's slice assignment
+                        row = dst[b, t0 + c, d * H:(d + 1) * H]     # costs more at small H
+                        hb = hk[b]
+                        for j in range(H):
+                            row[j] = hb[j]
         src = dst
     if output_size > 0:
         w_head, b_head = _head_views(params, input_size, H, num_layers, D, output_size)
@@ -470,4 +473,7 @@ def gru_sequences(Y, X, h, params, ws, input_size, hidden_size, num_layers, num_
     else:
         for b in range(B):
             for t in range(T):
-                Y[b, t] = src[b, t]
+                y = Y[b, t]
+                row = src[b, t]
+                for j in range(K):
+                    y[j] = row[j]
