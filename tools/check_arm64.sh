@@ -14,8 +14,9 @@
 #     /var/tmp/edgegru-arm64; kept between runs, rebuilt when missing or when the list below
 #     changes): Debian's python3.11 extracted by mmdebstrap (no package scripts run), and the
 #     aarch64 wheels of numba, numpy, click and pytest installed by the host's pip;
-#  3. copies this working tree to /src in the root and runs, in ONE emulated pytest process, the
-#     subset below; emulated numba compiles ~6-10x slower than native, so its cache
+#  3. copies this working tree to /src in the root, runs `edgegru compile` there (it prints the
+#     emulated compile or cache-load time of each kernel), then, in ONE emulated pytest process,
+#     the subset below; emulated numba compiles ~10x slower than native, so its cache
 #     (NUMBA_CACHE_DIR) lives in the root and survives between runs;
 #  4. runs `edgegru run` on the example data in the root and compares its scores with the same
 #     command run natively (when the command and weights/model.npz exist).
@@ -183,6 +184,18 @@ run_in_root() {
         ${EDGEGRU_NO_JIT:+EDGEGRU_NO_JIT=$EDGEGRU_NO_JIT} \
         "$CHROOT" "$ROOT" "$@"
 }
+
+# the kernels first, as a Pi user would (README: On a Raspberry Pi): its timings are the emulated
+# compile times on a cold cache, and the cache-load times on a warm one
+if [ -f "$REPO/weights/model.npz" ] && grep -q '"compile"' "$REPO/edgegru/cli.py"; then
+    say "edgegru compile weights/model.npz, emulated:"
+    t0=$SECONDS
+    run_in_root /usr/bin/python3.11 -c \
+        'import os, sys; os.chdir("/src"); from edgegru.cli import main; main()' \
+        compile weights/model.npz | sed 's/^/    /'
+    [ "${PIPESTATUS[0]}" = 0 ] || { say "FAILED: edgegru compile under emulation"; exit 1; }
+    say "edgegru compile took $((SECONDS - t0)) s in all (starting Python and numba included)"
+fi
 
 say "running under qemu:$files"
 t0=$SECONDS
