@@ -80,6 +80,14 @@ grep -q '^flags:.*F' "$BINFMT/qemu-aarch64" \
     || die "the qemu-aarch64 binfmt handler lacks the F flag; install Debian's qemu-user-static"
 
 # -- 2. the arm64 root (cached) --------------------------------------------------------------
+# one run at a time per root: another run would replace /src (or the root) under this one
+mkdir -p "$(dirname "$ROOT")"
+exec 9>"$ROOT.lock"
+if ! flock -n 9; then
+    say "waiting for another check_arm64 run using $ROOT"
+    flock 9
+fi
+
 host_python311() {   # a host Python 3.11 writes .pyc files the emulated 3.11 can use
     for py in python3.11 python3; do
         if command -v "$py" >/dev/null && "$py" -c 'import sys; sys.exit(sys.version_info[:2] != (3, 11))'; then
