@@ -245,11 +245,11 @@ def machine():
     info = {"cpu": platform.machine(), "cores": os.cpu_count(),
             "python": platform.python_version(), "numpy": np.__version__,
             "edgegru": edgegru.__version__}
-    try:
-        import numba
-        info["numba"] = numba.__version__
-    except ImportError:
-        info["numba"] = None
+    if edgegru.JIT:
+        from importlib.metadata import version
+        info["numba"] = version("numba")
+    else:
+        info["numba"] = None                # the NumPy fallback
     try:
         with open("/proc/cpuinfo") as f:
             for line in f:
@@ -281,7 +281,7 @@ def report(results):
                  f"output {m['output_size']}; kernels: {m['backend']}")
     info = results["machine"]
     lines.append(f"machine: {info['cpu']}, {info['cores']} cores, Python {info['python']}, "
-                 f"numba {info['numba']}, numpy {info['numpy']}")
+                 f"numba {info['numba'] or '- (NumPy fallback)'}, numpy {info['numpy']}")
     lines.append("")
     rows = []
     s = results.get("step")
@@ -295,11 +295,12 @@ def report(results):
                  _time(results["sequence_step"])))
     r = results["rows_per_s"]
     rows.append(("edgegru run path (parse + score + write)",
-                 f"{r:,.0f} rows/s" if r else "- (the head does not forecast the input)"))
+                 f"{r:,.0f} rows/s" if r else "- (not a forecaster of its own input)"))
     cold = results.get("cold_start")
     if cold:
         rows.append(("compile, empty cache (new process)", _time(cold["compile"])))
-        rows.append(("load from cache (new process)", _time(cold["cache_load"])))
+        rows.append(("load from cache (new process, with numba's set-up)",
+                     _time(cold["cache_load"])))
         rows.append(("new process to first step() result",
                      f"{_time(cold['first_step'])} (import {_time(cold['import'])}; "
                      f"wall {_time(cold['process_wall'])})"))
