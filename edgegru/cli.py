@@ -141,11 +141,11 @@ def run(weights, input_path, columns, keep, group_by, threshold, explain, fmt, p
         raise click.BadParameter(f"names {len(columns)} columns, the model reads "
                                  f"{scorer.num_channels} ({', '.join(scorer.columns)})",
                                  param_hint="--columns")
-    out = click.get_binary_stream("stdout")
+    out = sys.stdout.buffer
     show = bool(input_path) and sys.stderr.isatty()
     with contextlib.ExitStack() as stack:
         source = stack.enter_context(open(input_path, "rb", buffering=0)) if input_path else \
-            click.get_binary_stream("stdin")
+            sys.stdin.buffer
         bar = stack.enter_context(click.progressbar(
             length=os.path.getsize(input_path), label="scoring", file=sys.stderr)) if show else None
         try:
