@@ -5,7 +5,7 @@ metadata sections that :mod:`tools/train.py <train>` writes::
 
     "preprocessing": {"columns": ["temperature", ...], "mean": [...], "std": [...]}
     "scoring": {"residual_std": [...], "smoothing": 0.3, "threshold": 4.2, "warmup": 10,
-                "combine": "sum", "whitening": [[...], ...], ...}
+                "combine": "sum", "whitening": [[...], ...], "stuck_rows": 5, ...}
 
 The score of row t, for C channels (``z`` the normalised row, ``f`` the forecast made after row
 t-1, ``s_c`` the spread of channel c's forecast residual on normal data)::
@@ -19,12 +19,26 @@ t-1, ``s_c`` the spread of channel c's forecast residual on normal data)::
     combine "max":
     a_c <- (1 - alpha) * a_c + alpha * e_c**2              ~chi-square(1) per channel
     score = max_c a_c                                      one channel's anomaly is not diluted
+    stuck sensor (when the model has "stuck_rows"):
+    n_c  = rows in a row whose raw x_c equals the previous reading of c exactly
+    a_c  = max(a_c, 2 * threshold)  in the score and contributions while n_c >= stuck_rows
 
 ``anomaly = score > threshold``. The exponential smoothing (``alpha = smoothing``) suppresses
 one-sample flicker: a single large residual still shows, but ordinary noise does not cross the
 threshold on its own (``smoothing = 1`` scores every row on its own). The contributions ``a_c``
 are what ``--explain`` prints and say which sensor moved: with "sum" they add up to the score,
 with "max" the largest of them is the score.
+
+Stuck sensors: a sensor that stops updating repeats its last reading exactly, which a
+forecaster predicts well (its residual is small). A noisy reading at a few decimals practically
+never repeats for long, so a channel whose raw value has equalled the previous reading
+``stuck_rows`` rows in a row scores as an anomaly (``tools/train.py`` sets ``stuck_rows`` to
+5 or twice the longest such run in the normal data, whichever is more): its contribution is
+raised to at least twice the threshold (``2 * self.threshold``, so the score crosses it and
+``--explain`` names the channel; an ``edgegru run --threshold`` above that no longer flags it)
+for as long as the run lasts. The EWMA state itself is untouched.
+A missing value neither counts as a repeat nor ends a run (the next reading is compared with the
+last one present). The count goes on during the warm-up. Without ``stuck_rows`` the rule is off.
 
 The whitening undoes the correlation of the residuals on normal data (a load change moves
 several channels at once, so their forecast errors are correlated): ``W = Sigma^(-1/2)``,
@@ -57,12 +71,15 @@ from edgegru.formats import load as load_model
 
 @njit(cache=True, error_model="numpy")
 def _score_rows(scores, contrib, Z, F, f_prev, smoothed, rows_seen, inv_residual_std, whitening,
-                combine_max, alpha, warmup):
+                combine_max, alpha, warmup, X, last, repeats, stuck_rows, stuck_level):
     """Scores of rows Z (T, C) given the forecasts: f_prev (C,) before row 0, F[t] after row t.
 
     scores (T,), contrib (T, C): outputs. smoothed (C,): the EWMA state, updated in place.
     whitening (C, C), or (0, 0) for none. combine_max: score = max_c a_c instead of sum_c.
-    Returns the new rows_seen.
+    X (T, C): the raw rows (NaN for missing), for the stuck-sensor rule: last (C,) the last
+    finite raw value per channel and repeats (C,) how many rows in a row repeated it exactly,
+    both updated in place; a channel with repeats >= stuck_rows (0: rule off) contributes at
+    least stuck_level. Returns the new rows_seen.
     """
     T, C = Z.shape
     weight = 1.0 if combine_max else 1.0 / C
@@ -70,6 +87,13 @@ def _score_rows(scores, contrib, Z, F, f_prev, smoothed, rows_seen, inv_residual
     r = np.empty(C)
     e = np.empty(C)
     for t in range(T):
+        for c in range(C):
+            x = X[t, c]
+            if x == last[c]:
+                repeats[c] += 1
+            elif np.isfinite(x):            # a missing value neither repeats nor breaks a run
+                last[c] = x
+                repeats[c] = 0
         if rows_seen >= warmup:
             for c in range(C):
                 f = f_prev[c] if t == 0 else F[t - 1, c]
@@ -85,11 +109,14 @@ def _score_rows(scores, contrib, Z, F, f_prev, smoothed, rows_seen, inv_residual
             total = 0.0
             for c in range(C):
                 smoothed[c] = (1.0 - alpha) * smoothed[c] + alpha * e[c] * e[c] * weight
-                contrib[t, c] = smoothed[c]
+                a = smoothed[c]
+                if stuck_rows > 0 and repeats[c] >= stuck_rows:
+                    a = max(a, stuck_level)
+                contrib[t, c] = a
                 if combine_max:
-                    total = max(total, smoothed[c])
+                    total = max(total, a)
                 else:
-                    total += smoothed[c]
+                    total += a
             scores[t] = total
         else:
             scores[t] = 0.0
@@ -101,13 +128,16 @@ def _score_rows(scores, contrib, Z, F, f_prev, smoothed, rows_seen, inv_residual
 
 @njit(cache=True, error_model="numpy")
 def _score_rows_batch(scores, contrib, Z, F, f_prev, smoothed, rows_seen, inv_residual_std,
-                      whitening, combine_max, alpha, warmup):
-    """_score_rows for B independent streams: scores (B, T), contrib (B, T, C), Z and F
-    (B, T, C), f_prev and smoothed (B, C), rows_seen (B,); the last three updated in place."""
+                      whitening, combine_max, alpha, warmup, X, last, repeats, stuck_rows,
+                      stuck_level):
+    """_score_rows for B independent streams: scores (B, T), contrib (B, T, C), Z, F and X
+    (B, T, C), f_prev, smoothed, last and repeats (B, C), rows_seen (B,); all but Z, F and X
+    updated in place."""
     for b in range(Z.shape[0]):
         rows_seen[b] = _score_rows(scores[b], contrib[b], Z[b], F[b], f_prev[b], smoothed[b],
                                    rows_seen[b], inv_residual_std, whitening, combine_max,
-                                   alpha, warmup)
+                                   alpha, warmup, X[b], last[b], repeats[b], stuck_rows,
+                                   stuck_level)
 
 
 class AnomalyScorer:
@@ -120,7 +150,7 @@ class AnomalyScorer:
     """
 
     def __init__(self, model, columns, mean, std, residual_std, threshold, smoothing=0.3,
-                 warmup=1, combine="sum", whitening=None):
+                 warmup=1, combine="sum", whitening=None, stuck_rows=None):
         C = len(columns)
         if model.input_size != C or model.output_size != C:
             raise ModelFormatError(
@@ -146,17 +176,25 @@ class AnomalyScorer:
             raise ModelFormatError(f"combine must be 'sum' or 'max', got {combine!r}")
         self.combine = combine
         self.whitening = None if whitening is None else _matrix(whitening, C, "whitening")
+        if stuck_rows is not None and (isinstance(stuck_rows, bool) or stuck_rows != int(stuck_rows)
+                                       or stuck_rows < 1):
+            raise ModelFormatError(f"stuck_rows must be a positive integer, got {stuck_rows!r}")
+        self.stuck_rows = None if stuck_rows is None else int(stuck_rows)
         self._combine_max = combine == "max"
         self._whitening = np.zeros((0, 0)) if whitening is None else self.whitening
         self._mean32 = self.mean.astype(np.float32)
         self._inv_std = (1.0 / self.std).astype(np.float32)
         self._inv_residual_std = 1.0 / self.residual_std
         self._index = {name: i for i, name in enumerate(self.columns)}
-        # scorer state beyond the GRU's: the last forecast, the EWMA, and how many rows were seen
+        # scorer state beyond the GRU's: the last forecast, the EWMA, how many rows were seen,
+        # and per channel the last raw value and how many rows repeated it (stuck sensors)
         self._forecast = np.zeros(C, np.float32)
         self._smoothed = np.zeros(C, np.float64)
         self._rows_seen = 0
+        self._last = np.full(C, np.nan)
+        self._repeats = np.zeros(C, np.int64)
         # buffers for score_one, allocated once
+        self._x = np.zeros((1, C), np.float64)
         self._z = np.zeros((1, C), np.float32)
         self._score1 = np.zeros(1, np.float64)
         self._contrib1 = np.zeros((1, C), np.float64)
@@ -177,7 +215,7 @@ class AnomalyScorer:
         try:
             return cls(model, pre["columns"], pre["mean"], pre["std"], sc["residual_std"],
                        sc["threshold"], sc.get("smoothing", 0.3), sc.get("warmup", 1),
-                       sc.get("combine", "sum"), sc.get("whitening"))
+                       sc.get("combine", "sum"), sc.get("whitening"), sc.get("stuck_rows"))
         except KeyError as exc:
             raise ModelFormatError(f"{source}: scoring metadata lacks {exc}") from None
         except (TypeError, ValueError) as exc:
@@ -187,16 +225,22 @@ class AnomalyScorer:
     def num_channels(self):
         return len(self.columns)
 
+    @property
+    def _stuck(self):
+        """(stuck_rows, stuck_level) for the kernel: 0 turns the rule off."""
+        return (self.stuck_rows or 0), 2.0 * self.threshold
+
     # -- scoring --------------------------------------------------------------------------
     def score_one(self, row):
         """Score one row (1-D array in column order, or {column: value}); returns a float."""
-        z = self._z
-        z[0] = self._normalise(self._row_array(row))
+        x, z = self._x, self._z
+        x[0] = self._row_array(row)
+        z[0] = self._normalise(x[0])
         self._impute(z[0], self._forecast)
         self._rows_seen = _score_rows(self._score1, self._contrib1, z, z, self._forecast,
                                       self._smoothed, self._rows_seen, self._inv_residual_std,
                                       self._whitening, self._combine_max, self.smoothing,
-                                      self.warmup)
+                                      self.warmup, x, self._last, self._repeats, *self._stuck)
         self.model.step(z[0], out=self._forecast)
         self._contributions[:] = self._contrib1[0]
         return float(self._score1[0])
@@ -223,7 +267,8 @@ class AnomalyScorer:
                                           Z[start:stop], F, self._forecast, self._smoothed,
                                           self._rows_seen, self._inv_residual_std,
                                           self._whitening, self._combine_max,
-                                          self.smoothing, self.warmup)
+                                          self.smoothing, self.warmup, X[start:stop],
+                                          self._last, self._repeats, *self._stuck)
             self._forecast[:] = F[-1]
             start = stop
         if T:
@@ -232,7 +277,8 @@ class AnomalyScorer:
 
     @property
     def contributions(self):
-        """Per-channel contributions to the last score (they add up to it)."""
+        """Per-channel contributions to the last score (they add up to it with combine "sum";
+        the largest is it with "max")."""
         return self._contributions.copy()
 
     # -- state ----------------------------------------------------------------------------
@@ -243,30 +289,42 @@ class AnomalyScorer:
         self._smoothed[:] = 0.0
         self._contributions[:] = 0.0
         self._rows_seen = 0
+        self._last[:] = np.nan
+        self._repeats[:] = 0
 
     @property
     def state(self):
         """Everything needed to resume a stream exactly: a dict of arrays (no objects)."""
         return {"hidden": self.model.state, "forecast": self._forecast.copy(),
-                "smoothed": self._smoothed.copy(), "rows_seen": np.int64(self._rows_seen)}
+                "smoothed": self._smoothed.copy(), "rows_seen": np.int64(self._rows_seen),
+                "last": self._last.copy(), "repeats": self._repeats.copy()}
 
     @state.setter
     def state(self, value):
+        C = self.num_channels
         try:
             hidden, forecast = np.asarray(value["hidden"]), np.asarray(value["forecast"])
             smoothed, rows_seen = np.asarray(value["smoothed"]), np.asarray(value["rows_seen"])
-        except (KeyError, TypeError) as exc:
+            # absent in states saved before the stuck-sensor rule: no run under way
+            last = np.asarray(value.get("last", np.full(C, np.nan)))
+            repeats = np.asarray(value.get("repeats", np.zeros(C, np.int64)))
+        except (KeyError, TypeError, AttributeError) as exc:
             raise ValueError(f"scorer state needs hidden, forecast, smoothed, rows_seen "
                              f"({exc})") from None
-        C = self.num_channels
-        if forecast.shape != (C,) or smoothed.shape != (C,) or rows_seen.shape != ():
+        if forecast.shape != (C,) or smoothed.shape != (C,) or rows_seen.shape != () or \
+                last.shape != (C,) or repeats.shape != (C,):
             raise ValueError(f"scorer state does not fit this model ({C} channels)")
         if rows_seen.dtype.kind not in "iu" or rows_seen < 0:
             raise ValueError("scorer state: rows_seen must be a non-negative integer")
+        if repeats.dtype.kind not in "iu" or (repeats < 0).any() or last.dtype.kind != "f":
+            raise ValueError("scorer state: repeats must be non-negative integers and last "
+                             "floats")
         self.model.state = hidden
         self._forecast[:] = forecast
         self._smoothed[:] = smoothed
         self._rows_seen = int(rows_seen)
+        self._last[:] = last
+        self._repeats[:] = repeats
 
     # -- helpers --------------------------------------------------------------------------
     def _row_array(self, row):
@@ -322,6 +380,8 @@ class GroupScorer:
         self._forecast = np.zeros((0, C), np.float32)                 # (K, C)
         self._smoothed = np.zeros((0, C), np.float64)                 # (K, C)
         self._rows_seen = np.zeros(0, np.int64)                       # (K,)
+        self._last = np.zeros((0, C), np.float64)                     # (K, C), NaN: none yet
+        self._repeats = np.zeros((0, C), np.int64)                    # (K, C)
 
     @property
     def threshold(self):
@@ -365,26 +425,30 @@ class GroupScorer:
             F, h_n = sc.model.run(Zb, h0=self._hidden[ks].transpose(1, 0, 2),
                                   return_state=True)
             smoothed, rows_seen = self._smoothed[ks], self._rows_seen[ks]
+            last, repeats = self._last[ks], self._repeats[ks]
             s_b = np.empty(P.shape, np.float64)
             c_b = np.empty(P.shape + (C,), np.float64)
             _score_rows_batch(s_b, c_b, Zb, F, f_prev, smoothed, rows_seen,
                               sc._inv_residual_std, sc._whitening, sc._combine_max,
-                              sc.smoothing, sc.warmup)
+                              sc.smoothing, sc.warmup, X[P], last, repeats, *sc._stuck)
             self._hidden[ks] = h_n.transpose(1, 0, 2)
             self._forecast[ks] = F[:, -1]
             self._smoothed[ks] = smoothed
             self._rows_seen[ks] = rows_seen
+            self._last[ks], self._repeats[ks] = last, repeats
             scores[P], contrib[P] = s_b, c_b
         return (scores, contrib) if explain else scores
 
     def _score_alone(self, k, X):
         sc = self.scorer
         sc.state = {"hidden": self._hidden[k], "forecast": self._forecast[k],
-                    "smoothed": self._smoothed[k], "rows_seen": self._rows_seen[k]}
+                    "smoothed": self._smoothed[k], "rows_seen": self._rows_seen[k],
+                    "last": self._last[k], "repeats": self._repeats[k]}
         result = sc.score_many(X, explain=True)
         state = sc.state
         self._hidden[k], self._forecast[k] = state["hidden"], state["forecast"]
         self._smoothed[k], self._rows_seen[k] = state["smoothed"], state["rows_seen"]
+        self._last[k], self._repeats[k] = state["last"], state["repeats"]
         return result
 
     def _id(self, key):
@@ -398,6 +462,8 @@ class GroupScorer:
                 self._forecast = _grow(self._forecast, n)
                 self._smoothed = _grow(self._smoothed, n)
                 self._rows_seen = _grow(self._rows_seen, n)
+                self._last = _grow(self._last, n, np.nan)
+                self._repeats = _grow(self._repeats, n)
         return k
 
     def reset(self):
@@ -407,36 +473,47 @@ class GroupScorer:
     @property
     def state(self):
         """All streams' states as a dict of arrays: ``keys`` (K,) str, ``hidden``
-        (K, layers, H), ``forecast`` and ``smoothed`` (K, C), ``rows_seen`` (K,)."""
+        (K, layers, H), ``forecast``, ``smoothed``, ``last`` and ``repeats`` (K, C),
+        ``rows_seen`` (K,)."""
         K = len(self.keys)
         return {"keys": np.array(self.keys, dtype=str).reshape(K),
                 "hidden": self._hidden[:K].copy(), "forecast": self._forecast[:K].copy(),
-                "smoothed": self._smoothed[:K].copy(), "rows_seen": self._rows_seen[:K].copy()}
+                "smoothed": self._smoothed[:K].copy(), "rows_seen": self._rows_seen[:K].copy(),
+                "last": self._last[:K].copy(), "repeats": self._repeats[:K].copy()}
 
     @state.setter
     def state(self, value):
+        C = self.scorer.num_channels
         try:
             keys = [str(k) for k in np.asarray(value["keys"]).reshape(-1)]
+            K = len(keys)
             arrays = [np.asarray(value[name]) for name in
                       ("hidden", "forecast", "smoothed", "rows_seen")]
-        except (KeyError, TypeError) as exc:
+            # absent in states saved before the stuck-sensor rule: no run under way
+            arrays.append(np.asarray(value.get("last", np.full((K, C), np.nan))))
+            arrays.append(np.asarray(value.get("repeats", np.zeros((K, C), np.int64))))
+        except (KeyError, TypeError, AttributeError) as exc:
             raise ValueError(f"group state needs keys, hidden, forecast, smoothed, rows_seen "
                              f"({exc})") from None
-        K, C = len(keys), self.scorer.num_channels
-        shapes = [(K,) + self._hidden.shape[1:], (K, C), (K, C), (K,)]
+        shapes = [(K,) + self._hidden.shape[1:], (K, C), (K, C), (K,), (K, C), (K, C)]
         if [a.shape for a in arrays] != shapes or len(set(keys)) != K:
             raise ValueError(f"group state does not fit this model ({C} channels, hidden "
                              f"{self._hidden.shape[1:]}) or repeats a key")
         if arrays[3].dtype.kind not in "iu" or (arrays[3] < 0).any():
             raise ValueError("group state: rows_seen must be non-negative integers")
+        if arrays[5].dtype.kind not in "iu" or (arrays[5] < 0).any() or \
+                arrays[4].dtype.kind != "f":
+            raise ValueError("group state: repeats must be non-negative integers and last "
+                             "floats")
         self.reset()
         for key in keys:
             self._id(key)
-        self._hidden[:K], self._forecast[:K], self._smoothed[:K], self._rows_seen[:K] = arrays
+        (self._hidden[:K], self._forecast[:K], self._smoothed[:K], self._rows_seen[:K],
+         self._last[:K], self._repeats[:K]) = arrays
 
 
-def _grow(a, n):
-    out = np.zeros((n,) + a.shape[1:], a.dtype)
+def _grow(a, n, fill=0):
+    out = np.full((n,) + a.shape[1:], fill, a.dtype)
     out[:len(a)] = a
     return out
 
@@ -473,4 +550,4 @@ def _as_rows(rows, C):
         raise ValueError(f"rows must be numbers, shape (T, {C}): {exc}") from None
     if X.ndim != 2 or X.shape[1] != C:
         raise ValueError(f"rows must have shape (T, {C}), got {X.shape}")
-    return X
+    return np.ascontiguousarray(X)

@@ -506,6 +506,8 @@ def model_fingerprint(scorer):
     if scorer.combine != "sum" or scorer.whitening is not None:
         h.update(json.dumps([scorer.combine, None if scorer.whitening is None
                              else scorer.whitening.tolist()]).encode())
+    if scorer.stuck_rows is not None:
+        h.update(json.dumps(["stuck_rows", scorer.stuck_rows]).encode())
     return h.hexdigest()[:16]
 
 

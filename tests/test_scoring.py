@@ -8,7 +8,7 @@ from conftest import make_model
 COLUMNS = ["temperature", "vibration", "current"]
 
 
-def make_scorer(backend=None, warmup=3, threshold=4.0, **kw):
+def make_scorer(backend=None, warmup=3, threshold=4.0, stuck_rows=None, **kw):
     if backend:
         kw["backend"] = backend
     model = make_model(input_size=3, hidden_size=16, num_layers=2, output_size=3, **kw)
@@ -16,6 +16,8 @@ def make_scorer(backend=None, warmup=3, threshold=4.0, **kw):
                                    "std": [2.0, 0.5, 3.0]}
     model.meta["scoring"] = {"residual_std": [0.3, 0.5, 0.4], "smoothing": 0.3,
                              "threshold": threshold, "warmup": warmup}
+    if stuck_rows is not None:
+        model.meta["scoring"]["stuck_rows"] = stuck_rows
     return edgegru.AnomalyScorer.from_model(model)
 
 
@@ -28,14 +30,17 @@ def test_score_many_equals_score_one(backend):
     X = rows()
     X[[5, 50, 51, 120], [0, 1, 2, 0]] = np.nan      # missing values, two in a row
     X[80] = np.nan                                 # a whole row missing
-    a, b = make_scorer(backend), make_scorer(backend)
+    X[100:130, 2] = X[99, 2]                        # a stuck channel, with a gap in its run
+    X[110, 2] = np.nan
+    a, b = make_scorer(backend, stuck_rows=6), make_scorer(backend, stuck_rows=6)
     one = np.array([a.score_one(x) for x in X])
     many, contrib = b.score_many(X, explain=True)
     assert np.array_equal(one, many)
     assert np.allclose(contrib.sum(axis=1), many)
     assert np.array_equal(a.contributions, contrib[-1])
-    for key in ("hidden", "forecast", "smoothed", "rows_seen"):
-        assert np.array_equal(a.state[key], b.state[key])
+    assert (contrib[105:130, 2] >= 2 * a.threshold).all()
+    for key in ("hidden", "forecast", "smoothed", "rows_seen", "last", "repeats"):
+        assert np.array_equal(a.state[key], b.state[key], equal_nan=key == "last")
 
 
 def test_chunks_of_score_many_equal_one_call():
@@ -66,16 +71,60 @@ def test_dict_rows_and_missing_key():
 
 def test_state_round_trip_resumes_exactly():
     X = rows(100)
-    a = make_scorer()
+    X[35:50, 1] = X[34, 1]                          # stuck across the cut: the run resumes
+    a = make_scorer(stuck_rows=10, threshold=50.0)
     expected = a.score_many(X)
-    b = make_scorer()
+    assert expected[44] > a.threshold and expected[43] < a.threshold
+    b = make_scorer(stuck_rows=10, threshold=50.0)
     b.score_many(X[:40])
     saved = {k: np.array(v) for k, v in b.state.items()}
-    c = make_scorer()
+    assert saved["repeats"].tolist() == [0, 5, 0] and saved["last"][1] == X[34, 1]
+    c = make_scorer(stuck_rows=10, threshold=50.0)
     c.state = saved
     assert np.array_equal(c.score_many(X[40:]), expected[40:])
     with pytest.raises(ValueError, match="does not fit"):
         c.state = {**saved, "forecast": np.zeros(5)}
+    with pytest.raises(ValueError, match="does not fit"):
+        c.state = {**saved, "repeats": np.zeros(2, np.int64)}
+    with pytest.raises(ValueError, match="repeats must be non-negative integers"):
+        c.state = {**saved, "repeats": np.array([0, -1, 0])}
+    # a state saved before the stuck-sensor rule (no last, repeats) resumes with no run under way
+    old = {k: v for k, v in saved.items() if k not in ("last", "repeats")}
+    c.state = old
+    assert np.isnan(c.state["last"]).all() and (c.state["repeats"] == 0).all()
+
+
+def test_a_stuck_channel_alarms_after_stuck_rows_repeats_and_explain_names_it():
+    X = rows(80, seed=3)
+    X[40:70, 1] = X[39, 1]                          # row 40 is the first exact repeat
+    X[55, 1] = np.nan                               # a missing value neither repeats nor ends it
+    scorer = make_scorer(warmup=1, stuck_rows=8, threshold=50.0)
+    s, contrib = scorer.score_many(X, explain=True)
+    assert (s[40:47] < scorer.threshold).all()      # 7 repeats: not yet
+    assert (s[47:70] > scorer.threshold).all()      # from the 8th repeat on: stuck
+    assert (contrib[47:70, 1] >= 2 * scorer.threshold).all()
+    assert (contrib[47:70].argmax(axis=1) == 1).all()      # --explain names the stuck sensor
+    assert s[72] < scorer.threshold                  # it moved again: the run is over
+    assert make_scorer(warmup=1, threshold=50.0).score_many(X)[50] < scorer.threshold   # rule off without it
+    with pytest.raises(edgegru.ModelFormatError, match="stuck_rows must be a positive integer"):
+        make_scorer(stuck_rows=0)
+
+
+def test_group_scorer_counts_repeats_per_key():
+    from edgegru.scoring import GroupScorer
+    X = rows(120, seed=4)
+    X[20:90, 0] = X[19, 0]          # key "a" (even rows) stays put: stuck; "b" moves on odd rows
+    keys = ["a", "b"] * 60
+    X[1::2, 0] = rows(60, seed=5)[:, 0]
+    group = GroupScorer(make_scorer(stuck_rows=5, threshold=50.0))
+    got = np.concatenate([group.score_many(keys[i:i + 7], X[i:i + 7]) for i in range(0, 120, 7)])
+    for key in "ab":
+        mine = np.array(keys) == key
+        assert np.array_equal(got[mine], make_scorer(stuck_rows=5, threshold=50.0).score_many(X[mine]))
+    assert (got[40:90:2] >= 100.0).all() and (got[41:90:2] < 50.0).all()   # a stuck, b not
+    restored = GroupScorer(make_scorer(stuck_rows=5, threshold=50.0))
+    restored.state = group.state
+    assert np.array_equal(restored.state["repeats"], group.state["repeats"])
 
 
 def test_a_spike_scores_high_and_reset_forgets():

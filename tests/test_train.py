@@ -107,6 +107,13 @@ def test_upcrossing_threshold_on_gaussian_noise():
     assert T > fit["base_level"] and fit["runs_above_base"] > 500
 
 
+def test_longest_repeat_run_skips_missing_values():
+    X = np.array([[1.0, 5.0], [1.0, 5.0], [np.nan, 6.0], [1.0, 6.0], [2.0, 6.0], [2.0, 7.0]])
+    # column 0: 1, 1, (missing), 1 is two repeats in a row; column 1: 6, 6, 6 is two
+    assert train.longest_repeat_run(X).tolist() == [2, 2]
+    assert train.longest_repeat_run(np.arange(6.0).reshape(3, 2)).tolist() == [0, 0]
+
+
 # -- with torch -----------------------------------------------------------------------------
 
 TINY = ["--epochs", "2", "--hidden-size", "8", "--window", "32", "--burn-in", "4",
@@ -133,6 +140,7 @@ def test_tiny_training_writes_a_scoring_model_and_its_state_dict(tiny_model):
     assert sc["combine"] == "max" and sc["whitening"] == [[1.0]] and sc["warmup"] >= 1
     assert math.isfinite(sc["threshold"]) and sc["threshold"] > 0
     assert sc["calibration"]["rows"] == 360 and sc["calibration"]["scored_rows"] > 200
+    assert sc["stuck_rows"] >= train.STUCK_MIN_ROWS and "stuck_rows" in sc["calibration"]
     prov = model.meta["provenance"]
     assert prov["data"]["sha256"] == hashlib.sha256(data.read_bytes()).hexdigest()
     assert prov["data"]["skipped_columns"] == ["timestamp"]

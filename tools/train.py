@@ -28,7 +28,9 @@ What it does
    ``combine: "max"`` (the score is the largest squared whitened residual, see
    ``edgegru/scoring.py``); ``threshold`` = the score level that normal data crosses ``--false-alarm-rate``
    times per row, from a peaks-over-threshold fit to the calibration scores of
-   ``AnomalyScorer.score_many`` (so the threshold is on exactly the scores users get).
+   ``AnomalyScorer.score_many`` (so the threshold is on exactly the scores users get);
+   ``stuck_rows`` = max(5, 2 x the longest run of exactly repeated readings of one channel in
+   all the normal rows): a channel repeating itself that long is a stuck sensor.
 5. Writes ``OUT.npz`` (weights + ``preprocessing``, ``scoring``, ``provenance`` metadata) and
    the PyTorch state dict as ``OUT.pt``.
 
@@ -61,6 +63,7 @@ MIN_TRAIN_ROWS = 200         # fewer cannot teach a forecaster anything about th
 MIN_CALIBRATION_ROWS = 200   # scores after the warm-up, to fit the threshold on
 MAX_WARMUP = 100             # the scorer's warm-up is measured, and capped here
 RESIDUAL_STD_FLOOR = 1e-3    # in normalised units: a perfectly forecast channel still has noise
+STUCK_MIN_ROWS = 5           # the stuck-sensor rule never fires on fewer exact repeats than this
 
 
 class TrainingError(ValueError):
@@ -395,7 +398,22 @@ def upcrossing_threshold(scores, rate, quantile=0.95):
                "mean_peak_excess": _round(beta)}
 
 
-def calibrate(model, names, mean, std, Z_train, Z_cal, X_cal, options, log):
+def longest_repeat_run(X):
+    """X (n, C) raw values -> (C,) the longest run of rows per channel whose value equals the
+    previous finite value exactly; a missing value neither extends nor ends a run (as
+    AnomalyScorer counts)."""
+    n, C = X.shape
+    longest = np.zeros(C, np.int64)
+    for c in range(C):
+        x = X[:, c][np.isfinite(X[:, c])]
+        run = 0
+        for same in (x[1:] == x[:-1]).tolist():
+            run = run + 1 if same else 0
+            longest[c] = max(longest[c], run)
+    return longest
+
+
+def calibrate(model, names, mean, std, Z_train, Z_cal, X_cal, options, log, X_normal=None):
     """Fill model.meta['preprocessing'] and ['scoring'] from the calibration rows."""
     C = len(names)
     model.meta["preprocessing"] = {"columns": list(names), "mean": [_round(v, 9) for v in mean],
@@ -411,6 +429,11 @@ def calibrate(model, names, mean, std, Z_train, Z_cal, X_cal, options, log):
         "residual_std": [_round(v, 9) for v in residual_std],
         "whitening": [[_round(v, 9) for v in row] for row in whitening],
         "combine": "max", "smoothing": options.smoothing, "warmup": warmup, "threshold": 0.0}
+    # stuck sensors: exact repeats of a noisy reading, twice the longest run on normal data
+    X_normal = X_cal if X_normal is None else X_normal
+    repeats = longest_repeat_run(X_normal)
+    stuck_rows = int(max(STUCK_MIN_ROWS, 2 * int(repeats.max())))
+    model.meta["scoring"]["stuck_rows"] = stuck_rows
     # the threshold, on the scores users get: edgegru's own scorer, from a fresh start
     scorer = edgegru.AnomalyScorer.from_model(model)
     scores = scorer.score_many(X_cal)[warmup:]
@@ -430,12 +453,15 @@ def calibrate(model, names, mean, std, Z_train, Z_cal, X_cal, options, log):
                             for q in ("0.5", "0.9", "0.99", "0.999")},
         "score_max": _round(float(scores.max())),
         "threshold": fit,
+        "stuck_rows": f"max({STUCK_MIN_ROWS}, 2 x the longest run of exactly repeated "
+                      f"readings on one channel in the {len(X_normal)} normal rows: "
+                      f"{', '.join(f'{n} {int(r)}' for n, r in zip(names, repeats))})",
     }
     log(f"calibrated on {len(X_cal)} rows: warm-up {warmup} rows, residual std "
         f"{', '.join(f'{n} {v:.3g}' for n, v in zip(names, residual_std))} (normalised); "
         f"score median {np.median(scores):.2f}, max {scores.max():.1f}; threshold "
         f"{threshold:.4g} (about {options.false_alarm_rate * 1e4:g} false alarms per 10,000 "
-        f"normal rows)")
+        f"normal rows); a channel repeating its reading {stuck_rows} rows in a row is stuck")
     return model
 
 
@@ -538,7 +564,7 @@ def train(args, argv, log, data):
     log(f"trained in {time.perf_counter() - t0:.0f} s")
 
     model = edgegru.from_state_dict(sd)                  # the import path users take
-    calibrate(model, names, mean, std, Z_train, Z_cal, X_cal, args, log)
+    calibrate(model, names, mean, std, Z_train, Z_cal, X_cal, args, log, X[:n_normal])
     model.meta["provenance"] = {
         **model.meta.get("provenance", {}),
         "tool": "tools/train.py",
