@@ -16,7 +16,7 @@ do, as functions.
 >>> results = bench.benchmark(edgegru.Model(cfg, edgegru.GRUWeights.random(cfg)),
 ...                           samples=1000, seq_len=50, rows=200, cold_start=False)
 >>> sorted(results["step"])
-['max', 'mean', 'p50', 'p99', 'p99.9']
+['max', 'mean', 'p50', 'p99', 'p99.9', 'stepper_mean']
 """
 import io
 import json
@@ -111,7 +111,8 @@ def _scorer_for(model):
 
 def step_latency(model, samples=100_000):
     """Seconds per ``model.step(x, out=buf)`` call: percentiles of each call timed on its own,
-    and the mean of an untimed loop (without the clock's own cost)."""
+    and the mean of an untimed loop (without the clock's own cost); and the mean per call of
+    ``model.stepper(x, out)``."""
     x = np.random.default_rng(0).standard_normal(model.input_size).astype(np.float32)
     out = np.empty(model.output_size, np.float32)
     step = model.step
@@ -129,9 +130,15 @@ def step_latency(model, samples=100_000):
     for _ in range(n):
         step(x, out=out)
     mean = (time.perf_counter() - t) / n
+    bound = model.stepper(x, out)
+    t = time.perf_counter()
+    for _ in range(n):
+        bound()
+    stepper = (time.perf_counter() - t) / n
     model.reset()
     q = np.percentile(ns, [50, 99, 99.9]) * 1e-9
-    return {"p50": q[0], "p99": q[1], "p99.9": q[2], "max": ns.max() * 1e-9, "mean": mean}
+    return {"p50": q[0], "p99": q[1], "p99.9": q[2], "max": ns.max() * 1e-9, "mean": mean,
+            "stepper_mean": stepper}
 
 
 def sequence_step(model, seq_len=2000, repeats=9):
@@ -291,6 +298,8 @@ def report(results):
                      f"p50 {_time(s['p50'])}  p99 {_time(s['p99'])}  "
                      f"p99.9 {_time(s['p99.9'])}  max {_time(s['max'])}"))
         rows.append(("step() from Python, mean of a loop", _time(s["mean"])))
+        rows.append(("stepper() from Python (no checks), mean of a loop",
+                     _time(s["stepper_mean"])))
     rows.append((f"run(), per time step (T={results['settings']['seq_len']})",
                  _time(results["sequence_step"])))
     r = results["rows_per_s"]

@@ -11,6 +11,7 @@ built. The run state (hidden vectors and scratch) is allocated once as well; :me
 and :meth:`Model.run` only write into it.
 """
 import dataclasses
+import functools
 import sys
 import time
 
@@ -23,6 +24,7 @@ from edgegru.errors import ModelFormatError
 HEAD_ACTIVATIONS = {"linear": kernels.HEAD_LINEAR, "sigmoid": kernels.HEAD_SIGMOID}
 _F32 = np.dtype(np.float32)
 _ndarray = np.ndarray
+_NONE = object()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -193,6 +195,7 @@ class Model:
         # call to its compiled entry point (see _bind_step)
         self._step_call = (self._bind_step, self._params, self._work, I, H, L,
                            config.output_size, config.reset_after, self._head_act)
+        self._step_last = (_NONE, _NONE, None, None)  # (x, out, views of both) of a checked call
 
     # -- sizes ----------------------------------------------------------------------------
     input_size = property(lambda self: self.config.input_size)
@@ -236,15 +239,26 @@ class Model:
 
         With ``out`` (a float32 array of shape (output_size,)) nothing is allocated.
         """
-        # The per-call path: a float32, contiguous x of the right shape costs four cheap
-        # checks, then one call of the compiled kernel (no numba dispatch). Anything else
-        # takes the slow path, which converts or explains.
+        # The per-call path. Streaming loops pass the same x and out buffers every time: those
+        # were checked on an earlier call, and the kernel gets the views of them made then
+        # (reshaping the arrays in place since cannot make it read or write out of bounds).
+        last = self._step_last
+        if x is last[0] and out is last[1]:
+            kernel, params, work, I, H, L, O, reset_after, head = self._step_call
+            kernel(last[3], last[2], params, work, I, H, L, O, reset_after, head)
+            return out
+        # Otherwise a float32, contiguous x of the right shape costs four cheap checks, then
+        # one call of the compiled kernel (no numba dispatch); anything else takes the slow
+        # path, which converts or explains.
         if out is None:
             out = np.empty(self._out_shape, dtype=np.float32)
         elif not (type(out) is _ndarray and out.dtype is _F32 and out.shape == self._out_shape
                   and out.flags.carray):
             raise ValueError(f"out must be a writeable, contiguous float32 array of shape "
                              f"{self._out_shape}")
+        elif type(x) is _ndarray and x.dtype is _F32 and x.shape == self._x_shape \
+                and x.flags.c_contiguous:
+            self._step_last = (x, out, x.view(), out.view())
         if not (type(x) is _ndarray and x.dtype is _F32 and x.shape == self._x_shape
                 and x.flags.c_contiguous):
             x = self._check_step_input(x)
@@ -257,12 +271,45 @@ class Model:
         # exactly these argument types (compiled now, or loaded from numba's cache). Calling
         # it directly skips numba's dispatcher, which costs more than the H=64 step itself;
         # that is safe because step() has checked dtype, shape and contiguity.
+        self._step_entry(out, x)(out, x, *args)
+
+    def _step_entry(self, out, x):
+        # The compiled gru_step for arrays like out and x, bound into self._step_call.
         if self.config.bidirectional:
             raise ValueError("step() needs a unidirectional model: a bidirectional layer reads "
                              "the whole sequence, so use run() on the sequence instead")
+        args = self._step_call[1:]
         kernel = self._k.entry_point(self._k.gru_step, (out, x) + args)
         self._step_call = (kernel,) + args
-        kernel(out, x, *args)
+        return kernel
+
+    def stepper(self, x, out):
+        """A function of no arguments that does ``step(x, out=out)`` with these two buffers,
+        reading whatever ``x`` holds at the time of the call, with no checks per call.
+
+        For the tightest loops: fill ``x`` in place (``x[:] = reading``, or have a driver write
+        into it), call, read ``out``. ``x`` and ``out`` are checked once, here: float32,
+        contiguous, shapes (input_size,) and (output_size,), ``out`` writeable. The function
+        keeps views of both, so reshaping them afterwards cannot confuse it.
+
+        >>> import numpy as np, edgegru
+        >>> cfg = edgegru.GRUConfig(input_size=2, hidden_size=4, output_size=1)
+        >>> model = edgegru.Model(cfg, edgegru.GRUWeights.random(cfg))
+        >>> x, y = np.zeros(2, np.float32), np.zeros(1, np.float32)
+        >>> step = model.stepper(x, y)
+        >>> x[:] = [0.5, -1.0]; step(); y.shape
+        (1,)
+        """
+        if not (type(out) is _ndarray and out.dtype is _F32 and out.shape == self._out_shape
+                and out.flags.carray):
+            raise ValueError(f"out must be a writeable, contiguous float32 array of shape "
+                             f"{self._out_shape}")
+        if not (type(x) is _ndarray and x.dtype is _F32 and x.shape == self._x_shape
+                and x.flags.c_contiguous):
+            raise ValueError(f"x must be a contiguous float32 array of shape {self._x_shape} "
+                             f"(it is read in place at every call)")
+        x, out = x.view(), out.view()         # our own array objects over the same memory
+        return functools.partial(self._step_entry(out, x), out, x, *self._step_call[1:])
 
     def compile(self):
         """Compile the kernels step() and run() use now (or load them from numba's cache),
@@ -277,9 +324,8 @@ class Model:
         times = {}
         t = time.perf_counter()
         if not c.bidirectional:
-            out, x = np.empty(self._out_shape, np.float32), np.empty(self._x_shape, np.float32)
-            args = self._step_call[1:]
-            self._step_call = (kernels.entry_point(kernels.gru_step, (out, x) + args),) + args
+            self._step_entry(np.empty(self._out_shape, np.float32),
+                             np.empty(self._x_shape, np.float32))
             times["step"] = time.perf_counter() - t
             t = time.perf_counter()
         L, D, H = c.num_layers, c.num_directions, c.hidden_size

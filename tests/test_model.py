@@ -205,3 +205,52 @@ def test_from_state_dict_refuses_nan_weights():
     sd["gru.weight_hh_l0"][0, 0] = np.nan
     with pytest.raises(edgegru.ModelFormatError, match="NaN"):
         edgegru.from_state_dict(sd)
+
+
+def test_stepper_equals_step_and_reads_x_in_place(backend):
+    a = make_model(backend, input_size=3, hidden_size=9, num_layers=2, output_size=2)
+    b = make_model(backend, input_size=3, hidden_size=9, num_layers=2, output_size=2)
+    X = np.random.default_rng(5).standard_normal((30, 3)).astype(np.float32)
+    x, y = np.zeros(3, np.float32), np.zeros(2, np.float32)
+    step = b.stepper(x, y)
+    x.shape = (1, 3)          # the stepper keeps its own view: this cannot confuse it
+    for row in X:
+        x[0] = row
+        step()
+        assert np.array_equal(y, a.step(row))
+    assert np.array_equal(a.state, b.state)
+
+
+def test_stepper_checks_its_buffers_once(backend):
+    model = make_model(backend, input_size=3, hidden_size=4, output_size=1)
+    good_x, good_y = np.zeros(3, np.float32), np.zeros(1, np.float32)
+    for x, y in [(np.zeros(3), good_y), (np.zeros(4, np.float32), good_y),
+                 (np.zeros(6, np.float32)[::2], good_y), (good_x, np.zeros(2, np.float32)),
+                 (good_x, np.zeros(1, np.float32)[:0]), ([0.0, 0.0, 0.0], good_y)]:
+        with pytest.raises(ValueError):
+            model.stepper(x, y)
+    y = np.zeros(1, np.float32)
+    y.flags.writeable = False
+    with pytest.raises(ValueError, match="writeable"):
+        model.stepper(good_x, y)
+    bi = make_model(backend, input_size=3, hidden_size=4, bidirectional=True)
+    with pytest.raises(ValueError, match="unidirectional"):
+        bi.stepper(good_x, np.zeros(8, np.float32))
+
+
+def test_step_with_the_same_buffers_again_reads_their_new_contents(backend):
+    """The same x and out objects as the last call skip the checks, not the reading: values
+    written into x in place are used, and other arrays are checked as before."""
+    a = make_model(backend, input_size=3, hidden_size=6, output_size=2)
+    b = make_model(backend, input_size=3, hidden_size=6, output_size=2)
+    X = np.random.default_rng(6).standard_normal((20, 3)).astype(np.float32)
+    x, y = np.zeros(3, np.float32), np.zeros(2, np.float32)
+    for row in X:
+        x[:] = row
+        assert b.step(x, out=y) is y
+        assert np.array_equal(y, a.step(row))
+    with pytest.raises(ValueError):
+        b.step(np.zeros(4, np.float32), out=y)
+    with pytest.raises(ValueError):
+        b.step(x, out=np.zeros(3, np.float32))
+    assert b.step(x, out=y) is y

@@ -3,7 +3,8 @@
 For each hidden size (input 4, one layer, a linear head with one output, float32) it times:
 
 - **step**: one sample per call from Python, the state fed back (edgegru ``Model.step(x,
-  out=buf)``; PyTorch ``nn.GRUCell`` + ``nn.Linear``; ONNX Runtime a T=1 ``GRU`` graph with
+  out=buf)``, and under the table ``Model.stepper(x, out)``, the same without per-call
+  checks; PyTorch ``nn.GRUCell`` + ``nn.Linear``; ONNX Runtime a T=1 ``GRU`` graph with
   ``initial_h`` in and ``Y_h`` out);
 - **sequence**: a whole sequence of T steps per call, reported per time step (edgegru
   ``Model.run``; PyTorch ``nn.GRU`` + ``nn.Linear``; ONNX Runtime a ``GRU`` graph);
@@ -237,6 +238,9 @@ def measure(hidden_sizes, input_size=4, T=2000, steps=20000, batch=32, batch_hid
                 else:
                     row["max_diff"][p.name] = max_diff(y, reference)
                 row["times"][p.name] = seconds
+            if kind == "step":          # edgegru's check-free variant, for the note under the table
+                model, out = built[0].model, np.empty(1, np.float32)
+                row["edgegru_stepper"] = best_of(model.stepper(x, out), repeats, step_calls)
             rows.append(row)
     if batch:
         config = edgegru.GRUConfig(input_size=input_size, hidden_size=batch_hidden, output_size=1)
@@ -324,6 +328,10 @@ def main(argv=None):
     print("step: one sample per call from Python; sequence: T=2000 per call; batch: B "
           "sequences of T=500 per call, time per step of the whole batch.\n")
     print(table(rows))
+    print()
+    print("edgegru model.stepper(x, out)() (the same step without per-call checks): "
+          + ", ".join(f"H={r['hidden_size']} {_fmt(r['edgegru_stepper'])}"
+                      for r in rows if "edgegru_stepper" in r))
     print()
     print("Machine: " + ", ".join(f"{k} {v}" for k, v in info.items()))
     for name, missing in skipped.items():
