@@ -67,6 +67,13 @@ if ! command -v qemu-aarch64-static >/dev/null || ! command -v mmdebstrap >/dev/
         qemu-user-static binfmt-support mmdebstrap >/dev/null; } \
         || die "apt-get install qemu-user-static binfmt-support mmdebstrap did not work"
 fi
+# the host's pip fetches the aarch64 wheels (with --target: fine on an externally managed Python)
+if ! python3 -m pip --version >/dev/null 2>&1; then
+    say "installing python3-pip"
+    { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3-pip; } \
+        >/dev/null 2>&1 || true
+    python3 -m pip --version >/dev/null 2>&1 || die "python3 has no pip (apt-get install python3-pip)"
+fi
 BINFMT=/proc/sys/fs/binfmt_misc
 if [ ! -e "$BINFMT/status" ]; then
     mount -t binfmt_misc binfmt_misc "$BINFMT" 2>/dev/null \
