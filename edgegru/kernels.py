@@ -14,6 +14,8 @@ per layer and direction (``l`` major, then ``d``)::
 followed by the optional linear head ``w_head (O, K)`` and ``b_head (O,)``, K = H * directions.
 Transposed weights make every matrix-vector product a sum of scaled rows ("axpy"): the inner loop
 runs over contiguous output elements, which LLVM vectorises without reassociating a reduction.
+The kernels see each matrix as a flat slice of ``params`` plus its row length (a numba reshape
+calls into C on every use; a slice does not).
 
 The GRU, with r, z, n the reset gate, update gate and candidate::
 
