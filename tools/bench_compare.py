@@ -23,7 +23,6 @@ import argparse
 import json
 import os
 import platform
-import statistics
 import sys
 import time
 
@@ -34,10 +33,10 @@ import edgegru  # noqa: E402
 
 
 def best_of(fn, repeats, number):
-    """Seconds per call of fn(), the median of `repeats` timings of `number` calls each.
+    """Seconds per call of fn(), the best of `repeats` timings of `number` calls each.
 
-    The median rather than the minimum: the machine this runs on is shared, and the median of
-    a handful of repeats is what a user sees on a quiet-ish machine."""
+    The best rather than the median: on a shared machine other processes only ever add time,
+    so the minimum is the figure that repeats from run to run."""
     fn()
     times = []
     for _ in range(repeats):
@@ -45,7 +44,7 @@ def best_of(fn, repeats, number):
         for _ in range(number):
             fn()
         times.append((time.perf_counter() - t0) / number)
-    return statistics.median(times)
+    return min(times)
 
 
 def max_diff(a, b):
@@ -206,7 +205,7 @@ def available_peers():
 # -- the measurements -------------------------------------------------------------------------
 
 def measure(hidden_sizes, input_size=4, T=2000, steps=20000, batch=32, batch_hidden=64,
-            batch_T=500, repeats=7):
+            batch_T=500, repeats=15):
     peers, skipped = available_peers()
     rng = np.random.default_rng(0)
     rows = []
