@@ -1,5 +1,7 @@
 """The public API: shapes, errors that say what to do, state, the native file, state-dict import."""
 import json
+import os
+import stat
 import zipfile
 
 import numpy as np
@@ -155,6 +157,15 @@ def test_save_is_atomic_and_leaves_no_temp_files(tmp_path, model):
     model.save(tmp_path / "m.npz")
     model.save(tmp_path / "m.npz")
     assert [p.name for p in tmp_path.iterdir()] == ["m.npz"]
+
+
+def test_saved_file_is_readable_by_others_as_the_umask_allows(tmp_path, model):
+    old = os.umask(0o022)
+    try:
+        model.save(tmp_path / "m.npz")
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE((tmp_path / "m.npz").stat().st_mode) == 0o644
 
 
 # -- from_state_dict -----------------------------------------------------------------------

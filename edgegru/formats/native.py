@@ -51,6 +51,11 @@ def save(model, path):
     try:
         with os.fdopen(fd, "wb") as f:
             np.savez(f, **arrays)
+        # mkstemp makes the file owner-only (0600); a model file is for reading by whoever runs
+        # it (a service user, say), so give it the mode open() would have: 0666 less the umask
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)
         os.replace(tmp, path)
     except BaseException:
         os.unlink(tmp)
