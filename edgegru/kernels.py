@@ -403,10 +403,6 @@ def gru_step(out, x, params, work, input_size, hidden_size, num_layers, output_s
             out[j] = layer_in[j]
 
 
-def step_workspace_size(hidden_size, num_layers):
-    return num_layers * hidden_size + 6 * hidden_size
-
-
 # The sequence kernels project the input of a chunk of CHUNK time steps at once (for all
 # sequences of a batch), so the input weights are read once per chunk rather than per step.
 CHUNK = 32
