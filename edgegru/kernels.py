@@ -19,11 +19,16 @@ calls into C on every use; a slice does not).
 
 The GRU, with r, z, n the reset gate, update gate and candidate::
 
-    r = sigmoid(W_ir x + b_ir + W_hr h + b_hr)
-    z = sigmoid(W_iz x + b_iz + W_hz h + b_hz)
+    r = g(W_ir x + b_ir + W_hr h + b_hr)
+    z = g(W_iz x + b_iz + W_hz h + b_hz)
     n = tanh(W_in x + b_in + r * (W_hn h + b_hn))      reset_after (PyTorch, cuDNN, ONNX lbr=1)
     n = tanh(W_in x + b_in + W_hn (r * h) + b_hn)      reset_before (Cho 2014, ONNX default)
     h' = (1 - z) * n + z * h
+
+The gate activation ``g`` is the logistic sigmoid (everyone's default), or, with
+``hard_gates``, the piecewise-linear ``hard_sigmoid(x) = clip(alpha * x + beta, 0, 1)`` that
+old Keras GRUs use (``recurrent_activation="hard_sigmoid"``: alpha 0.2 in Keras 2, 1/6 in
+Keras 3; beta 0.5) and ONNX's ``HardSigmoid(alpha, beta)``.
 
 One cell serves the step and the sequence paths, so they cannot disagree: :func:`_cell` for one
 sequence and :func:`_cells` for a batch are built from the same pieces and the same row-by-row
@@ -66,6 +71,7 @@ _B6 = _f32(1.19825839466702e-06)
 
 HEAD_LINEAR = 0
 HEAD_SIGMOID = 1
+_ZERO = _f32(0.0)
 
 
 @njit(**KERNEL, inline="always")
@@ -92,6 +98,26 @@ def tanh(x):
 def sigmoid(x):
     # sigmoid(x) = (1 + tanh(x/2)) / 2: error is half that of tanh.
     return _HALF * tanh(_HALF * x) + _HALF
+
+
+@njit(**KERNEL, inline="always")
+def hard_sigmoid(x, alpha, beta):
+    # clip(alpha * x + beta, 0, 1), written so that NaN falls through and propagates.
+    g = alpha * x + beta
+    if g < _ZERO:
+        g = _ZERO
+    if g > _ONE:
+        g = _ONE
+    return g
+
+
+@njit(**KERNEL, inline="always")
+def _gate(x, hard_gates, alpha, beta):
+    # The flag is the same for the whole loop this sits in, so LLVM moves the test out of it
+    # (loop unswitching) and each version of the loop vectorises.
+    if hard_gates:
+        return hard_sigmoid(x, alpha, beta)
+    return sigmoid(x)
 
 
 # The layout arithmetic is plain Python, so that building a model (and the NumPy fallback) does
@@ -245,7 +271,7 @@ def _start(a, xp, b_hn, reset_after):
 
 
 @njit(**KERNEL, inline="always")
-def _finish_after(h, a, xp):
+def _finish_after(h, a, xp, hard_gates, alpha, beta):
     # a = [r | z | W_hn h + b_hn] pre-activations -> new h, in place
     H = h.shape[0]
     a_r = a[:H]
@@ -253,14 +279,14 @@ def _finish_after(h, a, xp):
     a_n = a[2 * H:]
     xp_n = xp[2 * H:]
     for j in range(H):
-        r = sigmoid(a_r[j])
-        z = sigmoid(a_z[j])
+        r = _gate(a_r[j], hard_gates, alpha, beta)
+        z = _gate(a_z[j], hard_gates, alpha, beta)
         n = tanh(xp_n[j] + r * a_n[j])
         h[j] = n + z * (h[j] - n)
 
 
 @njit(**KERNEL, inline="always")
-def _reset_before(h, a, xp):
+def _reset_before(h, a, xp, hard_gates, alpha, beta):
     # a = [r | z | .] pre-activations -> [r * h | z | xp_n], ready for a_n += W_hn (r * h)
     H = h.shape[0]
     a_r = a[:H]
@@ -268,8 +294,8 @@ def _reset_before(h, a, xp):
     a_n = a[2 * H:]
     xp_n = xp[2 * H:]
     for j in range(H):
-        a_r[j] = sigmoid(a_r[j]) * h[j]      # r is not needed again
-        a_z[j] = sigmoid(a_z[j])
+        a_r[j] = _gate(a_r[j], hard_gates, alpha, beta) * h[j]      # r is not needed again
+        a_z[j] = _gate(a_z[j], hard_gates, alpha, beta)
         a_n[j] = xp_n[j]
 
 
@@ -284,24 +310,24 @@ def _finish_before(h, a):
 
 
 @njit(**KERNEL)
-def _cell(h, xp, a, w_hh, b_hn, reset_after):
+def _cell(h, xp, a, w_hh, b_hn, reset_after, hard_gates, alpha, beta):
     # One GRU time step of one layer and direction, in place on h (H,).
     # xp (3H,): this step's input projection (from _project); a (3H,): scratch;
-    # w_hh (H, 3H); b_hn (H,).
+    # w_hh (H, 3H); b_hn (H,); hard_gates, alpha, beta: the gate activation (module doc).
     H = h.shape[0]
     _start(a, xp, b_hn, reset_after)
     if reset_after:
         _axpy(a, h, w_hh, 3 * H, 0)                   # [r | z | W_hn h + b_hn]
-        _finish_after(h, a, xp)
+        _finish_after(h, a, xp, hard_gates, alpha, beta)
     else:
         _axpy(a[:2 * H], h, w_hh, 3 * H, 0)           # [r | z]
-        _reset_before(h, a, xp)
+        _reset_before(h, a, xp, hard_gates, alpha, beta)
         _axpy(a[2 * H:], a[:H], w_hh, 3 * H, 2 * H)   # += W_hn (r * h)
         _finish_before(h, a)
 
 
 @njit(**KERNEL)
-def _cells(hs, xps, c, acc, w_hh, b_hn, reset_after):
+def _cells(hs, xps, c, acc, w_hh, b_hn, reset_after, hard_gates, alpha, beta):
     # _cell for N independent sequences at once, so each row of w_hh is read once for all:
     # hs (N, H) in place; xps[:, c] (N, 3H) this step's input projections; acc (N, 3H).
     N, H = hs.shape
@@ -310,11 +336,11 @@ def _cells(hs, xps, c, acc, w_hh, b_hn, reset_after):
     if reset_after:
         _matmul(acc, 0, hs, w_hh, 3 * H, 0, 3 * H)
         for b in range(N):
-            _finish_after(hs[b], acc[b], xps[b, c])
+            _finish_after(hs[b], acc[b], xps[b, c], hard_gates, alpha, beta)
     else:
         _matmul(acc, 0, hs, w_hh, 3 * H, 0, 2 * H)
         for b in range(N):
-            _reset_before(hs[b], acc[b], xps[b, c])
+            _reset_before(hs[b], acc[b], xps[b, c], hard_gates, alpha, beta)
         _matmul(acc, 2 * H, acc[:, :H], w_hh, 3 * H, 2 * H, H)
         for b in range(N):
             _finish_before(hs[b], acc[b])
@@ -374,10 +400,11 @@ def _head_views(params, input_size, hidden_size, num_layers, num_directions, out
 
 @njit(**KERNEL)
 def gru_step(out, x, params, work, input_size, hidden_size, num_layers, output_size,
-             reset_after, head_activation):
+             reset_after, hard_gates, gate_alpha, gate_beta, head_activation):
     """One time step of a unidirectional stack, updating the state in place.
 
     out (O,)   x (I,)   params: see the module doc
+    hard_gates (bool), gate_alpha, gate_beta (float32): the gate activation (module doc).
     work (L*H + 6H,): [h of each layer | xp (3H) | acc (3H)], owned by the model.
     output_size == 0 means no head: out (H,) receives the top layer's hidden state.
     """
@@ -393,7 +420,7 @@ def gru_step(out, x, params, work, input_size, hidden_size, num_layers, output_s
         for j in range(G):                  # _project for one row
             xp[j] = b_x[j]
         _axpy(xp, layer_in, w_ih, G, 0)
-        _cell(h, xp, acc, w_hh, b_hn, reset_after)
+        _cell(h, xp, acc, w_hh, b_hn, reset_after, hard_gates, gate_alpha, gate_beta)
         layer_in = h
     if output_size > 0:
         w_head, b_head = _head_views(params, input_size, H, num_layers, 1, output_size)
@@ -417,7 +444,7 @@ def sequence_workspace_size(B, T, hidden_size, num_directions):
 
 @njit(**KERNEL)
 def gru_sequences(Y, X, h, params, ws, input_size, hidden_size, num_layers, num_directions,
-                  output_size, reset_after, head_activation):
+                  output_size, reset_after, hard_gates, gate_alpha, gate_beta, head_activation):
     """B independent sequences through the stack, all B advanced together one step at a time
     (each weight read once per step for the whole batch).
 
@@ -454,9 +481,11 @@ def gru_sequences(Y, X, h, params, ws, input_size, hidden_size, num_layers, num_
                 for s in range(n):
                     c = s if d == 0 else n - 1 - s
                     if B == 1:
-                        _cell(hk[0], xp[0, c], acc[0], w_hh, b_hn, reset_after)
+                        _cell(hk[0], xp[0, c], acc[0], w_hh, b_hn, reset_after, hard_gates,
+                              gate_alpha, gate_beta)
                     else:
-                        _cells(hk, xp, c, acc, w_hh, b_hn, reset_after)
+                        _cells(hk, xp, c, acc, w_hh, b_hn, reset_after, hard_gates,
+                               gate_alpha, gate_beta)
                     for b in range(B):              # a loop: numba's slice assignment
                         row = dst[b, t0 + c, d * H:(d + 1) * H]     # costs more at small H
                         hb = hk[b]

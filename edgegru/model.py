@@ -22,6 +22,7 @@ from edgegru._jit import JIT
 from edgegru.errors import ModelFormatError
 
 HEAD_ACTIVATIONS = {"linear": kernels.HEAD_LINEAR, "sigmoid": kernels.HEAD_SIGMOID}
+GATE_ACTIVATIONS = ("sigmoid", "hard_sigmoid")
 _F32 = np.dtype(np.float32)
 _ndarray = np.ndarray
 _NONE = object()
@@ -29,7 +30,14 @@ _NONE = object()
 
 @dataclasses.dataclass(frozen=True)
 class GRUConfig:
-    """Sizes and variant. ``output_size == 0`` means no head (the output is the top hidden state)."""
+    """Sizes and variant. ``output_size == 0`` means no head (the output is the top hidden state).
+
+    ``gate_activation`` is what the reset and update gates apply: the logistic ``"sigmoid"``
+    (PyTorch, ONNX and Keras' default), or ``"hard_sigmoid"``, ``clip(gate_alpha * x +
+    gate_beta, 0, 1)``: Keras' ``recurrent_activation="hard_sigmoid"`` (alpha 0.2 in Keras 2 and
+    tf.keras, 1/6 in Keras 3; beta 0.5) and ONNX's ``HardSigmoid``. ``gate_alpha`` and
+    ``gate_beta`` mean nothing for the sigmoid.
+    """
     input_size: int
     hidden_size: int
     num_layers: int = 1
@@ -38,6 +46,9 @@ class GRUConfig:
     bias: bool = True
     output_size: int = 0            # size of the linear head, 0 for none
     head_activation: str = "linear"
+    gate_activation: str = "sigmoid"
+    gate_alpha: float = 0.2
+    gate_beta: float = 0.5
 
     def __post_init__(self):
         for name in ("input_size", "hidden_size", "num_layers"):
@@ -49,6 +60,20 @@ class GRUConfig:
         if self.head_activation not in HEAD_ACTIVATIONS:
             raise ValueError(f"head_activation must be one of {sorted(HEAD_ACTIVATIONS)}, "
                              f"got {self.head_activation!r}")
+        if self.gate_activation not in GATE_ACTIVATIONS:
+            raise ValueError(f"gate_activation must be one of {list(GATE_ACTIVATIONS)}, "
+                             f"got {self.gate_activation!r}")
+        for name in ("gate_alpha", "gate_beta"):
+            value = getattr(self, name)
+            if not isinstance(value, (int, float, np.floating, np.integer)) \
+                    or isinstance(value, bool) or not np.isfinite(value):
+                raise ValueError(f"{name} must be a finite number, got {value!r}")
+
+    @property
+    def gate_args(self):
+        """The kernels' gate arguments: (hard_gates, gate_alpha, gate_beta as float32)."""
+        return (self.gate_activation == "hard_sigmoid", np.float32(self.gate_alpha),
+                np.float32(self.gate_beta))
 
     @property
     def num_directions(self):
@@ -194,7 +219,8 @@ class Model:
         # step(): the kernel and its arguments after (out, x); the kernel is bound on the first
         # call to its compiled entry point (see _bind_step)
         self._step_call = (self._bind_step, self._params, self._work, I, H, L,
-                           config.output_size, config.reset_after, self._head_act)
+                           config.output_size, config.reset_after) + config.gate_args \
+            + (self._head_act,)
         self._step_last = (_NONE, _NONE, None, None)  # (x, out, views of both) of a checked call
 
     # -- sizes ----------------------------------------------------------------------------
@@ -213,6 +239,7 @@ class Model:
         return (f"<edgegru.Model input_size={c.input_size} hidden_size={c.hidden_size} "
                 f"num_layers={c.num_layers}{' bidirectional' if c.bidirectional else ''} "
                 f"{'reset_after' if c.reset_after else 'reset_before'} "
+                f"{'hard_sigmoid gates ' if c.gate_activation == 'hard_sigmoid' else ''}"
                 f"output_size={self.output_size}>")
 
     # -- state ----------------------------------------------------------------------------
@@ -244,8 +271,10 @@ class Model:
         # (reshaping the arrays in place since cannot make it read or write out of bounds).
         last = self._step_last
         if x is last[0] and out is last[1]:
-            kernel, params, work, I, H, L, O, reset_after, head = self._step_call
-            kernel(last[3], last[2], params, work, I, H, L, O, reset_after, head)
+            kernel, params, work, I, H, L, O, reset_after, hard, alpha, beta, head = \
+                self._step_call
+            kernel(last[3], last[2], params, work, I, H, L, O, reset_after, hard, alpha, beta,
+                   head)
             return out
         # Otherwise a float32, contiguous x of the right shape costs four cheap checks, then
         # one call of the compiled kernel (no numba dispatch); anything else takes the slow
@@ -262,8 +291,8 @@ class Model:
         if not (type(x) is _ndarray and x.dtype is _F32 and x.shape == self._x_shape
                 and x.flags.c_contiguous):
             x = self._check_step_input(x)
-        kernel, params, work, I, H, L, O, reset_after, head = self._step_call
-        kernel(out, x, params, work, I, H, L, O, reset_after, head)
+        kernel, params, work, I, H, L, O, reset_after, hard, alpha, beta, head = self._step_call
+        kernel(out, x, params, work, I, H, L, O, reset_after, hard, alpha, beta, head)
         return out
 
     def _bind_step(self, out, x, *args):
@@ -331,8 +360,8 @@ class Model:
         L, D, H = c.num_layers, c.num_directions, c.hidden_size
         args = (np.empty((1, 1, self.output_size), np.float32),
                 np.empty((1, 1, c.input_size), np.float32), np.empty((L * D, 1, H), np.float32),
-                self._params, self._ws, c.input_size, H, L, D, c.output_size, c.reset_after,
-                self._head_act)
+                self._params, self._ws, c.input_size, H, L, D, c.output_size, c.reset_after) \
+            + c.gate_args + (self._head_act,)
         kernels.entry_point(kernels.gru_sequences, args)       # run() then finds it compiled
         times["sequence"] = time.perf_counter() - t
         return times
@@ -388,7 +417,7 @@ class Model:
         Y = np.empty((B, T, self.output_size), dtype=np.float32)
         if T and B:
             self._k.gru_sequences(Y, Xb, h, self._params, self._ws, c.input_size, H, L, D,
-                                  c.output_size, c.reset_after, self._head_act)
+                                  c.output_size, c.reset_after, *c.gate_args, self._head_act)
         if X.ndim == 2:
             return (Y[0], self.state) if return_state else Y[0]
         return (Y, h) if return_state else Y

@@ -19,6 +19,14 @@ def _sigmoid(x):
     return _f32(0.5) * np.tanh(_f32(0.5) * x) + _f32(0.5)
 
 
+def _gate(x, hard_gates, alpha, beta):
+    if hard_gates:
+        # clip(alpha x + beta, 0, 1) with NaN passing through, as in the compiled kernel
+        g = alpha * x + beta
+        return np.where(g < 0, _f32(0), np.where(g > 1, _f32(1), g))
+    return _sigmoid(x)
+
+
 def _blocks(params, l, d, input_size, H, D):
     # Views of one block's weights: w_ih (in, 3H), b_x (3H,), w_hh (H, 3H), b_hn (H,)
     w_ih, b_x, w_hh, b_hn, in_size = block_offsets(l, d, input_size, H, D)
@@ -27,17 +35,17 @@ def _blocks(params, l, d, input_size, H, D):
             params[w_hh:b_hn].reshape(H, G), params[b_hn:b_hn + H])
 
 
-def _cell(h, xp, w_hh, b_hn, H, reset_after):
-    # h (H,) -> new h; xp (3H,) the input projection of this step.
+def _cell(h, xp, w_hh, b_hn, H, reset_after, gate):
+    # h (H,) -> new h; xp (3H,) the input projection of this step; gate: (hard, alpha, beta).
     if reset_after:
         gh = h @ w_hh
-        r = _sigmoid(xp[:H] + gh[:H])
-        z = _sigmoid(xp[H:2 * H] + gh[H:2 * H])
+        r = _gate(xp[:H] + gh[:H], *gate)
+        z = _gate(xp[H:2 * H] + gh[H:2 * H], *gate)
         n = np.tanh(xp[2 * H:] + r * (gh[2 * H:] + b_hn))
     else:
         gh = h @ w_hh[:, :2 * H]
-        r = _sigmoid(xp[:H] + gh[:H])
-        z = _sigmoid(xp[H:2 * H] + gh[H:])
+        r = _gate(xp[:H] + gh[:H], *gate)
+        z = _gate(xp[H:2 * H] + gh[H:], *gate)
         n = np.tanh(xp[2 * H:] + (r * h) @ w_hh[:, 2 * H:])
     return n + z * (h - n)
 
@@ -50,13 +58,14 @@ def _head(src, params, w_head, output_size, K, activation):
 
 
 def gru_step(out, x, params, work, input_size, hidden_size, num_layers, output_size,
-             reset_after, head_activation):
+             reset_after, hard_gates, gate_alpha, gate_beta, head_activation):
     H = hidden_size
     layer_in = x
     for l in range(num_layers):
         w_ih, b_x, w_hh, b_hn = _blocks(params, l, 0, input_size, H, 1)
         h = work[l * H:(l + 1) * H]
-        h[:] = _cell(h, layer_in @ w_ih + b_x, w_hh, b_hn, H, reset_after)
+        h[:] = _cell(h, layer_in @ w_ih + b_x, w_hh, b_hn, H, reset_after,
+                     (hard_gates, gate_alpha, gate_beta))
         layer_in = h
     if output_size > 0:
         out[:] = _head(layer_in, params, head_offset(input_size, H, num_layers, 1),
@@ -66,7 +75,7 @@ def gru_step(out, x, params, work, input_size, hidden_size, num_layers, output_s
 
 
 def gru_sequence(Y, X, h, params, ws, input_size, hidden_size, num_layers, num_directions,
-                 output_size, reset_after, head_activation):
+                 output_size, reset_after, hard_gates, gate_alpha, gate_beta, head_activation):
     """One sequence: Y (T, O), X (T, I), h (L*D, H) in and out."""
     T = X.shape[0]
     H = hidden_size
@@ -81,7 +90,8 @@ def gru_sequence(Y, X, h, params, ws, input_size, hidden_size, num_layers, num_d
             for t in (range(T) if d == 0 else range(T - 1, -1, -1)):
                 # row by row, as gru_step does: a (T, I) matmul would sum in another order,
                 # and chunked runs would then differ from one run in the last bit
-                state = _cell(state, src[t] @ w_ih + b_x, w_hh, b_hn, H, reset_after)
+                state = _cell(state, src[t] @ w_ih + b_x, w_hh, b_hn, H, reset_after,
+                              (hard_gates, gate_alpha, gate_beta))
                 dst[t, d * H:(d + 1) * H] = state
             h[k] = state
         src = dst
@@ -94,8 +104,9 @@ def gru_sequence(Y, X, h, params, ws, input_size, hidden_size, num_layers, num_d
 
 
 def gru_sequences(Y, X, h, params, ws, input_size, hidden_size, num_layers, num_directions,
-                  output_size, reset_after, head_activation):
+                  output_size, reset_after, hard_gates, gate_alpha, gate_beta, head_activation):
     """B sequences: Y (B, T, O), X (B, T, I), h (L*D, B, H) in and out."""
     for b in range(X.shape[0]):
         gru_sequence(Y[b], X[b], h[:, b], params, ws, input_size, hidden_size, num_layers,
-                     num_directions, output_size, reset_after, head_activation)
+                     num_directions, output_size, reset_after, hard_gates, gate_alpha,
+                     gate_beta, head_activation)

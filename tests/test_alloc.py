@@ -28,7 +28,8 @@ SCRIPT = textwrap.dedent("""
     @njit
     def stream(out, x, params, work, n):
         for _ in range(n):
-            kernels.gru_step(out, x, params, work, 4, 32, 2, 4, True, 0)
+            kernels.gru_step(out, x, params, work, 4, 32, 2, 4, True, False, np.float32(0.2),
+                             np.float32(0.5), 0)
 
     def counts():
         s = rtsys.get_allocation_stats()

@@ -1,4 +1,6 @@
 """The kernels against slow, obvious NumPy (tests/naive.py), both GRU variants, many sizes."""
+import dataclasses
+
 import numpy as np
 import pytest
 
@@ -39,6 +41,64 @@ def test_step_matches_naive_with_sigmoid_head(reset_after, backend):
     Y = np.stack([model.step(x).copy() for x in X])
     assert max_abs(Y, Y_ref) <= 1e-5
     assert (Y > 0).all() and (Y < 1).all()
+
+
+HARD = [(0.2, 0.5), (1 / 6, 0.5), (0.3, 0.4)]    # Keras 2, Keras 3, some ONNX HardSigmoid
+
+
+def _hard_gate_model(backend, alpha, beta, reset_after, **sizes):
+    config = edgegru.GRUConfig(**sizes, reset_after=reset_after, gate_activation="hard_sigmoid",
+                               gate_alpha=alpha, gate_beta=beta)
+    weights = edgegru.GRUWeights.random(config, seed=3)
+    for a in weights.arrays.values():
+        a *= 4.0                    # gate pre-activations beyond +-1/alpha: both clips are hit
+    return edgegru.Model(config, weights, backend=backend)
+
+
+@pytest.mark.parametrize("reset_after", [True, False], ids=["reset_after", "reset_before"])
+@pytest.mark.parametrize("alpha,beta", HARD, ids=["keras2", "keras3", "onnx"])
+def test_hard_sigmoid_gates_match_naive(alpha, beta, reset_after, backend):
+    """Gates with hard_sigmoid (old Keras' recurrent_activation, ONNX HardSigmoid), both
+    variants: sequence, step (bitwise equal to the sequence) and a batch, against float64."""
+    model = _hard_gate_model(backend, alpha, beta, reset_after, input_size=3, hidden_size=20,
+                             num_layers=2, output_size=2)
+    X = np.random.default_rng(1).standard_normal((150, 3)).astype(np.float32)
+    Y_ref, h_ref = naive.gru(model.config, model.weights.arrays, X)
+    Y = model.run(X)
+    assert max_abs(Y, Y_ref) <= 1e-5 and max_abs(model.state, h_ref) <= 1e-5
+    model.reset()
+    out = np.empty(2, np.float32)
+    assert max_abs(np.stack([model.step(x, out=out).copy() for x in X]), Y) == 0.0
+    Yb = model.run(np.stack([X, X[::-1]]))
+    assert max_abs(Yb[0], Y) == 0.0
+    # the weights are big enough to saturate some gates, so the test tells the slopes apart
+    pre = X @ model.weights.arrays["l0.w_ih"][:40].T + model.weights.arrays["l0.b_ih"][:40]
+    assert (alpha * pre + beta > 1).any() and (alpha * pre + beta < 0).any()
+    other = dataclasses.replace(model.config, gate_alpha=alpha * 1.25)
+    assert max_abs(naive.gru(other, model.weights.arrays, X)[0], Y) > 1e-3
+
+
+def test_hard_sigmoid_bidirectional_matches_naive(backend):
+    model = _hard_gate_model(backend, 0.2, 0.5, True, input_size=2, hidden_size=9,
+                             bidirectional=True, output_size=1)
+    X = np.random.default_rng(5).standard_normal((40, 2)).astype(np.float32)
+    assert max_abs(model.run(X), naive.gru(model.config, model.weights.arrays, X)[0]) <= 1e-5
+
+
+def test_hard_sigmoid_kernel():
+    x = np.float32([-1e30, -3.0, -2.5, -1.0, 0.0, 1.0, 2.5, 3.0, 1e30])
+    alpha, beta = np.float32(0.2), np.float32(0.5)
+    got = np.array([kernels.hard_sigmoid(v, alpha, beta) for v in x])
+    assert max_abs(got, np.clip(0.2 * x.astype(np.float64) + 0.5, 0, 1)) <= 1e-7
+    assert np.isnan(kernels.hard_sigmoid(np.float32(np.nan), alpha, beta))
+
+
+def test_gate_activation_is_checked():
+    with pytest.raises(ValueError, match="gate_activation"):
+        edgegru.GRUConfig(input_size=1, hidden_size=2, gate_activation="relu")
+    with pytest.raises(ValueError, match="gate_alpha"):
+        edgegru.GRUConfig(input_size=1, hidden_size=2, gate_activation="hard_sigmoid",
+                          gate_alpha=float("nan"))
 
 
 def test_tanh_and_sigmoid_error_bound():

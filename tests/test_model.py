@@ -1,4 +1,5 @@
 """The public API: shapes, errors that say what to do, state, the native file, state-dict import."""
+import dataclasses
 import json
 import os
 import stat
@@ -103,6 +104,26 @@ def test_save_load_round_trip(tmp_path, model):
     assert loaded.config == model.config and loaded.meta["scoring"] == {"threshold": 3.5}
 
 
+def test_hard_sigmoid_gates_round_trip_as_format_version_2(tmp_path, model):
+    """A model with hard_sigmoid gates keeps them through the file, which says version 2 (so an
+    older edgegru refuses it rather than run the logistic sigmoid); others stay version 1."""
+    config = dataclasses.replace(model.config, gate_activation="hard_sigmoid", gate_alpha=1 / 6)
+    hard = edgegru.Model(config, model.weights)
+    hard.save(tmp_path / "hard.npz")
+    model.save(tmp_path / "plain.npz")
+    loaded = edgegru.load(tmp_path / "hard.npz")
+    assert loaded.config == config
+    X = np.random.default_rng(0).standard_normal((50, 3))
+    assert max_abs(loaded.run(X), hard.run(X)) == 0.0
+    assert max_abs(loaded.run(X), edgegru.load(tmp_path / "plain.npz").run(X)) > 1e-3
+    versions = {}
+    for name in ("hard", "plain"):
+        with np.load(tmp_path / f"{name}.npz", allow_pickle=False) as f:
+            versions[name] = json.loads(str(f["__meta__"]))["format_version"]
+    assert versions == {"hard": 2, "plain": 1}
+    assert "hard_sigmoid: clip(0.166667 x + 0.5, 0, 1)" in edgegru.formats.describe(loaded)["gates"]
+
+
 def _rewrite(path, meta=None, drop=None, replace=None):
     with np.load(path, allow_pickle=False) as f:
         arrays = {k: f[k] for k in f.files}
@@ -121,6 +142,8 @@ def _rewrite(path, meta=None, drop=None, replace=None):
     (dict(meta=lambda m: m.update(format_version=99)), "format_version 99 is not supported"),
     (dict(meta=lambda m: m["config"].pop("hidden_size")), "config is missing 'hidden_size'"),
     (dict(meta=lambda m: m["config"].update(num_layers="2")), "'num_layers' must be int"),
+    (dict(meta=lambda m: m["config"].update(gate_activation="relu")), "gate_activation must be"),
+    (dict(meta=lambda m: m["config"].update(gate_alpha="0.2")), "'gate_alpha' must be float"),
     (dict(drop="l1.w_hh"), r"missing array\(s\) l1.w_hh"),
     (dict(replace={"l0.w_hh": np.zeros((48, 15), np.float32)}), r"l0.w_hh has shape \(48, 15\)"),
     (dict(replace={"head.bias": np.array([np.nan, 0], np.float32)}), "head.bias contains NaN"),

@@ -159,6 +159,8 @@ def describe(model):
     source = model.meta.get("provenance", {}).get("source", {})
     return {
         "variant": "reset_after (PyTorch)" if c.reset_after else "reset_before (Cho 2014)",
+        "gates": "sigmoid" if c.gate_activation == "sigmoid" else
+                 f"hard_sigmoid: clip({c.gate_alpha:.6g} x + {c.gate_beta:.6g}, 0, 1)",
         "input_size": c.input_size, "hidden_size": c.hidden_size, "num_layers": c.num_layers,
         "directions": "bidirectional" if c.bidirectional else "unidirectional",
         "bias": c.bias, "head": head, "output_size": model.output_size,

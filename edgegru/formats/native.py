@@ -9,6 +9,11 @@ r | z | n, PyTorch-shaped) and one JSON string, ``__meta__``::
                 "head_activation": "linear", "gate_order": "rzn"},
      "preprocessing": {...}, "scoring": {...}, "provenance": {...}}   # free-form, optional
 
+A model whose gates use ``hard_sigmoid`` (see :class:`edgegru.GRUConfig`) adds
+``"gate_activation": "hard_sigmoid", "gate_alpha": 0.2, "gate_beta": 0.5`` to the config and is
+written as format_version 2, so that an edgegru from before version 2 refuses the file instead of
+running it with the logistic sigmoid; every other model is still written as version 1.
+
 Unknown versions, missing or extra arrays, wrong shapes and non-finite weights are refused with a
 :class:`~edgegru.errors.ModelFormatError` that names the file and the problem.
 """
@@ -24,24 +29,30 @@ from edgegru.errors import ModelFormatError
 from edgegru.model import GRUConfig, GRUWeights, Model
 
 FORMAT = "edgegru"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2              # the newest version this edgegru reads and writes
+_READS = (1, 2)
 META_KEY = "__meta__"
 _CONFIG_KEYS = {  # key: (type, required)
     "input_size": (int, True), "hidden_size": (int, True), "num_layers": (int, True),
     "bidirectional": (bool, True), "reset_after": (bool, True), "bias": (bool, False),
     "output_size": (int, True), "head_activation": (str, False),
+    "gate_activation": (str, False), "gate_alpha": (float, False), "gate_beta": (float, False),
 }
 
 
 def save(model, path):
     """Write ``model`` to ``path`` atomically (a reader never sees half a file)."""
     c = model.config
-    meta = {"format": FORMAT, "format_version": FORMAT_VERSION,
-            "config": {"input_size": c.input_size, "hidden_size": c.hidden_size,
-                       "num_layers": c.num_layers, "bidirectional": c.bidirectional,
-                       "reset_after": c.reset_after, "bias": c.bias,
-                       "output_size": c.output_size, "head_activation": c.head_activation,
-                       "gate_order": "rzn"}}
+    config = {"input_size": c.input_size, "hidden_size": c.hidden_size,
+              "num_layers": c.num_layers, "bidirectional": c.bidirectional,
+              "reset_after": c.reset_after, "bias": c.bias, "output_size": c.output_size,
+              "head_activation": c.head_activation, "gate_order": "rzn"}
+    version = 1
+    if c.gate_activation != "sigmoid":
+        config.update(gate_activation=c.gate_activation, gate_alpha=float(c.gate_alpha),
+                      gate_beta=float(c.gate_beta))
+        version = 2
+    meta = {"format": FORMAT, "format_version": version, "config": config}
     meta.update({k: v for k, v in model.meta.items() if k not in meta})
     arrays = {name: np.ascontiguousarray(a, dtype=np.float32)
               for name, a in model.weights.arrays.items()}
@@ -119,10 +130,10 @@ def _parse_meta(entry, name):
     if not isinstance(meta, dict) or meta.get("format") != FORMAT:
         raise ModelFormatError(f"{name}: {META_KEY} does not describe an edgegru model")
     version = meta.get("format_version")
-    if version != FORMAT_VERSION:
+    if isinstance(version, bool) or version not in _READS:
         raise ModelFormatError(f"{name}: format_version {version!r} is not supported by this "
-                               f"edgegru (it reads version {FORMAT_VERSION}); upgrade edgegru "
-                               f"or re-export the model")
+                               f"edgegru (it reads versions {', '.join(map(str, _READS))}); "
+                               f"upgrade edgegru or re-export the model")
     return meta
 
 
@@ -136,6 +147,8 @@ def _parse_config(raw, name):
                 raise ModelFormatError(f"{name}: config is missing '{key}'")
             continue
         value = raw[key]
+        if kind is float and isinstance(value, int) and not isinstance(value, bool):
+            value = float(value)
         if kind is int and (isinstance(value, bool) or not isinstance(value, int)) \
                 or not isinstance(value, kind):
             raise ModelFormatError(f"{name}: config '{key}' must be {kind.__name__}, "
