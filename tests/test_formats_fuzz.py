@@ -29,6 +29,8 @@ FILES = [
     ("keras_gru2.keras", ["config.json", "model.weights.h5"], "h5py"),
     ("keras_gru2.weights.h5", None, "h5py"),
     ("keras_bidir_reset_before.keras", ["config.json"], "h5py"),
+    ("keras2_hard_sigmoid.h5", None, "h5py"),                 # legacy HDF5 (tf_keras 2.21)
+    ("keras2_weights_only.h5", None, "h5py"),
 ]
 
 

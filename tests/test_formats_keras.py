@@ -1,5 +1,6 @@
 """Keras import: .keras and .weights.h5 files saved by Keras 3.15 (PyTorch backend) and Keras'
 own outputs on a seeded input (tests/data/formats, made by tools/make_format_fixtures.py)."""
+import dataclasses
 import io
 import json
 import os
@@ -24,10 +25,37 @@ def expected():
     ("keras_gru2.keras", "keras_gru2"),                        # GRU, GRU, Dense (reset_after)
     ("keras_gru2.weights.h5", "keras_gru2"),                   # the same, weights only
     ("keras_bidir_reset_before.keras", "keras_bidir_reset_before"),  # Bidirectional, sigmoid
-])
+    ("keras_hard_sigmoid.keras", "keras_hard_sigmoid"),        # hard_sigmoid gates (Keras 3)
+    ("keras3_legacy_hard_sigmoid.h5", "keras3_legacy_hard_sigmoid"),  # legacy HDF5, functional,
+])                                                             # 2 Bidirectional, reset_before
 def test_keras_files_match_keras(file, key, expected):
     model = edgegru.load(os.path.join(DATA, file))
     assert np.abs(model.run(expected[key + ".X"]) - expected[key + ".Y"]).max() <= 1e-5
+
+
+@pytest.fixture(scope="session")
+def expected_keras2():
+    with np.load(os.path.join(DATA, "expected_keras2.npz")) as npz:
+        return {k: npz[k] for k in npz.files}
+
+
+@pytest.mark.parametrize("file,key,alpha", [          # saved by tf_keras 2.21 (Keras 2)
+    ("keras2_hard_sigmoid.h5", "keras2_hard_sigmoid", 0.2),   # legacy HDF5, reset_after=False
+    ("keras2_hard_sigmoid.keras", "keras2_hard_sigmoid_keras", 0.2),  # Keras 2's .keras zip
+    ("keras2_gru2_sigmoid.h5", "keras2_gru2_sigmoid", None),  # 2 GRUs + Dense(sigmoid)
+    ("keras2_bidir.h5", "keras2_bidir", 0.2),                 # Bidirectional, hard_sigmoid
+    ("keras2_weights_only.h5", "keras2_weights_only", None),  # save_weights: no config
+])
+def test_keras2_files_match_keras2(file, key, alpha, expected_keras2):
+    model = edgegru.load(os.path.join(DATA, file))
+    assert model.config.gate_alpha == alpha if alpha else \
+        model.config.gate_activation == "sigmoid"
+    Y = model.run(expected_keras2[key + ".X"])
+    if file == "keras2_weights_only.h5":
+        # no configuration: a linear head is assumed (and said); this one had a sigmoid
+        assert "assumed" in model.meta["provenance"]["source"]["notes"]
+        Y = 1 / (1 + np.exp(-Y.astype(np.float64)))
+    assert np.abs(Y - expected_keras2[key + ".Y"]).max() <= 1e-5
 
 
 def test_bare_weights_file_says_what_it_assumed():
@@ -35,10 +63,46 @@ def test_bare_weights_file_says_what_it_assumed():
     assert "assumed" in model.meta["provenance"]["source"]["notes"]
 
 
-def test_hard_sigmoid_is_refused_with_the_fix():
-    with pytest.raises(edgegru.ModelFormatError,
-                       match="recurrent_activation 'hard_sigmoid' is not supported.*retrain"):
-        edgegru.load(os.path.join(DATA, "keras_hard_sigmoid.keras"))
+def test_hard_sigmoid_follows_the_keras_version_that_wrote_the_file(expected):
+    """Keras 3 defines hard_sigmoid as relu6(x + 3) / 6, Keras 2 as clip(0.2 x + 0.5): the file's
+    keras_version decides, and the logistic sigmoid or the other slope would be far off."""
+    path = os.path.join(DATA, "keras_hard_sigmoid.keras")
+    model = edgegru.load(path)
+    c = model.config
+    assert (c.gate_activation, c.gate_alpha, c.gate_beta) == ("hard_sigmoid", 1 / 6, 0.5)
+    assert "Keras 3.15.1" in model.meta["provenance"]["source"]["notes"]
+    X, Y = expected["keras_hard_sigmoid.X"], expected["keras_hard_sigmoid.Y"]
+    for other in (dict(gate_alpha=0.2), dict(gate_activation="sigmoid")):
+        wrong = edgegru.Model(dataclasses.replace(c, **other), model.weights)
+        assert np.abs(wrong.run(X) - Y).max() > 1e-3
+    # the same file claiming Keras 2 runs the Keras 2 formula; claiming nothing is refused
+    keras2 = edgegru.load(_with_metadata(path, {"keras_version": "2.15.0"}))
+    assert keras2.config.gate_alpha == 0.2
+    with pytest.raises(edgegru.ModelFormatError, match="does not say which Keras version"):
+        edgegru.load(_with_metadata(path, None))
+
+
+def _with_metadata(path, metadata):
+    with zipfile.ZipFile(path) as z:
+        entries = {n: z.read(n) for n in z.namelist()}
+    if metadata is None:
+        del entries["metadata.json"]
+    else:
+        entries["metadata.json"] = json.dumps(metadata).encode()
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as z:
+        for name, data in entries.items():
+            z.writestr(name, data)
+    return buf.getvalue()
+
+
+def test_legacy_h5_is_read_in_its_recorded_layer_order():
+    model = edgegru.load(os.path.join(DATA, "keras3_legacy_hard_sigmoid.h5"))
+    c = model.config
+    assert (c.num_layers, c.bidirectional, c.reset_after, c.head_activation) == \
+        (2, True, False, "sigmoid")
+    source = model.meta["provenance"]["source"]
+    assert source["format"] == "keras-legacy-h5" and source["keras_version"] == "3.15.1"
 
 
 def _with_config(change):

@@ -209,6 +209,29 @@ def test_time_major_graph_input_and_extra_outputs():
     assert np.abs(ours.run(X.transpose(1, 0, 2)) - want.transpose(1, 0, 2)).max() <= TOL
 
 
+@pytest.mark.parametrize("attrs", [
+    {"activations": ["HardSigmoid", "Tanh"]},                                   # 0.2, 0.5
+    {"activations": ["HardSigmoid", "Tanh"], "activation_alpha": [0.3],
+     "activation_beta": [0.4], "linear_before_reset": 1},
+    {"activations": ["HardSigmoid", "Tanh"] * 2, "direction": "bidirectional",
+     "activation_alpha": [0.25, 0.25]},
+], ids=["defaults", "alpha_beta_lbr1", "bidirectional"])
+def test_hard_sigmoid_gates_against_onnxruntime(attrs):
+    D = 2 if attrs.get("direction") == "bidirectional" else 1
+    init = {k: v * 4 for k, v in _gru_weights(D, 5, 3, seed=4).items()}   # gates saturate
+    node = helper.make_node("GRU", ["x", "W", "R", "B"], ["Y", ""], hidden_size=5, **attrs)
+    nodes = [node, helper.make_node("Transpose", ["Y"], ["t"], perm=[2, 0, 1, 3]),
+             helper.make_node("Reshape", ["t", "shape"], ["y"])]
+    init["shape"] = np.array([0, 0, -1], np.int64)
+    model = _graph_model(nodes, init)
+    X = np.random.default_rng(3).standard_normal((9, 2, 3)).astype(np.float32)
+    want = _reference(model, {"x": X})[0]                                   # (B, T, D*H)
+    ours = edgegru.load(model.SerializeToString())
+    assert ours.config.gate_activation == "hard_sigmoid"
+    assert ours.config.gate_alpha == pytest.approx(attrs.get("activation_alpha", [0.2])[0])
+    assert np.abs(ours.run(X.transpose(1, 0, 2)) - want).max() <= TOL
+
+
 def _refused(nodes, init, match, **kwargs):
     model = _graph_model(nodes, init, **kwargs)
     with pytest.raises(edgegru.ModelFormatError, match=match):
@@ -218,6 +241,8 @@ def _refused(nodes, init, match, **kwargs):
 @pytest.mark.parametrize("attrs,match", [
     ({"clip": 3.0}, "attribute clip is not supported"),
     ({"activations": ["Relu", "Tanh"]}, r"activations \['Relu', 'Tanh'\] are not supported"),
+    ({"activations": ["HardSigmoid", "Relu"]}, "are not supported"),
+    ({"activations": ["Sigmoid", "Tanh"], "activation_alpha": [0.3]}, "no activation of this"),
     ({"direction": "reverse"}, "reverse-only GRU"),
     ({"hidden_size": 7}, "hidden_size=7 but R has shape"),
 ])

@@ -167,10 +167,35 @@ def keras_fixtures():
     m.save(f"{OUT}/keras_bidir_reset_before.keras")
     record("keras_bidir_reset_before", X, m.predict(X, verbose=0))
 
+    # hard_sigmoid gates (Keras 3: relu6(x + 3) / 6), with weights big enough that gates
+    # saturate, so the slope matters; in the .keras zip and in the legacy HDF5 format
+    def scale(model, factor=3.0):
+        for layer in model.layers:
+            for w in layer.weights:
+                if "kernel" in w.path:
+                    w.assign(np.asarray(w.numpy()) * factor)
+
     m = keras.Sequential([keras.Input((None, 5)),
                           keras.layers.GRU(4, recurrent_activation="hard_sigmoid",
-                                           return_sequences=True)])
+                                           return_sequences=True),
+                          keras.layers.Dense(1)])
+    bias_noise(m)
+    scale(m)
     m.save(f"{OUT}/keras_hard_sigmoid.keras")
+    record("keras_hard_sigmoid", X, m.predict(X, verbose=0))
+
+    inp = keras.Input((None, 5))
+    h = inp
+    for _ in range(2):
+        h = keras.layers.Bidirectional(keras.layers.GRU(6, recurrent_activation="hard_sigmoid",
+                                                        reset_after=False,
+                                                        return_sequences=True))(h)
+    out = keras.layers.Dense(2, activation="sigmoid")(h)
+    m = keras.Model(inp, out)
+    bias_noise(m)
+    scale(m)
+    m.save(f"{OUT}/keras3_legacy_hard_sigmoid.h5")          # legacy HDF5, as Keras 3 writes it
+    record("keras3_legacy_hard_sigmoid", X, m.predict(X, verbose=0))
 
 
 def main():

@@ -1,4 +1,8 @@
-"""Keras 3 ``.keras`` and ``.weights.h5`` files: GRU layers and an optional Dense head. Needs h5py.
+"""Keras files: GRU layers and an optional Dense head. Needs h5py.
+
+Read: the ``.keras`` zip (Keras 3, and Keras 2.13+ / tf_keras), the bare ``.weights.h5`` of Keras
+3, and the legacy HDF5 files of Keras 2 / tf.keras / standalone Keras (``model.save("m.h5")``,
+and ``model.save_weights("w.h5")``).
 
 All knowledge of Keras' GRU layout is in :func:`gru_arrays`. A Keras GRU with ``units=H`` on
 ``I`` inputs stores (``keras/src/layers/rnn/gru.py``), gate order z | r | h in the columns::
@@ -22,17 +26,29 @@ Inside the ``.keras`` zip, ``config.json`` describes the layers and ``model.weig
 ``layers/<name>/vars/{0,1}`` per Dense, where ``<name>`` is the snake-cased class name made
 unique in layer order (``gru``, ``gru_1``...), not the layer's own name.
 
+A legacy HDF5 file keeps the layers under ``model_weights`` (a weights-only file: at the root),
+listed in order by the attribute ``layer_names``; each layer's group lists its arrays in order in
+``weight_names`` (kernel, recurrent_kernel, bias; a Bidirectional layer the forward three, then
+the backward three), and the full-model file has the configuration as JSON in the attribute
+``model_config``. Layer groups are named by the layers' own names.
+
 Read: a chain of ``GRU`` / ``Bidirectional(GRU, merge_mode="concat")`` layers, all with the same
 units and variant, then optionally one ``Dense`` with a linear or sigmoid activation;
 ``InputLayer`` and ``Dropout`` (a no-op at inference) are skipped. Refused with a message:
-``recurrent_activation="hard_sigmoid"`` (edgegru's kernels run the exact sigmoid), other
-activations, ``go_backwards``, other layers. A last GRU with ``return_sequences=False`` is read
-too: edgegru returns every step, and Keras' output is the last one.
+other activations, ``go_backwards``, other layers. A last GRU with ``return_sequences=False`` is
+read too: edgegru returns every step, and Keras' output is the last one.
 
-A bare ``.weights.h5`` holds no configuration: the defaults are assumed (tanh / sigmoid, a
-linear head, layers in the order of their names), which the model's provenance says. The
+``recurrent_activation="hard_sigmoid"`` (the gates; standalone Keras' default before 2.3) is read
+as the Keras version that saved the file defines it (``keras_version`` in the file): Keras 1 and
+2 (and tf.keras) ``clip(0.2 x + 0.5, 0, 1)``, Keras 3 ``relu6(x + 3) / 6 = clip(x / 6 + 0.5, 0,
+1)``. A file that does not say which version wrote it is refused rather than guessed.
+
+A bare ``.weights.h5`` (or a legacy weights-only ``.h5``) holds no configuration: the defaults
+are assumed (tanh / sigmoid, a linear head; for ``.weights.h5`` layers in the order of their
+names, for a legacy file in its recorded order), which the model's provenance says. The
 ``.keras`` file is the one to ship when it exists.
 """
+import functools
 import io
 import json
 import re
@@ -44,8 +60,7 @@ from edgegru.errors import ModelFormatError
 from edgegru.model import GRUConfig, GRUWeights, Model, block_name
 
 _SKIPPED = {"InputLayer", "Dropout"}
-_ASSUMED = ("a .weights.h5 holds no configuration: assumed tanh/sigmoid GRUs and a linear "
-            "head, in the order of their names")
+_ASSUMED = "no configuration in the file: assumed tanh/sigmoid GRUs and a linear head"
 
 
 def _h5py():
@@ -58,24 +73,36 @@ def _h5py():
 
 
 def load_model(data, name="<bytes>", backend=None):
-    """The bytes of a ``.keras`` zip or a ``.weights.h5`` file -> Model."""
+    """The bytes of a ``.keras`` zip, a ``.weights.h5`` or a legacy ``.h5`` file -> Model."""
     h5py = _h5py()
     try:
         if data[:4] == b"PK\x03\x04":
             with zipfile.ZipFile(io.BytesIO(data)) as z:
                 config = json.loads(z.read("config.json").decode("utf-8"))
                 weights = z.read("model.weights.h5")
+                version = _metadata_version(z)
             layers = _layers_from_config(config, name)
+            fmt = "keras"
         else:
-            weights, layers = data, None
+            weights, layers, version, fmt = data, None, None, "keras-weights-h5"
         with h5py.File(io.BytesIO(weights), "r") as f:
-            if "model_weights" in f or "model_config" in f.attrs:
-                raise ModelFormatError(f"{name}: a legacy Keras 2 / tf.keras HDF5 model; load "
-                                       f"it in Keras and save it as .keras (model.save("
-                                       f"'model.keras'))")
-            if layers is None:
-                layers = _layers_from_weights(f, name)
-            config, arrays, notes = _read(f, layers, name)
+            if fmt == "keras-weights-h5" and ("model_weights" in f or "layer_names" in f.attrs):
+                fmt = "keras-legacy-h5"
+                version = _text(f.attrs.get("keras_version"))
+                root = f["model_weights"] if "model_weights" in f else f
+                if "model_config" in f.attrs:
+                    layers = _layers_from_config(json.loads(_text(f.attrs["model_config"])),
+                                                 name, legacy=True)
+                else:
+                    layers = _layers_from_legacy_weights(root, name)
+                read_vars = functools.partial(_legacy_vars, root)
+            else:
+                if layers is None:
+                    layers = _layers_from_weights(f, name)
+                read_vars = functools.partial(_keras3_vars, f)
+            config, arrays, notes = _read(read_vars, layers, name, version)
+            if fmt == "keras-weights-h5":
+                notes.append("layers taken in the order of their names")
     except ModelFormatError:
         raise
     except Exception as exc:        # zipfile, JSON, h5py (OSError, KeyError...) on a bad file
@@ -83,30 +110,66 @@ def load_model(data, name="<bytes>", backend=None):
                                f"{str(exc)[:120]})") from None
     w = GRUWeights(arrays)
     w.check(config, source=name)
-    source = {"format": "keras-weights-h5" if data[:4] != b"PK\x03\x04" else "keras",
-              "notes": "; ".join(notes) or None}
+    source = {"format": fmt, "keras_version": version, "notes": "; ".join(notes) or None}
     return Model(config, w, meta={"provenance": {"source": source}}, backend=backend)
 
 
-def _layers_from_config(config, name):
-    """config.json -> [(kind, h5 path, layer config)] for the GRU / Bidirectional / Dense chain."""
+def _text(value):
+    return value.decode("utf-8") if isinstance(value, bytes) else None if value is None \
+        else str(value)
+
+
+def _metadata_version(z):
+    # metadata.json: {"keras_version": "3.15.1", "date_saved": ...}; written by every Keras that
+    # writes .keras files, but a hand-made zip may lack it
+    try:
+        return str(json.loads(z.read("metadata.json").decode("utf-8"))["keras_version"])
+    except (KeyError, ValueError, TypeError):
+        return None
+
+
+def _keras3_vars(f, path, part):
+    # The variables of one layer of a Keras 3 weights file: {"0": kernel, ...}
+    return f[path + {"cell": "/cell/vars", "dense": "/vars", "forward_layer":
+                     "/forward_layer/cell/vars", "backward_layer": "/backward_layer/cell/vars"}[part]]
+
+
+def _legacy_vars(root, layer_name, part):
+    # The arrays of one layer of a legacy HDF5 file, in the order of its weight_names:
+    # {"0": kernel, "1": recurrent_kernel, "2": bias}; a Bidirectional layer holds the forward
+    # layer's arrays, then the backward layer's.
+    group = root[layer_name]
+    names = [_text(n) for n in group.attrs.get("weight_names", [])]
+    arrays = [group[n] for n in names]
+    if part == "forward_layer":
+        arrays = arrays[:len(arrays) // 2]
+    elif part == "backward_layer":
+        arrays = arrays[len(arrays) // 2:]
+    return {str(i): a for i, a in enumerate(arrays)}
+
+
+def _layers_from_config(config, name, legacy=False):
+    """A model config -> [(kind, where, layer config)] for the GRU / Bidirectional / Dense chain.
+
+    ``where`` is the h5 path of the layer's group (Keras 3), or its name (legacy HDF5).
+    """
     if not isinstance(config, dict) or config.get("class_name") not in ("Sequential",
                                                                         "Functional", "Model"):
-        raise ModelFormatError(f"{name}: config.json does not describe a Sequential or "
+        raise ModelFormatError(f"{name}: the configuration does not describe a Sequential or "
                                f"Functional Keras model")
-    layers = config["config"]["layers"]
+    layers = config["config"]
+    if isinstance(layers, dict):
+        layers = layers["layers"]           # Keras 2.0's Sequential config is the bare list
     used, out, previous = {}, [], None
     for layer in layers:
         cls, cfg = layer["class_name"], layer["config"]
         snake = _snake(cls)
         n = used.get(snake, 0)
         used[snake] = n + 1
-        path = f"layers/{snake}" + (f"_{n}" if n else "")
+        path = cfg["name"] if legacy else f"layers/{snake}" + (f"_{n}" if n else "")
         inbound = layer.get("inbound_nodes") or []
         if config["class_name"] != "Sequential" and inbound and previous is not None:
-            args = inbound[0].get("args", []) if isinstance(inbound[0], dict) else []
-            history = args[0].get("config", {}).get("keras_history", [None]) if args else [None]
-            if len(inbound) != 1 or len(args) != 1 or history[0] != previous:
+            if len(inbound) != 1 or _inputs(inbound[0]) != [previous]:
                 raise ModelFormatError(f"{name}: layer {cfg.get('name')} does not take the "
                                        f"previous layer's output: edgegru reads a chain of "
                                        f"layers")
@@ -117,6 +180,38 @@ def _layers_from_config(config, name):
             raise ModelFormatError(f"{name}: layer {cfg.get('name')} ({cls}) is not supported; "
                                    f"edgegru reads GRU, Bidirectional(GRU) and one Dense head")
         out.append((cls, path, cfg))
+    return out
+
+
+def _inputs(node):
+    """The names of the layers feeding one inbound node of a functional model's layer."""
+    if isinstance(node, dict):          # Keras 3: {"args": [keras tensor config], "kwargs": ...}
+        return [a.get("config", {}).get("keras_history", [None])[0] if isinstance(a, dict)
+                else None for a in node.get("args", [])]
+    return [item[0] if isinstance(item, list) and item else None    # Keras 2: [[name, 0, 0, {}]]
+            for item in node]
+
+
+def _layers_from_legacy_weights(root, name):
+    """A legacy weights-only HDF5 file: the layers in their recorded order, told apart by the
+    number of arrays (GRU 2-3, Bidirectional 4-6, Dense 1-2 of which the first is 2-D, the
+    recurrent kernel's columns three times its rows)."""
+    out = []
+    for layer in (_text(n) for n in root.attrs["layer_names"]):
+        arrays = list(_legacy_vars(root, layer, "all").values())
+        shapes = [a.shape for a in arrays]
+        if not arrays:
+            continue
+        gru = len(shapes) >= 2 and len(shapes[1]) == 2 and shapes[1][1] == 3 * shapes[1][0]
+        if gru and len(arrays) in (2, 3):
+            out.append(("GRU", layer, None))
+        elif gru and len(arrays) in (4, 6):
+            out.append(("Bidirectional", layer, None))
+        elif len(arrays) in (1, 2) and len(shapes[0]) == 2:
+            out.append(("Dense", layer, None))
+        else:
+            raise ModelFormatError(f"{name}: layer {layer} (arrays of shapes {shapes}) is not a "
+                                   f"GRU, Bidirectional GRU or Dense layer")
     return out
 
 
@@ -139,7 +234,9 @@ def _layers_from_weights(f, name):
     return out
 
 
-def _read(f, layers, name):
+def _read(read_vars, layers, name, version):
+    """read_vars(where, part) -> {"0": array, ...}: one layer's variables; version: the
+    keras_version that wrote the file (None: unknown)."""
     notes = [] if layers and layers[0][2] is not None else [_ASSUMED]
     arrays, specs, head = {}, [], None
     recurrent = [item for item in layers if item[0] != "Dense"]
@@ -153,7 +250,7 @@ def _read(f, layers, name):
         last = k == len(recurrent) - 1
         if kind == "GRU":
             spec = _gru_config(cfg, name, last, notes)
-            arrays.update(gru_arrays(f[path + "/cell/vars"], k, 0, spec, f"{name}: {path}"))
+            arrays.update(gru_arrays(read_vars(path, "cell"), k, 0, spec, f"{name}: {path}"))
             spec["D"] = 1
         else:
             if cfg is not None and cfg.get("merge_mode", "concat") != "concat":
@@ -170,13 +267,13 @@ def _read(f, layers, name):
                 raise ModelFormatError(f"{name}: the backward layer of {path} differs from the "
                                        f"forward one")
             for d, side in enumerate(("forward_layer", "backward_layer")):
-                arrays.update(gru_arrays(f[f"{path}/{side}/cell/vars"], k, d, spec,
+                arrays.update(gru_arrays(read_vars(path, side), k, d, spec,
                                          f"{name}: {path}/{side}"))
             spec["D"] = 2
         spec["H"] = arrays[block_name(k, 0) + "w_hh"].shape[1]
         spec["I"] = arrays[block_name(k, 0) + "w_ih"].shape[1]
         specs.append(spec)
-    for key in ("H", "D", "reset_after", "use_bias"):
+    for key in ("H", "D", "reset_after", "use_bias", "gate"):
         if len({s[key] for s in specs}) > 1:
             raise ModelFormatError(f"{name}: the GRU layers differ in {key} "
                                    f"({[s[key] for s in specs]}); edgegru stacks equal layers")
@@ -187,7 +284,7 @@ def _read(f, layers, name):
         if activation not in ("linear", "sigmoid"):
             raise ModelFormatError(f"{name}: Dense activation {activation!r} is not supported "
                                    f"(linear or sigmoid)")
-        vars_ = f[path + "/vars"]
+        vars_ = read_vars(path, "dense")
         kernel = _array(vars_, "0", f"{name}: {path} kernel")
         K = specs[0]["H"] * specs[0]["D"]
         if kernel.ndim != 2 or kernel.shape[0] != K:
@@ -201,22 +298,39 @@ def _read(f, layers, name):
                                    f"({output_size},)")
         arrays["head.weight"], arrays["head.bias"] = np.ascontiguousarray(kernel.T), bias
     s = specs[0]
+    gate = {}
+    if s["gate"] == "hard_sigmoid":
+        major = _major(version)
+        if major is None:
+            raise ModelFormatError(f"{name}: recurrent_activation 'hard_sigmoid', but the file "
+                                   f"does not say which Keras version wrote it, and Keras 2 and "
+                                   f"3 define hard_sigmoid differently")
+        alpha = 0.2 if major < 3 else 1 / 6
+        gate = dict(gate_activation="hard_sigmoid", gate_alpha=alpha, gate_beta=0.5)
+        notes.append(f"hard_sigmoid gates as Keras {version} defines them: "
+                     f"clip({'0.2 x' if major < 3 else 'x / 6'} + 0.5, 0, 1)")
     config = GRUConfig(input_size=s["I"], hidden_size=s["H"], num_layers=len(specs),
                        bidirectional=s["D"] == 2, reset_after=s["reset_after"],
-                       bias=s["use_bias"], output_size=output_size, head_activation=activation)
+                       bias=s["use_bias"], output_size=output_size, head_activation=activation,
+                       **gate)
     return config, arrays, notes
+
+
+def _major(version):
+    m = re.match(r"\s*(\d+)\.", version or "")
+    return int(m.group(1)) if m else None
 
 
 def _gru_config(cfg, name, last, notes, backward=False):
     """Check one GRU layer's config; {reset_after, use_bias} (None cfg: the defaults)."""
     if cfg is None:
-        return {"reset_after": None, "use_bias": None}       # decided from the bias shape
+        return {"reset_after": None, "use_bias": None,       # decided from the bias shape
+                "gate": "sigmoid"}
     where = f"{name}: GRU layer {cfg.get('name')}"
-    if cfg.get("recurrent_activation", "sigmoid") != "sigmoid":
-        raise ModelFormatError(f"{where}: recurrent_activation "
-                               f"{cfg.get('recurrent_activation')!r} is not supported; edgegru's "
-                               f"kernels run the exact sigmoid (retrain with "
-                               f"recurrent_activation='sigmoid', Keras' default)")
+    gate = cfg.get("recurrent_activation", "sigmoid")
+    if gate not in ("sigmoid", "hard_sigmoid"):
+        raise ModelFormatError(f"{where}: recurrent_activation {gate!r} is not supported "
+                               f"(sigmoid or hard_sigmoid)")
     if cfg.get("activation", "tanh") != "tanh":
         raise ModelFormatError(f"{where}: activation {cfg.get('activation')!r} is not "
                                f"supported (only tanh)")
@@ -230,8 +344,11 @@ def _gru_config(cfg, name, last, notes, backward=False):
         if not backward and "last step" not in " ".join(notes):
             notes.append("Keras returns the last step only (return_sequences=False); "
                          "edgegru returns every step, the last one is Keras' output")
-    return {"reset_after": bool(cfg.get("reset_after", True)),
-            "use_bias": bool(cfg.get("use_bias", True))}
+    # Keras versions from before reset_after existed (the reset came first) do not write it:
+    # the bias shape decides then
+    reset_after = cfg.get("reset_after")
+    return {"reset_after": None if reset_after is None else bool(reset_after),
+            "use_bias": bool(cfg.get("use_bias", True)), "gate": gate}
 
 
 def gru_arrays(vars_, layer, direction, spec, where):

@@ -14,8 +14,11 @@ All knowledge of ONNX's GRU is in :func:`gru_layer`. An ONNX GRU node (opset 1-2
 
 so the translation is a reordering of the gate blocks, z | r | h -> r | z | n, with
 ``w_ih = W``, ``w_hh = R``, ``b_ih = Wb``, ``b_hh = Rb``. ``direction="bidirectional"`` puts the
-backward weights at index 1, like edgegru's ``reverse`` blocks. Non-default ``activations``,
-``activation_alpha/beta`` and ``clip`` are refused.
+backward weights at index 1, like edgegru's ``reverse`` blocks. ``activations`` may make the
+gates ``HardSigmoid`` (``min(max(alpha x + beta, 0), 1)``, defaults 0.2 and 0.5, alpha and beta
+from ``activation_alpha/beta`` as onnxruntime consumes them: the first values, which a
+bidirectional node must use for both directions); any other activation and ``clip`` are
+refused.
 
 **Whole graphs** (:func:`load_model`): the graph must be one sequence input -> GRU nodes in a
 chain -> optionally one linear head (``MatMul`` or ``Gemm`` by a constant, optional ``Add`` of
@@ -70,20 +73,36 @@ def gru_attributes(node):
                                f"bidirectional")
     D = 2 if direction == "bidirectional" else 1
     acts = [a.decode() if isinstance(a, bytes) else a for a in attrs.get("activations", [])]
-    if acts and [a.lower() for a in acts] != ["sigmoid", "tanh"] * D:
+    gates = {a.lower() for a in acts[0::2]}
+    if acts and (len(acts) != 2 * D or {a.lower() for a in acts[1::2]} != {"tanh"}
+                 or len(gates) != 1 or gates - {"sigmoid", "hardsigmoid"}):
         raise ModelFormatError(f"{where}: activations {acts} are not supported; edgegru runs "
-                               f"the default Sigmoid, Tanh")
-    for name in ("activation_alpha", "activation_beta", "clip"):
-        if name in attrs:
-            raise ModelFormatError(f"{where}: attribute {name} is not supported (edgegru runs "
-                                   f"the unclipped default activations)")
+                               f"Sigmoid or HardSigmoid gates (the same in both directions) "
+                               f"and a Tanh candidate")
+    if "clip" in attrs:
+        raise ModelFormatError(f"{where}: attribute clip is not supported (edgegru runs the "
+                               f"unclipped activations)")
+    gate = {"gate_activation": "sigmoid"}
+    params = {k: list(attrs.get("activation_" + k, [])) for k in ("alpha", "beta")}
+    if gates == {"hardsigmoid"}:
+        gate = {"gate_activation": "hard_sigmoid", "gate_alpha": 0.2, "gate_beta": 0.5}
+        for k, values in params.items():
+            if len(set(values)) > 1 and D == 2:
+                raise ModelFormatError(f"{where}: activation_{k} {values}: the two directions' "
+                                       f"HardSigmoid would differ (edgegru runs one gate "
+                                       f"activation per model)")
+            if values:
+                gate["gate_" + k] = float(values[0])
+    elif params["alpha"] or params["beta"]:
+        raise ModelFormatError(f"{where}: activation_alpha/beta are given, but no activation "
+                               f"of this node takes them")
     layout = attrs.get("layout", 0)
     lbr = attrs.get("linear_before_reset", 0)
     if layout not in (0, 1) or lbr not in (0, 1):
         raise ModelFormatError(f"{where}: layout={layout}, linear_before_reset={lbr}: each "
                                f"must be 0 or 1")
     return {"direction": direction, "D": D, "layout": layout, "reset_after": bool(lbr),
-            "hidden_size": attrs.get("hidden_size")}
+            "hidden_size": attrs.get("hidden_size"), "gate": gate}
 
 
 def gru_layer(W, R, B, layer, attrs, where):
@@ -127,7 +146,7 @@ class GRUNode:
         arrays, I, H = gru_layer(W, R, B, 0, self.attrs, f"node {node.name or '(unnamed)'}")
         D = self.attrs["D"]
         config = GRUConfig(input_size=I, hidden_size=H, bidirectional=D == 2,
-                           reset_after=self.attrs["reset_after"])
+                           reset_after=self.attrs["reset_after"], **self.attrs["gate"])
         self.model = Model(config, GRUWeights(arrays), backend=backend)
         self.reverse = self.attrs["direction"] == "reverse"
 
@@ -237,6 +256,10 @@ class _Graph:
         if len(reset_after) > 1:
             raise ModelFormatError(f"{self.name}: the GRU nodes mix linear_before_reset 0 "
                                    f"and 1; edgegru runs one variant per model")
+        if any(layer["gate"] != first["gate"] for layer in self.layers):
+            raise ModelFormatError(f"{self.name}: the GRU nodes' gate activations differ "
+                                   f"({[layer['gate'] for layer in self.layers]}); edgegru runs "
+                                   f"one per model")
         if len({layer["D"] for layer in self.layers}) > 1:
             raise ModelFormatError(f"{self.name}: the GRU nodes mix directions; edgegru stacks "
                                    f"layers that are all unidirectional or all bidirectional")
@@ -253,7 +276,8 @@ class _Graph:
         config = GRUConfig(input_size=first["I"], hidden_size=first["H"],
                            num_layers=len(self.layers), bidirectional=first["D"] == 2,
                            reset_after=reset_after.pop(), output_size=output_size,
-                           head_activation=self.head.get("activation", "linear"))
+                           head_activation=self.head.get("activation", "linear"),
+                           **first["gate"])
         weights = GRUWeights(arrays)
         weights.check(config, source=self.name)
         source = {"format": "onnx", "input_axes": self.input_layout,
@@ -322,7 +346,7 @@ class _Graph:
         arrays, I, H = gru_layer(W, R, B, k, attrs, where)
         self.arrays.update(arrays)
         self.layers.append({"D": attrs["D"], "H": H, "I": I, "layout": attrs["layout"],
-                            "reset_after": attrs["reset_after"]})
+                            "reset_after": attrs["reset_after"], "gate": attrs["gate"]})
         if k == 0:                                  # the graph input's layout, for the record
             self.input_layout = "BTF" if X.axes[:2] == ("a", "b")[::1 if attrs["layout"]
                                                                  else -1] else "TBF"
