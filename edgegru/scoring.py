@@ -5,7 +5,10 @@ metadata sections that :mod:`tools/train.py <train>` writes::
 
     "preprocessing": {"columns": ["temperature", ...], "mean": [...], "std": [...]}
     "scoring": {"residual_std": [...], "smoothing": 0.3, "threshold": 4.2, "warmup": 10,
-                "combine": "sum", "whitening": [[...], ...], "stuck_rows": 5, ...}
+                "combine": "sum", "whitening": [[...], ...], "stuck_rows": 5,
+                "consistency": {"channels": ["current", "pressure"], "lags": 2, "degree": 3,
+                                "coef": [[...], ...], "residual_std": [...], "smoothing": 0.3,
+                                "ewma_std": [...], "weight": 0.94}, ...}
 
 The score of row t, for C channels (``z`` the normalised row, ``f`` the forecast made after row
 t-1, ``s_c`` the spread of channel c's forecast residual on normal data)::
@@ -19,6 +22,10 @@ t-1, ``s_c`` the spread of channel c's forecast residual on normal data)::
     combine "max":
     a_c <- (1 - alpha) * a_c + alpha * e_c**2              ~chi-square(1) per channel
     score = max_c a_c                                      one channel's anomaly is not diluted
+    consistency (when the model has it; for its channels c only, see below):
+    q_c  = (z_c - coef_c . phi_c) / s'_c                   z_c from the other channels, this row
+    m_c <- (1 - beta) m_c + beta q_c                        beta = consistency smoothing
+    e_c**2 above is replaced by |e_c q_c|, and a_c by max(a_c, weight * (m_c / ewma_std_c)**2)
     stuck sensor (when the model has "stuck_rows"):
     n_c  = rows in a row whose raw x_c equals the previous reading of c exactly
     a_c  = max(a_c, 2 * threshold)  in the score and contributions while n_c >= stuck_rows
@@ -40,11 +47,32 @@ for as long as the run lasts. The EWMA state itself is untouched.
 A missing value neither counts as a repeat nor ends a run (the next reading is compared with the
 last one present). The count goes on during the warm-up. Without ``stuck_rows`` the rule is off.
 
+The consistency model catches what a next-row forecaster cannot: a persistent offset. The
+forecaster adapts to a sensor that has shifted or drifts, so it sees the offset only as a jump
+at its start and end. But some channels are functions of the same hidden state (motor current
+and pressure both follow the load): ``phi_c`` holds the other channels' values in this row and
+the ``lags - 1`` rows before, each to the powers 1..``degree`` (in the order: lag, then channel,
+then power, after a leading 1), and ``coef_c`` is a least-squares fit of channel c on them over
+normal rows. A real load change moves every channel consistently and ``q_c`` stays small; one
+sensor off by a few sigma leaves ``q_c`` off for as long as it lasts, and the EWMA ``m_c``
+accumulates it over roughly ``2 / beta`` rows (and forgets it as fast once it is gone).
+``s'_c`` and ``ewma_std_c`` are the spreads of ``q_c`` and ``m_c`` on normal data, so
+``(m_c / ewma_std_c)**2`` is about chi-square(1); ``weight`` puts it on the forecast score's
+scale (``tools/train.py``: the threshold divided by the level the consistency term alone
+crosses as rarely). On these channels a forecast surprise counts only as far as the channel also
+disagrees with the others in the same row: ``|e_c q_c|`` (the geometric mean of the two squared
+residuals) instead of ``e_c**2``, so a load change the forecaster did not see coming does not
+alarm, while a spike (far off both) does. ``tools/train.py`` keeps the channels the others
+explain with R^2 >= 0.99 and leaves the rest (a temperature that follows the weather) to the
+forecaster alone. At the start of a stream the missing earlier rows are the first row itself.
+
 The whitening undoes the correlation of the residuals on normal data (a load change moves
 several channels at once, so their forecast errors are correlated): ``W = Sigma^(-1/2)``,
 ``Sigma`` the correlation matrix of ``r`` on normal data (ZCA whitening, the symmetric choice,
 so that ``e_c`` stays as close as possible to channel c's own ``r_c`` and the contributions keep
-naming channels). ``tools/train.py`` writes ``"combine": "max"`` with the whitening.
+naming channels), or conditional: ``W = diag(P)^(-1/2) P``, ``P = Sigma^(-1)``, so that ``e_c`` is
+channel c's residual given the other channels' residuals in the same row, standardised (what
+``tools/train.py`` writes, with ``"combine": "max"``).
 
 First rows: the first row has no forecast, and the forecaster starts from a zero state, so the
 first ``warmup`` rows of a stream (rows_seen < warmup) score 0.0 and are never anomalous; the
@@ -97,6 +125,7 @@ def _score_rows(scores, contrib, Z, F, f_prev, smoothed, rows_seen, inv_residual
     whiten = whitening.shape[0] == C
     r = np.empty(C)
     e = np.empty(C)
+    q = np.empty(C)                         # this row's consistency residual, NaN: none
     for t in range(T):
         for c in range(C):
             x = X[t, c]
@@ -109,6 +138,7 @@ def _score_rows(scores, contrib, Z, F, f_prev, smoothed, rows_seen, inv_residual
             for c in range(C):
                 if np.isnan(history[j, c]):
                     history[j, c] = Z[t, c]
+        q[:] = np.nan
         for k in range(K):                  # q = (z_c - coef . features) / std, EWMA'd
             ch = cons_channel[k]
             pred = cons_coef[k, 0]
@@ -122,8 +152,8 @@ def _score_rows(scores, contrib, Z, F, f_prev, smoothed, rows_seen, inv_residual
                             p *= v
                             pred += cons_coef[k, i] * p
                             i += 1
-            q = (Z[t, ch] - pred) * cons_inv_std[k]
-            cons_mean[k] = (1.0 - cons_alpha) * cons_mean[k] + cons_alpha * q
+            q[ch] = (Z[t, ch] - pred) * cons_inv_std[k]
+            cons_mean[k] = (1.0 - cons_alpha) * cons_mean[k] + cons_alpha * q[ch]
         for j in range(H - 1, 0, -1):
             for c in range(C):
                 history[j, c] = history[j - 1, c]
@@ -143,7 +173,10 @@ def _score_rows(scores, contrib, Z, F, f_prev, smoothed, rows_seen, inv_residual
             else:
                 e[:] = r
             for c in range(C):
-                smoothed[c] = (1.0 - alpha) * smoothed[c] + alpha * e[c] * e[c] * weight
+                # a channel the others explain: the surprise counts as far as it disagrees
+                # with them too (|e q|), else e^2
+                e2 = e[c] * e[c] if np.isnan(q[c]) else abs(e[c] * q[c])
+                smoothed[c] = (1.0 - alpha) * smoothed[c] + alpha * e2 * weight
                 contrib[t, c] = smoothed[c]
             for k in range(K):
                 ch = cons_channel[k]

@@ -24,11 +24,18 @@ What it does
    import path users take), and calibrates with edgegru itself on the calibration rows:
    ``warmup`` = rows until a forecaster started from a zero state agrees with one that has
    seen the past; ``residual_std`` = per-channel RMS of the forecast residuals after the
-   warm-up; ``whitening`` = the inverse square root of their correlation matrix (ZCA) and
-   ``combine: "max"`` (the score is the largest squared whitened residual, see
-   ``edgegru/scoring.py``); ``threshold`` = the score level that normal data crosses ``--false-alarm-rate``
+   warm-up; ``whitening`` = diag(P)^(-1/2) P, P the inverse of their correlation matrix
+   (each channel's residual given the others'; ``--whitening zca`` for the inverse square
+   root) and ``combine: "max"`` (the score is the largest whitened term, see
+   ``edgegru/scoring.py``); ``consistency`` = each channel regressed on the other channels
+   (this row and the row before, a cubic in each; least squares on the training rows), kept
+   for the channels it explains with R^2 >= ``--consistency-r2`` on the calibration rows, its
+   residual's spread and its EWMA's spread from the calibration rows, and ``weight`` = the
+   threshold over the level the consistency term alone crosses ``--false-alarm-rate`` times
+   per row; ``threshold`` = the score level that normal data crosses ``--false-alarm-rate``
    times per row, from a peaks-over-threshold fit to the calibration scores of
-   ``AnomalyScorer.score_many`` (so the threshold is on exactly the scores users get);
+   ``AnomalyScorer.score_many`` (so the threshold is on exactly the scores users get), with the
+   consistency model in;
    ``stuck_rows`` = max(5, 2 x the longest run of exactly repeated readings of one channel in
    all the normal rows): a channel repeating itself that long is a stuck sensor.
 5. Writes ``OUT.npz`` (weights + ``preprocessing``, ``scoring``, ``provenance`` metadata) and
