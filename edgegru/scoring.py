@@ -5,7 +5,10 @@ metadata sections that :mod:`tools/train.py <train>` writes::
 
     "preprocessing": {"columns": ["temperature", ...], "mean": [...], "std": [...]}
     "scoring": {"residual_std": [...], "smoothing": 0.3, "threshold": 4.2, "warmup": 10,
-                "combine": "sum", "whitening": [[...], ...], "stuck_rows": 5, ...}
+                "combine": "sum", "whitening": [[...], ...], "stuck_rows": 5,
+                "consistency": {"channels": ["current", "pressure"], "lags": 2, "degree": 3,
+                                "coef": [[...], ...], "residual_std": [...], "smoothing": 0.3,
+                                "ewma_std": [...], "weight": 0.94}, ...}
 
 The score of row t, for C channels (``z`` the normalised row, ``f`` the forecast made after row
 t-1, ``s_c`` the spread of channel c's forecast residual on normal data)::
@@ -19,6 +22,10 @@ t-1, ``s_c`` the spread of channel c's forecast residual on normal data)::
     combine "max":
     a_c <- (1 - alpha) * a_c + alpha * e_c**2              ~chi-square(1) per channel
     score = max_c a_c                                      one channel's anomaly is not diluted
+    consistency (when the model has it; for its channels c only, see below):
+    q_c  = (z_c - coef_c . phi_c) / s'_c                   z_c from the other channels, this row
+    m_c <- (1 - beta) m_c + beta q_c                        beta = consistency smoothing
+    e_c**2 above is replaced by |e_c q_c|, and a_c by max(a_c, weight * (m_c / ewma_std_c)**2)
     stuck sensor (when the model has "stuck_rows"):
     n_c  = rows in a row whose raw x_c equals the previous reading of c exactly
     a_c  = max(a_c, 2 * threshold)  in the score and contributions while n_c >= stuck_rows
@@ -40,11 +47,32 @@ for as long as the run lasts. The EWMA state itself is untouched.
 A missing value neither counts as a repeat nor ends a run (the next reading is compared with the
 last one present). The count goes on during the warm-up. Without ``stuck_rows`` the rule is off.
 
+The consistency model catches what a next-row forecaster cannot: a persistent offset. The
+forecaster adapts to a sensor that has shifted or drifts, so it sees the offset only as a jump
+at its start and end. But some channels are functions of the same hidden state (motor current
+and pressure both follow the load): ``phi_c`` holds the other channels' values in this row and
+the ``lags - 1`` rows before, each to the powers 1..``degree`` (in the order: lag, then channel,
+then power, after a leading 1), and ``coef_c`` is a least-squares fit of channel c on them over
+normal rows. A real load change moves every channel consistently and ``q_c`` stays small; one
+sensor off by a few sigma leaves ``q_c`` off for as long as it lasts, and the EWMA ``m_c``
+accumulates it over roughly ``2 / beta`` rows (and forgets it as fast once it is gone).
+``s'_c`` and ``ewma_std_c`` are the spreads of ``q_c`` and ``m_c`` on normal data, so
+``(m_c / ewma_std_c)**2`` is about chi-square(1); ``weight`` puts it on the forecast score's
+scale (``tools/train.py``: the threshold divided by the level the consistency term alone
+crosses as rarely). On these channels a forecast surprise counts only as far as the channel also
+disagrees with the others in the same row: ``|e_c q_c|`` (the geometric mean of the two squared
+residuals) instead of ``e_c**2``, so a load change the forecaster did not see coming does not
+alarm, while a spike (far off both) does. ``tools/train.py`` keeps the channels the others
+explain with R^2 >= 0.99 and leaves the rest (a temperature that follows the weather) to the
+forecaster alone. At the start of a stream the missing earlier rows are the first row itself.
+
 The whitening undoes the correlation of the residuals on normal data (a load change moves
 several channels at once, so their forecast errors are correlated): ``W = Sigma^(-1/2)``,
 ``Sigma`` the correlation matrix of ``r`` on normal data (ZCA whitening, the symmetric choice,
 so that ``e_c`` stays as close as possible to channel c's own ``r_c`` and the contributions keep
-naming channels). ``tools/train.py`` writes ``"combine": "max"`` with the whitening.
+naming channels), or conditional: ``W = diag(P)^(-1/2) P``, ``P = Sigma^(-1)``, so that ``e_c`` is
+channel c's residual given the other channels' residuals in the same row, standardised (what
+``tools/train.py`` writes, with ``"combine": "max"``).
 
 First rows: the first row has no forecast, and the forecaster starts from a zero state, so the
 first ``warmup`` rows of a stream (rows_seen < warmup) score 0.0 and are never anomalous; the
@@ -62,6 +90,8 @@ Many streams at once (rows from many devices, interleaved): :class:`GroupScorer`
 independent scorer state per key and scores the rows of all keys through the batched sequence
 kernel; each key's scores are exactly those of its own ``AnomalyScorer``.
 """
+import math
+
 import numpy as np
 
 from edgegru._jit import njit
@@ -71,7 +101,9 @@ from edgegru.formats import load as load_model
 
 @njit(cache=True, error_model="numpy")
 def _score_rows(scores, contrib, Z, F, f_prev, smoothed, rows_seen, inv_residual_std, whitening,
-                combine_max, alpha, warmup, X, last, repeats, stuck_rows, stuck_level):
+                combine_max, alpha, warmup, X, last, repeats, stuck_rows, stuck_level,
+                cons_channel, cons_coef, cons_inv_std, cons_alpha, cons_gain, cons_degree,
+                history, cons_mean):
     """Scores of rows Z (T, C) given the forecasts: f_prev (C,) before row 0, F[t] after row t.
 
     scores (T,), contrib (T, C): outputs. smoothed (C,): the EWMA state, updated in place.
@@ -79,13 +111,21 @@ def _score_rows(scores, contrib, Z, F, f_prev, smoothed, rows_seen, inv_residual
     X (T, C): the raw rows (NaN for missing), for the stuck-sensor rule: last (C,) the last
     finite raw value per channel and repeats (C,) how many rows in a row repeated it exactly,
     both updated in place; a channel with repeats >= stuck_rows (0: rule off) contributes at
-    least stuck_level. Returns the new rows_seen.
+    least stuck_level.
+    Consistency (K channels, K = 0: off): cons_channel (K,) which channel, cons_coef (K, P)
+    its regression on the other channels' values in this row and the history rows (powers 1 to
+    cons_degree), cons_inv_std (K,), cons_alpha, cons_gain (K,); history (lags - 1, C) the
+    previous normalised rows, newest first (NaN: none yet), and cons_mean (K,) the EWMA of the
+    standardised consistency residual, both updated in place. Returns the new rows_seen.
     """
     T, C = Z.shape
+    K = cons_channel.shape[0]
+    H = history.shape[0]
     weight = 1.0 if combine_max else 1.0 / C
     whiten = whitening.shape[0] == C
     r = np.empty(C)
     e = np.empty(C)
+    q = np.empty(C)                         # this row's consistency residual, NaN: none
     for t in range(T):
         for c in range(C):
             x = X[t, c]
@@ -94,6 +134,32 @@ def _score_rows(scores, contrib, Z, F, f_prev, smoothed, rows_seen, inv_residual
             elif np.isfinite(x):            # a missing value neither repeats nor breaks a run
                 last[c] = x
                 repeats[c] = 0
+        for j in range(H):                  # no earlier row yet: this one stands in for it
+            for c in range(C):
+                if np.isnan(history[j, c]):
+                    history[j, c] = Z[t, c]
+        q[:] = np.nan
+        for k in range(K):                  # q = (z_c - coef . features) / std, EWMA'd
+            ch = cons_channel[k]
+            pred = cons_coef[k, 0]
+            i = 1
+            for j in range(H + 1):
+                for c in range(C):
+                    if c != ch:
+                        v = Z[t, c] if j == 0 else history[j - 1, c]
+                        p = 1.0
+                        for _ in range(cons_degree):
+                            p *= v
+                            pred += cons_coef[k, i] * p
+                            i += 1
+            q[ch] = (Z[t, ch] - pred) * cons_inv_std[k]
+            cons_mean[k] = (1.0 - cons_alpha) * cons_mean[k] + cons_alpha * q[ch]
+        for j in range(H - 1, 0, -1):
+            for c in range(C):
+                history[j, c] = history[j - 1, c]
+        if H > 0:
+            for c in range(C):
+                history[0, c] = Z[t, c]
         if rows_seen >= warmup:
             for c in range(C):
                 f = f_prev[c] if t == 0 else F[t - 1, c]
@@ -106,10 +172,18 @@ def _score_rows(scores, contrib, Z, F, f_prev, smoothed, rows_seen, inv_residual
                     e[c] = acc
             else:
                 e[:] = r
+            for c in range(C):
+                # a channel the others explain: the surprise counts as far as it disagrees
+                # with them too (|e q|), else e^2
+                e2 = e[c] * e[c] if np.isnan(q[c]) else abs(e[c] * q[c])
+                smoothed[c] = (1.0 - alpha) * smoothed[c] + alpha * e2 * weight
+                contrib[t, c] = smoothed[c]
+            for k in range(K):
+                ch = cons_channel[k]
+                contrib[t, ch] = max(contrib[t, ch], cons_gain[k] * cons_mean[k] * cons_mean[k])
             total = 0.0
             for c in range(C):
-                smoothed[c] = (1.0 - alpha) * smoothed[c] + alpha * e[c] * e[c] * weight
-                a = smoothed[c]
+                a = contrib[t, c]
                 if stuck_rows > 0 and repeats[c] >= stuck_rows:
                     a = max(a, stuck_level)
                 contrib[t, c] = a
@@ -129,15 +203,18 @@ def _score_rows(scores, contrib, Z, F, f_prev, smoothed, rows_seen, inv_residual
 @njit(cache=True, error_model="numpy")
 def _score_rows_batch(scores, contrib, Z, F, f_prev, smoothed, rows_seen, inv_residual_std,
                       whitening, combine_max, alpha, warmup, X, last, repeats, stuck_rows,
-                      stuck_level):
+                      stuck_level, cons_channel, cons_coef, cons_inv_std, cons_alpha, cons_gain,
+                      cons_degree, history, cons_mean):
     """_score_rows for B independent streams: scores (B, T), contrib (B, T, C), Z, F and X
-    (B, T, C), f_prev, smoothed, last and repeats (B, C), rows_seen (B,); all but Z, F and X
-    updated in place."""
+    (B, T, C), f_prev, smoothed, last and repeats (B, C), rows_seen (B,), history
+    (B, lags - 1, C), cons_mean (B, K); all but Z, F and X updated in place."""
     for b in range(Z.shape[0]):
         rows_seen[b] = _score_rows(scores[b], contrib[b], Z[b], F[b], f_prev[b], smoothed[b],
                                    rows_seen[b], inv_residual_std, whitening, combine_max,
                                    alpha, warmup, X[b], last[b], repeats[b], stuck_rows,
-                                   stuck_level)
+                                   stuck_level, cons_channel, cons_coef, cons_inv_std,
+                                   cons_alpha, cons_gain, cons_degree, history[b],
+                                   cons_mean[b])
 
 
 class AnomalyScorer:
@@ -150,7 +227,7 @@ class AnomalyScorer:
     """
 
     def __init__(self, model, columns, mean, std, residual_std, threshold, smoothing=0.3,
-                 warmup=1, combine="sum", whitening=None, stuck_rows=None):
+                 warmup=1, combine="sum", whitening=None, stuck_rows=None, consistency=None):
         C = len(columns)
         if model.input_size != C or model.output_size != C:
             raise ModelFormatError(
@@ -180,6 +257,19 @@ class AnomalyScorer:
                                        or stuck_rows < 1):
             raise ModelFormatError(f"stuck_rows must be a positive integer, got {stuck_rows!r}")
         self.stuck_rows = None if stuck_rows is None else int(stuck_rows)
+        self.consistency = _consistency(consistency, self.columns)
+        cons = self.consistency or {"channels": [], "lags": 1, "degree": 1,
+                                    "coef": np.zeros((0, 1)), "residual_std": np.zeros(0),
+                                    "smoothing": 1.0, "ewma_std": np.zeros(0), "weight": 1.0}
+        K = len(cons["channels"])
+        self._cons_channel = np.array([self.columns.index(n) for n in cons["channels"]],
+                                      np.int64)
+        self._cons_coef = cons["coef"]
+        self._cons_inv_std = 1.0 / cons["residual_std"]
+        self._cons_alpha = cons["smoothing"]
+        self._cons_gain = cons["weight"] / cons["ewma_std"] ** 2
+        self._cons_degree = int(cons["degree"])
+        self._cons_lags = int(cons["lags"])
         self._combine_max = combine == "max"
         self._whitening = np.zeros((0, 0)) if whitening is None else self.whitening
         self._mean32 = self.mean.astype(np.float32)
@@ -193,6 +283,9 @@ class AnomalyScorer:
         self._rows_seen = 0
         self._last = np.full(C, np.nan)
         self._repeats = np.zeros(C, np.int64)
+        # consistency: the previous normalised rows (NaN: none yet) and the residuals' EWMA
+        self._history = np.full((self._cons_lags - 1, C), np.nan)
+        self._cons_mean = np.zeros(K, np.float64)
         # buffers for score_one, allocated once
         self._x = np.zeros((1, C), np.float64)
         self._z = np.zeros((1, C), np.float32)
@@ -215,7 +308,8 @@ class AnomalyScorer:
         try:
             return cls(model, pre["columns"], pre["mean"], pre["std"], sc["residual_std"],
                        sc["threshold"], sc.get("smoothing", 0.3), sc.get("warmup", 1),
-                       sc.get("combine", "sum"), sc.get("whitening"), sc.get("stuck_rows"))
+                       sc.get("combine", "sum"), sc.get("whitening"), sc.get("stuck_rows"),
+                       sc.get("consistency"))
         except KeyError as exc:
             raise ModelFormatError(f"{source}: scoring metadata lacks {exc}") from None
         except (TypeError, ValueError) as exc:
@@ -230,6 +324,12 @@ class AnomalyScorer:
         """(stuck_rows, stuck_level) for the kernel: 0 turns the rule off."""
         return (self.stuck_rows or 0), 2.0 * self.threshold
 
+    @property
+    def _cons(self):
+        """The consistency model's arrays for the kernel (no channel: off)."""
+        return (self._cons_channel, self._cons_coef, self._cons_inv_std, self._cons_alpha,
+                self._cons_gain, self._cons_degree)
+
     # -- scoring --------------------------------------------------------------------------
     def score_one(self, row):
         """Score one row (1-D array in column order, or {column: value}); returns a float."""
@@ -240,7 +340,8 @@ class AnomalyScorer:
         self._rows_seen = _score_rows(self._score1, self._contrib1, z, z, self._forecast,
                                       self._smoothed, self._rows_seen, self._inv_residual_std,
                                       self._whitening, self._combine_max, self.smoothing,
-                                      self.warmup, x, self._last, self._repeats, *self._stuck)
+                                      self.warmup, x, self._last, self._repeats, *self._stuck,
+                                      *self._cons, self._history, self._cons_mean)
         self.model.step(z[0], out=self._forecast)
         self._contributions[:] = self._contrib1[0]
         return float(self._score1[0])
@@ -268,7 +369,8 @@ class AnomalyScorer:
                                           self._rows_seen, self._inv_residual_std,
                                           self._whitening, self._combine_max,
                                           self.smoothing, self.warmup, X[start:stop],
-                                          self._last, self._repeats, *self._stuck)
+                                          self._last, self._repeats, *self._stuck,
+                                          *self._cons, self._history, self._cons_mean)
             self._forecast[:] = F[-1]
             start = stop
         if T:
@@ -291,13 +393,16 @@ class AnomalyScorer:
         self._rows_seen = 0
         self._last[:] = np.nan
         self._repeats[:] = 0
+        self._history[:] = np.nan
+        self._cons_mean[:] = 0.0
 
     @property
     def state(self):
         """Everything needed to resume a stream exactly: a dict of arrays (no objects)."""
         return {"hidden": self.model.state, "forecast": self._forecast.copy(),
                 "smoothed": self._smoothed.copy(), "rows_seen": np.int64(self._rows_seen),
-                "last": self._last.copy(), "repeats": self._repeats.copy()}
+                "last": self._last.copy(), "repeats": self._repeats.copy(),
+                "history": self._history.copy(), "consistency": self._cons_mean.copy()}
 
     @state.setter
     def state(self, value):
@@ -308,12 +413,18 @@ class AnomalyScorer:
             # absent in states saved before the stuck-sensor rule: no run under way
             last = np.asarray(value.get("last", np.full(C, np.nan)))
             repeats = np.asarray(value.get("repeats", np.zeros(C, np.int64)))
+            # absent in states saved before the consistency model: none yet
+            history = np.asarray(value.get("history", np.full(self._history.shape, np.nan)))
+            cons_mean = np.asarray(value.get("consistency", np.zeros(self._cons_mean.shape)))
         except (KeyError, TypeError, AttributeError) as exc:
             raise ValueError(f"scorer state needs hidden, forecast, smoothed, rows_seen "
                              f"({exc})") from None
         if forecast.shape != (C,) or smoothed.shape != (C,) or rows_seen.shape != () or \
-                last.shape != (C,) or repeats.shape != (C,):
+                last.shape != (C,) or repeats.shape != (C,) or \
+                history.shape != self._history.shape or cons_mean.shape != self._cons_mean.shape:
             raise ValueError(f"scorer state does not fit this model ({C} channels)")
+        if history.dtype.kind != "f" or cons_mean.dtype.kind != "f":
+            raise ValueError("scorer state: history and consistency must be floats")
         if rows_seen.dtype.kind not in "iu" or rows_seen < 0:
             raise ValueError("scorer state: rows_seen must be a non-negative integer")
         if repeats.dtype.kind not in "iu" or (repeats < 0).any() or last.dtype.kind != "f":
@@ -325,6 +436,8 @@ class AnomalyScorer:
         self._rows_seen = int(rows_seen)
         self._last[:] = last
         self._repeats[:] = repeats
+        self._history[:] = history
+        self._cons_mean[:] = cons_mean
 
     # -- helpers --------------------------------------------------------------------------
     def _row_array(self, row):
@@ -382,6 +495,8 @@ class GroupScorer:
         self._rows_seen = np.zeros(0, np.int64)                       # (K,)
         self._last = np.zeros((0, C), np.float64)                     # (K, C), NaN: none yet
         self._repeats = np.zeros((0, C), np.int64)                    # (K, C)
+        self._history = np.zeros((0,) + scorer._history.shape)        # (K, lags - 1, C)
+        self._cons_mean = np.zeros((0,) + scorer._cons_mean.shape)    # (K, consistency)
 
     @property
     def threshold(self):
@@ -426,16 +541,19 @@ class GroupScorer:
                                   return_state=True)
             smoothed, rows_seen = self._smoothed[ks], self._rows_seen[ks]
             last, repeats = self._last[ks], self._repeats[ks]
+            history, cons_mean = self._history[ks], self._cons_mean[ks]
             s_b = np.empty(P.shape, np.float64)
             c_b = np.empty(P.shape + (C,), np.float64)
             _score_rows_batch(s_b, c_b, Zb, F, f_prev, smoothed, rows_seen,
                               sc._inv_residual_std, sc._whitening, sc._combine_max,
-                              sc.smoothing, sc.warmup, X[P], last, repeats, *sc._stuck)
+                              sc.smoothing, sc.warmup, X[P], last, repeats, *sc._stuck,
+                              *sc._cons, history, cons_mean)
             self._hidden[ks] = h_n.transpose(1, 0, 2)
             self._forecast[ks] = F[:, -1]
             self._smoothed[ks] = smoothed
             self._rows_seen[ks] = rows_seen
             self._last[ks], self._repeats[ks] = last, repeats
+            self._history[ks], self._cons_mean[ks] = history, cons_mean
             scores[P], contrib[P] = s_b, c_b
         return (scores, contrib) if explain else scores
 
@@ -443,12 +561,14 @@ class GroupScorer:
         sc = self.scorer
         sc.state = {"hidden": self._hidden[k], "forecast": self._forecast[k],
                     "smoothed": self._smoothed[k], "rows_seen": self._rows_seen[k],
-                    "last": self._last[k], "repeats": self._repeats[k]}
+                    "last": self._last[k], "repeats": self._repeats[k],
+                    "history": self._history[k], "consistency": self._cons_mean[k]}
         result = sc.score_many(X, explain=True)
         state = sc.state
         self._hidden[k], self._forecast[k] = state["hidden"], state["forecast"]
         self._smoothed[k], self._rows_seen[k] = state["smoothed"], state["rows_seen"]
         self._last[k], self._repeats[k] = state["last"], state["repeats"]
+        self._history[k], self._cons_mean[k] = state["history"], state["consistency"]
         return result
 
     def _id(self, key):
@@ -464,6 +584,8 @@ class GroupScorer:
                 self._rows_seen = _grow(self._rows_seen, n)
                 self._last = _grow(self._last, n, np.nan)
                 self._repeats = _grow(self._repeats, n)
+                self._history = _grow(self._history, n, np.nan)
+                self._cons_mean = _grow(self._cons_mean, n)
         return k
 
     def reset(self):
@@ -474,12 +596,14 @@ class GroupScorer:
     def state(self):
         """All streams' states as a dict of arrays: ``keys`` (K,) str, ``hidden``
         (K, layers, H), ``forecast``, ``smoothed``, ``last`` and ``repeats`` (K, C),
-        ``rows_seen`` (K,)."""
+        ``rows_seen`` (K,), ``history`` (K, lags - 1, C) and ``consistency`` (K, channels of
+        the consistency model)."""
         K = len(self.keys)
         return {"keys": np.array(self.keys, dtype=str).reshape(K),
                 "hidden": self._hidden[:K].copy(), "forecast": self._forecast[:K].copy(),
                 "smoothed": self._smoothed[:K].copy(), "rows_seen": self._rows_seen[:K].copy(),
-                "last": self._last[:K].copy(), "repeats": self._repeats[:K].copy()}
+                "last": self._last[:K].copy(), "repeats": self._repeats[:K].copy(),
+                "history": self._history[:K].copy(), "consistency": self._cons_mean[:K].copy()}
 
     @state.setter
     def state(self, value):
@@ -492,10 +616,16 @@ class GroupScorer:
             # absent in states saved before the stuck-sensor rule: no run under way
             arrays.append(np.asarray(value.get("last", np.full((K, C), np.nan))))
             arrays.append(np.asarray(value.get("repeats", np.zeros((K, C), np.int64))))
+            # absent in states saved before the consistency model: none yet
+            arrays.append(np.asarray(value.get(
+                "history", np.full((K,) + self._history.shape[1:], np.nan))))
+            arrays.append(np.asarray(value.get(
+                "consistency", np.zeros((K,) + self._cons_mean.shape[1:]))))
         except (KeyError, TypeError, AttributeError) as exc:
             raise ValueError(f"group state needs keys, hidden, forecast, smoothed, rows_seen "
                              f"({exc})") from None
-        shapes = [(K,) + self._hidden.shape[1:], (K, C), (K, C), (K,), (K, C), (K, C)]
+        shapes = [(K,) + self._hidden.shape[1:], (K, C), (K, C), (K,), (K, C), (K, C),
+                  (K,) + self._history.shape[1:], (K,) + self._cons_mean.shape[1:]]
         if [a.shape for a in arrays] != shapes or len(set(keys)) != K:
             raise ValueError(f"group state does not fit this model ({C} channels, hidden "
                              f"{self._hidden.shape[1:]}) or repeats a key")
@@ -505,11 +635,59 @@ class GroupScorer:
                 arrays[4].dtype.kind != "f":
             raise ValueError("group state: repeats must be non-negative integers and last "
                              "floats")
+        if arrays[6].dtype.kind != "f" or arrays[7].dtype.kind != "f":
+            raise ValueError("group state: history and consistency must be floats")
         self.reset()
         for key in keys:
             self._id(key)
         (self._hidden[:K], self._forecast[:K], self._smoothed[:K], self._rows_seen[:K],
-         self._last[:K], self._repeats[:K]) = arrays
+         self._last[:K], self._repeats[:K], self._history[:K], self._cons_mean[:K]) = arrays
+
+
+def _consistency(cons, columns):
+    """The "consistency" metadata section, checked (None: no consistency model)."""
+    if cons is None:
+        return None
+    if not isinstance(cons, dict):
+        raise ModelFormatError("scoring metadata: consistency must be a section (a dict)")
+    try:
+        channels = [str(n) for n in cons["channels"]]
+        lags, degree = cons["lags"], cons["degree"]
+        alpha, weight = float(cons["smoothing"]), float(cons["weight"])
+        coef, residual_std, ewma_std = cons["coef"], cons["residual_std"], cons["ewma_std"]
+    except KeyError as exc:
+        raise ModelFormatError(f"scoring metadata: consistency lacks {exc}") from None
+    K, C = len(channels), len(columns)
+    for name, v in (("lags", lags), ("degree", degree)):
+        if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+            raise ModelFormatError(f"scoring metadata: consistency {name} must be a positive "
+                                   f"integer, got {v!r}")
+    if not 0.0 < alpha <= 1.0 or not (math.isfinite(weight) and weight > 0):
+        raise ModelFormatError("scoring metadata: consistency smoothing must be in (0, 1] and "
+                               "weight positive")
+    if len(set(channels)) != K or not set(channels) <= set(columns):
+        raise ModelFormatError(f"scoring metadata: consistency channels {channels} must be "
+                               f"distinct columns of the model ({', '.join(columns)})")
+    P = 1 + lags * (C - 1) * degree
+    a = _matrix_shape(coef, (K, P), "consistency coef")
+    return {"channels": channels, "lags": lags, "degree": degree, "coef": a,
+            "residual_std": _vector(residual_std, K, "consistency residual_std", positive=True),
+            "ewma_std": _vector(ewma_std, K, "consistency ewma_std", positive=True),
+            "smoothing": alpha, "weight": weight}
+
+
+def _matrix_shape(values, shape, name):
+    try:
+        a = np.asarray(values, dtype=np.float64)
+    except (TypeError, ValueError):
+        raise ModelFormatError(f"scoring metadata: {name} must be a list of lists of "
+                               f"numbers") from None
+    if a.size == 0 and shape[0] == 0:
+        return a.reshape(shape)
+    if a.shape != shape or not np.isfinite(a).all():
+        raise ModelFormatError(f"scoring metadata: {name} must be a finite {shape[0]} x "
+                               f"{shape[1]} matrix, got shape {a.shape}")
+    return np.ascontiguousarray(a)
 
 
 def _grow(a, n, fill=0):

@@ -24,11 +24,18 @@ What it does
    import path users take), and calibrates with edgegru itself on the calibration rows:
    ``warmup`` = rows until a forecaster started from a zero state agrees with one that has
    seen the past; ``residual_std`` = per-channel RMS of the forecast residuals after the
-   warm-up; ``whitening`` = the inverse square root of their correlation matrix (ZCA) and
-   ``combine: "max"`` (the score is the largest squared whitened residual, see
-   ``edgegru/scoring.py``); ``threshold`` = the score level that normal data crosses ``--false-alarm-rate``
+   warm-up; ``whitening`` = diag(P)^(-1/2) P, P the inverse of their correlation matrix
+   (each channel's residual given the others'; ``--whitening zca`` for the inverse square
+   root) and ``combine: "max"`` (the score is the largest whitened term, see
+   ``edgegru/scoring.py``); ``consistency`` = each channel regressed on the other channels
+   (this row and the row before, a cubic in each; least squares on the training rows), kept
+   for the channels it explains with R^2 >= ``--consistency-r2`` on the calibration rows, its
+   residual's spread and its EWMA's spread from the calibration rows, and ``weight`` = the
+   threshold over the level the consistency term alone crosses ``--false-alarm-rate`` times
+   per row; ``threshold`` = the score level that normal data crosses ``--false-alarm-rate``
    times per row, from a peaks-over-threshold fit to the calibration scores of
-   ``AnomalyScorer.score_many`` (so the threshold is on exactly the scores users get);
+   ``AnomalyScorer.score_many`` (so the threshold is on exactly the scores users get), with the
+   consistency model in;
    ``stuck_rows`` = max(5, 2 x the longest run of exactly repeated readings of one channel in
    all the normal rows): a channel repeating itself that long is a stuck sensor.
 5. Writes ``OUT.npz`` (weights + ``preprocessing``, ``scoring``, ``provenance`` metadata) and
@@ -359,16 +366,97 @@ def measure_warmup(model, Z_before, Z_cal, rms, tolerance=0.1):
     return min(MAX_WARMUP, max(1, last + 1))
 
 
-def zca_whitening(R, shrinkage):
-    """R (n, C) standardised residuals -> W (C, C) = S^(-1/2), S their correlation matrix
-    shrunk towards the identity by ``shrinkage`` (stable with few rows or near-duplicate
-    channels)."""
+def _correlation(R, shrinkage):
+    """R (n, C) -> their correlation matrix, shrunk towards the identity by ``shrinkage``
+    (stable with few rows or near-duplicate channels)."""
     S = (R.T @ R) / len(R)
     d = np.sqrt(np.diag(S))
     S = S / np.outer(d, d)
-    S = (1.0 - shrinkage) * S + shrinkage * np.eye(len(S))
-    w, V = np.linalg.eigh(S)
+    return (1.0 - shrinkage) * S + shrinkage * np.eye(len(S))
+
+
+def zca_whitening(R, shrinkage):
+    """R (n, C) standardised residuals -> W (C, C) = S^(-1/2), S their (shrunk) correlation
+    matrix."""
+    w, V = np.linalg.eigh(_correlation(R, shrinkage))
     return (V * w ** -0.5) @ V.T
+
+
+def conditional_whitening(R, shrinkage):
+    """R (n, C) standardised residuals -> W (C, C) with ``(W r)_c`` channel c's residual given
+    the other channels' residuals in the same row, standardised: ``W = diag(P)^(-1/2) P``, P the
+    inverse of their (shrunk) correlation matrix. A load change that moves several channels at
+    once is explained away; one channel going its own way is not."""
+    P = np.linalg.inv(_correlation(R, shrinkage))
+    return P / np.sqrt(np.diag(P))[:, None]
+
+
+def consistency_features(Z, channel, lags, degree):
+    """Z (n, C) normalised rows -> (n, 1 + lags * (C - 1) * degree): 1, then for each lag j
+    (0 = this row) and each other channel, its value j rows earlier to the powers 1..degree,
+    in that order (the order of AnomalyScorer's kernel). Rows before the first stand in the
+    first row, as the scorer does at the start of a stream."""
+    n, C = Z.shape
+    cols = [np.ones(n)]
+    for j in range(lags):
+        S = np.concatenate([np.repeat(Z[:1], min(j, n), axis=0), Z[:n - j]]) if j else Z
+        for c in range(C):
+            if c != channel:
+                for p in range(1, degree + 1):
+                    cols.append(S[:, c] ** p)
+    return np.column_stack(cols)
+
+
+def ewma(q, alpha):
+    """q (n, K) -> m (n, K): m_t = (1 - alpha) m_(t-1) + alpha q_t from m = 0."""
+    m, out = np.zeros(q.shape[1]), np.empty_like(q)
+    for t in range(len(q)):
+        m = (1.0 - alpha) * m + alpha * q[t]
+        out[t] = m
+    return out
+
+
+def fit_consistency(Z_train, Z_cal, names, warmup, options):
+    """The consistency model: each channel's value regressed on the other channels' values in
+    the same row and the ``--consistency-lags`` - 1 rows before (polynomial of degree
+    ``--consistency-degree``), by least squares on the training rows; kept for the channels the
+    others explain (R^2 >= ``--consistency-r2`` on the calibration rows: they are functions of
+    the same hidden state, for example current and pressure of the load). Returns (section
+    for the model file without ``weight``, per-channel R^2, standardised EWMA of the
+    calibration rows (n, K)) or (None, R^2, None) when no channel qualifies."""
+    C, lags, degree = len(names), options.consistency_lags, options.consistency_degree
+    Zt = Z_train.astype(np.float32).astype(np.float64)       # what the scorer computes with
+    Zc = Z_cal.astype(np.float32).astype(np.float64)
+    ok_t = np.isfinite(Zt).all(axis=1)
+    ok_c = np.isfinite(Zc).all(axis=1)
+    for j in range(1, lags):                                  # the lagged rows must be there
+        ok_t[j:] &= np.isfinite(Zt[:-j]).all(axis=1)
+        ok_c[j:] &= np.isfinite(Zc[:-j]).all(axis=1)
+    ok_t[:lags - 1] = False
+    ok_c[:max(lags - 1, warmup)] = False
+    Zt0, Zc0 = np.nan_to_num(Zt), np.nan_to_num(Zc)
+    r2, coefs, q_cal = np.zeros(C), [], []
+    for c in range(C):
+        Ft = consistency_features(Zt0, c, lags, degree)
+        beta = np.linalg.lstsq(Ft[ok_t], Zt0[ok_t, c], rcond=None)[0]
+        d = Zc0[:, c] - consistency_features(Zc0, c, lags, degree) @ beta
+        r2[c] = 1.0 - np.mean(d[ok_c] ** 2) / np.var(Zc0[ok_c, c])
+        coefs.append(beta)
+        q_cal.append(d)
+    keep = [c for c in range(C) if r2[c] >= options.consistency_r2]
+    if not keep:
+        return None, r2, None
+    D = np.column_stack([q_cal[c] for c in keep])
+    D[~ok_c] = 0.0                   # rows without a residual add nothing to the averages
+    std = np.maximum(np.sqrt(np.mean(D[ok_c] ** 2, axis=0)), RESIDUAL_STD_FLOOR)
+    M = ewma(D / std, options.consistency_smoothing)[ok_c]
+    ewma_std = np.sqrt(np.mean(M * M, axis=0))
+    section = {"channels": [names[c] for c in keep], "lags": lags, "degree": degree,
+               "coef": [[_round(v, 9) for v in coefs[c]] for c in keep],
+               "residual_std": [_round(v, 9) for v in std],
+               "smoothing": options.consistency_smoothing,
+               "ewma_std": [_round(v, 9) for v in ewma_std]}
+    return section, r2, M / np.asarray(section["ewma_std"])
 
 
 def upcrossing_threshold(scores, rate, quantile=0.95):
@@ -424,7 +512,8 @@ def calibrate(model, names, mean, std, Z_train, Z_cal, X_cal, options, log, X_no
     R = R[warmup:]
     R = R[np.isfinite(R).all(axis=1)]
     residual_std = np.maximum(np.sqrt(np.mean(R * R, axis=0)), RESIDUAL_STD_FLOOR)
-    whitening = zca_whitening(R / residual_std, options.shrinkage) if C > 1 else np.eye(1)
+    whiten = conditional_whitening if options.whitening == "conditional" else zca_whitening
+    whitening = whiten(R / residual_std, options.shrinkage) if C > 1 else np.eye(1)
     model.meta["scoring"] = {
         "residual_std": [_round(v, 9) for v in residual_std],
         "whitening": [[_round(v, 9) for v in row] for row in whitening],
@@ -438,6 +527,19 @@ def calibrate(model, names, mean, std, Z_train, Z_cal, X_cal, options, log, X_no
     scorer = edgegru.AnomalyScorer.from_model(model)
     scores = scorer.score_many(X_cal)[warmup:]
     threshold, fit = upcrossing_threshold(scores, options.false_alarm_rate)
+    # the consistency model, its score put on the forecaster's scale: the level its own
+    # calibration scores cross as often as the threshold is mapped to the threshold
+    cons, r2, M = (fit_consistency(Z_train, Z_cal, names, warmup, options) if C > 1
+                   else (None, np.zeros(1), None))
+    cons_fit = None
+    if cons is not None:
+        cons_threshold, cons_fit = upcrossing_threshold((M * M).max(axis=1),
+                                                        options.false_alarm_rate)
+        cons["weight"] = _round(threshold / cons_threshold, 9)
+        model.meta["scoring"]["consistency"] = cons
+        scorer = edgegru.AnomalyScorer.from_model(model)
+        scores = scorer.score_many(X_cal)[warmup:]
+        threshold, fit = upcrossing_threshold(scores, options.false_alarm_rate)
     threshold = _round(threshold, 6)
     model.meta["scoring"]["threshold"] = threshold
     model.meta["scoring"]["calibration"] = {
@@ -445,8 +547,10 @@ def calibrate(model, names, mean, std, Z_train, Z_cal, X_cal, options, log, X_no
         "residual_rows": int(len(R)),
         "residual_std": "RMS of the forecast residual per channel, normalised units, after "
                         "the warm-up",
-        "whitening": f"ZCA: inverse square root of the residuals' correlation matrix, shrunk "
-                     f"towards the identity by {options.shrinkage}",
+        "whitening": (f"conditional: diag(P)^(-1/2) P, P the inverse of the residuals' "
+                      f"correlation matrix" if options.whitening == "conditional" else
+                      "ZCA: inverse square root of the residuals' correlation matrix")
+                     + f", shrunk towards the identity by {options.shrinkage}",
         "warmup": "rows until a forecaster started from zero forecasts within 0.1 residual "
                   "std of one that has read the past",
         "score_quantiles": {q: _round(float(np.quantile(scores, float(q))))
@@ -456,12 +560,22 @@ def calibrate(model, names, mean, std, Z_train, Z_cal, X_cal, options, log, X_no
         "stuck_rows": f"max({STUCK_MIN_ROWS}, 2 x the longest run of exactly repeated "
                       f"readings on one channel in the {len(X_normal)} normal rows: "
                       f"{', '.join(f'{n} {int(r)}' for n, r in zip(names, repeats))})",
+        "consistency": {
+            "r2": {n: _round(float(v), 4) for n, v in zip(names, r2)},
+            "rule": f"channels whose value the other channels explain with R^2 >= "
+                    f"{options.consistency_r2} on the calibration rows (regression fitted on "
+                    f"the training rows); weight = threshold / the level the consistency "
+                    f"score alone crosses --false-alarm-rate times per row",
+            "threshold": cons_fit},
     }
     log(f"calibrated on {len(X_cal)} rows: warm-up {warmup} rows, residual std "
         f"{', '.join(f'{n} {v:.3g}' for n, v in zip(names, residual_std))} (normalised); "
         f"score median {np.median(scores):.2f}, max {scores.max():.1f}; threshold "
         f"{threshold:.4g} (about {options.false_alarm_rate * 1e4:g} false alarms per 10,000 "
         f"normal rows); a channel repeating its reading {stuck_rows} rows in a row is stuck")
+    log("consistency: R^2 of each channel from the others "
+        + ", ".join(f"{n} {v:.4f}" for n, v in zip(names, r2))
+        + (f"; accumulated for {', '.join(cons['channels'])}" if cons else "; none kept"))
     return model
 
 
@@ -503,19 +617,33 @@ def parse_args(argv):
                    help="threshold: score crossings per row on normal data")
     p.add_argument("--shrinkage", type=float, default=0.05,
                    help="whitening: shrink the residual correlation towards the identity")
+    p.add_argument("--whitening", choices=("conditional", "zca"), default="conditional",
+                   help="how the forecast residuals are decorrelated (see edgegru/scoring.py)")
+    p.add_argument("--consistency-r2", type=float, default=0.99,
+                   help="consistency model: keep the channels the others explain with at "
+                        "least this R^2 (above 1: no consistency model)")
+    p.add_argument("--consistency-lags", type=int, default=2,
+                   help="consistency model: rows of the other channels it reads (this one and "
+                        "the ones before)")
+    p.add_argument("--consistency-degree", type=int, default=3,
+                   help="consistency model: polynomial degree in each other channel")
+    p.add_argument("--consistency-smoothing", type=float, default=0.3,
+                   help="consistency model: EWMA alpha of its residual, in (0, 1]")
     p.add_argument("--seed", type=int, default=0, help="random seed")
     p.add_argument("--threads", type=int, default=1,
                    help="torch threads (fixed, so a seed gives the same file)")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress on stderr")
     args = p.parse_args(argv)
     for name in ("hidden_size", "num_layers", "epochs", "window", "stride", "batch_size",
-                 "threads"):
+                 "threads", "consistency_lags", "consistency_degree"):
         if getattr(args, name) < 1:
             p.error(f"--{name.replace('_', '-')} must be at least 1")
     if not 0 <= args.burn_in < args.window:
         p.error("--burn-in must be at least 0 and less than --window")
     if not 0.0 < args.smoothing <= 1.0:
         p.error("--smoothing must be in (0, 1]")
+    if not 0.0 < args.consistency_smoothing <= 1.0:
+        p.error("--consistency-smoothing must be in (0, 1]")
     if not 0.0 < args.false_alarm_rate < 0.05:
         p.error("--false-alarm-rate must be in (0, 0.05)")
     if not 0.0 <= args.shrinkage < 1.0:
