@@ -103,7 +103,7 @@ from edgegru.formats import load as load_model
 def _score_rows(scores, contrib, Z, F, f_prev, smoothed, rows_seen, inv_residual_std, whitening,
                 combine_max, alpha, warmup, X, last, repeats, stuck_rows, stuck_level,
                 cons_channel, cons_coef, cons_inv_std, cons_alpha, cons_gain, cons_degree,
-                history, cons_mean):
+                history, cons_mean, scratch):
     """Scores of rows Z (T, C) given the forecasts: f_prev (C,) before row 0, F[t] after row t.
 
     scores (T,), contrib (T, C): outputs. smoothed (C,): the EWMA state, updated in place.
@@ -116,16 +116,17 @@ def _score_rows(scores, contrib, Z, F, f_prev, smoothed, rows_seen, inv_residual
     its regression on the other channels' values in this row and the history rows (powers 1 to
     cons_degree), cons_inv_std (K,), cons_alpha, cons_gain (K,); history (lags - 1, C) the
     previous normalised rows, newest first (NaN: none yet), and cons_mean (K,) the EWMA of the
-    standardised consistency residual, both updated in place. Returns the new rows_seen.
+    standardised consistency residual, both updated in place. scratch (3, C): work space, so
+    that scoring a row allocates nothing. Returns the new rows_seen.
     """
     T, C = Z.shape
     K = cons_channel.shape[0]
     H = history.shape[0]
     weight = 1.0 if combine_max else 1.0 / C
     whiten = whitening.shape[0] == C
-    r = np.empty(C)
-    e = np.empty(C)
-    q = np.empty(C)                         # this row's consistency residual, NaN: none
+    r = scratch[0]
+    e = scratch[1]
+    q = scratch[2]                          # this row's consistency residual, NaN: none
     for t in range(T):
         for c in range(C):
             x = X[t, c]
@@ -204,7 +205,7 @@ def _score_rows(scores, contrib, Z, F, f_prev, smoothed, rows_seen, inv_residual
 def _score_rows_batch(scores, contrib, Z, F, f_prev, smoothed, rows_seen, inv_residual_std,
                       whitening, combine_max, alpha, warmup, X, last, repeats, stuck_rows,
                       stuck_level, cons_channel, cons_coef, cons_inv_std, cons_alpha, cons_gain,
-                      cons_degree, history, cons_mean):
+                      cons_degree, history, cons_mean, scratch):
     """_score_rows for B independent streams: scores (B, T), contrib (B, T, C), Z, F and X
     (B, T, C), f_prev, smoothed, last and repeats (B, C), rows_seen (B,), history
     (B, lags - 1, C), cons_mean (B, K); all but Z, F and X updated in place."""
@@ -214,7 +215,7 @@ def _score_rows_batch(scores, contrib, Z, F, f_prev, smoothed, rows_seen, inv_re
                                    alpha, warmup, X[b], last[b], repeats[b], stuck_rows,
                                    stuck_level, cons_channel, cons_coef, cons_inv_std,
                                    cons_alpha, cons_gain, cons_degree, history[b],
-                                   cons_mean[b])
+                                   cons_mean[b], scratch)
 
 
 class AnomalyScorer:
@@ -288,6 +289,7 @@ class AnomalyScorer:
         self._cons_mean = np.zeros(K, np.float64)
         # buffers for score_one, allocated once
         self._x = np.zeros((1, C), np.float64)
+        self._scratch = np.zeros((3, C), np.float64)
         self._z = np.zeros((1, C), np.float32)
         self._score1 = np.zeros(1, np.float64)
         self._contrib1 = np.zeros((1, C), np.float64)
@@ -341,7 +343,8 @@ class AnomalyScorer:
                                       self._smoothed, self._rows_seen, self._inv_residual_std,
                                       self._whitening, self._combine_max, self.smoothing,
                                       self.warmup, x, self._last, self._repeats, *self._stuck,
-                                      *self._cons, self._history, self._cons_mean)
+                                      *self._cons, self._history, self._cons_mean,
+                                      self._scratch)
         self.model.step(z[0], out=self._forecast)
         self._contributions[:] = self._contrib1[0]
         return float(self._score1[0])
@@ -370,7 +373,8 @@ class AnomalyScorer:
                                           self._whitening, self._combine_max,
                                           self.smoothing, self.warmup, X[start:stop],
                                           self._last, self._repeats, *self._stuck,
-                                          *self._cons, self._history, self._cons_mean)
+                                          *self._cons, self._history, self._cons_mean,
+                                          self._scratch)
             self._forecast[:] = F[-1]
             start = stop
         if T:
@@ -547,7 +551,7 @@ class GroupScorer:
             _score_rows_batch(s_b, c_b, Zb, F, f_prev, smoothed, rows_seen,
                               sc._inv_residual_std, sc._whitening, sc._combine_max,
                               sc.smoothing, sc.warmup, X[P], last, repeats, *sc._stuck,
-                              *sc._cons, history, cons_mean)
+                              *sc._cons, history, cons_mean, sc._scratch)
             self._hidden[ks] = h_n.transpose(1, 0, 2)
             self._forecast[ks] = F[:, -1]
             self._smoothed[ks] = smoothed
