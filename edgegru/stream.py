@@ -53,7 +53,9 @@ file resumes from it:
 - if the input is a regular file (``--input FILE`` or ``< FILE``) that begins with exactly the
   bytes the state has consumed (the same file again, or that file grown), those lines are skipped
   and scoring continues at the first line not yet scored: re-running an interrupted command
-  finishes the job, and the output of both runs together is that of one uninterrupted run;
+  finishes the job, and the output of both runs together is that of one uninterrupted run
+  (a resumed run writes no header line when its output is a file that already holds
+  something, as ``>> scores.csv`` onto the first run's output is; otherwise it does);
 - otherwise (a pipe, or another file) the whole input is the continuation of the stream: feed it
   only the rows that come after.
 
@@ -614,6 +616,15 @@ class _Signals:
         return False
 
 
+def _nonempty_regular_file(out):
+    fd = _fileno(out)
+    try:
+        st = os.fstat(fd) if fd is not None else None
+    except OSError:
+        return False
+    return st is not None and stat.S_ISREG(st.st_mode) and st.st_size > 0
+
+
 def _fileno(source):
     if isinstance(source, int):
         return source
@@ -717,6 +728,7 @@ class _Run:
         self.since_checkpoint = 0
         self.discarding = False      # inside an over-long line being skipped
         self.stream_end = float("inf")   # set at EOF when the last line lacks its newline
+        self.write_header = True         # False: a resumed run appending to its earlier output
 
     # -- the state of the scorer(s), for checkpoints
     @property
@@ -736,6 +748,9 @@ class _Run:
         if loaded is None:
             return
         state, pos = loaded
+        # a resumed run whose output goes to a file that already holds something (`>>` onto
+        # the first run's output) continues that file: no second header line in the middle
+        self.write_header = not _nonempty_regular_file(self.out)
         try:
             self._scoring.state = state
         except ValueError as exc:
@@ -776,7 +791,7 @@ class _Run:
         for number, line in enumerate(head.split(b"\n")[:pos.lines], 1):
             if number == 1 and line.startswith(BOM):
                 line = line[len(BOM):]
-            if self._first_line(line, number, write_header=True) is not None:
+            if self._first_line(line, number, self.write_header) is not None:
                 break
         seek(start + pos.bytes)
         return True
@@ -887,7 +902,7 @@ class _Run:
             line, skip = buf[:nl - 1], 0
             if self.pos.bytes == 0 and line.startswith(BOM):
                 line, skip = line[len(BOM):], len(BOM)
-            is_header = self._first_line(line, self.pos.lines + 1, write_header=True)
+            is_header = self._first_line(line, self.pos.lines + 1, self.write_header)
             if is_header is False:               # headerless: this line is the first row
                 self._consume(buf[:skip], 0)
                 buf = buf[skip:]

@@ -296,6 +296,26 @@ def test_resume_on_the_same_file_continues_where_it_stopped(example, tmp_path):
     assert r3.rows == 0 and lines_of(third) == []
 
 
+def test_resumed_run_appending_to_its_output_file_writes_no_second_header(example, tmp_path):
+    """run --state s < in.csv > out.csv, interrupted; then the same with >> out.csv: out.csv
+    is exactly one uninterrupted run's output (one header). A new file still gets a header."""
+    data = example[0]
+    whole = run(data)[0]
+    src, out, state = tmp_path / "in.csv", tmp_path / "out.csv", tmp_path / "s.npz"
+    cut = data.index(b"\n", 9000) + 1
+    for part, mode in ((data[:cut], "wb"), (data, "ab")):     # the file grew in between
+        src.write_bytes(part)
+        with open(src, "rb") as source, open(out, mode) as sink:
+            stream.score_stream(make_scorer(), source, sink, state=state, precision=17,
+                                log=lambda msg: None, handle_signals=False)
+    assert out.read_text() == whole
+    src.write_bytes(data + data[data.index(b"\n") + 1:cut])   # more rows: to a new file
+    with open(src, "rb") as source, open(tmp_path / "new.csv", "wb") as sink:
+        stream.score_stream(make_scorer(), source, sink, state=state, precision=17,
+                            log=lambda msg: None, handle_signals=False)
+    assert (tmp_path / "new.csv").read_text().splitlines()[0] == whole.splitlines()[0]
+
+
 def test_resume_on_a_pipe_or_another_file_continues_the_stream(example, tmp_path):
     data = example[0]
     whole = lines_of(run(data)[0])
