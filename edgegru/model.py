@@ -207,20 +207,26 @@ class Model:
         self.weights = weights
         self.meta = dict(meta or {})      # free-form sections: preprocessing, scoring, provenance
         self._k = _kernel_module(backend)
-        self._params = pack_params(config, weights)
+        params = pack_params(config, weights)
         I, H, L, D = config.input_size, config.hidden_size, config.num_layers, config.num_directions
         self._head_act = HEAD_ACTIVATIONS[config.head_activation]
-        # run state: [h (L*D, H) | step scratch (6H)], allocated once
-        self._work = np.zeros(L * D * H + 6 * H, dtype=np.float32)
+        # Everything in one array, allocated once: the step kernel's [header | params | work],
+        # the work being the run state [h (L*D, H) | step scratch (6H)]. The sequence kernel
+        # gets views of params and h.
+        P, W = params.size, L * D * H + 6 * H
+        self._step_model = np.zeros(kernels.step_model_size(P, W), dtype=np.float32)
+        kernels.write_step_header(self._step_model, I, H, L, config.output_size,
+                                  config.reset_after, *config.gate_args, self._head_act, P)
+        self._params = self._step_model[kernels.STEP_HEADER:kernels.STEP_HEADER + P]
+        self._params[:] = params
+        self._work = self._step_model[kernels.STEP_HEADER + P:]
         self._h = self._work[:L * D * H].reshape(L * D, H)
         self._ws = np.zeros(0, dtype=np.float32)          # sequence workspace, grows on demand
         self._x_shape = (I,)
         self._out_shape = (self.output_size,)
-        # step(): the kernel and its arguments after (out, x); the kernel is bound on the first
+        # step(): the kernel and its argument after (out, x); the kernel is bound on the first
         # call to its compiled entry point (see _bind_step)
-        self._step_call = (self._bind_step, self._params, self._work, I, H, L,
-                           config.output_size, config.reset_after) + config.gate_args \
-            + (self._head_act,)
+        self._step_call = (self._bind_step, self._step_model)
         self._step_last = (_NONE, _NONE, None, None)  # (x, out, views of both) of a checked call
 
     # -- sizes ----------------------------------------------------------------------------
@@ -271,10 +277,8 @@ class Model:
         # (reshaping the arrays in place since cannot make it read or write out of bounds).
         last = self._step_last
         if x is last[0] and out is last[1]:
-            kernel, params, work, I, H, L, O, reset_after, hard, alpha, beta, head = \
-                self._step_call
-            kernel(last[3], last[2], params, work, I, H, L, O, reset_after, hard, alpha, beta,
-                   head)
+            kernel, model = self._step_call
+            kernel(last[3], last[2], model)
             return out
         # Otherwise a float32, contiguous x of the right shape costs four cheap checks, then
         # one call of the compiled kernel (no numba dispatch); anything else takes the slow
@@ -291,8 +295,8 @@ class Model:
         if not (type(x) is _ndarray and x.dtype is _F32 and x.shape == self._x_shape
                 and x.flags.c_contiguous):
             x = self._check_step_input(x)
-        kernel, params, work, I, H, L, O, reset_after, hard, alpha, beta, head = self._step_call
-        kernel(out, x, params, work, I, H, L, O, reset_after, hard, alpha, beta, head)
+        kernel, model = self._step_call
+        kernel(out, x, model)
         return out
 
     def _bind_step(self, out, x, *args):

@@ -5,7 +5,8 @@ cannot be imported or ``EDGEGRU_NO_JIT=1`` is set. Slower per call, but no compi
 """
 import numpy as np
 
-from edgegru.kernels import HEAD_SIGMOID, block_offsets, head_offset
+from edgegru import kernels
+from edgegru.kernels import HEAD_SIGMOID, STEP_HEADER, block_offsets, head_offset
 
 _f32 = np.float32
 
@@ -57,15 +58,21 @@ def _head(src, params, w_head, output_size, K, activation):
     return _sigmoid(y) if activation == HEAD_SIGMOID else y
 
 
-def gru_step(out, x, params, work, input_size, hidden_size, num_layers, output_size,
-             reset_after, hard_gates, gate_alpha, gate_beta, head_activation):
-    H = hidden_size
+def gru_step(out, x, model):
+    """model: [header | params | work], as for the compiled kernel."""
+    k = kernels
+    input_size, H, num_layers, output_size, head_activation, P = (
+        int(model[i]) for i in (k._H_INPUT, k._H_HIDDEN, k._H_LAYERS, k._H_OUTPUT, k._H_HEAD,
+                                k._H_PARAMS))
+    reset_after = model[k._H_RESET_AFTER] != 0
+    gate = (model[k._H_HARD_GATES] != 0, model[k._H_ALPHA], model[k._H_BETA])
+    params = model[STEP_HEADER:STEP_HEADER + P]
+    work = model[STEP_HEADER + P:]
     layer_in = x
     for l in range(num_layers):
         w_ih, b_x, w_hh, b_hn = _blocks(params, l, 0, input_size, H, 1)
         h = work[l * H:(l + 1) * H]
-        h[:] = _cell(h, layer_in @ w_ih + b_x, w_hh, b_hn, H, reset_after,
-                     (hard_gates, gate_alpha, gate_beta))
+        h[:] = _cell(h, layer_in @ w_ih + b_x, w_hh, b_hn, H, reset_after, gate)
         layer_in = h
     if output_size > 0:
         out[:] = _head(layer_in, params, head_offset(input_size, H, num_layers, 1),

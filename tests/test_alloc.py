@@ -26,19 +26,18 @@ SCRIPT = textwrap.dedent("""
     out = np.empty(4, np.float32)
 
     @njit
-    def stream(out, x, params, work, n):
+    def stream(out, x, step_model, n):
         for _ in range(n):
-            kernels.gru_step(out, x, params, work, 4, 32, 2, 4, True, False, np.float32(0.2),
-                             np.float32(0.5), 0)
+            kernels.gru_step(out, x, step_model)
 
     def counts():
         s = rtsys.get_allocation_stats()
         return s.alloc, s.free, s.mi_alloc, s.mi_free
 
     result = {}
-    stream(out, x, model._params, model._work, 1)          # compile
+    stream(out, x, model._step_model, 1)                    # compile
     for n in (10, 10000):
-        a = counts(); stream(out, x, model._params, model._work, n); b = counts()
+        a = counts(); stream(out, x, model._step_model, n); b = counts()
         result[f"njit_loop_{n}"] = [b[i] - a[i] for i in range(4)]
 
     for _ in range(10): model.step(x, out=out)             # warm up
