@@ -918,18 +918,29 @@ class _Run:
         L = len(status)
         bad = np.flatnonzero(status == BAD)
         cut = int(bad[0]) if bad.size and self.on_error == "fail" else L
-        use = np.flatnonzero(status[:cut] == OK)
-        if use.size:
-            self._score(rows, use)
         first_line = self.pos.lines + 1
-        for i in bad.tolist():
-            if i >= cut:
+        ok = np.flatnonzero(status[:cut] == OK)
+        start = 0
+        while True:
+            # lines start..stop-1: up to the row at which a checkpoint falls due, so that a
+            # checkpoint comes every checkpoint_every rows even inside a big block
+            stop, use = cut, ok[np.searchsorted(ok, start):]
+            due = self.checkpoint_every - self.since_checkpoint
+            if self.checkpoint_every and use.size > due:
+                use = use[:due]
+                stop = int(use[-1]) + 1
+            if use.size:
+                self._score(rows, use)
+            for i in bad[(bad >= start) & (bad < stop)].tolist():
+                field, message = rows.errors[i]
+                self._bad(first_line + i, self.layout.column(field), message)
+            begin = int(rows.ends[start - 1]) if start else 0
+            self._consume(buf[begin:int(rows.ends[stop - 1]) if stop else 0], stop - start)
+            if self.checkpoint_every and self.since_checkpoint >= self.checkpoint_every:
+                self._save()
+            if stop >= cut:
                 break
-            field, message = rows.errors[i]
-            self._bad(first_line + i, self.layout.column(field), message)
-        self._consume(buf[:int(rows.ends[cut - 1]) if cut else 0], cut)
-        if self.checkpoint_every and self.since_checkpoint >= self.checkpoint_every:
-            self._save()
+            start = stop
         if cut < L:
             field, message = rows.errors[cut]
             self._bad(first_line + cut, self.layout.column(field), message)

@@ -372,6 +372,25 @@ def test_periodic_checkpoints_and_failures_save_a_state_that_resumes(example, tm
     assert lines_of(first) + lines_of(second) == whole
 
 
+def test_checkpoints_come_every_n_rows_inside_a_big_block(example, tmp_path, monkeypatch):
+    """A file read in one block is scored in pieces that end at the checkpoints: the state is
+    saved after exactly rows 150, 300, ..., with bad rows skipped in between not counted."""
+    data = example[0].replace(b"\n", b"\nbroken\n", 40)          # 40 bad rows early on
+    saved = []
+    real_save = stream.StateFile.save
+    monkeypatch.setattr(stream.StateFile, "save", lambda self, state, pos: (
+        saved.append((pos.rows, pos.lines)), real_save(self, state, pos)))
+    text, result, _ = run(data, state=tmp_path / "s.npz", checkpoint_every=150,
+                          on_error="skip")
+    assert result.skipped == 40 and result.rows == 600 and len(data) < stream.READ_SIZE
+    rows = [r for r, _ in saved]
+    assert rows == [150, 300, 450, 600, 600]                # the last one: at the end
+    assert lines_of(text) == lines_of(run(data, on_error="skip")[0])
+    # each checkpoint's line count ends exactly after its 150 k-th good row
+    good = [n for n, line in enumerate(data.split(b"\n")[1:], 2) if line and line != b"broken"]
+    assert [l for _, l in saved[:-1]] == [good[r - 1] for r in rows[:-1]]
+
+
 def test_state_file_is_refused_when_it_does_not_fit(example, tmp_path):
     data = example[0]
     state = tmp_path / "s.npz"
