@@ -32,6 +32,9 @@ big for float32                                imputes it from its forecast (res
                                                state moves on as if it were the expected value)
 a field that is not a number                   bad row ("'abc' is not a number")
 fewer or more fields than the header           bad row ("4 fields, the header has 5")
+no header, and the first row has the wrong     bad row (under ``on_error="skip"`` the next line
+number of fields (a serial port opened in      decides whether there is a header)
+the middle of a line)
 invalid UTF-8, a NUL byte (binary garbage)     bad row
 a line longer than 1 MiB                       bad row (the rest of it is discarded)
 blank or whitespace-only line                  ignored (not a row; line numbers count it)
@@ -342,10 +345,11 @@ class Layout:
                              line=line)
         C = len(model_columns)
         if len(fields) != C:
-            raise InputError(
+            raise _FirstRowFieldCount(
                 f"the input has no header (the first line is all numbers) and {len(fields)} "
                 f"fields, but the model reads {C} columns ({', '.join(model_columns)}): give "
-                f"the input a header line naming them", line=line)
+                f"the input a header line naming them (a stream opened in the middle of a "
+                f"line: --on-error skip)", line=line)
         return cls(list(model_columns), range(C), [], None, has_header=False)
 
 
@@ -616,6 +620,12 @@ class _Signals:
         return False
 
 
+class _FirstRowFieldCount(InputError):
+    """A headerless input's first row has the wrong number of fields: with on_error="skip"
+    it is skipped like any bad row (a serial port opened in the middle of a line), and the
+    next line decides."""
+
+
 def _nonempty_regular_file(out):
     fd = _fileno(out)
     try:
@@ -791,14 +801,16 @@ class _Run:
         for number, line in enumerate(head.split(b"\n")[:pos.lines], 1):
             if number == 1 and line.startswith(BOM):
                 line = line[len(BOM):]
-            if self._first_line(line, number, self.write_header) is not None:
+            if self._first_line(line, number, self.write_header, quiet=True) is not None:
                 break
         seek(start + pos.bytes)
         return True
 
-    def _first_line(self, line, number, write_header):
-        """Sets the layout from the first non-blank line; returns None for a blank line, True
-        when the line was a header (consumed), False when it is the first data row."""
+    def _first_line(self, line, number, write_header, quiet=False):
+        """Sets the layout from the first non-blank line; returns None for a blank line (or,
+        with on_error="skip", a headerless first row with the wrong number of fields, which is
+        skipped), True when the line was a header (consumed), False when it is the first data
+        row."""
         try:
             text = _decode(line[:-1] if line.endswith(b"\r") else line)
             if not text.strip():
@@ -807,8 +819,17 @@ class _Run:
         except _Bad as bad:
             raise InputError(f"the first line is not a CSV header or row: {bad.message}",
                              line=number) from None
-        self.layout, is_header = Layout.from_first_line(
-            fields, self.scorer.columns, self.columns, self.keep, self.group_by, line=number)
+        try:
+            self.layout, is_header = Layout.from_first_line(
+                fields, self.scorer.columns, self.columns, self.keep, self.group_by,
+                line=number)
+        except _FirstRowFieldCount:
+            if self.on_error != "skip":
+                raise
+            if not quiet:
+                self._bad(number, None, f"{len(fields)} fields, the model reads "
+                                        f"{self.scorer.num_channels} (no header)")
+            return None
         self.writer = _Writer(self.fmt, self.layout.kept_names, self.scorer.columns,
                               self.explain, self.precision)
         if write_header:

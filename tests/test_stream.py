@@ -372,6 +372,21 @@ def test_periodic_checkpoints_and_failures_save_a_state_that_resumes(example, tm
     assert lines_of(first) + lines_of(second) == whole
 
 
+def test_a_partial_first_line_is_skipped_under_on_error_skip(example):
+    """A headerless serial stream opened in the middle of a line: under on_error="skip" the
+    fragment is a bad row and the next line sets the layout; under "fail" it stops the run."""
+    data = example[0]
+    body = data[data.index(b"\n") + 1:]
+    rows = body.split(b"\n")
+    headerless = b"\n".join(r.split(b",", 1)[1] for r in rows if r) + b"\n"   # no timestamps
+    fragment = headerless[headerless.index(b",") + 1:]              # starts mid-line
+    text, result, notes = run(fragment, on_error="skip")
+    assert result.skipped == 1 and "line 1: 3 fields, the model reads 4" in notes[0]
+    assert result.rows == len(lines_of(text)) == headerless.count(b"\n") - 1
+    _, error, _ = run(fragment)
+    assert isinstance(error, InputError) and error.line == 1
+
+
 def test_checkpoints_come_every_n_rows_inside_a_big_block(example, tmp_path, monkeypatch):
     """A file read in one block is scored in pieces that end at the checkpoints: the state is
     saved after exactly rows 150, 300, ..., with bad rows skipped in between not counted."""
