@@ -35,7 +35,10 @@ What it does
    per row; ``threshold`` = the score level that normal data crosses ``--false-alarm-rate``
    times per row, from a peaks-over-threshold fit to the calibration scores of
    ``AnomalyScorer.score_many`` (so the threshold is on exactly the scores users get), with the
-   consistency model in;
+   consistency model in, and again with the ``drift`` test in: for the channels the consistency
+   model leaves out that the others still explain with R^2 >= ``--drift-r2``, the consistency
+   residual against its slow baseline, averaged slowly and fast, their spreads from all the
+   normal rows, and a weight found as the consistency model's is;
    ``stuck_rows`` = max(5, 2 x the longest run of exactly repeated readings of one channel in
    all the normal rows): a channel repeating itself that long is a stuck sensor.
 5. Writes ``OUT.npz`` (weights + ``preprocessing``, ``scoring``, ``provenance`` metadata) and
