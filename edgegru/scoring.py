@@ -8,7 +8,12 @@ metadata sections that :mod:`tools/train.py <train>` writes::
                 "combine": "sum", "whitening": [[...], ...], "stuck_rows": 5,
                 "consistency": {"channels": ["current", "pressure"], "lags": 2, "degree": 3,
                                 "coef": [[...], ...], "residual_std": [...], "smoothing": 0.3,
-                                "ewma_std": [...], "weight": 0.94}, ...}
+                                "ewma_std": [...], "weight": 0.94,
+                                "drift": {"channels": ["vibration"], "coef": [[...]],
+                                          "residual_std": [...], "smoothing": 0.02,
+                                          "fast_smoothing": 0.3, "baseline_smoothing": 0.001,
+                                          "std": [...], "fast_std": [...],
+                                          "weight": 1.86}}, ...}
 
 The score of row t, for C channels (``z`` the normalised row, ``f`` the forecast made after row
 t-1, ``s_c`` the spread of channel c's forecast residual on normal data)::
@@ -26,6 +31,13 @@ t-1, ``s_c`` the spread of channel c's forecast residual on normal data)::
     q_c  = (z_c - coef_c . phi_c) / s'_c                   z_c from the other channels, this row
     m_c <- (1 - beta) m_c + beta q_c                        beta = consistency smoothing
     e_c**2 above is replaced by |e_c q_c|, and a_c by max(a_c, weight * (m_c / ewma_std_c)**2)
+    drift test (when the consistency section has "drift"; for its channels c only, see below):
+    q_c  as above, with the drift section's own coef_c and s'_c (residual_std)
+    b_c <- (1 - g) b_c + g q_c                              g = max(baseline_smoothing, 1 / n),
+                                                            n = rows seen with this one
+    u_c <- (1 - smoothing) u_c + smoothing (q_c - b_c)       slow: a drift under way
+    v_c <- (1 - fast_smoothing) v_c + fast_smoothing (q_c - b_c)       fast: still there now
+    a_c <- max(a_c, weight * min(|u_c| / std_c, |v_c| / fast_std_c)**2)  if u_c v_c > 0
     stuck sensor (when the model has "stuck_rows"):
     n_c  = rows in a row whose raw x_c equals the previous reading of c exactly
     a_c  = max(a_c, 2 * threshold)  in the score and contributions while n_c >= stuck_rows
@@ -66,6 +78,26 @@ alarm, while a spike (far off both) does. ``tools/train.py`` keeps the channels 
 explain with R^2 >= 0.99 and leaves the rest (a temperature that follows the weather) to the
 forecaster alone. At the start of a stream the missing earlier rows are the first row itself.
 
+The drift test catches a slow drift on a channel the others explain only roughly (vibration:
+the load sets its level, but turbulence and bearing wear move it too, R^2 about 0.97): its
+consistency residual ``q_c`` wanders too much from row to row for the consistency term, but a
+sensor drifting off by several sigma over a few hundred rows moves its average. ``b_c`` is the
+residual's slow baseline (time constant ``1 / baseline_smoothing`` rows, a thousand: it follows
+normal wear, 30-50 times slower than the drifts it is meant to catch; over the first rows of a
+stream it is the plain mean of the residuals so far, so it starts where the machine is). ``u_c``
+averages the residual's departure from it over about ``2 / smoothing`` rows (a hundred), which
+beats down the turbulence; ``v_c`` over a few rows. The term counts only while both are off in
+the same direction, and then as the smaller one (``std_c`` and ``fast_std_c`` are their spreads
+on normal data): the slow average says the channel has been moving away, the fast one that it
+is still away now. So the term rises while a drift builds up and falls within a few rows when
+it ends (a recalibrated sensor, or another channel's fault that moved ``q_c`` is over), instead
+of lingering for the hundred rows ``u_c`` needs to forget. ``weight`` puts it on the score's
+scale as for the consistency term (``tools/train.py``: the threshold over the level the term
+alone crosses as rarely on the normal rows). ``tools/train.py`` gives the test to the channels
+the consistency model leaves out whose R^2 is still at least 0.95, and leaves out a channel
+whose unexplained part moves on a drift's time scale itself (a temperature that follows the
+weather). In the state, ``drift`` holds ``(b_c, u_c, v_c)`` per drift channel.
+
 The whitening undoes the correlation of the residuals on normal data (a load change moves
 several channels at once, so their forecast errors are correlated): ``W = Sigma^(-1/2)``,
 ``Sigma`` the correlation matrix of ``r`` on normal data (ZCA whitening, the symmetric choice,
@@ -103,7 +135,8 @@ from edgegru.formats import load as load_model
 def _score_rows(scores, contrib, Z, F, f_prev, smoothed, rows_seen, inv_residual_std, whitening,
                 combine_max, alpha, warmup, X, last, repeats, stuck_rows, stuck_level,
                 cons_channel, cons_coef, cons_inv_std, cons_alpha, cons_gain, cons_degree,
-                history, cons_mean, scratch):
+                drift_channel, drift_coef, drift_scale, drift_alpha, drift_weight,
+                history, cons_mean, drift_state, scratch):
     """Scores of rows Z (T, C) given the forecasts: f_prev (C,) before row 0, F[t] after row t.
 
     scores (T,), contrib (T, C): outputs. smoothed (C,): the EWMA state, updated in place.
@@ -116,11 +149,16 @@ def _score_rows(scores, contrib, Z, F, f_prev, smoothed, rows_seen, inv_residual
     its regression on the other channels' values in this row and the history rows (powers 1 to
     cons_degree), cons_inv_std (K,), cons_alpha, cons_gain (K,); history (lags - 1, C) the
     previous normalised rows, newest first (NaN: none yet), and cons_mean (K,) the EWMA of the
-    standardised consistency residual, both updated in place. scratch (3, C): work space, so
-    that scoring a row allocates nothing. Returns the new rows_seen.
+    standardised consistency residual, both updated in place.
+    Drift (J channels, J = 0: off): drift_channel (J,), drift_coef (J, P) the same regression,
+    drift_scale (J, 3) = 1 / the spreads of q, u and v; drift_alpha (3,) = the smoothing of
+    u, v and the baseline; drift_weight; drift_state (J, 3) = baseline, u, v, updated in place.
+    scratch (3, C): work space, so that scoring a row allocates nothing. Returns the new
+    rows_seen.
     """
     T, C = Z.shape
     K = cons_channel.shape[0]
+    J = drift_channel.shape[0]
     H = history.shape[0]
     weight = 1.0 if combine_max else 1.0 / C
     whiten = whitening.shape[0] == C
@@ -142,19 +180,18 @@ def _score_rows(scores, contrib, Z, F, f_prev, smoothed, rows_seen, inv_residual
         q[:] = np.nan
         for k in range(K):                  # q = (z_c - coef . features) / std, EWMA'd
             ch = cons_channel[k]
-            pred = cons_coef[k, 0]
-            i = 1
-            for j in range(H + 1):
-                for c in range(C):
-                    if c != ch:
-                        v = Z[t, c] if j == 0 else history[j - 1, c]
-                        p = 1.0
-                        for _ in range(cons_degree):
-                            p *= v
-                            pred += cons_coef[k, i] * p
-                            i += 1
+            pred = _regression(Z[t], history, ch, cons_coef[k], cons_degree)
             q[ch] = (Z[t, ch] - pred) * cons_inv_std[k]
             cons_mean[k] = (1.0 - cons_alpha) * cons_mean[k] + cons_alpha * q[ch]
+        for k in range(J):                  # drift: q against its slow baseline, two EWMAs
+            ch = drift_channel[k]
+            pred = _regression(Z[t], history, ch, drift_coef[k], cons_degree)
+            qd = (Z[t, ch] - pred) * drift_scale[k, 0]
+            a_b = max(drift_alpha[2], 1.0 / (rows_seen + 1.0))   # the plain mean at first
+            drift_state[k, 0] = (1.0 - a_b) * drift_state[k, 0] + a_b * qd
+            d = qd - drift_state[k, 0]
+            drift_state[k, 1] = (1.0 - drift_alpha[0]) * drift_state[k, 1] + drift_alpha[0] * d
+            drift_state[k, 2] = (1.0 - drift_alpha[1]) * drift_state[k, 2] + drift_alpha[1] * d
         for j in range(H - 1, 0, -1):
             for c in range(C):
                 history[j, c] = history[j - 1, c]
@@ -182,6 +219,13 @@ def _score_rows(scores, contrib, Z, F, f_prev, smoothed, rows_seen, inv_residual
             for k in range(K):
                 ch = cons_channel[k]
                 contrib[t, ch] = max(contrib[t, ch], cons_gain[k] * cons_mean[k] * cons_mean[k])
+            for k in range(J):              # both averages off, the same way: the smaller
+                ch = drift_channel[k]
+                u = drift_state[k, 1] * drift_scale[k, 1]
+                v = drift_state[k, 2] * drift_scale[k, 2]
+                if u * v > 0.0:
+                    g = min(abs(u), abs(v))
+                    contrib[t, ch] = max(contrib[t, ch], drift_weight * g * g)
             total = 0.0
             for c in range(C):
                 a = contrib[t, c]
@@ -205,17 +249,40 @@ def _score_rows(scores, contrib, Z, F, f_prev, smoothed, rows_seen, inv_residual
 def _score_rows_batch(scores, contrib, Z, F, f_prev, smoothed, rows_seen, inv_residual_std,
                       whitening, combine_max, alpha, warmup, X, last, repeats, stuck_rows,
                       stuck_level, cons_channel, cons_coef, cons_inv_std, cons_alpha, cons_gain,
-                      cons_degree, history, cons_mean, scratch):
+                      cons_degree, drift_channel, drift_coef, drift_scale, drift_alpha,
+                      drift_weight, history, cons_mean, drift_state, scratch):
     """_score_rows for B independent streams: scores (B, T), contrib (B, T, C), Z, F and X
     (B, T, C), f_prev, smoothed, last and repeats (B, C), rows_seen (B,), history
-    (B, lags - 1, C), cons_mean (B, K); all but Z, F and X updated in place."""
+    (B, lags - 1, C), cons_mean (B, K), drift_state (B, J, 3); all but Z, F and X updated in
+    place."""
     for b in range(Z.shape[0]):
         rows_seen[b] = _score_rows(scores[b], contrib[b], Z[b], F[b], f_prev[b], smoothed[b],
                                    rows_seen[b], inv_residual_std, whitening, combine_max,
                                    alpha, warmup, X[b], last[b], repeats[b], stuck_rows,
                                    stuck_level, cons_channel, cons_coef, cons_inv_std,
-                                   cons_alpha, cons_gain, cons_degree, history[b],
-                                   cons_mean[b], scratch)
+                                   cons_alpha, cons_gain, cons_degree, drift_channel,
+                                   drift_coef, drift_scale, drift_alpha, drift_weight,
+                                   history[b], cons_mean[b], drift_state[b], scratch)
+
+
+@njit(cache=True, error_model="numpy")
+def _regression(z, history, ch, coef, degree):
+    """The consistency regression's prediction of channel ch: coef (P,) . features of the
+    other channels in z (C,) (this row) and history (lags - 1, C) (the rows before, newest
+    first): 1, then per lag, per other channel, its powers 1..degree."""
+    C = z.shape[0]
+    pred = coef[0]
+    i = 1
+    for j in range(history.shape[0] + 1):
+        for c in range(C):
+            if c != ch:
+                v = z[c] if j == 0 else history[j - 1, c]
+                p = 1.0
+                for _ in range(degree):
+                    p *= v
+                    pred += coef[i] * p
+                    i += 1
+    return pred
 
 
 class AnomalyScorer:
@@ -271,6 +338,20 @@ class AnomalyScorer:
         self._cons_gain = cons["weight"] / cons["ewma_std"] ** 2
         self._cons_degree = int(cons["degree"])
         self._cons_lags = int(cons["lags"])
+        drift = cons.get("drift") or {"channels": [], "coef": np.zeros((0, cons["coef"].shape[1])),
+                                      "residual_std": np.zeros(0), "std": np.zeros(0),
+                                      "fast_std": np.zeros(0), "smoothing": 1.0,
+                                      "fast_smoothing": 1.0, "baseline_smoothing": 1.0,
+                                      "weight": 1.0}
+        J = len(drift["channels"])
+        self._drift_channel = np.array([self.columns.index(n) for n in drift["channels"]],
+                                       np.int64)
+        self._drift_coef = drift["coef"]
+        self._drift_scale = np.ascontiguousarray(1.0 / np.column_stack(
+            [drift["residual_std"], drift["std"], drift["fast_std"]]).reshape(J, 3))
+        self._drift_alpha = np.array([drift["smoothing"], drift["fast_smoothing"],
+                                      drift["baseline_smoothing"]], np.float64)
+        self._drift_weight = float(drift["weight"])
         self._combine_max = combine == "max"
         self._whitening = np.zeros((0, 0)) if whitening is None else self.whitening
         self._mean32 = self.mean.astype(np.float32)
@@ -287,6 +368,8 @@ class AnomalyScorer:
         # consistency: the previous normalised rows (NaN: none yet) and the residuals' EWMA
         self._history = np.full((self._cons_lags - 1, C), np.nan)
         self._cons_mean = np.zeros(K, np.float64)
+        # drift: per drift channel its baseline and the slow and fast averages against it
+        self._drift_state = np.zeros((J, 3), np.float64)
         # buffers for score_one, allocated once
         self._x = np.zeros((1, C), np.float64)
         self._scratch = np.zeros((3, C), np.float64)
@@ -328,9 +411,11 @@ class AnomalyScorer:
 
     @property
     def _cons(self):
-        """The consistency model's arrays for the kernel (no channel: off)."""
+        """The consistency model's and the drift test's arrays for the kernel (no channel:
+        off)."""
         return (self._cons_channel, self._cons_coef, self._cons_inv_std, self._cons_alpha,
-                self._cons_gain, self._cons_degree)
+                self._cons_gain, self._cons_degree, self._drift_channel, self._drift_coef,
+                self._drift_scale, self._drift_alpha, self._drift_weight)
 
     # -- scoring --------------------------------------------------------------------------
     def score_one(self, row):
@@ -344,7 +429,7 @@ class AnomalyScorer:
                                       self._whitening, self._combine_max, self.smoothing,
                                       self.warmup, x, self._last, self._repeats, *self._stuck,
                                       *self._cons, self._history, self._cons_mean,
-                                      self._scratch)
+                                      self._drift_state, self._scratch)
         self.model.step(z[0], out=self._forecast)
         self._contributions[:] = self._contrib1[0]
         return float(self._score1[0])
@@ -374,7 +459,7 @@ class AnomalyScorer:
                                           self.smoothing, self.warmup, X[start:stop],
                                           self._last, self._repeats, *self._stuck,
                                           *self._cons, self._history, self._cons_mean,
-                                          self._scratch)
+                                          self._drift_state, self._scratch)
             self._forecast[:] = F[-1]
             start = stop
         if T:
@@ -399,6 +484,7 @@ class AnomalyScorer:
         self._repeats[:] = 0
         self._history[:] = np.nan
         self._cons_mean[:] = 0.0
+        self._drift_state[:] = 0.0
 
     @property
     def state(self):
@@ -406,7 +492,8 @@ class AnomalyScorer:
         return {"hidden": self.model.state, "forecast": self._forecast.copy(),
                 "smoothed": self._smoothed.copy(), "rows_seen": np.int64(self._rows_seen),
                 "last": self._last.copy(), "repeats": self._repeats.copy(),
-                "history": self._history.copy(), "consistency": self._cons_mean.copy()}
+                "history": self._history.copy(), "consistency": self._cons_mean.copy(),
+                "drift": self._drift_state.copy()}
 
     @state.setter
     def state(self, value):
@@ -420,15 +507,18 @@ class AnomalyScorer:
             # absent in states saved before the consistency model: none yet
             history = np.asarray(value.get("history", np.full(self._history.shape, np.nan)))
             cons_mean = np.asarray(value.get("consistency", np.zeros(self._cons_mean.shape)))
+            # absent in states saved before the drift test: no baseline yet
+            drift = np.asarray(value.get("drift", np.zeros(self._drift_state.shape)))
         except (KeyError, TypeError, AttributeError) as exc:
             raise ValueError(f"scorer state needs hidden, forecast, smoothed, rows_seen "
                              f"({exc})") from None
         if forecast.shape != (C,) or smoothed.shape != (C,) or rows_seen.shape != () or \
                 last.shape != (C,) or repeats.shape != (C,) or \
-                history.shape != self._history.shape or cons_mean.shape != self._cons_mean.shape:
+                history.shape != self._history.shape or cons_mean.shape != self._cons_mean.shape \
+                or drift.shape != self._drift_state.shape:
             raise ValueError(f"scorer state does not fit this model ({C} channels)")
-        if history.dtype.kind != "f" or cons_mean.dtype.kind != "f":
-            raise ValueError("scorer state: history and consistency must be floats")
+        if history.dtype.kind != "f" or cons_mean.dtype.kind != "f" or drift.dtype.kind != "f":
+            raise ValueError("scorer state: history, consistency and drift must be floats")
         if rows_seen.dtype.kind not in "iu" or rows_seen < 0:
             raise ValueError("scorer state: rows_seen must be a non-negative integer")
         if repeats.dtype.kind not in "iu" or (repeats < 0).any() or last.dtype.kind != "f":
@@ -442,6 +532,7 @@ class AnomalyScorer:
         self._repeats[:] = repeats
         self._history[:] = history
         self._cons_mean[:] = cons_mean
+        self._drift_state[:] = drift
 
     # -- helpers --------------------------------------------------------------------------
     def _row_array(self, row):
@@ -501,6 +592,7 @@ class GroupScorer:
         self._repeats = np.zeros((0, C), np.int64)                    # (K, C)
         self._history = np.zeros((0,) + scorer._history.shape)        # (K, lags - 1, C)
         self._cons_mean = np.zeros((0,) + scorer._cons_mean.shape)    # (K, consistency)
+        self._drift = np.zeros((0,) + scorer._drift_state.shape)      # (K, drift, 3)
 
     @property
     def threshold(self):
@@ -546,18 +638,20 @@ class GroupScorer:
             smoothed, rows_seen = self._smoothed[ks], self._rows_seen[ks]
             last, repeats = self._last[ks], self._repeats[ks]
             history, cons_mean = self._history[ks], self._cons_mean[ks]
+            drift = self._drift[ks]
             s_b = np.empty(P.shape, np.float64)
             c_b = np.empty(P.shape + (C,), np.float64)
             _score_rows_batch(s_b, c_b, Zb, F, f_prev, smoothed, rows_seen,
                               sc._inv_residual_std, sc._whitening, sc._combine_max,
                               sc.smoothing, sc.warmup, X[P], last, repeats, *sc._stuck,
-                              *sc._cons, history, cons_mean, sc._scratch)
+                              *sc._cons, history, cons_mean, drift, sc._scratch)
             self._hidden[ks] = h_n.transpose(1, 0, 2)
             self._forecast[ks] = F[:, -1]
             self._smoothed[ks] = smoothed
             self._rows_seen[ks] = rows_seen
             self._last[ks], self._repeats[ks] = last, repeats
             self._history[ks], self._cons_mean[ks] = history, cons_mean
+            self._drift[ks] = drift
             scores[P], contrib[P] = s_b, c_b
         return (scores, contrib) if explain else scores
 
@@ -566,13 +660,15 @@ class GroupScorer:
         sc.state = {"hidden": self._hidden[k], "forecast": self._forecast[k],
                     "smoothed": self._smoothed[k], "rows_seen": self._rows_seen[k],
                     "last": self._last[k], "repeats": self._repeats[k],
-                    "history": self._history[k], "consistency": self._cons_mean[k]}
+                    "history": self._history[k], "consistency": self._cons_mean[k],
+                    "drift": self._drift[k]}
         result = sc.score_many(X, explain=True)
         state = sc.state
         self._hidden[k], self._forecast[k] = state["hidden"], state["forecast"]
         self._smoothed[k], self._rows_seen[k] = state["smoothed"], state["rows_seen"]
         self._last[k], self._repeats[k] = state["last"], state["repeats"]
         self._history[k], self._cons_mean[k] = state["history"], state["consistency"]
+        self._drift[k] = state["drift"]
         return result
 
     def _id(self, key):
@@ -590,6 +686,7 @@ class GroupScorer:
                 self._repeats = _grow(self._repeats, n)
                 self._history = _grow(self._history, n, np.nan)
                 self._cons_mean = _grow(self._cons_mean, n)
+                self._drift = _grow(self._drift, n)
         return k
 
     def reset(self):
@@ -600,14 +697,15 @@ class GroupScorer:
     def state(self):
         """All streams' states as a dict of arrays: ``keys`` (K,) str, ``hidden``
         (K, layers, H), ``forecast``, ``smoothed``, ``last`` and ``repeats`` (K, C),
-        ``rows_seen`` (K,), ``history`` (K, lags - 1, C) and ``consistency`` (K, channels of
-        the consistency model)."""
+        ``rows_seen`` (K,), ``history`` (K, lags - 1, C), ``consistency`` (K, channels of
+        the consistency model) and ``drift`` (K, drift channels, 3)."""
         K = len(self.keys)
         return {"keys": np.array(self.keys, dtype=str).reshape(K),
                 "hidden": self._hidden[:K].copy(), "forecast": self._forecast[:K].copy(),
                 "smoothed": self._smoothed[:K].copy(), "rows_seen": self._rows_seen[:K].copy(),
                 "last": self._last[:K].copy(), "repeats": self._repeats[:K].copy(),
-                "history": self._history[:K].copy(), "consistency": self._cons_mean[:K].copy()}
+                "history": self._history[:K].copy(), "consistency": self._cons_mean[:K].copy(),
+                "drift": self._drift[:K].copy()}
 
     @state.setter
     def state(self, value):
@@ -625,11 +723,14 @@ class GroupScorer:
                 "history", np.full((K,) + self._history.shape[1:], np.nan))))
             arrays.append(np.asarray(value.get(
                 "consistency", np.zeros((K,) + self._cons_mean.shape[1:]))))
+            # absent in states saved before the drift test: no baseline yet
+            arrays.append(np.asarray(value.get("drift", np.zeros((K,) + self._drift.shape[1:]))))
         except (KeyError, TypeError, AttributeError) as exc:
             raise ValueError(f"group state needs keys, hidden, forecast, smoothed, rows_seen "
                              f"({exc})") from None
         shapes = [(K,) + self._hidden.shape[1:], (K, C), (K, C), (K,), (K, C), (K, C),
-                  (K,) + self._history.shape[1:], (K,) + self._cons_mean.shape[1:]]
+                  (K,) + self._history.shape[1:], (K,) + self._cons_mean.shape[1:],
+                  (K,) + self._drift.shape[1:]]
         if [a.shape for a in arrays] != shapes or len(set(keys)) != K:
             raise ValueError(f"group state does not fit this model ({C} channels, hidden "
                              f"{self._hidden.shape[1:]}) or repeats a key")
@@ -639,13 +740,14 @@ class GroupScorer:
                 arrays[4].dtype.kind != "f":
             raise ValueError("group state: repeats must be non-negative integers and last "
                              "floats")
-        if arrays[6].dtype.kind != "f" or arrays[7].dtype.kind != "f":
-            raise ValueError("group state: history and consistency must be floats")
+        if any(a.dtype.kind != "f" for a in arrays[6:]):
+            raise ValueError("group state: history, consistency and drift must be floats")
         self.reset()
         for key in keys:
             self._id(key)
         (self._hidden[:K], self._forecast[:K], self._smoothed[:K], self._rows_seen[:K],
-         self._last[:K], self._repeats[:K], self._history[:K], self._cons_mean[:K]) = arrays
+         self._last[:K], self._repeats[:K], self._history[:K], self._cons_mean[:K],
+         self._drift[:K]) = arrays
 
 
 def _consistency(cons, columns):
@@ -677,7 +779,37 @@ def _consistency(cons, columns):
     return {"channels": channels, "lags": lags, "degree": degree, "coef": a,
             "residual_std": _vector(residual_std, K, "consistency residual_std", positive=True),
             "ewma_std": _vector(ewma_std, K, "consistency ewma_std", positive=True),
-            "smoothing": alpha, "weight": weight}
+            "smoothing": alpha, "weight": weight,
+            "drift": _drift(cons.get("drift"), columns, P)}
+
+
+def _drift(drift, columns, P):
+    """The consistency section's "drift" subsection, checked (None: no drift test)."""
+    if drift is None:
+        return None
+    if not isinstance(drift, dict):
+        raise ModelFormatError("scoring metadata: consistency drift must be a section (a dict)")
+    try:
+        channels = [str(n) for n in drift["channels"]]
+        alphas = [float(drift[k]) for k in ("smoothing", "fast_smoothing",
+                                             "baseline_smoothing")]
+        weight = float(drift["weight"])
+        coef, spreads = drift["coef"], [drift[k] for k in ("residual_std", "std", "fast_std")]
+    except KeyError as exc:
+        raise ModelFormatError(f"scoring metadata: consistency drift lacks {exc}") from None
+    J = len(channels)
+    if not all(0.0 < a <= 1.0 for a in alphas) or not (math.isfinite(weight) and weight > 0):
+        raise ModelFormatError("scoring metadata: consistency drift smoothing, fast_smoothing "
+                               "and baseline_smoothing must be in (0, 1] and weight positive")
+    if len(set(channels)) != J or not set(channels) <= set(columns):
+        raise ModelFormatError(f"scoring metadata: consistency drift channels {channels} must "
+                               f"be distinct columns of the model ({', '.join(columns)})")
+    out = {"channels": channels, "coef": _matrix_shape(coef, (J, P), "consistency drift coef"),
+           "smoothing": alphas[0], "fast_smoothing": alphas[1],
+           "baseline_smoothing": alphas[2], "weight": weight}
+    for name, v in zip(("residual_std", "std", "fast_std"), spreads):
+        out[name] = _vector(v, J, f"consistency drift {name}", positive=True)
+    return out
 
 
 def _matrix_shape(values, shape, name):

@@ -62,7 +62,7 @@ SCRIPT = textwrap.dedent("""
     args = (sc._score1, sc._contrib1, sc._z, sc._z, sc._forecast, sc._smoothed, 50,
             sc._inv_residual_std, sc._whitening, sc._combine_max, sc.smoothing, sc.warmup,
             sc._x, sc._last, sc._repeats) + sc._stuck + sc._cons + (sc._history, sc._cons_mean,
-                                                                      sc._scratch)
+                                                                      sc._drift_state, sc._scratch)
 
     @njit
     def score_rows(n, args):
@@ -94,7 +94,7 @@ def test_streaming_allocates_nothing_per_step(tmp_path):
     assert alloc == free and mi_alloc == mi_free
     # step(x, out=buf) creates no new numpy array: memory does not grow over 10,000 calls.
     assert result["tracemalloc_grown"] < 2048
-    # The scorer's kernel (shipped model: whitening, consistency model, stuck-sensor rule)
+    # The scorer's kernel (shipped model: whitening, consistency model, drift test, stuck sensors)
     # allocates nothing per call either: its work space is the scorer's. (What 10 calls
     # allocate is the records of the arrays passed into the loop, all freed.)
     assert result["score_loop_10000"] == result["score_loop_10"]

@@ -35,7 +35,10 @@ What it does
    per row; ``threshold`` = the score level that normal data crosses ``--false-alarm-rate``
    times per row, from a peaks-over-threshold fit to the calibration scores of
    ``AnomalyScorer.score_many`` (so the threshold is on exactly the scores users get), with the
-   consistency model in;
+   consistency model in, and again with the ``drift`` test in: for the channels the consistency
+   model leaves out that the others still explain with R^2 >= ``--drift-r2``, the consistency
+   residual against its slow baseline, averaged slowly and fast, their spreads from all the
+   normal rows, and a weight found as the consistency model's is;
    ``stuck_rows`` = max(5, 2 x the longest run of exactly repeated readings of one channel in
    all the normal rows): a channel repeating itself that long is a stuck sensor.
 5. Writes ``OUT.npz`` (weights + ``preprocessing``, ``scoring``, ``provenance`` metadata) and
@@ -416,6 +419,71 @@ def ewma(q, alpha):
     return out
 
 
+def drift_averages(q, alphas):
+    """q (n,) standardised consistency residual -> (u, v) (n,) each, as AnomalyScorer's kernel
+    computes them from a fresh start: the baseline b follows q by an EWMA of alpha
+    ``alphas[2]`` (the plain mean of the rows so far while that is faster), and u and v are
+    EWMAs of alpha ``alphas[0]`` (slow) and ``alphas[1]`` (fast) of q - b."""
+    n = len(q)
+    u, v = np.empty(n), np.empty(n)
+    base = slow = fast = 0.0
+    for t in range(n):
+        a = max(alphas[2], 1.0 / (t + 1.0))
+        base = (1.0 - a) * base + a * q[t]
+        d = q[t] - base
+        slow = (1.0 - alphas[0]) * slow + alphas[0] * d
+        fast = (1.0 - alphas[1]) * fast + alphas[1] * d
+        u[t], v[t] = slow, fast
+    return u, v
+
+
+def drift_statistic(u, v):
+    """The drift test's term before its weight: min(|u|, |v|)^2 where u and v (spreads 1)
+    agree in sign, else 0."""
+    return np.where(u * v > 0.0, np.minimum(np.abs(u), np.abs(v)) ** 2, 0.0)
+
+
+def fit_drift(Z_normal, n_train, names, coefs, r2, warmup, options):
+    """The drift test for the channels the consistency model leaves out but the other channels
+    still mostly explain (``--drift-r2`` <= R^2 < ``--consistency-r2``): their consistency
+    residual q against its own slow baseline, averaged slowly (u) and fast (v). The spread of
+    q is from the calibration rows (as the consistency model's); the spreads of u and v from
+    all the normal rows after the warm-up, run from their first row (a slow average needs more
+    than the calibration rows to show its spread; the regression is in-sample on the training
+    part of them). Returns (section without ``weight``, the unweighted term on the normal rows
+    (n,), max over the channels) or (None, None)."""
+    C, lags, degree = len(names), options.consistency_lags, options.consistency_degree
+    chans = [c for c in range(C) if options.drift_r2 <= r2[c] < options.consistency_r2]
+    if not chans:
+        return None, None
+    Z = Z_normal.astype(np.float32).astype(np.float64)
+    ok = np.isfinite(Z).all(axis=1)
+    for j in range(1, lags):
+        ok[j:] &= np.isfinite(Z[:-j]).all(axis=1)
+    Z0 = np.nan_to_num(Z)
+    alphas = (options.drift_smoothing, options.drift_fast_smoothing,
+              options.drift_baseline_smoothing)
+    section = {"channels": [names[c] for c in chans], "coef": [], "residual_std": [],
+               "std": [], "fast_std": [], "smoothing": alphas[0], "fast_smoothing": alphas[1],
+               "baseline_smoothing": alphas[2]}
+    G = np.zeros(len(Z))
+    cal = np.arange(len(Z)) >= n_train + warmup
+    after = np.arange(len(Z)) >= warmup
+    for c in chans:
+        beta = np.array([_round(v, 9) for v in coefs[c]])
+        d = Z0[:, c] - consistency_features(Z0, c, lags, degree) @ beta
+        d[~ok] = 0.0                 # rows without a residual add nothing to the averages
+        std = _round(max(float(np.sqrt(np.mean(d[ok & cal] ** 2))), RESIDUAL_STD_FLOOR), 9)
+        u, v = drift_averages(d / std, alphas)
+        su = _round(float(np.sqrt(np.mean(u[after] ** 2))), 9)
+        sv = _round(float(np.sqrt(np.mean(v[after] ** 2))), 9)
+        section["coef"].append(beta.tolist())
+        for name, value in (("residual_std", std), ("std", su), ("fast_std", sv)):
+            section[name].append(value)
+        G = np.maximum(G, drift_statistic(u / su, v / sv))
+    return section, G[after]
+
+
 def fit_consistency(Z_train, Z_cal, names, warmup, options):
     """The consistency model: each channel's value regressed on the other channels' values in
     the same row and the ``--consistency-lags`` - 1 rows before (polynomial of degree
@@ -423,7 +491,8 @@ def fit_consistency(Z_train, Z_cal, names, warmup, options):
     others explain (R^2 >= ``--consistency-r2`` on the calibration rows: they are functions of
     the same hidden state, for example current and pressure of the load). Returns (section
     for the model file without ``weight``, per-channel R^2, standardised EWMA of the
-    calibration rows (n, K)) or (None, R^2, None) when no channel qualifies."""
+    calibration rows (n, K)) or (None, R^2, None) when no channel qualifies, and the
+    regression coefficients of every channel (for the drift test)."""
     C, lags, degree = len(names), options.consistency_lags, options.consistency_degree
     Zt = Z_train.astype(np.float32).astype(np.float64)       # what the scorer computes with
     Zc = Z_cal.astype(np.float32).astype(np.float64)
@@ -445,7 +514,7 @@ def fit_consistency(Z_train, Z_cal, names, warmup, options):
         q_cal.append(d)
     keep = [c for c in range(C) if r2[c] >= options.consistency_r2]
     if not keep:
-        return None, r2, None
+        return None, r2, None, coefs
     D = np.column_stack([q_cal[c] for c in keep])
     D[~ok_c] = 0.0                   # rows without a residual add nothing to the averages
     std = np.maximum(np.sqrt(np.mean(D[ok_c] ** 2, axis=0)), RESIDUAL_STD_FLOOR)
@@ -456,7 +525,7 @@ def fit_consistency(Z_train, Z_cal, names, warmup, options):
                "residual_std": [_round(v, 9) for v in std],
                "smoothing": options.consistency_smoothing,
                "ewma_std": [_round(v, 9) for v in ewma_std]}
-    return section, r2, M / np.asarray(section["ewma_std"])
+    return section, r2, M / np.asarray(section["ewma_std"]), coefs
 
 
 def upcrossing_threshold(scores, rate, quantile=0.95):
@@ -529,13 +598,33 @@ def calibrate(model, names, mean, std, Z_train, Z_cal, X_cal, options, log, X_no
     threshold, fit = upcrossing_threshold(scores, options.false_alarm_rate)
     # the consistency model, its score put on the forecaster's scale: the level its own
     # calibration scores cross as often as the threshold is mapped to the threshold
-    cons, r2, M = (fit_consistency(Z_train, Z_cal, names, warmup, options) if C > 1
-                   else (None, np.zeros(1), None))
+    cons, r2, M, coefs = (fit_consistency(Z_train, Z_cal, names, warmup, options) if C > 1
+                          else (None, np.zeros(1), None, None))
     cons_fit = None
     if cons is not None:
         cons_threshold, cons_fit = upcrossing_threshold((M * M).max(axis=1),
                                                         options.false_alarm_rate)
         cons["weight"] = _round(threshold / cons_threshold, 9)
+        model.meta["scoring"]["consistency"] = cons
+        scorer = edgegru.AnomalyScorer.from_model(model)
+        scores = scorer.score_many(X_cal)[warmup:]
+        threshold, fit = upcrossing_threshold(scores, options.false_alarm_rate)
+    # the drift test, on the same scale: the level its term alone crosses as often on the
+    # normal rows is mapped to the threshold
+    drift, G = ((None, None) if C == 1 else
+                fit_drift(np.vstack([Z_train, Z_cal]), len(Z_train), names, coefs, r2, warmup,
+                          options))
+    drift_fit = None
+    if drift is not None:
+        drift_threshold, drift_fit = upcrossing_threshold(G, options.false_alarm_rate)
+        drift["weight"] = _round(threshold / drift_threshold, 9)
+        if cons is None:             # no channel for the consistency term: only the drift test
+            P = len(drift["coef"][0])
+            cons = {"channels": [], "lags": options.consistency_lags,
+                    "degree": options.consistency_degree, "coef": np.zeros((0, P)).tolist(),
+                    "residual_std": [], "smoothing": options.consistency_smoothing,
+                    "ewma_std": [], "weight": 1.0}
+        cons["drift"] = drift
         model.meta["scoring"]["consistency"] = cons
         scorer = edgegru.AnomalyScorer.from_model(model)
         scores = scorer.score_many(X_cal)[warmup:]
@@ -566,7 +655,14 @@ def calibrate(model, names, mean, std, Z_train, Z_cal, X_cal, options, log, X_no
                     f"{options.consistency_r2} on the calibration rows (regression fitted on "
                     f"the training rows); weight = threshold / the level the consistency "
                     f"score alone crosses --false-alarm-rate times per row",
-            "threshold": cons_fit},
+            "threshold": cons_fit,
+            "drift": {
+                "rule": f"channels the consistency model leaves out whose R^2 is at least "
+                        f"{options.drift_r2}; residual_std from the calibration rows, std and "
+                        f"fast_std (of the slow and fast averages) from all {len(X_normal)} "
+                        f"normal rows after the warm-up; weight = threshold / the level the "
+                        f"drift term alone crosses --false-alarm-rate times per row there",
+                "threshold": drift_fit}},
     }
     log(f"calibrated on {len(X_cal)} rows: warm-up {warmup} rows, residual std "
         f"{', '.join(f'{n} {v:.3g}' for n, v in zip(names, residual_std))} (normalised); "
@@ -575,7 +671,9 @@ def calibrate(model, names, mean, std, Z_train, Z_cal, X_cal, options, log, X_no
         f"normal rows); a channel repeating its reading {stuck_rows} rows in a row is stuck")
     log("consistency: R^2 of each channel from the others "
         + ", ".join(f"{n} {v:.4f}" for n, v in zip(names, r2))
-        + (f"; accumulated for {', '.join(cons['channels'])}" if cons else "; none kept"))
+        + (f"; accumulated for {', '.join(cons['channels'])}" if cons and cons["channels"]
+           else "; none kept")
+        + (f"; drift test for {', '.join(drift['channels'])}" if drift else ""))
     return model
 
 
@@ -629,6 +727,15 @@ def parse_args(argv):
                    help="consistency model: polynomial degree in each other channel")
     p.add_argument("--consistency-smoothing", type=float, default=0.3,
                    help="consistency model: EWMA alpha of its residual, in (0, 1]")
+    p.add_argument("--drift-r2", type=float, default=0.95,
+                   help="drift test: for the channels the consistency model leaves out that the "
+                        "others still explain with at least this R^2 (above 1: none)")
+    p.add_argument("--drift-smoothing", type=float, default=0.02,
+                   help="drift test: EWMA alpha of the slow average, in (0, 1]")
+    p.add_argument("--drift-fast-smoothing", type=float, default=0.3,
+                   help="drift test: EWMA alpha of the fast average, in (0, 1]")
+    p.add_argument("--drift-baseline-smoothing", type=float, default=0.001,
+                   help="drift test: EWMA alpha of the baseline (normal wear), in (0, 1]")
     p.add_argument("--seed", type=int, default=0, help="random seed")
     p.add_argument("--threads", type=int, default=1,
                    help="torch threads (fixed, so a seed gives the same file)")
@@ -644,6 +751,9 @@ def parse_args(argv):
         p.error("--smoothing must be in (0, 1]")
     if not 0.0 < args.consistency_smoothing <= 1.0:
         p.error("--consistency-smoothing must be in (0, 1]")
+    for name in ("drift_smoothing", "drift_fast_smoothing", "drift_baseline_smoothing"):
+        if not 0.0 < getattr(args, name) <= 1.0:
+            p.error(f"--{name.replace('_', '-')} must be in (0, 1]")
     if not 0.0 < args.false_alarm_rate < 0.05:
         p.error("--false-alarm-rate must be in (0, 0.05)")
     if not 0.0 <= args.shrinkage < 1.0:
