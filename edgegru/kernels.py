@@ -111,15 +111,6 @@ def hard_sigmoid(x, alpha, beta):
     return g
 
 
-@njit(**KERNEL, inline="always")
-def _gate(x, hard_gates, alpha, beta):
-    # The flag is the same for the whole loop this sits in, so LLVM moves the test out of it
-    # (loop unswitching) and each version of the loop vectorises.
-    if hard_gates:
-        return hard_sigmoid(x, alpha, beta)
-    return sigmoid(x)
-
-
 # The layout arithmetic is plain Python, so that building a model (and the NumPy fallback) does
 # not load compiled code; the kernels use njit-compiled copies of the same functions.
 
@@ -270,33 +261,66 @@ def _start(a, xp, b_hn, reset_after):
             a_n[j] = b_hn[j]
 
 
+def _gated(gate):
+    """The two pieces of the cell that apply the gates, built for one gate function.
+
+    Two versions (sigmoid, hard sigmoid) instead of a flag tested per element: the cell picks
+    one once per call, and each loop has a single body to vectorise (with the flag inside the
+    loop the sequence kernel ran ~6-10 % slower at H=16 and 64).
+    """
+    @njit(**KERNEL, inline="always")
+    def finish_after(h, a, xp, alpha, beta):
+        # a = [r | z | W_hn h + b_hn] pre-activations -> new h, in place
+        H = h.shape[0]
+        a_r = a[:H]
+        a_z = a[H:2 * H]
+        a_n = a[2 * H:]
+        xp_n = xp[2 * H:]
+        for j in range(H):
+            r = gate(a_r[j], alpha, beta)
+            z = gate(a_z[j], alpha, beta)
+            n = tanh(xp_n[j] + r * a_n[j])
+            h[j] = n + z * (h[j] - n)
+
+    @njit(**KERNEL, inline="always")
+    def reset_before(h, a, xp, alpha, beta):
+        # a = [r | z | .] pre-activations -> [r * h | z | xp_n], ready for a_n += W_hn (r * h)
+        H = h.shape[0]
+        a_r = a[:H]
+        a_z = a[H:2 * H]
+        a_n = a[2 * H:]
+        xp_n = xp[2 * H:]
+        for j in range(H):
+            a_r[j] = gate(a_r[j], alpha, beta) * h[j]      # r is not needed again
+            a_z[j] = gate(a_z[j], alpha, beta)
+            a_n[j] = xp_n[j]
+
+    return finish_after, reset_before
+
+
+@njit(**KERNEL, inline="always")
+def _logistic(x, alpha, beta):
+    return sigmoid(x)               # alpha and beta: only for hard_sigmoid's signature
+
+
+_finish_after_sigmoid, _reset_before_sigmoid = _gated(_logistic)
+_finish_after_hard, _reset_before_hard = _gated(hard_sigmoid)
+
+
 @njit(**KERNEL, inline="always")
 def _finish_after(h, a, xp, hard_gates, alpha, beta):
-    # a = [r | z | W_hn h + b_hn] pre-activations -> new h, in place
-    H = h.shape[0]
-    a_r = a[:H]
-    a_z = a[H:2 * H]
-    a_n = a[2 * H:]
-    xp_n = xp[2 * H:]
-    for j in range(H):
-        r = _gate(a_r[j], hard_gates, alpha, beta)
-        z = _gate(a_z[j], hard_gates, alpha, beta)
-        n = tanh(xp_n[j] + r * a_n[j])
-        h[j] = n + z * (h[j] - n)
+    if hard_gates:
+        _finish_after_hard(h, a, xp, alpha, beta)
+    else:
+        _finish_after_sigmoid(h, a, xp, alpha, beta)
 
 
 @njit(**KERNEL, inline="always")
 def _reset_before(h, a, xp, hard_gates, alpha, beta):
-    # a = [r | z | .] pre-activations -> [r * h | z | xp_n], ready for a_n += W_hn (r * h)
-    H = h.shape[0]
-    a_r = a[:H]
-    a_z = a[H:2 * H]
-    a_n = a[2 * H:]
-    xp_n = xp[2 * H:]
-    for j in range(H):
-        a_r[j] = _gate(a_r[j], hard_gates, alpha, beta) * h[j]      # r is not needed again
-        a_z[j] = _gate(a_z[j], hard_gates, alpha, beta)
-        a_n[j] = xp_n[j]
+    if hard_gates:
+        _reset_before_hard(h, a, xp, alpha, beta)
+    else:
+        _reset_before_sigmoid(h, a, xp, alpha, beta)
 
 
 @njit(**KERNEL, inline="always")
