@@ -428,7 +428,7 @@ def _head_views(params, input_size, hidden_size, num_layers, num_directions, out
 # and flags never change once a model is built. The array is
 #     [header (STEP_HEADER floats) | params | work]
 # with the sizes and flags in the header as float32 values (exact: all are below 2**24).
-STEP_HEADER = 12
+STEP_HEADER = 16                # 64 bytes: params start where the array does, modulo a cache line
 _H_INPUT, _H_HIDDEN, _H_LAYERS, _H_OUTPUT, _H_RESET_AFTER, _H_HARD_GATES, _H_ALPHA, _H_BETA, \
     _H_HEAD, _H_PARAMS = range(10)
 
