@@ -53,7 +53,7 @@ def convert(src, dst, head):
     """Convert a trained model to edgegru's .npz (format recognised from the content).
 
     Reads PyTorch .pt/.pth state dicts (without torch), .safetensors, .npz of state-dict
-    arrays, ONNX and Keras (.keras, .weights.h5) files.
+    arrays, ONNX and Keras (.keras, .weights.h5, legacy .h5) files.
 
     \b
     Example:

@@ -6,7 +6,7 @@
 - :mod:`edgegru.formats.safetensors`: ``.safetensors`` of a state dict
 - :mod:`edgegru.formats.arrays`: ``.npz`` of state-dict arrays; the textbook layout (``from_arrays``)
 - :mod:`edgegru.formats.onnx`: ONNX graphs of GRU nodes and a linear head (needs ``onnx``)
-- :mod:`edgegru.formats.keras`: Keras ``.keras`` / ``.weights.h5`` (needs ``h5py``)
+- :mod:`edgegru.formats.keras`: Keras ``.keras`` / ``.weights.h5`` / legacy ``.h5`` (needs ``h5py``)
 
 :func:`load` recognises the format from the file's content (the extension only breaks ties)
 and takes a path or the file's bytes.
@@ -115,8 +115,8 @@ def detect(data, name="<bytes>"):
     if not data:
         raise ModelFormatError(f"{name}: the file is empty")
     raise ModelFormatError(f"{name}: not a model file edgegru can read (expected an edgegru "
-                           f".npz, a PyTorch .pt state dict, .safetensors, .onnx, .keras or "
-                           f".weights.h5)")
+                           f".npz, a PyTorch .pt state dict, .safetensors, .onnx, .keras, "
+                           f".weights.h5 or a legacy Keras .h5)")
 
 
 def _read(source):
