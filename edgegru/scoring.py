@@ -320,7 +320,7 @@ class AnomalyScorer:
         if combine not in ("sum", "max"):
             raise ModelFormatError(f"combine must be 'sum' or 'max', got {combine!r}")
         self.combine = combine
-        self.whitening = None if whitening is None else _matrix(whitening, C, "whitening")
+        self.whitening = None if whitening is None else _matrix(whitening, (C, C), "whitening")
         if stuck_rows is not None and (isinstance(stuck_rows, bool) or stuck_rows != int(stuck_rows)
                                        or stuck_rows < 1):
             raise ModelFormatError(f"stuck_rows must be a positive integer, got {stuck_rows!r}")
@@ -775,7 +775,7 @@ def _consistency(cons, columns):
         raise ModelFormatError(f"scoring metadata: consistency channels {channels} must be "
                                f"distinct columns of the model ({', '.join(columns)})")
     P = 1 + lags * (C - 1) * degree
-    a = _matrix_shape(coef, (K, P), "consistency coef")
+    a = _matrix(coef, (K, P), "consistency coef")
     return {"channels": channels, "lags": lags, "degree": degree, "coef": a,
             "residual_std": _vector(residual_std, K, "consistency residual_std", positive=True),
             "ewma_std": _vector(ewma_std, K, "consistency ewma_std", positive=True),
@@ -804,7 +804,7 @@ def _drift(drift, columns, P):
     if len(set(channels)) != J or not set(channels) <= set(columns):
         raise ModelFormatError(f"scoring metadata: consistency drift channels {channels} must "
                                f"be distinct columns of the model ({', '.join(columns)})")
-    out = {"channels": channels, "coef": _matrix_shape(coef, (J, P), "consistency drift coef"),
+    out = {"channels": channels, "coef": _matrix(coef, (J, P), "consistency drift coef"),
            "smoothing": alphas[0], "fast_smoothing": alphas[1],
            "baseline_smoothing": alphas[2], "weight": weight}
     for name, v in zip(("residual_std", "std", "fast_std"), spreads):
@@ -812,17 +812,19 @@ def _drift(drift, columns, P):
     return out
 
 
-def _matrix_shape(values, shape, name):
+def _matrix(values, shape, name):
+    """A finite float64 matrix of this shape from metadata (a list of lists)."""
+    rows, cols = shape
     try:
         a = np.asarray(values, dtype=np.float64)
     except (TypeError, ValueError):
-        raise ModelFormatError(f"scoring metadata: {name} must be a list of lists of "
-                               f"numbers") from None
-    if a.size == 0 and shape[0] == 0:
+        raise ModelFormatError(f"scoring metadata: {name} must be a {rows} x {cols} list of "
+                               f"lists of numbers") from None
+    if a.size == 0 and rows == 0:
         return a.reshape(shape)
     if a.shape != shape or not np.isfinite(a).all():
-        raise ModelFormatError(f"scoring metadata: {name} must be a finite {shape[0]} x "
-                               f"{shape[1]} matrix, got shape {a.shape}")
+        raise ModelFormatError(f"scoring metadata: {name} must be a finite {rows} x {cols} "
+                               f"matrix, got shape {a.shape}")
     return np.ascontiguousarray(a)
 
 
@@ -830,18 +832,6 @@ def _grow(a, n, fill=0):
     out = np.full((n,) + a.shape[1:], fill, a.dtype)
     out[:len(a)] = a
     return out
-
-
-def _matrix(values, n, name):
-    try:
-        a = np.asarray(values, dtype=np.float64)
-    except (TypeError, ValueError):
-        raise ModelFormatError(f"scoring metadata: {name} must be a {n} x {n} list of lists of "
-                               f"numbers") from None
-    if a.shape != (n, n) or not np.isfinite(a).all():
-        raise ModelFormatError(f"scoring metadata: {name} must be a finite {n} x {n} matrix, got "
-                               f"shape {a.shape}")
-    return np.ascontiguousarray(a)
 
 
 def _vector(values, n, name, positive=False):
