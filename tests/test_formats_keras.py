@@ -82,18 +82,25 @@ def test_hard_sigmoid_follows_the_keras_version_that_wrote_the_file(expected):
         edgegru.load(_with_metadata(path, None))
 
 
-def _with_metadata(path, metadata):
+def _rezipped(path, edit):
+    """The bytes of the zip at path with edit(entries) applied to its {name: bytes}."""
     with zipfile.ZipFile(path) as z:
         entries = {n: z.read(n) for n in z.namelist()}
-    if metadata is None:
-        del entries["metadata.json"]
-    else:
-        entries["metadata.json"] = json.dumps(metadata).encode()
+    edit(entries)
     buf = io.BytesIO()
     with zipfile.ZipFile(buf, "w") as z:
         for name, data in entries.items():
             z.writestr(name, data)
     return buf.getvalue()
+
+
+def _with_metadata(path, metadata):
+    def edit(entries):
+        if metadata is None:
+            del entries["metadata.json"]
+        else:
+            entries["metadata.json"] = json.dumps(metadata).encode()
+    return _rezipped(path, edit)
 
 
 def test_legacy_h5_is_read_in_its_recorded_layer_order():
@@ -106,16 +113,11 @@ def test_legacy_h5_is_read_in_its_recorded_layer_order():
 
 
 def _with_config(change):
-    with zipfile.ZipFile(os.path.join(DATA, "keras_gru2.keras")) as z:
-        entries = {n: z.read(n) for n in z.namelist()}
-    config = json.loads(entries["config.json"])
-    change(config["config"]["layers"])
-    entries["config.json"] = json.dumps(config).encode()
-    buf = io.BytesIO()
-    with zipfile.ZipFile(buf, "w") as z:
-        for name, data in entries.items():
-            z.writestr(name, data)
-    return buf.getvalue()
+    def edit(entries):
+        config = json.loads(entries["config.json"])
+        change(config["config"]["layers"])
+        entries["config.json"] = json.dumps(config).encode()
+    return _rezipped(os.path.join(DATA, "keras_gru2.keras"), edit)
 
 
 @pytest.mark.parametrize("change,match", [
