@@ -5,8 +5,7 @@ import numpy as np
 import pytest
 
 import edgegru
-from edgegru.scoring import GroupScorer
-from conftest import make_model
+from conftest import assert_resumes, make_model
 
 C = 3
 LAGS, DEGREE = 2, 2
@@ -84,23 +83,8 @@ def test_a_persistent_offset_accumulates_and_explain_names_the_channel():
 
 
 def test_state_round_trip_and_group_scorer():
-    X = data(120)
-    whole = make_scorer().score_many(X)
-    a = make_scorer()
-    first = a.score_many(X[:50])
-    b = make_scorer()
-    b.state = {k: np.array(v) for k, v in a.state.items()}
+    a, _ = assert_resumes(make_scorer, data(120), cut=50)
     assert a.state["history"].shape == (LAGS - 1, C) and a.state["consistency"].shape == (1,)
-    assert np.array_equal(np.r_[first, b.score_many(X[50:])], whole)
-    keys = ["p1", "p2"] * 60
-    group = GroupScorer(make_scorer())
-    got = group.score_many(keys[:80], X[:80])
-    restored = GroupScorer(make_scorer())
-    restored.state = group.state
-    got = np.r_[got, restored.score_many(keys[80:], X[80:])]
-    for key in ("p1", "p2"):
-        rows = [i for i, k in enumerate(keys) if k == key]
-        assert np.array_equal(got[rows], make_scorer().score_many(X[rows]))
 
 
 def test_missing_values_and_old_states_give_finite_scores():

@@ -6,8 +6,7 @@ import numpy as np
 import pytest
 
 import edgegru
-from edgegru.scoring import GroupScorer
-from conftest import make_model
+from conftest import assert_resumes, make_model
 
 C = 3
 LAGS, DEGREE = 2, 2
@@ -111,23 +110,9 @@ def test_the_baseline_starts_where_the_stream_is():
 def test_state_round_trip_and_group_scorer():
     X = data(160)
     X[60:140, 1] += np.linspace(0.0, 0.5, 80)
-    whole = make_scorer().score_many(X)
-    a = make_scorer()
-    first = a.score_many(X[:70])
+    a, group = assert_resumes(make_scorer, X, cut=70)
     assert a.state["drift"].shape == (1, 3) and a.state["drift"][0, 0] != 0.0
-    b = make_scorer()
-    b.state = {k: np.array(v) for k, v in a.state.items()}
-    assert np.array_equal(np.r_[first, b.score_many(X[70:])], whole)
-    keys = ["p1", "p2"] * 80
-    group = GroupScorer(make_scorer())
-    got = group.score_many(keys[:90], X[:90])
     assert group.state["drift"].shape == (2, 1, 3)
-    restored = GroupScorer(make_scorer())
-    restored.state = group.state
-    got = np.r_[got, restored.score_many(keys[90:], X[90:])]
-    for key in ("p1", "p2"):
-        rows = [i for i, k in enumerate(keys) if k == key]
-        assert np.array_equal(got[rows], make_scorer().score_many(X[rows]))
 
 
 def test_missing_values_and_old_states():
