@@ -1,22 +1,49 @@
-"""Whether the kernels are compiled by Numba, or run on the plain NumPy fallback.
+"""How the kernels run in this process: ``BACKEND`` is one of
 
-The fallback is for machines without numba wheels (32-bit Raspberry Pi OS) and for
-``EDGEGRU_NO_JIT=1``. It gives the same numbers (within 1e-5), only slower.
+- ``"aot"``: from the ahead-of-time module ``edgegru compile`` built (:mod:`edgegru.aot`); numba
+  is not imported at all, which saves ~0.5 s before the first score;
+- ``"numba"``: compiled by Numba (or loaded from its cache);
+- ``"numpy"``: the plain NumPy fallback, for machines without numba wheels (32-bit Raspberry
+  Pi OS) and for ``EDGEGRU_NO_JIT=1``. It gives the same numbers (within 1e-5), only slower.
+
+``JIT`` is true for the first two: the kernels are machine code. Under "aot", ``njit`` hands
+back the module's version of each kernel Python calls and leaves the rest as plain functions
+(never called: they live inside the compiled ones).
 """
 import os
 
-JIT_DISABLED_BY_USER = os.environ.get("EDGEGRU_NO_JIT", "").strip() not in ("", "0")
+from edgegru import aot as _aot
 
-try:
-    if JIT_DISABLED_BY_USER:
-        raise ImportError("EDGEGRU_NO_JIT is set")
-    from numba import njit
+JIT_DISABLED_BY_USER = os.environ.get("EDGEGRU_NO_JIT", "").strip() not in ("", "0")
+AOT = None if JIT_DISABLED_BY_USER else _aot.load()
+
+
+def _plain(*args, **kwargs):
+    """Stand-in for numba.njit: returns the Python function unchanged."""
+    if len(args) == 1 and callable(args[0]) and not kwargs:
+        return args[0]
+    return lambda func: func
+
+
+if AOT is not None:
     JIT = True
-except ImportError:
-    JIT = False
+    BACKEND = "aot"
 
     def njit(*args, **kwargs):
-        """Stand-in for numba.njit: returns the Python function unchanged."""
+        """Stand-in for numba.njit: the ahead-of-time kernel where the module has one."""
+        def decorate(func):
+            return AOT.kernels.get(f"{func.__module__}.{func.__qualname__}", func)
         if len(args) == 1 and callable(args[0]) and not kwargs:
-            return args[0]
-        return lambda func: func
+            return decorate(args[0])
+        return decorate
+else:
+    try:
+        if JIT_DISABLED_BY_USER:
+            raise ImportError("EDGEGRU_NO_JIT is set")
+        from numba import njit
+        JIT = True
+        BACKEND = "numba"
+    except ImportError:
+        JIT = False
+        BACKEND = "numpy"
+        njit = _plain

@@ -30,6 +30,7 @@ import time
 import numpy as np
 
 import edgegru
+from edgegru import _jit
 
 
 def precompile(model=None):
@@ -183,6 +184,7 @@ import json, resource, sys, time
 t0 = time.perf_counter()
 import numpy as np
 import edgegru
+from edgegru import _jit, aot
 from edgegru.bench import precompile
 t1 = time.perf_counter()
 model = edgegru.load(sys.argv[1])
@@ -191,35 +193,57 @@ kernels = precompile(model)
 t3 = time.perf_counter()
 model.step(np.zeros(model.input_size, np.float32))
 t4 = time.perf_counter()
-print(json.dumps({"import": t1 - t0, "load": t2 - t1, "kernels": kernels, "precompile": t3 - t2,
-                  "first_step": t4 - t0,
-                  "rss": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss}))
+result = {"backend": _jit.BACKEND, "import": t1 - t0, "load": t2 - t1, "kernels": kernels,
+          "precompile": t3 - t2, "first_step": t4 - t0,
+          "rss": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss}
+if sys.argv[2:] == ["build"]:
+    t = time.perf_counter()
+    try:
+        aot.build()
+        result["aot_build"] = time.perf_counter() - t
+    except RuntimeError as e:
+        result["aot_error"] = str(e)
+print(json.dumps(result))
 """
 
 
 def measure_cold_start(model_path):
-    """Two fresh processes sharing a new, empty NUMBA_CACHE_DIR: the first compiles every kernel
-    (precompile), the second loads them from the cache. Returns the seconds each took, and the
-    second's time from start to its first step() result, wall time and peak memory."""
+    """Fresh processes sharing a new, empty NUMBA_CACHE_DIR, as after `edgegru compile`: the
+    first compiles every kernel (precompile) and builds the ahead-of-time module from them;
+    then one loads numba's cache (EDGEGRU_AOT=0) and one starts on the module. Returns the
+    seconds each took, and each one's time from start to its first step() result, wall time
+    and peak memory (the module's figures are None when it could not be built: aot_error)."""
     env = dict(os.environ)
+    env.pop("EDGEGRU_AOT", None)
     root = os.path.dirname(os.path.dirname(os.path.abspath(edgegru.__file__)))
     env["PYTHONPATH"] = root + os.pathsep + env.get("PYTHONPATH", "")
+
+    def child(*args, **extra):
+        t = time.perf_counter()
+        proc = subprocess.run([sys.executable, "-c", _CHILD, os.fspath(model_path), *args],
+                              env=dict(env, **extra), capture_output=True, text=True)
+        wall = time.perf_counter() - t
+        if proc.returncode != 0:
+            raise RuntimeError(f"the cold-start process failed:\n{proc.stderr}")
+        return dict(json.loads(proc.stdout.strip().splitlines()[-1]), wall=wall)
+
     with tempfile.TemporaryDirectory(prefix="edgegru-bench-cache-") as cache:
         env["NUMBA_CACHE_DIR"] = cache
-        runs = []
-        for _ in range(2):
-            t = time.perf_counter()
-            proc = subprocess.run([sys.executable, "-c", _CHILD, os.fspath(model_path)], env=env,
-                                  capture_output=True, text=True)
-            wall = time.perf_counter() - t
-            if proc.returncode != 0:
-                raise RuntimeError(f"the cold-start process failed:\n{proc.stderr}")
-            runs.append(dict(json.loads(proc.stdout.strip().splitlines()[-1]), wall=wall))
-    first, second = runs
-    return {"compile": first["precompile"], "compile_kernels": first["kernels"],
-            "cache_load": second["precompile"], "import": second["import"],
-            "first_step": second["first_step"], "process_wall": second["wall"],
-            "process_peak_rss": second["rss"] * 1024}
+        first = child("build", EDGEGRU_AOT="0")
+        second = child(EDGEGRU_AOT="0")
+        third = child() if "aot_build" in first else None
+    result = {"compile": first["precompile"], "compile_kernels": first["kernels"],
+              "cache_load": second["precompile"], "import": second["import"],
+              "first_step": second["first_step"], "process_wall": second["wall"],
+              "process_peak_rss": second["rss"] * 1024, "aot_build": first.get("aot_build"),
+              "aot_error": first.get("aot_error"), "aot_import": None, "aot_first_step": None,
+              "aot_process_wall": None, "aot_process_peak_rss": None}
+    if third is not None and third["backend"] == "aot":
+        result.update(aot_import=third["import"], aot_first_step=third["first_step"],
+                      aot_process_wall=third["wall"], aot_process_peak_rss=third["rss"] * 1024)
+    elif third is not None:
+        result["aot_error"] = "built, but the next process did not use it"
+    return result
 
 
 def benchmark(model, samples=100_000, seq_len=2000, rows=100_000, cold_start=True):
@@ -227,7 +251,9 @@ def benchmark(model, samples=100_000, seq_len=2000, rows=100_000, cold_start=Tru
     c = model.config
     results = {"model": {"input_size": c.input_size, "hidden_size": c.hidden_size,
                          "num_layers": c.num_layers, "bidirectional": c.bidirectional,
-                         "output_size": model.output_size, "backend": model._k.__name__},
+                         "output_size": model.output_size, "backend": model._k.__name__,
+                         "kernels": _jit.BACKEND if model._k.__name__ == "edgegru.kernels"
+                         else "numpy"},
                "machine": machine()}
     saved = model.state
     results["compile"] = precompile(model)
@@ -285,7 +311,7 @@ def report(results):
     m, lines = results["model"], []
     lines.append(f"model: input {m['input_size']}, hidden {m['hidden_size']}, "
                  f"{m['num_layers']} layer(s){', bidirectional' if m['bidirectional'] else ''}, "
-                 f"output {m['output_size']}; kernels: {m['backend']}")
+                 f"output {m['output_size']}; kernels: {m['kernels']}")
     info = results["machine"]
     lines.append(f"machine: {info['cpu']}, {info['cores']} cores, Python {info['python']}, "
                  f"numba {info['numba'] or '- (NumPy fallback)'}, numpy {info['numpy']}")
@@ -314,6 +340,15 @@ def report(results):
                      f"{_time(cold['first_step'])} (import {_time(cold['import'])}; "
                      f"wall {_time(cold['process_wall'])})"))
         rows.append(("peak memory of that process", f"{cold['process_peak_rss'] / 2**20:.0f} MB"))
+        if cold["aot_first_step"] is not None:
+            rows.append(("build the ahead-of-time module (edgegru compile)",
+                         _time(cold["aot_build"])))
+            rows.append(("new process to first step(), on that module (no numba)",
+                         f"{_time(cold['aot_first_step'])} (import "
+                         f"{_time(cold['aot_import'])}; wall {_time(cold['aot_process_wall'])}; "
+                         f"peak memory {cold['aot_process_peak_rss'] / 2**20:.0f} MB)"))
+        else:
+            rows.append(("ahead-of-time module", f"not built: {cold['aot_error']}"))
     rows.append(("peak memory of this benchmark", f"{results['peak_rss'] / 2**20:.0f} MB"))
     width = max(len(k) for k, _ in rows)
     lines += [f"{k:<{width}}  {v}" for k, v in rows]

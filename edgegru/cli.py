@@ -10,6 +10,7 @@ import functools
 import io
 import os
 import sys
+import time
 
 import click
 
@@ -167,24 +168,48 @@ def run(weights, input_path, columns, keep, group_by, threshold, explain, fmt, p
 @main.command("compile")
 @click.argument("model_path", metavar="[MODEL]", required=False,
                 type=click.Path(dir_okay=False))
+@click.option("--aot/--no-aot", default=True, show_default=True,
+              help="Also build the ahead-of-time module, with which a new process starts "
+                   "without importing numba (needs a C compiler and Python's headers).")
 @friendly_errors
-def compile_(model_path):
-    """Compile the kernels now (into numba's cache), so the first reading is not kept waiting.
+def compile_(model_path, aot):
+    """Compile the kernels now, so the first reading is not kept waiting.
 
-    Compiles what step(), run(), AnomalyScorer and `edgegru run` use. The kernels do not depend
-    on the model's sizes: MODEL (optional) is loaded as a check. Run it with the same
-    NUMBA_CACHE_DIR, user and NUMBA_CPU_NAME the program will run with (README: On a
-    Raspberry Pi).
+    Compiles what step(), run(), AnomalyScorer and `edgegru run` use into numba's cache, then
+    builds from them the ahead-of-time module next to it: a new process that finds it
+    (matching these kernels, this Python and this CPU) scores without loading numba, its first
+    score in ~0.2 s instead of ~0.6 s here. The kernels do not depend on the model's sizes:
+    MODEL (optional) is loaded as a check. Run it with the same NUMBA_CACHE_DIR, user and
+    NUMBA_CPU_NAME the program will run with (README: On a Raspberry Pi). When a matching module
+    is already there, nothing is rebuilt (EDGEGRU_AOT=0 edgegru compile rebuilds it).
 
     \b
     Example:
       NUMBA_CACHE_DIR=/var/cache/edgegru edgegru compile weights/model.npz
     """
-    from edgegru import bench
+    from edgegru import _jit, bench
     model = edgegru.load(model_path) if model_path else None
     for what, seconds in bench.precompile(model).items():
         click.echo(f"{what}: {seconds:.2f} s")
+    if _jit.BACKEND == "aot":
+        # this process found a module matching these sources, this Python and this CPU (and
+        # the kernels just ran from it): nothing to build; EDGEGRU_AOT=0 rebuilds
+        click.echo("ahead-of-time module: up to date")
+        click.echo(f"module: {_jit.AOT.path}")
+        return
     click.echo(f"cache: {bench.cache_dir() or 'none (numba is not available)'}")
+    if not (aot and _jit.BACKEND == "numba"):
+        return
+    from edgegru import aot as aot_module
+    t = time.perf_counter()
+    try:
+        path = aot_module.build()
+    except RuntimeError as e:
+        click.echo(f"ahead-of-time module: not built: {e}. New processes load numba's cache "
+                   f"instead (first score ~0.6 s here)", err=True)
+        return
+    click.echo(f"ahead-of-time module: {time.perf_counter() - t:.2f} s")
+    click.echo(f"module: {path}")
 
 
 @main.command()

@@ -1,7 +1,14 @@
+import os
+
 import numpy as np
 import pytest
 
-import edgegru
+# The suite tests the numba kernels (and the NumPy fallback): an ahead-of-time module that
+# `edgegru compile` left in the package's __pycache__ must not stand in for them. tests/test_aot.py
+# builds its own and runs it in child processes.
+os.environ["EDGEGRU_AOT"] = "0"
+
+import edgegru  # noqa: E402
 
 # The kernels run both ways: compiled by numba, and on the plain NumPy fallback.
 BACKENDS = ["numba", "numpy"] if edgegru.JIT else ["numpy"]

@@ -58,7 +58,7 @@ def test_benchmark_leaves_the_state_alone():
 def test_compile_command_with_and_without_a_model(tmp_path):
     path = tmp_path / "m.npz"
     bench.tiny_scoring_model().save(path)
-    for args in (["compile"], ["compile", str(path)]):
+    for args in (["compile", "--no-aot"], ["compile", str(path), "--no-aot"]):
         result = CliRunner().invoke(main, args)
         assert result.exit_code == 0, result.output
         for line in ("step:", "sequence:", "scoring (edgegru run):", "cache:"):

@@ -11,9 +11,11 @@
   built elsewhere is never silently used. NUMBA_CPU_NAME=generic gives one key on every machine
   of an architecture: a portable cache.
 
-Three fresh processes share one cache directory: ``edgegru compile`` (compiles everything,
-~20 s), then what a Pi runs (``edgegru run`` on example rows and ``score_one``: must compile
-nothing), then a step with NUMBA_CPU_NAME=generic (compiles the step kernel again, ~5 s).
+Fresh processes share one cache directory: ``edgegru compile`` (compiles everything, ~20 s,
+and builds the ahead-of-time module, ~10 s), then what a Pi runs (``edgegru run`` on example
+rows and ``score_one``) on numba's cache (must compile nothing), then a step with
+NUMBA_CPU_NAME=generic (compiles the step kernel again, ~5 s); then the Pi's workload on the
+ahead-of-time module (must not import numba), and the generic step again (must not use it).
 """
 import json
 import os
@@ -64,20 +66,34 @@ MAGIC = textwrap.dedent("""
 """)
 
 
-def run(code, site, cache, cpu=None):
-    """One process: the package from ``site``, the cache in ``cache``; returns (magic tuple,
-    numba's NUMBA_DEBUG_CACHE lines "[cache] data loaded from/saved to <file>")."""
+BACKEND = textwrap.dedent("""
+    import json, sys
+    from edgegru import _jit
+    print(json.dumps([_jit.BACKEND, "numba" in sys.modules]))
+""")
+
+
+def run(code, site, cache, cpu=None, aot=False):
+    """One process: the package from ``site``, the cache in ``cache``, the ahead-of-time
+    module off unless ``aot``; returns (magic tuple, numba's NUMBA_DEBUG_CACHE lines
+    "[cache] data loaded from/saved to <file>"), or with ``aot`` (edgegru's backend, whether
+    numba was imported, those lines)."""
     env = {k: v for k, v in os.environ.items()
            if not k.startswith(("NUMBA_", "EDGEGRU_", "PYTHON"))}
     env.update(PYTHONPATH=str(site), PYTHONDONTWRITEBYTECODE="1", NUMBA_CACHE_DIR=str(cache),
                NUMBA_DEBUG_CACHE="1")
+    if not aot:
+        env["EDGEGRU_AOT"] = "0"
     if cpu:
         env["NUMBA_CPU_NAME"] = cpu
-    proc = subprocess.run([sys.executable, "-c", code + MAGIC], capture_output=True, text=True,
-                          env=env, cwd=str(site), timeout=600)
+    proc = subprocess.run([sys.executable, "-c", code + (BACKEND if aot else MAGIC)],
+                          capture_output=True, text=True, env=env, cwd=str(site), timeout=600)
     assert proc.returncode == 0, proc.stderr
     lines = proc.stdout.splitlines()
-    return tuple(json.loads(lines[-1])), [l for l in lines if l.startswith("[cache] data")]
+    cache_lines = [l for l in lines if l.startswith("[cache] data")]
+    if aot:
+        return tuple(json.loads(lines[-1])) + (cache_lines,)
+    return tuple(json.loads(lines[-1])), cache_lines
 
 
 def saved(log, name=""):
@@ -106,6 +122,7 @@ def test_precompiled_cache_is_used_and_keyed_by_cpu(tmp_path):
     host, log = run(COMPILE.format(model=str(MODEL)), site, cache)     # after installing
     assert saved(log, "gru_step") and not loaded(log)
     assert host[1] not in ("", "generic")
+    assert list((cache / "edgegru-aot").glob("aot-*.json")), "no ahead-of-time module"
 
     workload = WORKLOAD.format(example=str(ROOT / "examples" / "sensor.csv"), model=str(MODEL))
     again, log = run(workload, site, cache)                           # every boot after
@@ -120,3 +137,10 @@ def test_precompiled_cache_is_used_and_keyed_by_cpu(tmp_path):
     magics = sorted(key[1] for key in index_keys(cache, "gru_step"))
     assert magics == sorted([host, generic])
     assert not list(site.rglob("__pycache__")), "wrote next to the package"
+
+    # the same boot with the ahead-of-time module edgegru compile built: numba never imported
+    backend, numba_imported, log = run(workload, site, cache, aot=True)
+    assert (backend, numba_imported, log) == ("aot", False, [])
+    # on another CPU (here: another NUMBA_CPU_NAME) the module is not used
+    backend, numba_imported, log = run(STEP, site, cache, cpu="generic", aot=True)
+    assert (backend, numba_imported) == ("numba", True) and loaded(log, "gru_step")

@@ -1,0 +1,313 @@
+"""Ahead-of-time compiled kernels: a new process scores without loading numba at all.
+
+Loading kernels from numba's cache still means importing numba (~0.3 s here, seconds on a Pi)
+and its one-off target set-up (~0.2 s) before the first score. ``edgegru compile`` therefore also
+builds, next to numba's cache, a small extension module holding the machine code of the kernels
+the Python side calls (:data:`ENTRY_POINTS`), compiled by numba's ``pycc`` from the same
+functions with the same options and for the same CPU as the JIT compiles them (so the numbers
+are bitwise the same), plus a JSON manifest describing it. At import,
+:mod:`edgegru._jit` calls :func:`load`: if the manifest matches these kernel sources, this
+Python, NumPy's major version and this CPU (``NUMBA_CPU_NAME``/``NUMBA_CPU_FEATURES`` honoured as
+numba does), the process runs on the module and never imports numba; otherwise it uses numba as
+before. ``EDGEGRU_AOT=0`` turns the module off.
+
+Building needs what any C extension needs: a C compiler, Python's headers (``python3-dev`` on
+Debian and Raspberry Pi OS) and setuptools (``pip install 'edgegru[aot]'``). Without them
+``edgegru compile`` fills numba's cache only and says why.
+
+Where: ``$NUMBA_CACHE_DIR/edgegru-aot`` when NUMBA_CACHE_DIR is set, else the package's
+``__pycache__`` (where numba puts its cache), else ``$XDG_CACHE_HOME/edgegru`` (``~/.cache``).
+
+The exported functions check nothing: handed an array of another dtype they would read or write
+out of bounds. :class:`Kernel` therefore checks the argument types against the exported
+signatures (a ``TypeError`` otherwise), and only :meth:`Kernel.entry`, for buffers already
+checked (the step path), hands out the bare function.
+"""
+import hashlib
+import importlib.machinery
+import importlib.util
+import json
+import os
+import platform
+import sys
+import warnings
+
+import numpy as np
+
+# The kernels called from Python (everything else is compiled into them).
+ENTRY_POINTS = ("edgegru.kernels.gru_step", "edgegru.kernels.gru_sequences",
+                "edgegru.scoring._score_rows", "edgegru.scoring._score_rows_batch",
+                "edgegru.stream._parse_lines")
+# The files whose code ends up in the module: any change to them makes a built module stale.
+SOURCES = ("kernels.py", "scoring.py", "stream.py", "_jit.py", "aot.py")
+_HERE = os.path.dirname(os.path.abspath(__file__))
+
+# Why the module is not in use in this process (None when it is); shown by `edgegru compile`.
+status = "not looked for"
+
+
+def directories():
+    """Where the module may live, in the order it is looked for (and written)."""
+    cache = os.environ.get("NUMBA_CACHE_DIR")
+    if cache:
+        return [os.path.join(cache, "edgegru-aot")]
+    user = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return [os.path.join(_HERE, "__pycache__"), os.path.join(user, "edgegru")]
+
+
+def _manifest_name():
+    return f"aot-{sys.implementation.cache_tag}-{platform.machine()}.json"
+
+
+def sources_sha256():
+    h = hashlib.sha256()
+    for name in SOURCES:
+        with open(os.path.join(_HERE, name), "rb") as f:
+            h.update(name.encode() + b"\0" + f.read() + b"\0")
+    return h.hexdigest()
+
+
+def target_cpu():
+    """(name, features) numba would compile for in this process: NUMBA_CPU_NAME and
+    NUMBA_CPU_FEATURES, else the host's (numba.core.config and codegen, 0.58-0.68)."""
+    import llvmlite.binding as ll
+    name = os.environ.get("NUMBA_CPU_NAME") or ll.get_host_cpu_name()
+    features = os.environ.get("NUMBA_CPU_FEATURES")
+    if features is None:
+        features = "" if name.lower() == "generic" else ll.get_host_cpu_features().flatten()
+    return name, features
+
+
+# -- argument types, compared without numba -------------------------------------------------
+# A value's key is what numba.typeof would make of it: arrays by dtype, dimensions, layout
+# and writeability; scalars by their numba type (a Python int is int64, a float float64).
+
+def _value_key(a):
+    if isinstance(a, np.ndarray):
+        f = a.flags
+        return (a.dtype.str, a.ndim, "C" if f.c_contiguous else "F" if f.f_contiguous else "A",
+                f.writeable)
+    if isinstance(a, (bool, np.bool_)):
+        return "b"
+    if isinstance(a, (np.integer, np.floating)):
+        return a.dtype.str
+    if isinstance(a, int):
+        return "<i8"
+    if isinstance(a, float):
+        return "<f8"
+    return type(a).__name__
+
+
+def _type_key(t):
+    from numba import types
+    if isinstance(t, types.Array):
+        return (np.dtype(str(t.dtype)).str, t.ndim, t.layout, t.mutable)
+    if isinstance(t, types.Boolean):
+        return "b"
+    if isinstance(t, (types.Integer, types.Float)):
+        return np.dtype(str(t)).str
+    raise TypeError(f"no ahead-of-time key for argument type {t}")
+
+
+def _from_json(key):
+    return tuple(tuple(k) if isinstance(k, list) else k for k in key)
+
+
+class Kernel:
+    """One kernel of the module, called like the njit function it was compiled from."""
+
+    def __init__(self, name, variants):
+        self.__name__ = name.rsplit(".", 1)[1]
+        self.qualified_name = name
+        self._variants = variants           # {argument key: exported function}
+
+    def entry(self, args):
+        """The exported function for arguments of the types of ``args``, unchecked from then
+        on (as kernels.entry_point); TypeError when the module has no such signature."""
+        key = tuple(_value_key(a) for a in args)
+        try:
+            return self._variants[key]
+        except KeyError:
+            raise TypeError(
+                f"{self.qualified_name}: the ahead-of-time module has no version for arguments "
+                f"{key}; it has {list(self._variants)}. This is a bug in edgegru; EDGEGRU_AOT=0 "
+                f"works around it") from None
+
+    def __call__(self, *args):
+        return self.entry(args)(*args)
+
+
+class Module:
+    """The loaded extension module: ``kernels`` maps qualified names to :class:`Kernel`."""
+
+    def __init__(self, path, kernels):
+        self.path = path
+        self.kernels = kernels
+
+
+def load():
+    """The module valid for this process, or None (the reason is left in ``status``)."""
+    global status
+    if os.environ.get("EDGEGRU_AOT", "").strip() == "0":
+        status = "turned off (EDGEGRU_AOT=0)"
+        return None
+    for directory in directories():
+        manifest_path = os.path.join(directory, _manifest_name())
+        try:
+            with open(manifest_path, encoding="utf-8") as f:
+                manifest = json.load(f)
+        except (OSError, ValueError):
+            continue
+        status = _stale(manifest)
+        if status:
+            status = f"{manifest_path}: {status}"
+            return None
+        path = os.path.join(directory, manifest["module"])
+        try:
+            spec = importlib.util.spec_from_file_location(
+                manifest["module"].split(".")[0], path,
+                loader=importlib.machinery.ExtensionFileLoader(
+                    manifest["module"].split(".")[0], path))
+            module = importlib.util.module_from_spec(spec)
+            spec.loader.exec_module(module)
+            kernels = {
+                name: Kernel(name, {_from_json(key): getattr(module, export)
+                                    for key, export in variants})
+                for name, variants in manifest["kernels"].items()}
+        except (ImportError, OSError, AttributeError, KeyError, TypeError, ValueError) as e:
+            status = f"{path}: cannot be loaded ({e})"
+            return None
+        status = None
+        return Module(path, kernels)
+    status = "not built (edgegru compile builds it)"
+    return None
+
+
+def _stale(manifest):
+    """Why a manifest does not describe code for this process ('' if it does)."""
+    try:
+        if manifest.get("format") != 1 or set(manifest["kernels"]) != set(ENTRY_POINTS):
+            return "made by another edgegru"
+        if manifest["sources_sha256"] != sources_sha256():
+            return "built from other kernel sources (run edgegru compile again)"
+        if manifest["numpy_major"] != int(np.__version__.split(".")[0]):
+            return f"built for NumPy {manifest['numpy_major']}.x"
+        name, features = target_cpu()
+        if (manifest["cpu_name"], manifest["cpu_features"]) != (name, features):
+            return (f"built for CPU {manifest['cpu_name']!r}, this process compiles for "
+                    f"{name!r} (NUMBA_CPU_NAME must match at build and at run time)")
+    except (KeyError, TypeError, AttributeError, ValueError):
+        return "unreadable manifest"
+    except ImportError:
+        return "llvmlite is not importable"
+    return ""
+
+
+# -- building -------------------------------------------------------------------------------
+
+def _forwarder(kernel, n):
+    # def forward(a0, ..., an): return kernel(a0, ..., an), so that pycc compiles the kernel
+    # as numba compiled it (its own options: fastmath, error_model) and only this shim with
+    # pycc's defaults.
+    names = ", ".join(f"a{i}" for i in range(n))
+    namespace = {"kernel": kernel}
+    exec(f"def forward({names}):\n    return kernel({names})\n", namespace)
+    return namespace["forward"]
+
+
+def build(directory=None):
+    """Build the module from the kernels' compiled signatures (compile them first:
+    :func:`edgegru.bench.precompile`). Returns its path; raises RuntimeError saying why not."""
+    import importlib
+    import shutil
+    import tempfile
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            from numba.pycc import CC
+        from numba.core import codegen
+        import setuptools  # noqa: F401  (pycc drives the C compiler through it)
+    except ImportError as e:
+        raise RuntimeError(f"needs numba's pycc and setuptools ({e}); "
+                           "pip install 'edgegru[aot]'") from None
+    if not hasattr(codegen.AOTCPUCodegen, "_customize_tm_features"):
+        raise RuntimeError("this numba's pycc cannot be given the CPU features")
+    name, features = target_cpu()
+    kernels = {}
+    exports = []
+    for qualified in ENTRY_POINTS:
+        module_name, func_name = qualified.rsplit(".", 1)
+        dispatcher = getattr(importlib.import_module(module_name), func_name)
+        if not dispatcher.signatures:
+            raise RuntimeError(f"{qualified} has not been compiled in this process")
+        variants = []
+        for i, sig in enumerate(dispatcher.signatures):
+            export = f"{func_name.lstrip('_')}_{i}"
+            ret = dispatcher.overloads[sig].signature.return_type
+            exports.append((export, ret(*sig), _forwarder(dispatcher, len(sig))))
+            variants.append([[_type_key(t) for t in sig], export])
+        kernels[qualified] = variants
+    sha = sources_sha256()
+    token = hashlib.sha256(f"{sha} {name} {features} {sys.version}".encode()).hexdigest()[:16]
+    module_name = f"_edgegru_aot_{token}"
+
+    targets = [directory] if directory else directories()
+    for target in targets:
+        try:
+            os.makedirs(target, exist_ok=True)
+            tmp = tempfile.mkdtemp(prefix=".aot-build-", dir=target)
+            break
+        except OSError as e:
+            error = e
+    else:
+        raise RuntimeError(f"no writable directory among {targets} ({error})")
+    try:
+        cc = CC(module_name)
+        cc.output_dir = tmp
+        cc.target_cpu = name
+        for export, sig, forward in exports:
+            cc.export(export, sig)(forward)
+        # pycc compiles for the CPU's name alone; give it the exact features the JIT uses, so
+        # that the code is the JIT's (and never uses an instruction a VM has masked)
+        original = codegen.AOTCPUCodegen._customize_tm_features
+        codegen.AOTCPUCodegen._customize_tm_features = lambda self: features
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                cc.compile()
+        except Exception as e:          # the C compiler or the headers missing, mostly
+            raise RuntimeError(f"the C extension could not be built ({type(e).__name__}: "
+                               f"{str(e).strip().splitlines()[-1] if str(e).strip() else e}); "
+                               "it needs a C compiler and Python's headers (python3-dev)") \
+                from None
+        finally:
+            codegen.AOTCPUCodegen._customize_tm_features = original
+        built = os.path.join(tmp, cc.output_file)
+        final = os.path.join(target, cc.output_file)
+        manifest = {"format": 1, "module": cc.output_file, "sources_sha256": sha,
+                    "numpy_major": int(np.__version__.split(".")[0]), "cpu_name": name,
+                    "cpu_features": features, "python": sys.version, "kernels": kernels}
+        # replace, never rewrite in place: a running process may have the old file mapped
+        os.replace(built, final)
+        manifest_tmp = os.path.join(tmp, "manifest.json")
+        with open(manifest_tmp, "w", encoding="utf-8") as f:
+            json.dump(manifest, f, indent=1)
+        old = _previous_module(target)
+        os.replace(manifest_tmp, os.path.join(target, _manifest_name()))
+        if old and old != cc.output_file:
+            try:
+                os.remove(os.path.join(target, old))
+            except OSError:
+                pass
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return final
+
+
+def _previous_module(directory):
+    try:
+        with open(os.path.join(directory, _manifest_name()), encoding="utf-8") as f:
+            return os.path.basename(json.load(f)["module"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
