@@ -5,6 +5,8 @@ Where things are:
 - :mod:`edgegru.model`     ``Model`` (step / run / state), ``GRUConfig`` (sizes), ``GRUWeights``
 - :mod:`edgegru.kernels`   the ``@njit`` kernels: one fused GRU cell shared by step and sequence
 - :mod:`edgegru.numpy_kernels`  the same kernels in NumPy, used where Numba is not available
+- :mod:`edgegru.aot`       the same kernels compiled ahead of time (``edgegru compile``): a new
+                          process that finds them starts without importing numba
 - :mod:`edgegru.formats`   model files: native ``.npz`` (``load``, ``Model.save``), PyTorch
                           ``.pt``, safetensors, ONNX, Keras, textbook arrays (``from_arrays``)
 - :mod:`edgegru.scoring`   ``AnomalyScorer``: anomaly scores from a GRU forecaster, row by row;
