@@ -216,11 +216,14 @@ def _forwarder(kernel, n):
 
 
 def build(directory=None):
-    """Build the module from the kernels' compiled signatures (compile them first:
-    :func:`edgegru.bench.precompile`). Returns its path; raises RuntimeError saying why not."""
+    """Build the module from the signatures the kernels are compiled for in this process (the
+    tiny scoring model of :func:`edgegru.bench.precompile` compiles every one of them; they do
+    not depend on a model's sizes). Returns its path; raises RuntimeError saying why not."""
     import importlib
     import shutil
     import tempfile
+
+    from edgegru import bench
 
     try:
         with warnings.catch_warnings():
@@ -233,6 +236,7 @@ def build(directory=None):
                            "pip install 'edgegru[aot]'") from None
     if not hasattr(codegen.AOTCPUCodegen, "_customize_tm_features"):
         raise RuntimeError("this numba's pycc cannot be given the CPU features")
+    bench.precompile()
     name, features = target_cpu()
     kernels = {}
     exports = []

@@ -92,9 +92,8 @@ def child(code, *args, cache=None, **env_extra):
 @pytest.fixture(scope="module")
 def aot_cache(tmp_path_factory):
     """A NUMBA_CACHE_DIR holding only an ahead-of-time module."""
-    from edgegru import aot, bench
+    from edgegru import aot
     cache = tmp_path_factory.mktemp("aot-cache")
-    bench.precompile()                  # the signatures the module exports
     path = aot.build(cache / "edgegru-aot")
     assert Path(path).parent == cache / "edgegru-aot"
     return cache
