@@ -15,6 +15,7 @@ import os
 from edgegru import aot as _aot
 
 JIT_DISABLED_BY_USER = os.environ.get("EDGEGRU_NO_JIT", "").strip() not in ("", "0")
+NO_NRT = {}                 # njit options of kernels that allocate nothing (below)
 AOT = None if JIT_DISABLED_BY_USER else _aot.load()
 
 
@@ -41,8 +42,17 @@ else:
         if JIT_DISABLED_BY_USER:
             raise ImportError("EDGEGRU_NO_JIT is set")
         from numba import njit
+        from numba.core.cpu import CPUTargetOptions
         JIT = True
         BACKEND = "numba"
+        # Kernels allocate nothing, so they need none of numba's reference counting: without
+        # it, each array view a kernel makes or passes on is not incref'd and decref'd with an
+        # atomic instruction (~10 per time step, -10 % per step at H=16..64 here), and a call
+        # from Python does not wrap every array argument in a new meminfo. "_nrt" is numba's
+        # own (private, long-standing) option; should a numba drop it, the kernels just keep
+        # the reference counting.
+        if hasattr(CPUTargetOptions, "_nrt"):
+            NO_NRT = {"_nrt": False}
     except ImportError:
         JIT = False
         BACKEND = "numpy"

@@ -37,7 +37,7 @@ sums (:func:`_axpy`, :func:`_matmul`), and the tests hold them to bitwise equali
 import numpy as np
 
 from edgegru import aot
-from edgegru._jit import njit
+from edgegru._jit import NO_NRT, njit
 
 # Lets LLVM contract a*b+c into FMA, but not assume the absence of NaN/inf ("nnan", "ninf"):
 # sensor data has NaN, and a NaN must propagate, not be optimised away. Nor may it reassociate
@@ -47,7 +47,8 @@ FASTMATH = {"nsz", "arcp", "contract"}
 # error_model="numpy": float division by zero gives inf/NaN instead of raising. Numba's default
 # (Python's ZeroDivisionError) puts a branch in every division, and that alone stops LLVM from
 # vectorising the activations (0.54 vs 4.2 ns per tanh here).
-KERNEL = dict(fastmath=FASTMATH, error_model="numpy", cache=True)
+# NO_NRT: no reference counting of arrays (see edgegru._jit); nothing here allocates.
+KERNEL = dict(fastmath=FASTMATH, error_model="numpy", cache=True, **NO_NRT)
 
 _f32 = np.float32
 _HALF = _f32(0.5)

@@ -126,12 +126,12 @@ import math
 
 import numpy as np
 
-from edgegru._jit import JIT, njit
+from edgegru._jit import JIT, NO_NRT, njit
 from edgegru.errors import ModelFormatError
 from edgegru.formats import load as load_model
 
 
-@njit(cache=True, error_model="numpy")
+@njit(cache=True, error_model="numpy", **NO_NRT)
 def _score_rows(scores, contrib, Z, F, f_prev, smoothed, rows_seen, inv_residual_std, whitening,
                 combine_max, alpha, warmup, X, last, repeats, stuck_rows, stuck_level,
                 cons_channel, cons_coef, cons_inv_std, cons_alpha, cons_gain, cons_degree,
@@ -209,7 +209,8 @@ def _score_rows(scores, contrib, Z, F, f_prev, smoothed, rows_seen, inv_residual
                         acc += whitening[c, k] * r[k]
                     e[c] = acc
             else:
-                e[:] = r
+                for c in range(C):          # a loop: slice assignment may copy (allocate)
+                    e[c] = r[c]
             for c in range(C):
                 # a channel the others explain: the surprise counts as far as it disagrees
                 # with them too (|e q|), else e^2
@@ -245,7 +246,7 @@ def _score_rows(scores, contrib, Z, F, f_prev, smoothed, rows_seen, inv_residual
     return rows_seen
 
 
-@njit(cache=True, error_model="numpy")
+@njit(cache=True, error_model="numpy", **NO_NRT)
 def _score_rows_batch(scores, contrib, Z, F, f_prev, smoothed, rows_seen, inv_residual_std,
                       whitening, combine_max, alpha, warmup, X, last, repeats, stuck_rows,
                       stuck_level, cons_channel, cons_coef, cons_inv_std, cons_alpha, cons_gain,
@@ -265,7 +266,7 @@ def _score_rows_batch(scores, contrib, Z, F, f_prev, smoothed, rows_seen, inv_re
                                    history[b], cons_mean[b], drift_state[b], scratch)
 
 
-@njit(cache=True, error_model="numpy")
+@njit(cache=True, error_model="numpy", **NO_NRT)
 def _regression(z, history, ch, coef, degree):
     """The consistency regression's prediction of channel ch: coef (P,) . features of the
     other channels in z (C,) (this row) and history (lags - 1, C) (the rows before, newest

@@ -82,7 +82,7 @@ import zlib
 
 import numpy as np
 
-from edgegru._jit import JIT, njit
+from edgegru._jit import JIT, NO_NRT, njit
 from edgegru.errors import EdgeGRUError, InputError
 from edgegru.scoring import AnomalyScorer, GroupScorer
 
@@ -100,7 +100,7 @@ _POW10 = np.array([float(10 ** k) for k in range(16)])
 
 # -- parsing ---------------------------------------------------------------------------------
 
-@njit(cache=True)
+@njit(cache=True, **NO_NRT)
 def _parse_number(buf, a, b):
     """The number in buf[a:b] when it is plain decimal: (value, True); else (0.0, False).
 
@@ -139,7 +139,7 @@ def _parse_number(buf, a, b):
     return (-v if neg else v), True
 
 
-@njit(cache=True)
+@njit(cache=True, **NO_NRT)
 def _parse_lines(X, status, spans, ends, buf, role, slot):
     """Split buf into lines and fields and read the numbers of the fast, common case.
 
