@@ -1,0 +1,72 @@
+"""How close the sequence kernel is to the memory floor of this machine.
+
+Every time step of a GRU reads the whole recurrent matrix W_hh (3H x H floats) once, and the
+next step cannot start before this one ends. So no single-threaded float32 implementation can
+take less per step than one read of 12 H^2 bytes from wherever they fit: L1 up to H≈48 here
+(32 KiB), L2 up to H≈200 (512 KiB), L3 beyond. This prints, per H, the time of one such read
+(a vectorised sum, reassociation allowed: the fastest read numba makes) next to
+``Model.run``'s time per step, so a goal such as "3x ONNX Runtime" can be checked against what
+memory allows before trying to meet it.
+
+    python tools/bench_floor.py                 # H = 16 32 64 128 256
+    python tools/bench_floor.py --sizes 64,96
+"""
+import argparse
+import os
+import sys
+import time
+
+import numpy as np
+from numba import njit
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+import edgegru  # noqa: E402
+
+
+@njit(fastmath=True, cache=True)
+def _read(a, reps):
+    total = np.float32(0.0)
+    for _ in range(reps):
+        s = np.float32(0.0)
+        for i in range(a.shape[0]):
+            s += a[i]
+        total += s
+    return total
+
+
+def best_of(fn, repeats=7):
+    fn()
+    times = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t)
+    return min(times)
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--sizes", default="16,32,64,128,256", help="hidden sizes")
+    parser.add_argument("--seq-len", type=int, default=2000)
+    args = parser.parse_args()
+    rng = np.random.default_rng(0)
+    print(f"{'H':>5} {'W_hh':>9} {'one read of W_hh':>17} {'GB/s':>6} "
+          f"{'run() per step':>15} {'step / read':>11}")
+    for H in (int(h) for h in args.sizes.split(",")):
+        w = np.ones(3 * H * H, np.float32)
+        reps = max(10, int(2e8 // w.size))
+        read = best_of(lambda: _read(w, reps)) / reps
+        cfg = edgegru.GRUConfig(input_size=4, hidden_size=H, output_size=1)
+        model = edgegru.Model(cfg, edgegru.GRUWeights.random(cfg))
+        X = rng.standard_normal((args.seq_len, 4)).astype(np.float32)
+
+        def run():
+            model.reset()
+            model.run(X)
+        step = best_of(run, repeats=15) / args.seq_len
+        print(f"{H:>5} {w.nbytes / 1024:>7.1f}KB {read * 1e9:>14.0f} ns "
+              f"{w.nbytes / read / 1e9:>6.1f} {step * 1e9:>12.0f} ns {step / read:>10.2f}x")
+
+
+if __name__ == "__main__":
+    main()
