@@ -215,6 +215,19 @@ def _forwarder(kernel, n):
     return namespace["forward"]
 
 
+def missing_toolchain():
+    """Why the C side of a build cannot run here ('' if it can): the C compiler setuptools
+    would use, and Python's headers."""
+    import shutil
+    import sysconfig
+    compiler = (os.environ.get("CC") or sysconfig.get_config_var("CC") or "cc").split()[0]
+    if shutil.which(compiler) is None:
+        return f"no C compiler ({compiler!r} not found; apt install gcc)"
+    if not os.path.exists(os.path.join(sysconfig.get_paths()["include"], "Python.h")):
+        return "no Python headers (Python.h; apt install python3-dev)"
+    return ""
+
+
 def build(directory=None):
     """Build the module from the signatures the kernels are compiled for in this process (the
     tiny scoring model of :func:`edgegru.bench.precompile` compiles every one of them; they do
@@ -236,6 +249,9 @@ def build(directory=None):
                            "pip install 'edgegru[aot]'") from None
     if not hasattr(codegen.AOTCPUCodegen, "_customize_tm_features"):
         raise RuntimeError("this numba's pycc cannot be given the CPU features")
+    missing = missing_toolchain()       # before compiling anything (minutes on a Pi)
+    if missing:
+        raise RuntimeError(missing)
     bench.precompile()
     name, features = target_cpu()
     kernels = {}

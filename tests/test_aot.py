@@ -10,7 +10,6 @@ import os
 import shutil
 import subprocess
 import sys
-import sysconfig
 import textwrap
 from pathlib import Path
 
@@ -18,6 +17,7 @@ import numpy as np
 import pytest
 
 import edgegru
+from edgegru import aot
 
 ROOT = Path(__file__).resolve().parents[1]
 MODEL = ROOT / "weights" / "model.npz"
@@ -25,10 +25,7 @@ EXAMPLE = ROOT / "examples" / "sensor.csv"
 
 pytestmark = [
     pytest.mark.skipif(not edgegru.JIT, reason="needs numba"),
-    pytest.mark.skipif(shutil.which(os.environ.get("CC", "cc")) is None,
-                       reason="no C compiler"),
-    pytest.mark.skipif(not (Path(sysconfig.get_paths()["include"]) / "Python.h").exists(),
-                       reason="no Python headers"),
+    pytest.mark.skipif(bool(aot.missing_toolchain()), reason=aot.missing_toolchain()),
 ]
 
 # Every path that runs compiled code: step, run and a batch (the three cell variants),
@@ -92,7 +89,6 @@ def child(code, *args, cache=None, **env_extra):
 @pytest.fixture(scope="module")
 def aot_cache(tmp_path_factory):
     """A NUMBA_CACHE_DIR holding only an ahead-of-time module."""
-    from edgegru import aot
     cache = tmp_path_factory.mktemp("aot-cache")
     path = aot.build(cache / "edgegru-aot")
     assert Path(path).parent == cache / "edgegru-aot"
