@@ -206,7 +206,7 @@ def compile_(model_path, aot):
         path = aot_module.build()
     except RuntimeError as e:
         click.echo(f"ahead-of-time module: not built: {e}. New processes load numba's cache "
-                   f"instead (first score ~0.6 s here)", err=True)
+                   f"instead (they start slower: numba's import and set-up come first)", err=True)
         return
     click.echo(f"ahead-of-time module: {time.perf_counter() - t:.2f} s")
     click.echo(f"module: {path}")
