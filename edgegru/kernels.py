@@ -37,7 +37,7 @@ sums (:func:`_axpy`, :func:`_matmul`), and the tests hold them to bitwise equali
 import numpy as np
 
 from edgegru import aot
-from edgegru._jit import NO_NRT, njit
+from edgegru._jit import JIT, NO_NRT, njit
 
 # Lets LLVM contract a*b+c into FMA, but not assume the absence of NaN/inf ("nnan", "ninf"):
 # sensor data has NaN, and a NaN must propagate, not be optimised away. Nor may it reassociate
@@ -157,10 +157,13 @@ def entry_point(kernel, args):
     Compiled now, or loaded from numba's cache. Calling it skips numba's dispatcher (which
     types every argument on every call: ~0.3 µs of a 1 µs step), so it does no type checking
     at all: the caller must pass arrays of exactly these dtypes, dimensions and contiguity.
-    From the ahead-of-time module (edgegru.aot), the types are checked once, here.
+    From the ahead-of-time module (edgegru.aot), the types are checked once, here. Without
+    numba the kernel is a plain function, returned as it is.
     """
     if isinstance(kernel, aot.Kernel):
         return kernel.entry(args)
+    if not JIT:
+        return kernel
     from numba import typeof
     return kernel.compile(tuple(typeof(a) for a in args))
 

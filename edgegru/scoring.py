@@ -126,9 +126,10 @@ import math
 
 import numpy as np
 
-from edgegru._jit import JIT, NO_NRT, njit
+from edgegru._jit import NO_NRT, njit
 from edgegru.errors import ModelFormatError
 from edgegru.formats import load as load_model
+from edgegru.kernels import entry_point
 
 
 @njit(cache=True, error_model="numpy", **NO_NRT)
@@ -286,14 +287,6 @@ def _regression(z, history, ch, coef, degree):
     return pred
 
 
-def _entry_point(kernel, args):
-    # The compiled kernel for arguments of these types, called without per-call typing.
-    if not JIT:
-        return kernel
-    from edgegru.kernels import entry_point
-    return entry_point(kernel, args)
-
-
 class AnomalyScorer:
     """Score sensor rows one at a time or in bulk; high means anomalous.
 
@@ -442,7 +435,7 @@ class AnomalyScorer:
             # Every array here is the scorer's own, made once and only ever written in place,
             # so their types are those of the first call: the kernel for them is looked up
             # once, not typed on each call (32 arguments: ~10 us of a ~20 us call).
-            self._score_one_kernel = _entry_point(_score_rows, args)
+            self._score_one_kernel = entry_point(_score_rows, args)
         self._rows_seen = self._score_one_kernel(*args)
         self.model.step(z[0], out=self._forecast)
         self._contributions[:] = self._contrib1[0]
