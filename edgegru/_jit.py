@@ -19,24 +19,22 @@ NO_NRT = {}                 # njit options of kernels that allocate nothing (bel
 AOT = None if JIT_DISABLED_BY_USER else _aot.load()
 
 
-def _plain(*args, **kwargs):
-    """Stand-in for numba.njit: returns the Python function unchanged."""
-    if len(args) == 1 and callable(args[0]) and not kwargs:
-        return args[0]
-    return lambda func: func
+def _stand_in(decorate):
+    """A stand-in for numba.njit that applies ``decorate`` to the function, used bare
+    (``@njit``) or with options (``@njit(cache=True)``, options ignored)."""
+    def njit(*args, **kwargs):
+        if len(args) == 1 and callable(args[0]) and not kwargs:
+            return decorate(args[0])
+        return decorate
+    return njit
 
 
 if AOT is not None:
     JIT = True
     BACKEND = "aot"
-
-    def njit(*args, **kwargs):
-        """Stand-in for numba.njit: the ahead-of-time kernel where the module has one."""
-        def decorate(func):
-            return AOT.kernels.get(f"{func.__module__}.{func.__qualname__}", func)
-        if len(args) == 1 and callable(args[0]) and not kwargs:
-            return decorate(args[0])
-        return decorate
+    # the ahead-of-time kernel where the module has one
+    njit = _stand_in(lambda func: AOT.kernels.get(f"{func.__module__}.{func.__qualname__}",
+                                                  func))
 else:
     try:
         if JIT_DISABLED_BY_USER:
@@ -56,4 +54,4 @@ else:
     except ImportError:
         JIT = False
         BACKEND = "numpy"
-        njit = _plain
+        njit = _stand_in(lambda func: func)     # the Python function unchanged
