@@ -75,7 +75,9 @@ STATUS = textwrap.dedent("""
 """)
 
 
-def child(code, *args, cache=None, **env_extra):
+def run(code, *args, cache=None, **env_extra):
+    """A child process running ``code`` with ``args``, without this process's NUMBA_* and
+    EDGEGRU_* settings; NUMBA_CACHE_DIR=cache when given."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("NUMBA_", "EDGEGRU_"))}
     if cache is not None:
         env["NUMBA_CACHE_DIR"] = str(cache)
@@ -83,7 +85,12 @@ def child(code, *args, cache=None, **env_extra):
     proc = subprocess.run([sys.executable, "-c", code, *map(str, args)], capture_output=True,
                           text=True, env=env, timeout=600)
     assert proc.returncode == 0, proc.stderr
-    return json.loads(proc.stdout.splitlines()[-1])
+    return proc
+
+
+def child(code, *args, **kwargs):
+    """``run``, then the JSON the child printed last."""
+    return json.loads(run(code, *args, **kwargs).stdout.splitlines()[-1])
 
 
 @pytest.fixture(scope="module")
@@ -160,10 +167,6 @@ def test_wrong_argument_types_raise_rather_than_crash(aot_cache):
 
 
 def test_compile_leaves_a_matching_module_alone(aot_cache):
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("NUMBA_", "EDGEGRU_"))}
-    proc = subprocess.run([sys.executable, "-c", "from edgegru.cli import main; main()",
-                           "compile", str(MODEL)], capture_output=True, text=True,
-                          env=dict(env, NUMBA_CACHE_DIR=str(aot_cache)), timeout=600)
-    assert proc.returncode == 0, proc.stderr
+    proc = run("from edgegru.cli import main; main()", "compile", MODEL, cache=aot_cache)
     assert "ahead-of-time module: up to date" in proc.stdout
     assert str(aot_cache / "edgegru-aot") in proc.stdout
