@@ -14,13 +14,13 @@ memory allows before trying to meet it.
 import argparse
 import os
 import sys
-import time
 
 import numpy as np
 from numba import njit
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 import edgegru  # noqa: E402
+from bench_compare import best_of  # noqa: E402  (tools/, beside this script)
 
 
 @njit(fastmath=True, cache=True)
@@ -34,16 +34,6 @@ def _read(a, reps):
     return total
 
 
-def best_of(fn, repeats=7):
-    fn()
-    times = []
-    for _ in range(repeats):
-        t = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t)
-    return min(times)
-
-
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--sizes", default="16,32,64,128,256", help="hidden sizes")
@@ -55,7 +45,7 @@ def main():
     for H in (int(h) for h in args.sizes.split(",")):
         w = np.ones(3 * H * H, np.float32)
         reps = max(10, int(2e8 // w.size))
-        read = best_of(lambda: _read(w, reps)) / reps
+        read = best_of(lambda: _read(w, reps), repeats=7, number=1) / reps
         cfg = edgegru.GRUConfig(input_size=4, hidden_size=H, output_size=1)
         model = edgegru.Model(cfg, edgegru.GRUWeights.random(cfg))
         X = rng.standard_normal((args.seq_len, 4)).astype(np.float32)
@@ -63,7 +53,7 @@ def main():
         def run():
             model.reset()
             model.run(X)
-        step = best_of(run, repeats=15) / args.seq_len
+        step = best_of(run, repeats=15, number=1) / args.seq_len
         print(f"{H:>5} {w.nbytes / 1024:>7.1f}KB {read * 1e9:>14.0f} ns "
               f"{w.nbytes / read / 1e9:>6.1f} {step * 1e9:>12.0f} ns {step / read:>10.2f}x")
 
