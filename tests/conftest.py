@@ -72,3 +72,18 @@ def scoring_model_path(tmp_path_factory):
     path = tmp_path_factory.mktemp("scoring") / "model.npz"
     make_scoring_model().save(path)
     return path
+
+
+def assert_scores_with_missing_values(make_scorer, X, old_keys):
+    """Rows X with NaN and inf in them get finite scores, score_one row by row gives exactly
+    score_many's, and a state saved before ``old_keys`` existed (those keys left out) still
+    loads. Returns the scorer given that old state, and the state."""
+    many = make_scorer().score_many(X)
+    assert np.isfinite(many).all()
+    b = make_scorer()
+    assert np.array_equal(np.array([b.score_one(x) for x in X]), many)
+    state = b.state
+    for key in old_keys:
+        del state[key]
+    b.state = state
+    return b, state

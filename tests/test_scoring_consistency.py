@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 import edgegru
-from conftest import assert_resumes, make_model
+from conftest import assert_resumes, assert_scores_with_missing_values, make_model
 
 C = 3
 LAGS, DEGREE = 2, 2
@@ -92,14 +92,8 @@ def test_missing_values_and_old_states_give_finite_scores():
     X[30, 0] = np.nan
     X[40] = np.nan
     X[50, 2] = np.inf
-    a = make_scorer()
-    many = a.score_many(X)
-    assert np.isfinite(many).all()
-    b = make_scorer()
-    assert np.array_equal(np.array([b.score_one(x) for x in X]), many)
-    state = b.state
-    del state["history"], state["consistency"]   # a state saved before the consistency model
-    b.state = state
+    # a state saved before the consistency model
+    b, _ = assert_scores_with_missing_values(make_scorer, X, ["history", "consistency"])
     assert np.isfinite(b.score_many(X)).all()
 
 

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 import edgegru
-from conftest import assert_resumes, make_model
+from conftest import assert_resumes, assert_scores_with_missing_values, make_model
 
 C = 3
 LAGS, DEGREE = 2, 2
@@ -120,14 +120,8 @@ def test_missing_values_and_old_states():
     X[30, 0] = np.nan
     X[40] = np.nan
     X[50, 1] = np.inf
-    a = make_scorer()
-    many = a.score_many(X)
-    assert np.isfinite(many).all()
-    b = make_scorer()
-    assert np.array_equal(np.array([b.score_one(x) for x in X]), many)
-    state = b.state
-    del state["drift"]                          # a state saved before the drift test
-    b.state = state
+    # a state saved before the drift test
+    b, state = assert_scores_with_missing_values(make_scorer, X, ["drift"])
     assert (b.state["drift"] == 0.0).all() and np.isfinite(b.score_many(X)).all()
     with pytest.raises(ValueError, match="drift must be floats"):
         b.state = dict(state, drift=np.zeros((1, 3), np.int64))
