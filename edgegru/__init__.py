@@ -4,7 +4,6 @@ Where things are:
 
 - :mod:`edgegru.model`     ``Model`` (step / run / state), ``GRUConfig`` (sizes), ``GRUWeights``
 - :mod:`edgegru.kernels`   the ``@njit`` kernels: one fused GRU cell shared by step and sequence
-                          (its register-blocked product, in LLVM IR: ``edgegru._panel``)
 - :mod:`edgegru.numpy_kernels`  the same kernels in NumPy, used where Numba is not available
 - :mod:`edgegru.aot`       the same kernels compiled ahead of time (``edgegru compile``): a new
                           process that finds them starts without importing numba

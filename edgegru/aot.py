@@ -39,7 +39,7 @@ ENTRY_POINTS = ("edgegru.kernels.gru_step", "edgegru.kernels.gru_sequences",
                 "edgegru.scoring._score_rows", "edgegru.scoring._score_rows_batch",
                 "edgegru.stream._parse_lines")
 # The files whose code ends up in the module: any change to them makes a built module stale.
-SOURCES = ("kernels.py", "_panel.py", "scoring.py", "stream.py", "_jit.py", "aot.py")
+SOURCES = ("kernels.py", "scoring.py", "stream.py", "_jit.py", "aot.py")
 _HERE = os.path.dirname(os.path.abspath(__file__))
 
 # Why the module is not in use in this process (None when it is); shown by `edgegru compile`.

@@ -175,3 +175,34 @@ def test_backends_agree():
     a = make_model("numba", input_size=4, hidden_size=40, num_layers=2, output_size=2)
     b = make_model("numpy", input_size=4, hidden_size=40, num_layers=2, output_size=2)
     assert max_abs(a.run(X), b.run(X)) <= 1e-5
+
+
+def test_register_blocked_product_equals_axpy_bitwise():
+    """_matvec (sums held in vector registers, kernels._panel) against _axpy (the accumulator
+    in memory): the same sums in the same order, so not a bit apart, for every panel width
+    (64/32/16/8 columns), column and row remainders, past PANEL_MAX_COLUMNS, and with NaN."""
+    if not edgegru.JIT:
+        pytest.skip("numba not available")
+    from numba import njit
+
+    @njit(fastmath=kernels.FASTMATH, error_model="numpy")     # not cached: the kernels may change
+    def both(by_panels, by_rows, x, w, ld, c0):
+        kernels._matvec(by_panels, x, w, ld, c0)
+        kernels._axpy(by_rows, x, w, ld, c0)
+
+    rng = np.random.default_rng(5)
+    widths = (1, 7, 8, 13, 24, 40, 56, 64, 72, 99, 120, kernels.PANEL_MAX_COLUMNS,
+              kernels.PANEL_MAX_COLUMNS + 1, 400)
+    for m in (1, 3, 4, 7, 33):
+        for n in widths:
+            ld, c0 = n + 5, 3               # a block of columns inside wider rows
+            w = rng.standard_normal(m * ld).astype(np.float32)
+            x = rng.standard_normal(m).astype(np.float32)
+            if n == 99:
+                x[m // 2] = np.nan
+            start = rng.standard_normal(n).astype(np.float32)
+            by_panels, by_rows = start.copy(), start.copy()
+            both(by_panels, by_rows, x, w, ld, c0)
+            assert np.array_equal(by_panels, by_rows, equal_nan=True), (m, n)
+            expected = start.astype(np.float64) + x @ w.reshape(m, ld)[:, c0:c0 + n]
+            assert np.allclose(by_panels, expected, rtol=1e-5, atol=1e-4, equal_nan=True), (m, n)
