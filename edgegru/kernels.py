@@ -660,7 +660,7 @@ def _step(out, x, params, work, input_size, hidden_size, num_layers, output_size
         h = work[l * H:(l + 1) * H]
         for j in range(G):                  # _project for one row
             xp[j] = b_x[j]
-        _axpy(xp, layer_in, w_ih, G, 0)
+        _matvec(xp, layer_in, w_ih, G, 0)
         _cell(h, xp, acc, w_hh, b_hn, reset_after, hard_gates, gate_alpha, gate_beta)
         layer_in = h
     if output_size > 0:
