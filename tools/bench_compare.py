@@ -12,7 +12,9 @@ For each hidden size (input 4, one layer, a linear head with one output, float32
 
 The ONNX graph is written here with ``onnx.helper`` (gate order z | r | h, linear_before_reset=1,
 which is PyTorch's variant), so no exporter is involved. Every peer's output is compared with
-edgegru's (column "max diff"). A peer that is not installed is skipped.
+edgegru's (column "max diff"). A peer that is not installed is skipped. Each time is the best
+of 15 timings, taken in turns (each round times every peer once), so that a shared machine
+getting busier or quieter during the run slows every peer alike and the ratios hold.
 
     pip install onnx onnxruntime torch==2.13.0
     python tools/bench_compare.py                 # the table in BENCHMARKS.md
@@ -45,6 +47,23 @@ def best_of(fn, repeats, number):
             fn()
         times.append((time.perf_counter() - t0) / number)
     return min(times)
+
+
+def best_of_each(timed, repeats):
+    """best_of for several functions, {name: (fn, number)} -> {name: seconds per call}, timed
+    in turns: each round times every function once, so that when the machine gets busier or
+    quieter during a measurement (a shared machine drifts by 30-50 % within minutes), every
+    peer sees the same drift, and the ratios between them hold."""
+    for fn, _ in timed.values():
+        fn()
+    best = dict.fromkeys(timed, float("inf"))
+    for _ in range(repeats):
+        for name, (fn, number) in timed.items():
+            t0 = time.perf_counter()
+            for _ in range(number):
+                fn()
+            best[name] = min(best[name], (time.perf_counter() - t0) / number)
+    return best
 
 
 def max_diff(a, b):
@@ -220,26 +239,31 @@ def measure(hidden_sizes, input_size=4, T=2000, steps=20000, batch=32, batch_hid
             row = {"kind": kind, "hidden_size": H, "input_size": input_size, "times": {},
                    "max_diff": {}}
             reference = None
+            timed = {}
             for p in built:
                 if kind == "step":
                     fn, result = p.stepper(x)
                     for _ in range(50):          # same number of steps for every peer, then
                         fn()                     # compare the outputs
                     y = result()
-                    seconds = best_of(fn, repeats, step_calls if p.name == "edgegru"
-                                      else max(200, step_calls // 20))
+                    timed[p.name] = (fn, step_calls if p.name == "edgegru"
+                                     else max(200, step_calls // 20))
                 else:
                     fn = p.sequence(X)
                     y = fn()
-                    seconds = best_of(fn, repeats, 1) / T
+                    timed[p.name] = (fn, 1)
                 if reference is None:
                     reference = y
                 else:
                     row["max_diff"][p.name] = max_diff(y, reference)
-                row["times"][p.name] = seconds
             if kind == "step":          # edgegru's check-free variant, for the note under the table
                 model, out = built[0].model, np.empty(1, np.float32)
-                row["edgegru_stepper"] = best_of(model.stepper(x, out), repeats, step_calls)
+                timed["edgegru_stepper"] = (model.stepper(x, out), step_calls)
+            seconds = best_of_each(timed, repeats)
+            per = 1 if kind == "step" else T
+            row["times"] = {p.name: seconds[p.name] / per for p in built}
+            if kind == "step":
+                row["edgegru_stepper"] = seconds["edgegru_stepper"]
             rows.append(row)
     if batch:
         config = edgegru.GRUConfig(input_size=input_size, hidden_size=batch_hidden, output_size=1)
@@ -248,6 +272,7 @@ def measure(hidden_sizes, input_size=4, T=2000, steps=20000, batch=32, batch_hid
         row = {"kind": f"batch B={batch}", "hidden_size": batch_hidden, "input_size": input_size,
                "times": {}, "max_diff": {}}
         reference = None
+        timed = {}
         for peer in peers:
             fn = peer(config, weights).batch(Xb)
             y = fn()
@@ -255,7 +280,8 @@ def measure(hidden_sizes, input_size=4, T=2000, steps=20000, batch=32, batch_hid
                 reference = y
             else:
                 row["max_diff"][peer.name] = max_diff(y, reference)
-            row["times"][peer.name] = best_of(fn, repeats, 1) / batch_T
+            timed[peer.name] = (fn, 1)
+        row["times"] = {name: s / batch_T for name, s in best_of_each(timed, repeats).items()}
         rows.append(row)
     return rows, skipped
 
