@@ -53,17 +53,26 @@ def best_of_each(timed, repeats):
     """best_of for several functions, {name: (fn, number)} -> {name: seconds per call}, timed
     in turns: each round times every function once, so that when the machine gets busier or
     quieter during a measurement (a shared machine drifts by 30-50 % within minutes), every
-    peer sees the same drift, and the ratios between them hold."""
-    for fn, _ in timed.values():
-        fn()
+    peer sees the same drift, and the ratios between them hold. Each timing starts with one
+    untimed call, so that no peer pays for the caches another one has just emptied."""
     best = dict.fromkeys(timed, float("inf"))
     for _ in range(repeats):
         for name, (fn, number) in timed.items():
+            fn()
             t0 = time.perf_counter()
             for _ in range(number):
                 fn()
             best[name] = min(best[name], (time.perf_counter() - t0) / number)
     return best
+
+
+def calls_for(fn, seconds=0.02):
+    """How many calls of fn() take about `seconds` (at least one): long enough a timing that a
+    single interruption by another process does not decide it."""
+    fn()
+    t0 = time.perf_counter()
+    fn()
+    return max(1, round(seconds / max(time.perf_counter() - t0, 1e-9)))
 
 
 def max_diff(a, b):
@@ -251,7 +260,7 @@ def measure(hidden_sizes, input_size=4, T=2000, steps=20000, batch=32, batch_hid
                 else:
                     fn = p.sequence(X)
                     y = fn()
-                    timed[p.name] = (fn, 1)
+                    timed[p.name] = (fn, calls_for(fn))
                 if reference is None:
                     reference = y
                 else:
@@ -280,7 +289,7 @@ def measure(hidden_sizes, input_size=4, T=2000, steps=20000, batch=32, batch_hid
                 reference = y
             else:
                 row["max_diff"][peer.name] = max_diff(y, reference)
-            timed[peer.name] = (fn, 1)
+            timed[peer.name] = (fn, calls_for(fn))
         row["times"] = {name: s / batch_T for name, s in best_of_each(timed, repeats).items()}
         rows.append(row)
     return rows, skipped
