@@ -227,7 +227,8 @@ class Model:
         # step(): the kernel and its argument after (out, x); the kernel is bound on the first
         # call to its compiled entry point (see _bind_step)
         self._step_call = (self._bind_step, self._step_model)
-        self._step_last = (_NONE, _NONE, None, None)  # (x, out, views of both) of a checked call
+        # (x, out, the bound kernel call on views of both) of the last checked step() call
+        self._step_last = (_NONE, _NONE, None)
 
     # -- sizes ----------------------------------------------------------------------------
     input_size = property(lambda self: self.config.input_size)
@@ -273,30 +274,34 @@ class Model:
         With ``out`` (a float32 array of shape (output_size,)) nothing is allocated.
         """
         # The per-call path. Streaming loops pass the same x and out buffers every time: those
-        # were checked on an earlier call, and the kernel gets the views of them made then
-        # (reshaping the arrays in place since cannot make it read or write out of bounds).
+        # were checked on an earlier call, which bound the kernel to views of them made then
+        # (reshaping the arrays in place since cannot make it read or write out of bounds), as
+        # stepper() does.
         last = self._step_last
         if x is last[0] and out is last[1]:
-            kernel, model = self._step_call
-            kernel(last[3], last[2], model)
+            last[2]()
             return out
         # Otherwise a float32, contiguous x of the right shape costs four cheap checks, then
         # one call of the compiled kernel (no numba dispatch); anything else takes the slow
         # path, which converts or explains.
+        remember = False
         if out is None:
             out = np.empty(self._out_shape, dtype=np.float32)
         elif not (type(out) is _ndarray and out.dtype is _F32 and out.shape == self._out_shape
                   and out.flags.carray):
             raise ValueError(f"out must be a writeable, contiguous float32 array of shape "
                              f"{self._out_shape}")
-        elif type(x) is _ndarray and x.dtype is _F32 and x.shape == self._x_shape \
-                and x.flags.c_contiguous:
-            self._step_last = (x, out, x.view(), out.view())
+        else:
+            remember = True
         if not (type(x) is _ndarray and x.dtype is _F32 and x.shape == self._x_shape
                 and x.flags.c_contiguous):
             x = self._check_step_input(x)
+            remember = False
         kernel, model = self._step_call
         kernel(out, x, model)
+        if remember:        # the kernel is bound now (the first call binds it)
+            self._step_last = (x, out, functools.partial(self._step_call[0], out.view(),
+                                                         x.view(), model))
         return out
 
     def _bind_step(self, out, x, *args):
