@@ -344,9 +344,9 @@ else:
         _axpy(acc[:8 * nvec], x, w, ld, c0)
 
 # The recurrent product keeps its sums in registers (_panel) up to this many output
-# columns. Per step, whole sequence, A/B here: H=16 110 -> 95 ns, H=32 236 -> 197 ns,
-# H=64 781 -> 738 ns, H=96 1734 -> 1568 ns; but at H=128 (384 columns) 2566 -> 2744 ns, so
-# wider products keep _axpy's row-by-row sweep.
+# columns. Per step, whole sequence, A/B here: H=16 110-120 -> 95-106 ns, H=32 236-257 ->
+# 197-212 ns, H=96 1734 -> 1568 ns; H=64 -6 % to +2 % over three A/B runs; but at H=128
+# (384 columns) 2566 -> 2744 ns, so wider products keep _axpy's row-by-row sweep.
 PANEL_MAX_COLUMNS = 320
 
 
