@@ -212,8 +212,10 @@ def _axpy(acc, x, w, ld, c0):
         i += 1
 
 
-def _register_blocked_panel():
-    """The numba intrinsic ``panel(acc, x, w, ld, c0, nvec)``:
+def _vector_intrinsics():
+    """Two numba intrinsics, ``panel`` and ``dot8``, in LLVM IR.
+
+    ``panel(acc, x, w, ld, c0, nvec)``:
     acc[:8*nvec] += x @ W[:, c0:c0+8*nvec], x (m,), W (m, ld) flat in w, nvec a literal 1..8.
 
     Exactly :func:`_axpy` on those columns (the same sums in the same order, so bitwise the same
@@ -228,6 +230,11 @@ def _register_blocked_panel():
     pairs of NEON registers on ARM; no target intrinsics. Per row group the expression is that
     of :func:`_rows4` with the kernels' fast-math flags, so LLVM contracts the same products
     into FMAs. Numba backend only: it imports numba.
+
+    ``dot8(a, b)``: the first part of :func:`_dot` for len(a) a multiple of 8, in one
+    ``<8 x float>`` register: lane l sums a[k] * b[k] for k = l mod 8, in order, exactly as the
+    eight scalar sums of _dot8's NumPy-backend version below, then the same fixed tree. LLVM did
+    not vectorise those eight scalar chains by itself (32 scalar FMAs for K=32).
     """
     from llvmlite import ir
     from numba import types
@@ -332,16 +339,77 @@ def _register_blocked_panel():
 
         return types.void(acc, x, w, ld, c0, nvec), codegen
 
-    return panel
+    @intrinsic
+    def dot8(typingctx, a, b):
+        for v in (a, b):
+            if not (isinstance(v, types.Array) and v.ndim == 1 and v.layout == "C"
+                    and v.dtype == types.float32):
+                return None
+        flags = tuple(sorted(FASTMATH))
+
+        def codegen(context, builder, signature, args):
+            a_a, b_a = (context.make_array(t)(context, builder, value=v)
+                        for t, v in zip(signature.args, args))
+            i64, i32 = ir.IntType(64), ir.IntType(32)
+            vty = ir.VectorType(ir.FloatType(), LANES)
+            n = builder.extract_value(a_a.shape, 0)
+
+            def vector_at(base, offset):
+                ptr = builder.gep(base, [offset], inbounds=True)
+                return builder.load(builder.bitcast(ptr, vty.as_pointer()), align=4)
+
+            before = builder.block
+            loop_block = builder.append_basic_block("dot8")
+            after = builder.append_basic_block("dot8.end")
+            zero = ir.Constant(vty, [0.0] * LANES)
+            builder.cbranch(builder.icmp_signed(">", n, ir.Constant(i64, 0)), loop_block, after)
+            builder.position_at_end(loop_block)
+            k = builder.phi(i64)
+            k.add_incoming(ir.Constant(i64, 0), before)
+            sums = builder.phi(vty)
+            sums.add_incoming(zero, before)
+            product = builder.fmul(vector_at(a_a.data, k), vector_at(b_a.data, k), flags=flags)
+            new = builder.fadd(sums, product, flags=flags)        # as s_l += a[k] * b[k]
+            k_next = builder.add(k, ir.Constant(i64, LANES))
+            k.add_incoming(k_next, loop_block)
+            sums.add_incoming(new, loop_block)
+            builder.cbranch(builder.icmp_signed("<", k_next, n), loop_block, after)
+            builder.position_at_end(after)
+            total = builder.phi(vty)
+            total.add_incoming(zero, before)
+            total.add_incoming(new, loop_block)
+            s = [builder.extract_element(total, ir.Constant(i32, lane)) for lane in range(LANES)]
+
+            def add(x, y):
+                return builder.fadd(x, y, flags=flags)
+            return add(add(add(s[0], s[1]), add(s[2], s[3])), add(add(s[4], s[5]), add(s[6], s[7])))
+
+        return types.float32(a, b), codegen
+
+    return panel, dot8
 
 
 if BACKEND == "numba":
-    _panel = _register_blocked_panel()
+    _panel, _dot8 = _vector_intrinsics()
 else:
+    # What the intrinsics compute (the NumPy backend and the ahead-of-time module never call
+    # these: there the kernels are numpy_kernels or already machine code).
     def _panel(acc, x, w, ld, c0, nvec):
-        # What the intrinsic computes (the NumPy backend and the ahead-of-time module never
-        # call it: there the kernels are numpy_kernels or already machine code).
         _axpy(acc[:8 * nvec], x, w, ld, c0)
+
+    def _dot8(a, b):
+        # len(a) a multiple of 8: eight running sums, then a fixed tree
+        s0 = s1 = s2 = s3 = s4 = s5 = s6 = s7 = np.float32(0.0)
+        for k in range(0, a.shape[0], 8):
+            s0 += a[k] * b[k]
+            s1 += a[k + 1] * b[k + 1]
+            s2 += a[k + 2] * b[k + 2]
+            s3 += a[k + 3] * b[k + 3]
+            s4 += a[k + 4] * b[k + 4]
+            s5 += a[k + 5] * b[k + 5]
+            s6 += a[k + 6] * b[k + 6]
+            s7 += a[k + 7] * b[k + 7]
+        return ((s0 + s1) + (s2 + s3)) + ((s4 + s5) + (s6 + s7))
 
 # The recurrent product keeps its sums in registers (_panel) up to this many output
 # columns. Per step, whole sequence, A/B here: H=16 110-120 -> 95-106 ns, H=32 236-257 ->
@@ -554,24 +622,13 @@ def _cells(hs, xps, c, acc, w_hh, b_hn, reset_after, hard_gates, alpha, beta):
 @njit(**KERNEL, inline="always")
 def _dot(a, b):
     # sum(a * b) in a fixed order, without relying on reassociation: eight running sums
-    # (independent chains, so no FMA latency chain), then a fixed tree, then the tail.
+    # (independent chains, so no FMA latency chain; one vector register, _dot8), then a
+    # fixed tree, then the tail.
     n = a.shape[0]
-    s0 = s1 = s2 = s3 = s4 = s5 = s6 = s7 = np.float32(0.0)
-    k = 0
-    while k + 8 <= n:
-        s0 += a[k] * b[k]
-        s1 += a[k + 1] * b[k + 1]
-        s2 += a[k + 2] * b[k + 2]
-        s3 += a[k + 3] * b[k + 3]
-        s4 += a[k + 4] * b[k + 4]
-        s5 += a[k + 5] * b[k + 5]
-        s6 += a[k + 6] * b[k + 6]
-        s7 += a[k + 7] * b[k + 7]
-        k += 8
-    s = ((s0 + s1) + (s2 + s3)) + ((s4 + s5) + (s6 + s7))
-    while k < n:
+    n8 = n - n % 8
+    s = _dot8(a[:n8], b[:n8])
+    for k in range(n8, n):
         s += a[k] * b[k]
-        k += 1
     return s
 
 

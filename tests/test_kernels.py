@@ -206,3 +206,46 @@ def test_register_blocked_product_equals_axpy_bitwise():
             assert np.array_equal(by_panels, by_rows, equal_nan=True), (m, n)
             expected = start.astype(np.float64) + x @ w.reshape(m, ld)[:, c0:c0 + n]
             assert np.allclose(by_panels, expected, rtol=1e-5, atol=1e-4, equal_nan=True), (m, n)
+
+
+def test_vectorised_dot_equals_eight_scalar_sums_bitwise():
+    """_dot (the head: eight running sums in one vector register, kernels._dot8) against the
+    same eight sums written as scalars: not a bit apart, for every length and with NaN."""
+    if not edgegru.JIT:
+        pytest.skip("numba not available")
+    from numba import njit
+
+    @njit(fastmath=kernels.FASTMATH, error_model="numpy")     # not cached: the kernels may change
+    def scalar_dot(a, b):
+        n = a.shape[0]
+        s0 = s1 = s2 = s3 = s4 = s5 = s6 = s7 = np.float32(0.0)
+        k = 0
+        while k + 8 <= n:
+            s0 += a[k] * b[k]
+            s1 += a[k + 1] * b[k + 1]
+            s2 += a[k + 2] * b[k + 2]
+            s3 += a[k + 3] * b[k + 3]
+            s4 += a[k + 4] * b[k + 4]
+            s5 += a[k + 5] * b[k + 5]
+            s6 += a[k + 6] * b[k + 6]
+            s7 += a[k + 7] * b[k + 7]
+            k += 8
+        s = ((s0 + s1) + (s2 + s3)) + ((s4 + s5) + (s6 + s7))
+        while k < n:
+            s += a[k] * b[k]
+            k += 1
+        return s
+
+    @njit(fastmath=kernels.FASTMATH, error_model="numpy")
+    def vector_dot(a, b):
+        return kernels._dot(a, b)
+
+    rng = np.random.default_rng(6)
+    for n in list(range(0, 35)) + [64, 67, 128, 256, 259]:
+        a = rng.standard_normal(n).astype(np.float32)
+        b = rng.standard_normal(n).astype(np.float32) * np.float32(1e3)
+        if n == 67:
+            a[40] = np.nan
+        got, want = vector_dot(a, b), scalar_dot(a, b)
+        assert np.array_equal(np.float32(got), np.float32(want), equal_nan=True), n
+        assert np.isclose(got, a.astype(np.float64) @ b, rtol=1e-5, atol=1e-3, equal_nan=True), n
