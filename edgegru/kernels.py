@@ -233,7 +233,7 @@ def _vector_intrinsics():
 
     ``dot8(a, b)``: the first part of :func:`_dot` for len(a) a multiple of 8, in one
     ``<8 x float>`` register: lane l sums a[k] * b[k] for k = l mod 8, in order, exactly as the
-    eight scalar sums of _dot8's NumPy-backend version below, then the same fixed tree. LLVM did
+    eight scalar sums of :func:`_dot8_lanes` below, then the same fixed tree. LLVM did
     not vectorise those eight scalar chains by itself (32 scalar FMAs for K=32).
     """
     from llvmlite import ir
@@ -242,50 +242,81 @@ def _vector_intrinsics():
 
     LANES = 8                       # floats per vector: one AVX register, two NEON registers
     MAX_VECTORS = 8                 # sums per panel: 8 (+4 broadcasts, 2 temporaries) of 16
+    FLAGS = tuple(sorted(FASTMATH))     # as the kernels, so both contract alike
+    I64, I32 = ir.IntType(64), ir.IntType(32)
+    VECTOR = ir.VectorType(ir.FloatType(), LANES)
+
+    def float32_vectors(*arrays):   # the code below assumes 1-d float32 with unit strides
+        return all(isinstance(a, types.Array) and a.ndim == 1 and a.layout == "C"
+                   and a.dtype == types.float32 for a in arrays)
+
+    def const(v):
+        return ir.Constant(I64, v)
+
+    def vector_at(builder, base, offset):       # a pointer to base[offset : offset + 8]
+        ptr = builder.gep(base, [offset], inbounds=True)
+        return builder.bitcast(ptr, VECTOR.as_pointer())
+
+    def loop(builder, name, start, stop, stride, body, sums):
+        # for i in range(start, stop, stride): sums = body(i, sums), the sums in phi nodes;
+        # returns the sums after the loop
+        before = builder.block
+        loop_block = builder.append_basic_block(name)
+        after = builder.append_basic_block(name + ".end")
+        builder.cbranch(builder.icmp_signed("<", start, stop), loop_block, after)
+        builder.position_at_end(loop_block)
+        i = builder.phi(I64)
+        i.add_incoming(start, before)
+        carried = []
+        for s in sums:
+            phi = builder.phi(VECTOR)
+            phi.add_incoming(s, before)
+            carried.append(phi)
+        new = body(i, carried)
+        i_next = builder.add(i, const(stride))
+        last = builder.block
+        i.add_incoming(i_next, last)
+        for phi, s in zip(carried, new):
+            phi.add_incoming(s, last)
+        builder.cbranch(builder.icmp_signed("<", i_next, stop), loop_block, after)
+        builder.position_at_end(after)
+        out = []
+        for s, s_new in zip(sums, new):
+            phi = builder.phi(VECTOR)
+            phi.add_incoming(s, before)
+            phi.add_incoming(s_new, last)
+            out.append(phi)
+        return out
 
     @intrinsic
     def panel(typingctx, acc, x, w, ld, c0, nvec):
         if not (isinstance(nvec, types.IntegerLiteral)
-                and 1 <= nvec.literal_value <= MAX_VECTORS):
+                and 1 <= nvec.literal_value <= MAX_VECTORS and float32_vectors(acc, x, w)):
             return None
-        for a in (acc, x, w):       # the code below assumes unit strides
-            if not (isinstance(a, types.Array) and a.ndim == 1 and a.layout == "C"
-                    and a.dtype == types.float32):
-                return None
         Q = nvec.literal_value
-        flags = tuple(sorted(FASTMATH))      # as the kernels, so both contract alike
 
         def codegen(context, builder, signature, args):
             acc_a, x_a, w_a = (context.make_array(t)(context, builder, value=v)
                                for t, v in zip(signature.args[:3], args[:3]))
             ld_v, c0_v = args[3], args[4]
-            i64, i32 = ir.IntType(64), ir.IntType(32)
-            vty = ir.VectorType(ir.FloatType(), LANES)
             m = builder.extract_value(x_a.shape, 0)
-
-            def const(v):
-                return ir.Constant(i64, v)
-
-            def vector_at(base, offset):
-                ptr = builder.gep(base, [offset], inbounds=True)
-                return builder.bitcast(ptr, vty.as_pointer())
 
             def broadcast(i):               # x[i] in every lane
                 xi = builder.load(builder.gep(x_a.data, [i], inbounds=True), align=4)
-                undef = ir.Constant(vty, ir.Undefined)
-                v = builder.insert_element(undef, xi, ir.Constant(i32, 0))
+                undef = ir.Constant(VECTOR, ir.Undefined)
+                v = builder.insert_element(undef, xi, ir.Constant(I32, 0))
                 return builder.shuffle_vector(v, undef,
-                                              ir.Constant(ir.VectorType(i32, LANES), [0] * LANES))
+                                              ir.Constant(ir.VectorType(I32, LANES), [0] * LANES))
 
             def weights(i, q):              # W[i, c0 + 8q : c0 + 8q + 8]
                 offset = builder.add(builder.add(builder.mul(i, ld_v), c0_v), const(LANES * q))
-                return builder.load(vector_at(w_a.data, offset), align=4)
+                return builder.load(vector_at(builder, w_a.data, offset), align=4)
 
             def mul(a, b):
-                return builder.fmul(a, b, flags=flags)
+                return builder.fmul(a, b, flags=FLAGS)
 
             def add(a, b):
-                return builder.fadd(a, b, flags=flags)
+                return builder.fadd(a, b, flags=FLAGS)
 
             def rows4(i, sums):             # as _rows4: acc += (x0 w0 + x1 w1) + (x2 w2 + x3 w3)
                 i1, i2, i3 = (builder.add(i, const(k)) for k in (1, 2, 3))
@@ -298,95 +329,59 @@ def _vector_intrinsics():
                 x0 = broadcast(i)
                 return [add(s, mul(x0, weights(i, q))) for q, s in enumerate(sums)]
 
-            def loop(name, start, stop, stride, body, sums):
-                # for i in range(start, stop, stride): sums = body(i, sums), the sums in phi nodes
-                before = builder.block
-                loop_block = builder.append_basic_block(name)
-                after = builder.append_basic_block(name + ".end")
-                builder.cbranch(builder.icmp_signed("<", start, stop), loop_block, after)
-                builder.position_at_end(loop_block)
-                i = builder.phi(i64)
-                i.add_incoming(start, before)
-                carried = []
-                for s in sums:
-                    phi = builder.phi(vty)
-                    phi.add_incoming(s, before)
-                    carried.append(phi)
-                new = body(i, carried)
-                i_next = builder.add(i, const(stride))
-                last = builder.block
-                i.add_incoming(i_next, last)
-                for phi, s in zip(carried, new):
-                    phi.add_incoming(s, last)
-                builder.cbranch(builder.icmp_signed("<", i_next, stop), loop_block, after)
-                builder.position_at_end(after)
-                out = []
-                for s, s_new in zip(sums, new):
-                    phi = builder.phi(vty)
-                    phi.add_incoming(s, before)
-                    phi.add_incoming(s_new, last)
-                    out.append(phi)
-                return out
-
-            sums = [builder.load(vector_at(acc_a.data, const(LANES * q)), align=4)
+            sums = [builder.load(vector_at(builder, acc_a.data, const(LANES * q)), align=4)
                     for q in range(Q)]
             m4 = builder.mul(builder.sdiv(m, const(4)), const(4))
-            sums = loop("panel.rows4", const(0), m4, 4, rows4, sums)
-            sums = loop("panel.rows1", m4, m, 1, rows1, sums)
+            sums = loop(builder, "panel.rows4", const(0), m4, 4, rows4, sums)
+            sums = loop(builder, "panel.rows1", m4, m, 1, rows1, sums)
             for q, s in enumerate(sums):
-                builder.store(s, vector_at(acc_a.data, const(LANES * q)), align=4)
+                builder.store(s, vector_at(builder, acc_a.data, const(LANES * q)), align=4)
             return context.get_dummy_value()
 
         return types.void(acc, x, w, ld, c0, nvec), codegen
 
     @intrinsic
     def dot8(typingctx, a, b):
-        for v in (a, b):
-            if not (isinstance(v, types.Array) and v.ndim == 1 and v.layout == "C"
-                    and v.dtype == types.float32):
-                return None
-        flags = tuple(sorted(FASTMATH))
+        if not float32_vectors(a, b):
+            return None
 
         def codegen(context, builder, signature, args):
             a_a, b_a = (context.make_array(t)(context, builder, value=v)
                         for t, v in zip(signature.args, args))
-            i64, i32 = ir.IntType(64), ir.IntType(32)
-            vty = ir.VectorType(ir.FloatType(), LANES)
             n = builder.extract_value(a_a.shape, 0)
 
-            def vector_at(base, offset):
-                ptr = builder.gep(base, [offset], inbounds=True)
-                return builder.load(builder.bitcast(ptr, vty.as_pointer()), align=4)
+            def lanes8(k, sums):            # as s_l += a[k + l] * b[k + l], l = 0..7
+                ak = builder.load(vector_at(builder, a_a.data, k), align=4)
+                bk = builder.load(vector_at(builder, b_a.data, k), align=4)
+                return [builder.fadd(sums[0], builder.fmul(ak, bk, flags=FLAGS), flags=FLAGS)]
 
-            before = builder.block
-            loop_block = builder.append_basic_block("dot8")
-            after = builder.append_basic_block("dot8.end")
-            zero = ir.Constant(vty, [0.0] * LANES)
-            builder.cbranch(builder.icmp_signed(">", n, ir.Constant(i64, 0)), loop_block, after)
-            builder.position_at_end(loop_block)
-            k = builder.phi(i64)
-            k.add_incoming(ir.Constant(i64, 0), before)
-            sums = builder.phi(vty)
-            sums.add_incoming(zero, before)
-            product = builder.fmul(vector_at(a_a.data, k), vector_at(b_a.data, k), flags=flags)
-            new = builder.fadd(sums, product, flags=flags)        # as s_l += a[k] * b[k]
-            k_next = builder.add(k, ir.Constant(i64, LANES))
-            k.add_incoming(k_next, loop_block)
-            sums.add_incoming(new, loop_block)
-            builder.cbranch(builder.icmp_signed("<", k_next, n), loop_block, after)
-            builder.position_at_end(after)
-            total = builder.phi(vty)
-            total.add_incoming(zero, before)
-            total.add_incoming(new, loop_block)
-            s = [builder.extract_element(total, ir.Constant(i32, lane)) for lane in range(LANES)]
+            zero = ir.Constant(VECTOR, [0.0] * LANES)
+            total, = loop(builder, "dot8", const(0), n, LANES, lanes8, [zero])
+            s = [builder.extract_element(total, ir.Constant(I32, lane)) for lane in range(LANES)]
 
             def add(x, y):
-                return builder.fadd(x, y, flags=flags)
+                return builder.fadd(x, y, flags=FLAGS)
             return add(add(add(s[0], s[1]), add(s[2], s[3])), add(add(s[4], s[5]), add(s[6], s[7])))
 
         return types.float32(a, b), codegen
 
     return panel, dot8
+
+
+def _dot8_lanes(a, b):
+    # What _dot8 computes, written out: len(a) a multiple of 8; eight running sums, then a
+    # fixed tree. The NumPy backend's _dot8, and the tests' reference for the intrinsic.
+    s0 = s1 = s2 = s3 = s4 = s5 = s6 = s7 = np.float32(0.0)
+    for k in range(0, a.shape[0], 8):
+        s0 += a[k] * b[k]
+        s1 += a[k + 1] * b[k + 1]
+        s2 += a[k + 2] * b[k + 2]
+        s3 += a[k + 3] * b[k + 3]
+        s4 += a[k + 4] * b[k + 4]
+        s5 += a[k + 5] * b[k + 5]
+        s6 += a[k + 6] * b[k + 6]
+        s7 += a[k + 7] * b[k + 7]
+    return ((s0 + s1) + (s2 + s3)) + ((s4 + s5) + (s6 + s7))
 
 
 if BACKEND == "numba":
@@ -397,19 +392,7 @@ else:
     def _panel(acc, x, w, ld, c0, nvec):
         _axpy(acc[:8 * nvec], x, w, ld, c0)
 
-    def _dot8(a, b):
-        # len(a) a multiple of 8: eight running sums, then a fixed tree
-        s0 = s1 = s2 = s3 = s4 = s5 = s6 = s7 = np.float32(0.0)
-        for k in range(0, a.shape[0], 8):
-            s0 += a[k] * b[k]
-            s1 += a[k + 1] * b[k + 1]
-            s2 += a[k + 2] * b[k + 2]
-            s3 += a[k + 3] * b[k + 3]
-            s4 += a[k + 4] * b[k + 4]
-            s5 += a[k + 5] * b[k + 5]
-            s6 += a[k + 6] * b[k + 6]
-            s7 += a[k + 7] * b[k + 7]
-        return ((s0 + s1) + (s2 + s3)) + ((s4 + s5) + (s6 + s7))
+    _dot8 = _dot8_lanes
 
 # The recurrent product keeps its sums in registers (_panel) up to this many output
 # columns. Per step, whole sequence, A/B here: H=16 110-120 -> 95-106 ns, H=32 236-257 ->

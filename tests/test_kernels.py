@@ -215,25 +215,14 @@ def test_vectorised_dot_equals_eight_scalar_sums_bitwise():
         pytest.skip("numba not available")
     from numba import njit
 
+    lanes = njit(fastmath=kernels.FASTMATH, error_model="numpy")(kernels._dot8_lanes)
+
     @njit(fastmath=kernels.FASTMATH, error_model="numpy")     # not cached: the kernels may change
     def scalar_dot(a, b):
-        n = a.shape[0]
-        s0 = s1 = s2 = s3 = s4 = s5 = s6 = s7 = np.float32(0.0)
-        k = 0
-        while k + 8 <= n:
-            s0 += a[k] * b[k]
-            s1 += a[k + 1] * b[k + 1]
-            s2 += a[k + 2] * b[k + 2]
-            s3 += a[k + 3] * b[k + 3]
-            s4 += a[k + 4] * b[k + 4]
-            s5 += a[k + 5] * b[k + 5]
-            s6 += a[k + 6] * b[k + 6]
-            s7 += a[k + 7] * b[k + 7]
-            k += 8
-        s = ((s0 + s1) + (s2 + s3)) + ((s4 + s5) + (s6 + s7))
-        while k < n:
+        n8 = a.shape[0] - a.shape[0] % 8
+        s = lanes(a[:n8], b[:n8])               # the eight sums as scalars, then the tail
+        for k in range(n8, a.shape[0]):
             s += a[k] * b[k]
-            k += 1
         return s
 
     @njit(fastmath=kernels.FASTMATH, error_model="numpy")
