@@ -35,18 +35,8 @@ import edgegru  # noqa: E402
 
 
 def best_of(fn, repeats, number):
-    """Seconds per call of fn(), the best of `repeats` timings of `number` calls each.
-
-    The best rather than the median: on a shared machine other processes only ever add time,
-    so the minimum is the figure that repeats from run to run."""
-    fn()
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        for _ in range(number):
-            fn()
-        times.append((time.perf_counter() - t0) / number)
-    return min(times)
+    """Seconds per call of fn(), the best of `repeats` timings of `number` calls each."""
+    return best_of_each({"fn": (fn, number)}, repeats)["fn"]
 
 
 def best_of_each(timed, repeats):
@@ -54,7 +44,10 @@ def best_of_each(timed, repeats):
     in turns: each round times every function once, so that when the machine gets busier or
     quieter during a measurement (a shared machine drifts by 30-50 % within minutes), every
     peer sees the same drift, and the ratios between them hold. Each timing starts with one
-    untimed call, so that no peer pays for the caches another one has just emptied."""
+    untimed call, so that no peer pays for the caches another one has just emptied.
+
+    The best rather than the median: on a shared machine other processes only ever add time,
+    so the minimum is the figure that repeats from run to run."""
     best = dict.fromkeys(timed, float("inf"))
     for _ in range(repeats):
         for name, (fn, number) in timed.items():
