@@ -401,21 +401,42 @@ else:
 PANEL_MAX_COLUMNS = 320
 
 
-# Not inlined, unlike the rest of the cell: its four panel widths, inlined at the three places
+# Not inlined, unlike the rest of the cell: its panel widths, inlined at the three places
 # _cell multiplies, made the step and sequence kernels take ~50 % longer to compile, for no
 # measurable gain over one call per product.
 @njit(**KERNEL)
-def _matvec(acc, x, w, ld, c0):
+def _matvec(acc, x, w, ld, c0, reverse):
     # acc (n,) += x @ W[:, c0:c0+n], bitwise as _axpy: panels of 64, 32, 16 and 8 columns
     # with their sums in registers, then _axpy for the last n % 8 columns.
+    #
+    # reverse: the same panels in the opposite order, for the same results (the columns are
+    # independent sums). The cell alternates the order from one time step to the next, so that
+    # each step starts on the panels the previous one read last, which are still in L1: past
+    # H~40 (W_hh over ~20 KB) the matrix no longer fits L1 and, read in one order, every step
+    # would fetch all of it from L2 again. A/B, sequence per step: H=64 733-739 -> 616-638 ns,
+    # H=96 1545-1574 -> 1447-1497 ns. Past PANEL_MAX_COLUMNS the panels were slower than
+    # _axpy's sweep even in alternating order (H=128 2529 -> 2754 ns), and _axpy's rows
+    # cannot be reversed without changing the order of the sums.
     n = acc.shape[0]
     if n > PANEL_MAX_COLUMNS:
         _axpy(acc, x, w, ld, c0)
         return
+    n64 = n - n % 64
+    if reverse:
+        _matvec_tail(acc, x, w, ld, c0, n64)
     j = 0
-    while j + 64 <= n:
-        _panel(acc[j:j + 64], x, w, ld, c0 + j, 8)
+    while j < n64:
+        k = n64 - 64 - j if reverse else j
+        _panel(acc[k:k + 64], x, w, ld, c0 + k, 8)
         j += 64
+    if not reverse:
+        _matvec_tail(acc, x, w, ld, c0, n64)
+
+
+@njit(**KERNEL, inline="always")
+def _matvec_tail(acc, x, w, ld, c0, j):
+    # _matvec for the columns from j on (fewer than 64)
+    n = acc.shape[0]
     if j + 32 <= n:
         _panel(acc[j:j + 32], x, w, ld, c0 + j, 4)
         j += 32
@@ -566,19 +587,20 @@ def _finish_before(h, a):
 # (step 7.7 -> 14.6 s, sequence 11 -> 20 s here), paid once into the cache. (Before the
 # kernels dropped reference counting, this inlining was slower.)
 @njit(**KERNEL, inline="always")
-def _cell(h, xp, a, w_hh, b_hn, reset_after, hard_gates, alpha, beta):
+def _cell(h, xp, a, w_hh, b_hn, reset_after, hard_gates, alpha, beta, reverse):
     # One GRU time step of one layer and direction, in place on h (H,).
     # xp (3H,): this step's input projection (from _project); a (3H,): scratch;
-    # w_hh (H, 3H); b_hn (H,); hard_gates, alpha, beta: the gate activation (module doc).
+    # w_hh (H, 3H); b_hn (H,); hard_gates, alpha, beta: the gate activation (module doc);
+    # reverse: read w_hh in the other order (_matvec), alternately from step to step.
     H = h.shape[0]
     _start(a, xp, b_hn, reset_after)
     if reset_after:
-        _matvec(a, h, w_hh, 3 * H, 0)                 # [r | z | W_hn h + b_hn]
+        _matvec(a, h, w_hh, 3 * H, 0, reverse)        # [r | z | W_hn h + b_hn]
         _finish_after(h, a, xp, hard_gates, alpha, beta)
     else:
-        _matvec(a[:2 * H], h, w_hh, 3 * H, 0)         # [r | z]
+        _matvec(a[:2 * H], h, w_hh, 3 * H, 0, reverse)           # [r | z]
         _reset_before(h, a, xp, hard_gates, alpha, beta)
-        _matvec(a[2 * H:], a[:H], w_hh, 3 * H, 2 * H) # += W_hn (r * h)
+        _matvec(a[2 * H:], a[:H], w_hh, 3 * H, 2 * H, reverse)  # += W_hn (r * h)
         _finish_before(h, a)
 
 
@@ -651,7 +673,9 @@ def _head_views(params, input_size, hidden_size, num_layers, num_directions, out
 # with the sizes and flags in the header as float32 values (exact: all are below 2**24).
 STEP_HEADER = 16                # 64 bytes: params start where the array does, modulo a cache line
 _H_INPUT, _H_HIDDEN, _H_LAYERS, _H_OUTPUT, _H_RESET_AFTER, _H_HARD_GATES, _H_ALPHA, _H_BETA, \
-    _H_HEAD, _H_PARAMS = range(10)
+    _H_HEAD, _H_PARAMS, _H_REVERSE = range(11)
+# _H_REVERSE is not a size but the step kernel's own bit of state: the order in which it reads
+# the weights this call, flipped on every call (see _matvec).
 
 
 def step_model_size(params_size, work_size):
@@ -681,14 +705,17 @@ def gru_step(out, x, model):
     P = np.int64(model[_H_PARAMS])
     params = model[STEP_HEADER:STEP_HEADER + P]
     work = model[STEP_HEADER + P:]
+    reverse = model[_H_REVERSE] != 0
+    model[_H_REVERSE] = _ZERO if reverse else _ONE
     _step(out, x, params, work, np.int64(model[_H_INPUT]), np.int64(model[_H_HIDDEN]),
           np.int64(model[_H_LAYERS]), np.int64(model[_H_OUTPUT]), model[_H_RESET_AFTER] != 0,
-          model[_H_HARD_GATES] != 0, model[_H_ALPHA], model[_H_BETA], np.int64(model[_H_HEAD]))
+          model[_H_HARD_GATES] != 0, model[_H_ALPHA], model[_H_BETA], np.int64(model[_H_HEAD]),
+          reverse)
 
 
 @njit(**KERNEL, inline="always")
 def _step(out, x, params, work, input_size, hidden_size, num_layers, output_size, reset_after,
-          hard_gates, gate_alpha, gate_beta, head_activation):
+          hard_gates, gate_alpha, gate_beta, head_activation, reverse):
     H = hidden_size
     G = 3 * H
     s = num_layers * H
@@ -700,8 +727,8 @@ def _step(out, x, params, work, input_size, hidden_size, num_layers, output_size
         h = work[l * H:(l + 1) * H]
         for j in range(G):                  # _project for one row
             xp[j] = b_x[j]
-        _matvec(xp, layer_in, w_ih, G, 0)
-        _cell(h, xp, acc, w_hh, b_hn, reset_after, hard_gates, gate_alpha, gate_beta)
+        _matvec(xp, layer_in, w_ih, G, 0, reverse)
+        _cell(h, xp, acc, w_hh, b_hn, reset_after, hard_gates, gate_alpha, gate_beta, reverse)
         layer_in = h
     if output_size > 0:
         w_head, b_head = _head_views(params, input_size, H, num_layers, 1, output_size)
@@ -763,7 +790,7 @@ def gru_sequences(Y, X, h, params, ws, input_size, hidden_size, num_layers, num_
                     c = s if d == 0 else n - 1 - s
                     if B == 1:
                         _cell(hk[0], xp[0, c], acc[0], w_hh, b_hn, reset_after, hard_gates,
-                              gate_alpha, gate_beta)
+                              gate_alpha, gate_beta, (c0 + s) % 2 == 1)
                     else:
                         _cells(hk, xp, c, acc, w_hh, b_hn, reset_after, hard_gates,
                                gate_alpha, gate_beta)

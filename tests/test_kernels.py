@@ -180,14 +180,15 @@ def test_backends_agree():
 def test_register_blocked_product_equals_axpy_bitwise():
     """_matvec (sums held in vector registers, kernels._panel) against _axpy (the accumulator
     in memory): the same sums in the same order, so not a bit apart, for every panel width
-    (64/32/16/8 columns), column and row remainders, past PANEL_MAX_COLUMNS, and with NaN."""
+    (64/32/16/8 columns), column and row remainders, past PANEL_MAX_COLUMNS, and with NaN;
+    with its panels in either order (the cell alternates them from step to step)."""
     if not edgegru.JIT:
         pytest.skip("numba not available")
     from numba import njit
 
     @njit(fastmath=kernels.FASTMATH, error_model="numpy")     # not cached: the kernels may change
-    def both(by_panels, by_rows, x, w, ld, c0):
-        kernels._matvec(by_panels, x, w, ld, c0)
+    def both(by_panels, by_rows, x, w, ld, c0, reverse):
+        kernels._matvec(by_panels, x, w, ld, c0, reverse)
         kernels._axpy(by_rows, x, w, ld, c0)
 
     rng = np.random.default_rng(5)
@@ -201,11 +202,13 @@ def test_register_blocked_product_equals_axpy_bitwise():
             if n == 99:
                 x[m // 2] = np.nan
             start = rng.standard_normal(n).astype(np.float32)
-            by_panels, by_rows = start.copy(), start.copy()
-            both(by_panels, by_rows, x, w, ld, c0)
-            assert np.array_equal(by_panels, by_rows, equal_nan=True), (m, n)
             expected = start.astype(np.float64) + x @ w.reshape(m, ld)[:, c0:c0 + n]
-            assert np.allclose(by_panels, expected, rtol=1e-5, atol=1e-4, equal_nan=True), (m, n)
+            for reverse in (False, True):
+                by_panels, by_rows = start.copy(), start.copy()
+                both(by_panels, by_rows, x, w, ld, c0, reverse)
+                assert np.array_equal(by_panels, by_rows, equal_nan=True), (m, n, reverse)
+                assert np.allclose(by_panels, expected, rtol=1e-5, atol=1e-4,
+                                   equal_nan=True), (m, n, reverse)
 
 
 def test_vectorised_dot_equals_eight_scalar_sums_bitwise():
