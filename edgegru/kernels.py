@@ -483,6 +483,26 @@ def _matmul(acc, a0, xs, w, ld, c0, n):
             i += 1
 
 
+@njit(**KERNEL)
+def _matmul_panels(acc, a0, xs, w, ld, c0, n):
+    # _matmul (bitwise the same) for rows of xs that are contiguous, through _panel: one panel
+    # of columns at a time for all N rows, so that its strip of w stays in L1 while the N rows
+    # go through it, and each row's sums stay in registers across all rows of w. A/B, time
+    # per step of a batch of 32: H=64 23.5 -> 19.4 us, H=32 8.2 -> 6.6 us; a 2-layer H=64
+    # sequence (whose upper layer's input projection runs here) 1792 -> 1696 ns. (The
+    # reset-before cell's second product, whose input rows are strided, stays on _matmul.)
+    N = acc.shape[0]
+    if n > PANEL_MAX_COLUMNS:
+        _matmul(acc, a0, xs, w, ld, c0, n)
+        return
+    n64 = n - n % 64
+    for j in range(0, n64, 64):
+        for b in range(N):
+            _panel(acc[b, a0 + j:a0 + j + 64], xs[b], w, ld, c0 + j, 8)
+    for b in range(N):
+        _matvec_tail(acc[b, a0:a0 + n], xs[b], w, ld, c0, n64)
+
+
 @njit(**KERNEL, inline="always")
 def _project(xp, xs, w_ih, b_x):
     # xp (N, 3H) = xs @ w_ih + b_x;   xs (N, in), w_ih (in, 3H), b_x (3H,)
@@ -490,7 +510,7 @@ def _project(xp, xs, w_ih, b_x):
         row = xp[b]
         for j in range(row.shape[0]):
             row[j] = b_x[j]
-    _matmul(xp, 0, xs, w_ih, xp.shape[1], 0, xp.shape[1])
+    _matmul_panels(xp, 0, xs, w_ih, xp.shape[1], 0, xp.shape[1])
 
 
 # The cell in pieces, so that one sequence (_cell) and a batch (_cells) run the same arithmetic.
@@ -612,11 +632,11 @@ def _cells(hs, xps, c, acc, w_hh, b_hn, reset_after, hard_gates, alpha, beta):
     for b in range(N):
         _start(acc[b], xps[b, c], b_hn, reset_after)
     if reset_after:
-        _matmul(acc, 0, hs, w_hh, 3 * H, 0, 3 * H)
+        _matmul_panels(acc, 0, hs, w_hh, 3 * H, 0, 3 * H)
         for b in range(N):
             _finish_after(hs[b], acc[b], xps[b, c], hard_gates, alpha, beta)
     else:
-        _matmul(acc, 0, hs, w_hh, 3 * H, 0, 2 * H)
+        _matmul_panels(acc, 0, hs, w_hh, 3 * H, 0, 2 * H)
         for b in range(N):
             _reset_before(hs[b], acc[b], xps[b, c], hard_gates, alpha, beta)
         _matmul(acc, 2 * H, acc[:, :H], w_hh, 3 * H, 2 * H, H)
