@@ -32,8 +32,9 @@ Keras 3; beta 0.5) and ONNX's ``HardSigmoid(alpha, beta)``.
 
 One cell serves the step and the sequence paths, so they cannot disagree: :func:`_cell` for one
 sequence and :func:`_cells` for a batch are built from the same pieces and the same row-by-row
-sums (:func:`_axpy`, :func:`_matmul`, and :func:`_matvec`, which computes _axpy's sums with them
-held in registers), and the tests hold them to bitwise equality.
+sums (:func:`_axpy`, :func:`_matmul`, and :func:`_matvec` and :func:`_matmul_panels`, which
+compute those sums with them held in registers, a panel of columns at a time, the panels in
+either order), and the tests hold them to bitwise equality.
 """
 import numpy as np
 
