@@ -78,6 +78,39 @@ def target_cpu():
     return name, features
 
 
+# Asking LLVM for the host CPU means loading llvmlite's shared library: 40-100 MB of resident
+# memory and tens of ms, in a process that otherwise needs neither numba nor llvmlite. So the
+# manifest also records a fingerprint of the CPU as Linux describes it (the lines below of
+# /proc/cpuinfo, all cores), of NUMBA_CPU_NAME/NUMBA_CPU_FEATURES, and of the name and features
+# LLVM gave at build time. When a process finds the same fingerprint, it runs on the same kind
+# of CPU with the same settings, so LLVM would answer the same and is not asked; otherwise (or
+# without /proc/cpuinfo) it is.
+_CPUINFO_KEYS = frozenset((
+    "vendor_id", "cpu family", "model", "model name", "stepping", "flags",        # x86
+    "CPU implementer", "CPU architecture", "CPU variant", "CPU part", "CPU revision",
+    "Features"))                                                                   # ARM
+
+
+def cpu_fingerprint(name, features):
+    """sha256 of this machine's CPU identity, the NUMBA_CPU_* settings and (name, features);
+    '' where /proc/cpuinfo cannot be read."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
+            lines = f.read().splitlines()
+    except OSError:
+        return ""
+    identity = set()
+    for line in lines:
+        key, colon, value = line.partition(":")
+        if colon and key.strip() in _CPUINFO_KEYS:
+            identity.add(f"{key.strip()}: {value.strip()}")
+    if not identity:
+        return ""
+    settings = [os.environ.get("NUMBA_CPU_NAME"), os.environ.get("NUMBA_CPU_FEATURES")]
+    text = json.dumps([sorted(identity), settings, name, features])
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
 # -- argument types, compared without numba -------------------------------------------------
 # A value's key is what numba.typeof would make of it: arrays by dtype, dimensions, layout
 # and writeability; scalars by their numba type (a Python int is int64, a float float64).
@@ -192,10 +225,13 @@ def _stale(manifest):
             return "built from other kernel sources (run edgegru compile again)"
         if manifest["numpy_major"] != int(np.__version__.split(".")[0]):
             return f"built for NumPy {manifest['numpy_major']}.x"
-        name, features = target_cpu()
-        if (manifest["cpu_name"], manifest["cpu_features"]) != (name, features):
-            return (f"built for CPU {manifest['cpu_name']!r}, this process compiles for "
-                    f"{name!r} (NUMBA_CPU_NAME must match at build and at run time)")
+        fingerprint = manifest.get("cpu_fingerprint")
+        if not fingerprint or fingerprint != cpu_fingerprint(manifest["cpu_name"],
+                                                             manifest["cpu_features"]):
+            name, features = target_cpu()
+            if (manifest["cpu_name"], manifest["cpu_features"]) != (name, features):
+                return (f"built for CPU {manifest['cpu_name']!r}, this process compiles for "
+                        f"{name!r} (NUMBA_CPU_NAME must match at build and at run time)")
     except (KeyError, TypeError, AttributeError, ValueError):
         return "unreadable manifest"
     except ImportError:
@@ -307,7 +343,9 @@ def build(directory=None):
         final = os.path.join(target, cc.output_file)
         manifest = {"format": 1, "module": cc.output_file, "sources_sha256": sha,
                     "numpy_major": int(np.__version__.split(".")[0]), "cpu_name": name,
-                    "cpu_features": features, "python": sys.version, "kernels": kernels}
+                    "cpu_features": features,
+                    "cpu_fingerprint": cpu_fingerprint(name, features),
+                    "python": sys.version, "kernels": kernels}
         # replace, never rewrite in place: a running process may have the old file mapped
         os.replace(built, final)
         manifest_tmp = os.path.join(tmp, "manifest.json")

@@ -65,7 +65,7 @@ OUTPUTS = textwrap.dedent("""
                  log=lambda message: None)
     out["run_csv"] = np.frombuffer(csv.getvalue(), np.uint8)
     np.savez(dest, **out)
-    print(json.dumps([_jit.BACKEND, "numba" in sys.modules]))
+    print(json.dumps([_jit.BACKEND, "numba" in sys.modules, "llvmlite" in sys.modules]))
 """)
 
 STATUS = textwrap.dedent("""
@@ -105,9 +105,11 @@ def aot_cache(tmp_path_factory):
 @pytest.mark.skipif(not MODEL.exists(), reason="no weights/model.npz")
 def test_every_path_without_numba_and_bitwise_as_numba(aot_cache, tmp_path):
     got = tmp_path / "aot.npz"
-    assert child(OUTPUTS, MODEL, EXAMPLE, got, cache=aot_cache) == ["aot", False]
+    # on the module, neither numba nor llvmlite (whose library alone is 40-100 MB resident) is
+    # loaded: the CPU's fingerprint in the manifest matches
+    assert child(OUTPUTS, MODEL, EXAMPLE, got, cache=aot_cache) == ["aot", False, False]
     want = tmp_path / "numba.npz"
-    assert child(OUTPUTS, MODEL, EXAMPLE, want, EDGEGRU_AOT="0") == ["numba", True]
+    assert child(OUTPUTS, MODEL, EXAMPLE, want, EDGEGRU_AOT="0") == ["numba", True, True]
     got, want = np.load(got), np.load(want)
     assert sorted(got) == sorted(want) and len(got) == 13
     for name in want:
@@ -128,6 +130,8 @@ def test_a_stale_module_is_ignored_and_says_why(aot_cache, tmp_path):
 
     for change, why in ((dict(sources_sha256="0" * 64), "other kernel sources"),
                         (dict(cpu_name="generic", cpu_features=""), "built for CPU 'generic'"),
+                        (dict(cpu_name="generic", cpu_features="", cpu_fingerprint=None),
+                         "built for CPU 'generic'"),
                         (dict(numpy_major=1 + good["numpy_major"]), "built for NumPy"),
                         (dict(kernels={}), "another edgegru"),
                         (dict(module="missing.so"), "cannot be loaded")):
@@ -138,6 +142,10 @@ def test_a_stale_module_is_ignored_and_says_why(aot_cache, tmp_path):
     assert child(STATUS, cache=stale)[0] == "numba"
 
     manifest.write_text(json.dumps(good))                 # as built: used
+    assert child(STATUS, cache=stale) == ["aot", None]
+    # a CPU fingerprint that does not match (another machine) falls back to asking LLVM,
+    # which here says it is the same CPU
+    manifest.write_text(json.dumps(dict(good, cpu_fingerprint="0" * 64)))
     assert child(STATUS, cache=stale) == ["aot", None]
     # and on another CPU, as numba's own cache, not used
     backend, status = child(STATUS, cache=stale, NUMBA_CPU_NAME="generic")
