@@ -809,7 +809,7 @@ def gru_sequences(Y, X, h, params, ws, input_size, hidden_size, num_layers, num_
                     _project(xp[b, :n], src[b, t0:t0 + n], w_ih, b_x)
                 for s in range(n):
                     c = s if d == 0 else n - 1 - s
-                    if B == 1:
+                    if B == 1:      # w_hh's panels in the other order every other step
                         _cell(hk[0], xp[0, c], acc[0], w_hh, b_hn, reset_after, hard_gates,
                               gate_alpha, gate_beta, (c0 + s) % 2 == 1)
                     else:
