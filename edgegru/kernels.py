@@ -485,23 +485,30 @@ def _matmul(acc, a0, xs, w, ld, c0, n):
 
 
 @njit(**KERNEL)
-def _matmul_panels(acc, a0, xs, w, ld, c0, n):
+def _matmul_panels(acc, a0, xs, w, ld, c0, n, reverse):
     # _matmul (bitwise the same) for rows of xs that are contiguous, through _panel: one panel
     # of columns at a time for all N rows, so that its strip of w stays in L1 while the N rows
     # go through it, and each row's sums stay in registers across all rows of w. A/B, time
     # per step of a batch of 32: H=64 23.5 -> 19.4 us, H=32 8.2 -> 6.6 us; a 2-layer H=64
-    # sequence (whose upper layer's input projection runs here) 1792 -> 1696 ns. (The
-    # reset-before cell's second product, whose input rows are strided, stays on _matmul.)
+    # sequence (whose upper layer's input projection runs here) 1792 -> 1696 ns. reverse:
+    # the strips in the other order, as in _matvec (B=4 at H=64 2534 -> 2322 ns, B=32 19.1
+    # -> 18.4 us). (The reset-before cell's second product, whose input rows are strided,
+    # stays on _matmul.)
     N = acc.shape[0]
     if n > PANEL_MAX_COLUMNS:
         _matmul(acc, a0, xs, w, ld, c0, n)
         return
     n64 = n - n % 64
-    for j in range(0, n64, 64):
+    if reverse:
+        for b in range(N):
+            _matvec_tail(acc[b, a0:a0 + n], xs[b], w, ld, c0, n64)
+    for i in range(0, n64, 64):
+        j = n64 - 64 - i if reverse else i
         for b in range(N):
             _panel(acc[b, a0 + j:a0 + j + 64], xs[b], w, ld, c0 + j, 8)
-    for b in range(N):
-        _matvec_tail(acc[b, a0:a0 + n], xs[b], w, ld, c0, n64)
+    if not reverse:
+        for b in range(N):
+            _matvec_tail(acc[b, a0:a0 + n], xs[b], w, ld, c0, n64)
 
 
 @njit(**KERNEL, inline="always")
@@ -511,7 +518,7 @@ def _project(xp, xs, w_ih, b_x):
         row = xp[b]
         for j in range(row.shape[0]):
             row[j] = b_x[j]
-    _matmul_panels(xp, 0, xs, w_ih, xp.shape[1], 0, xp.shape[1])
+    _matmul_panels(xp, 0, xs, w_ih, xp.shape[1], 0, xp.shape[1], False)
 
 
 # The cell in pieces, so that one sequence (_cell) and a batch (_cells) run the same arithmetic.
@@ -626,18 +633,18 @@ def _cell(h, xp, a, w_hh, b_hn, reset_after, hard_gates, alpha, beta, reverse):
 
 
 @njit(**KERNEL)
-def _cells(hs, xps, c, acc, w_hh, b_hn, reset_after, hard_gates, alpha, beta):
+def _cells(hs, xps, c, acc, w_hh, b_hn, reset_after, hard_gates, alpha, beta, reverse):
     # _cell for N independent sequences at once, so each row of w_hh is read once for all:
     # hs (N, H) in place; xps[:, c] (N, 3H) this step's input projections; acc (N, 3H).
     N, H = hs.shape
     for b in range(N):
         _start(acc[b], xps[b, c], b_hn, reset_after)
     if reset_after:
-        _matmul_panels(acc, 0, hs, w_hh, 3 * H, 0, 3 * H)
+        _matmul_panels(acc, 0, hs, w_hh, 3 * H, 0, 3 * H, reverse)
         for b in range(N):
             _finish_after(hs[b], acc[b], xps[b, c], hard_gates, alpha, beta)
     else:
-        _matmul_panels(acc, 0, hs, w_hh, 3 * H, 0, 2 * H)
+        _matmul_panels(acc, 0, hs, w_hh, 3 * H, 0, 2 * H, reverse)
         for b in range(N):
             _reset_before(hs[b], acc[b], xps[b, c], hard_gates, alpha, beta)
         _matmul(acc, 2 * H, acc[:, :H], w_hh, 3 * H, 2 * H, H)
@@ -809,12 +816,13 @@ def gru_sequences(Y, X, h, params, ws, input_size, hidden_size, num_layers, num_
                     _project(xp[b, :n], src[b, t0:t0 + n], w_ih, b_x)
                 for s in range(n):
                     c = s if d == 0 else n - 1 - s
-                    if B == 1:      # w_hh's panels in the other order every other step
+                    reverse = (c0 + s) % 2 == 1     # w_hh's panels: the other order
+                    if B == 1:                      # every other step
                         _cell(hk[0], xp[0, c], acc[0], w_hh, b_hn, reset_after, hard_gates,
-                              gate_alpha, gate_beta, (c0 + s) % 2 == 1)
+                              gate_alpha, gate_beta, reverse)
                     else:
                         _cells(hk, xp, c, acc, w_hh, b_hn, reset_after, hard_gates,
-                               gate_alpha, gate_beta)
+                               gate_alpha, gate_beta, reverse)
                     for b in range(B):              # a loop: numba's slice assignment
                         row = dst[b, t0 + c, d * H:(d + 1) * H]     # costs more at small H
                         hb = hk[b]
