@@ -492,23 +492,23 @@ def _matmul_panels(acc, a0, xs, w, ld, c0, n, reverse):
     # per step of a batch of 32: H=64 23.5 -> 19.4 us, H=32 8.2 -> 6.6 us; a 2-layer H=64
     # sequence (whose upper layer's input projection runs here) 1792 -> 1696 ns. reverse:
     # the strips in the other order, as in _matvec (B=4 at H=64 2534 -> 2322 ns, B=32 19.1
-    # -> 18.4 us). (The reset-before cell's second product, whose input rows are strided,
-    # stays on _matmul.)
+    # -> 18.4 us); one call site per panel width, as each is compiled anew (written as two
+    # loops, one per order, the sequence kernel took ~30 % longer to compile: 38.5 against
+    # 27.6-29.7 s of CPU here). (The reset-before cell's second product, whose input rows
+    # are strided, stays on _matmul.)
     N = acc.shape[0]
     if n > PANEL_MAX_COLUMNS:
         _matmul(acc, a0, xs, w, ld, c0, n)
         return
     n64 = n - n % 64
-    if reverse:
+    strips = n64 // 64 + (1 if n64 < n else 0)     # 64 columns each, then what is left
+    for i in range(strips):
+        j = 64 * (strips - 1 - i if reverse else i)
         for b in range(N):
-            _matvec_tail(acc[b, a0:a0 + n], xs[b], w, ld, c0, n64)
-    for i in range(0, n64, 64):
-        j = n64 - 64 - i if reverse else i
-        for b in range(N):
-            _panel(acc[b, a0 + j:a0 + j + 64], xs[b], w, ld, c0 + j, 8)
-    if not reverse:
-        for b in range(N):
-            _matvec_tail(acc[b, a0:a0 + n], xs[b], w, ld, c0, n64)
+            if j < n64:
+                _panel(acc[b, a0 + j:a0 + j + 64], xs[b], w, ld, c0 + j, 8)
+            else:
+                _matvec_tail(acc[b, a0:a0 + n], xs[b], w, ld, c0, n64)
 
 
 @njit(**KERNEL, inline="always")
