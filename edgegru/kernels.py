@@ -504,10 +504,11 @@ def _matmul_panels(acc, a0, xs, w, ld, c0, n, reverse):
     strips = n64 // 64 + (1 if n64 < n else 0)     # 64 columns each, then what is left
     for i in range(strips):
         j = 64 * (strips - 1 - i if reverse else i)
-        for b in range(N):
-            if j < n64:
+        if j < n64:
+            for b in range(N):
                 _panel(acc[b, a0 + j:a0 + j + 64], xs[b], w, ld, c0 + j, 8)
-            else:
+        else:
+            for b in range(N):
                 _matvec_tail(acc[b, a0:a0 + n], xs[b], w, ld, c0, n64)
 
 
