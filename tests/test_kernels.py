@@ -180,8 +180,9 @@ def test_backends_agree():
 def test_register_blocked_product_equals_axpy_bitwise():
     """_matvec (sums held in vector registers, kernels._panel) against _axpy (the accumulator
     in memory): the same sums in the same order, so not a bit apart, for every panel width
-    (64/32/16/8 columns), column and row remainders, past PANEL_MAX_COLUMNS, and with NaN;
-    with its panels in either order (the cell alternates them from step to step)."""
+    (8, 4, 2 and 1 vectors of PANEL_LANES columns), column and row remainders, past
+    PANEL_MAX_COLUMNS, and with NaN; with its panels in either order (the cell alternates them
+    from step to step)."""
     if not edgegru.JIT:
         pytest.skip("numba not available")
     from numba import njit
@@ -192,8 +193,9 @@ def test_register_blocked_product_equals_axpy_bitwise():
         kernels._axpy(by_rows, x, w, ld, c0)
 
     rng = np.random.default_rng(5)
-    widths = (1, 7, 8, 13, 24, 40, 56, 64, 72, 99, 120, kernels.PANEL_MAX_COLUMNS,
-              kernels.PANEL_MAX_COLUMNS + 1, 400)
+    # every combination of panels for 8 lanes up to 120 columns, and for 16 up to 248
+    widths = (1, 7, 8, 13, 24, 40, 56, 64, 72, 99, 120, 128, 136, 200, 248, 255,
+              kernels.PANEL_MAX_COLUMNS, kernels.PANEL_MAX_COLUMNS + 1, 400)
     for m in (1, 3, 4, 7, 33):
         for n in widths:
             ld, c0 = n + 5, 3               # a block of columns inside wider rows
@@ -209,6 +211,50 @@ def test_register_blocked_product_equals_axpy_bitwise():
                 assert np.array_equal(by_panels, by_rows, equal_nan=True), (m, n, reverse)
                 assert np.allclose(by_panels, expected, rtol=1e-5, atol=1e-4,
                                    equal_nan=True), (m, n, reverse)
+
+
+@pytest.mark.parametrize("lanes", [8, 16])
+def test_panels_of_either_vector_width_equal_axpy_bitwise(lanes):
+    """The panel intrinsic for 8 lanes (AVX, NEON) and for 16 (AVX-512), whichever this CPU
+    uses in the kernels (the other one LLVM splits or merges into the registers it has): the
+    sums of _axpy, not a bit apart, for 1, 2, 4 and 8 vectors, and with NaN."""
+    if kernels.BACKEND != "numba":
+        pytest.skip("numba not available")
+    from numba import njit
+
+    panel, _ = kernels._vector_intrinsics(lanes)
+
+    def product(nvec):
+        @njit(fastmath=kernels.FASTMATH, error_model="numpy")
+        def both(by_panel, by_rows, x, w, ld, c0):
+            panel(by_panel, x, w, ld, c0, nvec)
+            kernels._axpy(by_rows, x, w, ld, c0)
+        return both
+
+    rng = np.random.default_rng(7)
+    for nvec in (1, 2, 4, 8):
+        both = product(nvec)
+        n = nvec * lanes
+        for m in (1, 5, 32):
+            ld, c0 = n + 9, 5
+            w = rng.standard_normal(m * ld).astype(np.float32)
+            x = rng.standard_normal(m).astype(np.float32)
+            if m == 5:
+                x[2] = np.nan
+            start = rng.standard_normal(n).astype(np.float32)
+            by_panel, by_rows = start.copy(), start.copy()
+            both(by_panel, by_rows, x, w, ld, c0)
+            assert np.array_equal(by_panel, by_rows, equal_nan=True), (nvec, m)
+            assert np.isnan(by_panel).all() == (m == 5), (nvec, m)
+
+
+def test_vector_width_follows_the_cpu_features():
+    assert kernels.panel_lanes("+avx2,+fma,+avx512f,+avx512vl") == 16
+    assert kernels.panel_lanes("+avx2,+fma,-avx512f") == 8
+    assert kernels.panel_lanes("+avx2,+avx512f,-evex512") == 8
+    assert kernels.panel_lanes("+neon,+fp-armv8") == 8
+    assert kernels.panel_lanes("") == 8
+    assert kernels.PANEL_COLUMNS == 8 * kernels.PANEL_LANES
 
 
 def test_vectorised_dot_equals_eight_scalar_sums_bitwise():
