@@ -2,8 +2,9 @@
 
 Every time step of a GRU reads the whole recurrent matrix W_hh (3H x H floats) once, and the
 next step cannot start before this one ends. So no single-threaded float32 implementation can
-take less per step than one read of 12 H^2 bytes from wherever they fit: L1 up to H≈48 here
-(32 KiB), L2 up to H≈200 (512 KiB), L3 beyond. This prints, per H, the time of one such read
+take less per step than one read of 12 H^2 bytes from wherever they fit: L1 up to H≈48 on
+a Zen 3 (32 KiB; H≈60 on a Zen 5, 48 KiB), L2 up to H≈200 (512 KiB; H≈280 with 1 MiB), L3
+beyond. This prints, per H, the time of one such read
 (a vectorised sum, reassociation allowed: the fastest read numba makes) next to
 ``Model.run``'s time per step, so a goal such as "3x ONNX Runtime" can be checked against what
 memory allows before trying to meet it.
