@@ -251,11 +251,6 @@ def _forwarder(kernel, n):
     return namespace["forward"]
 
 
-def _jit_no_nrt():
-    from edgegru import _jit       # imported late: _jit imports this module first
-    return bool(_jit.NO_NRT)
-
-
 def missing_toolchain():
     """Why the C side of a build cannot run here ('' if it can): the C compiler setuptools
     would use, and Python's headers."""
@@ -277,7 +272,7 @@ def build(directory=None):
     import shutil
     import tempfile
 
-    from edgegru import bench
+    from edgegru import _jit, bench     # here, not at the top: _jit imports this module
 
     try:
         with warnings.catch_warnings():
@@ -326,7 +321,7 @@ def build(directory=None):
     try:
         cc = CC(module_name)
         cc.output_dir = tmp
-        if _jit_no_nrt():
+        if _jit.NO_NRT:
             # the kernels keep no reference counts (edgegru._jit.NO_NRT), so neither need the
             # forwarders: without numba's runtime, a call unboxes its arrays without making a
             # meminfo for each (stepper() at H=64 569-572 -> 509-527 ns here)
