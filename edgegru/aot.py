@@ -171,11 +171,13 @@ class Kernel:
 
 
 class Module:
-    """The loaded extension module: ``kernels`` maps qualified names to :class:`Kernel`."""
+    """The loaded extension module: ``kernels`` maps qualified names to :class:`Kernel`;
+    ``cpu_features``: the LLVM features of the CPU it was compiled for."""
 
-    def __init__(self, path, kernels):
+    def __init__(self, path, kernels, cpu_features):
         self.path = path
         self.kernels = kernels
+        self.cpu_features = cpu_features
 
 
 def load():
@@ -211,7 +213,7 @@ def load():
             status = f"{path}: cannot be loaded ({e})"
             return None
         status = None
-        return Module(path, kernels)
+        return Module(path, kernels, manifest["cpu_features"])
     status = "not built (edgegru compile builds it)"
     return None
 

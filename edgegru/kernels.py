@@ -8,7 +8,8 @@ per layer and direction (``l`` major, then ``d``)::
 
     w_ih   (in_size, 3H)   transposed input weights, columns [r | z | n]
     b_x    (3H,)           [b_ir + b_hr | b_iz + b_hz | b_in]   (+ b_hn when reset_before)
-    w_hh   (H, 3H)         transposed hidden weights, columns [r | z | n]
+    w_hh   (H, 3H)         transposed hidden weights, columns [r | z | n]; past
+                           RECURRENT_BLOCKED_ABOVE hidden units, blocked (pack_recurrent)
     b_hn   (H,)            hidden bias of the candidate (zero when reset_before: folded into b_x)
 
 followed by the optional linear head ``w_head (O, K)`` and ``b_head (O,)``, K = H * directions.
@@ -34,12 +35,13 @@ One cell serves the step and the sequence paths, so they cannot disagree: :func:
 sequence and :func:`_cells` for a batch are built from the same pieces and the same row-by-row
 sums (:func:`_axpy`, :func:`_matmul`, and :func:`_matvec` and :func:`_matmul_panels`, which
 compute those sums with them held in registers, a panel of columns at a time, the panels in
-either order), and the tests hold them to bitwise equality.
+either order; for a blocked w_hh, :func:`_matvec_blocked` and :func:`_matmul_blocked`, one row
+at a time as :func:`_axpy_chain`), and the tests hold them to bitwise equality.
 """
 import numpy as np
 
 from edgegru import aot
-from edgegru._jit import BACKEND, JIT, NO_NRT, njit
+from edgegru._jit import AOT, BACKEND, JIT, NO_NRT, njit
 
 # Lets LLVM contract a*b+c into FMA, but not assume the absence of NaN/inf ("nnan", "ninf"):
 # sensor data has NaN, and a NaN must propagate, not be optimised away. Nor may it reassociate
@@ -170,6 +172,35 @@ def entry_point(kernel, args):
     return kernel.compile(tuple(typeof(a) for a in args))
 
 
+# Large recurrent matrices are stored "blocked": [r | z] (H, 2H) and then [n] (H, H), each cut
+# into blocks of RECURRENT_BLOCK_COLUMNS columns (the last one narrower), each block row-major,
+# one after the other. A panel of the product (_matvec_blocked) then reads one contiguous run
+# of memory, which the hardware prefetchers follow from L2, where row-major panels read a
+# short piece of every row. Only past RECURRENT_BLOCKED_ABOVE: smaller matrices stay in L1,
+# where the row-major panels in _rows4's order are as fast or faster.
+RECURRENT_BLOCKED_ABOVE = 64
+
+
+def recurrent_blocked(hidden_size, block_columns):
+    """Whether w_hh is blocked, for kernels whose blocks are block_columns wide (0: never)."""
+    return block_columns > 0 and hidden_size > RECURRENT_BLOCKED_ABOVE
+
+
+def pack_recurrent(w_hh_t, block_columns):
+    """The flat w_hh block of params from the transposed hidden weights (H, 3H)."""
+    H = w_hh_t.shape[0]
+    if not recurrent_blocked(H, block_columns):
+        return w_hh_t.ravel()
+    return np.concatenate([blocked(w_hh_t[:, :2 * H], block_columns),
+                           blocked(w_hh_t[:, 2 * H:], block_columns)])
+
+
+def blocked(w, block_columns):
+    """W (m, n) flat in the blocked layout: blocks of block_columns columns, each row-major."""
+    return np.concatenate([w[:, c:c + block_columns].ravel()
+                           for c in range(0, w.shape[1], block_columns)])
+
+
 def params_size(input_size, hidden_size, num_layers, num_directions, output_size):
     """Length of ``params`` for these sizes (output_size 0: no head)."""
     size = head_offset(input_size, hidden_size, num_layers, num_directions)
@@ -213,8 +244,19 @@ def _axpy(acc, x, w, ld, c0):
         i += 1
 
 
+@njit(**KERNEL, inline="always")
+def _axpy_chain(acc, x, w, ld, c0):
+    # _axpy, one row at a time: acc[j] = fma(x[i], W[i, c0 + j], acc[j]) for i in order. The
+    # order of the large recurrent products (_matvec_blocked), whose register-held sums
+    # (_chain) are ~25-45 % faster in it than in _rows4's (measured below _matvec_blocked).
+    n = acc.shape[0]
+    for i in range(x.shape[0]):
+        r = i * ld + c0
+        _rows1(acc, x[i], w[r:r + n])
+
+
 def _vector_intrinsics(lanes):
-    """Two numba intrinsics, ``panel`` and ``dot8``, in LLVM IR.
+    """Three numba intrinsics, ``panel``, ``chain`` and ``dot8``, in LLVM IR.
 
     ``panel(acc, x, w, ld, c0, nvec)``:
     acc[:L*nvec] += x @ W[:, c0:c0+L*nvec], x (m,), W (m, ld) flat in w, nvec a literal 1..8,
@@ -233,6 +275,10 @@ def _vector_intrinsics(lanes):
     one AVX-512 register); no target intrinsics. Per row group the expression is that
     of :func:`_rows4` with the kernels' fast-math flags, so LLVM contracts the same products
     into FMAs. Numba backend only: it imports numba.
+
+    ``chain(acc, x, w, ld, c0, nvec)``: the same product in the order of :func:`_axpy_chain`,
+    one row at a time (acc = fma(x[i], W[i], acc) for i in order), for the blocked layout of
+    large recurrent matrices (see _matvec_blocked).
 
     ``dot8(a, b)``: the first part of :func:`_dot` for len(a) a multiple of 8, in one
     ``<8 x float>`` register: lane l sums a[k] * b[k] for k = l mod 8, in order, exactly as the
@@ -293,8 +339,7 @@ def _vector_intrinsics(lanes):
             out.append(phi)
         return out
 
-    @intrinsic
-    def panel(typingctx, acc, x, w, ld, c0, nvec):
+    def product(typingctx, acc, x, w, ld, c0, nvec, rows_per_group):
         if not (isinstance(nvec, types.IntegerLiteral)
                 and 1 <= nvec.literal_value <= MAX_VECTORS and float32_vectors(acc, x, w)):
             return None
@@ -336,14 +381,25 @@ def _vector_intrinsics(lanes):
 
             sums = [builder.load(vector_at(builder, acc_a.data, const(LANES * q)), align=4)
                     for q in range(Q)]
-            m4 = builder.mul(builder.sdiv(m, const(4)), const(4))
-            sums = loop(builder, "panel.rows4", const(0), m4, 4, rows4, sums)
+            if rows_per_group == 4:
+                m4 = builder.mul(builder.sdiv(m, const(4)), const(4))
+                sums = loop(builder, "panel.rows4", const(0), m4, 4, rows4, sums)
+            else:
+                m4 = const(0)
             sums = loop(builder, "panel.rows1", m4, m, 1, rows1, sums)
             for q, s in enumerate(sums):
                 builder.store(s, vector_at(builder, acc_a.data, const(LANES * q)), align=4)
             return context.get_dummy_value()
 
         return types.void(acc, x, w, ld, c0, nvec), codegen
+
+    @intrinsic
+    def panel(typingctx, acc, x, w, ld, c0, nvec):
+        return product(typingctx, acc, x, w, ld, c0, nvec, 4)
+
+    @intrinsic
+    def chain(typingctx, acc, x, w, ld, c0, nvec):
+        return product(typingctx, acc, x, w, ld, c0, nvec, 1)
 
     @intrinsic
     def dot8(typingctx, a, b):
@@ -370,7 +426,7 @@ def _vector_intrinsics(lanes):
 
         return types.float32(a, b), codegen
 
-    return panel, dot8
+    return panel, chain, dot8
 
 
 def _dot8_lanes(a, b):
@@ -410,14 +466,19 @@ if BACKEND == "numba":
     # ahead-of-time module are both keyed by it, so a kernel compiled for 16 lanes is only
     # ever loaded where it was compiled (NUMBA_CPU_NAME=generic: no AVX-512, 8 lanes).
     PANEL_LANES = panel_lanes(aot.target_cpu()[1])
-    _panel, _dot8 = _vector_intrinsics(PANEL_LANES)
+    _panel, _chain, _dot8 = _vector_intrinsics(PANEL_LANES)
 else:
     # What the intrinsics compute (the NumPy backend and the ahead-of-time module never call
-    # these: there the kernels are numpy_kernels or already machine code).
-    PANEL_LANES = 8
+    # these: there the kernels are numpy_kernels or already machine code). The module's
+    # lanes are those of the CPU it was built for: they decide the layout of params
+    # (recurrent_blocked), which must be the one its code reads.
+    PANEL_LANES = panel_lanes(AOT.cpu_features) if BACKEND == "aot" else 8
 
     def _panel(acc, x, w, ld, c0, nvec):
         _axpy(acc[:PANEL_LANES * nvec], x, w, ld, c0)
+
+    def _chain(acc, x, w, ld, c0, nvec):
+        _axpy_chain(acc[:PANEL_LANES * nvec], x, w, ld, c0)
 
     _dot8 = _dot8_lanes
 
@@ -428,8 +489,12 @@ PANEL_COLUMNS = 8 * PANEL_LANES
 # The recurrent product keeps its sums in registers (_panel) up to this many output
 # columns. Per step, whole sequence, A/B here: H=16 110-120 -> 95-106 ns, H=32 236-257 ->
 # 197-212 ns, H=96 1734 -> 1568 ns; H=64 -6 % to +2 % over three A/B runs; but at H=128
-# (384 columns) 2566 -> 2744 ns, so wider products keep _axpy's row-by-row sweep.
+# (384 columns) 2566 -> 2744 ns, so wider products keep _axpy's row-by-row sweep. (Since then
+# a w_hh that wide is blocked, _matvec_blocked: this applies to w_ih.)
 PANEL_MAX_COLUMNS = 320
+
+# The blocks of a blocked w_hh (pack_recurrent): one widest panel each.
+RECURRENT_BLOCK_COLUMNS = PANEL_COLUMNS
 
 
 # Not inlined, unlike the rest of the cell: its panel widths, inlined at the three places
@@ -541,6 +606,130 @@ def _matmul_panels(acc, a0, xs, w, ld, c0, n, reverse):
         else:
             for b in range(N):
                 _matvec_tail(acc[b, a0:a0 + n], xs[b], w, ld, c0, n_full)
+
+
+@njit(**KERNEL)
+def _matvec_blocked(acc, x, w, reverse):
+    # acc (n,) += x @ W, W (m, n) blocked (pack_recurrent): each full block in one _chain
+    # panel (_axpy_chain's order), the last, narrower one as _matvec_tail (_axpy's order).
+    # reverse: the blocks in the opposite order, as in _matvec.
+    #
+    # Against _matvec on a row-major W, the product alone, alternating, here (Zen 5): H=80
+    # 461 -> 387 ns, H=96 681 -> 561, H=128 1.37-1.52 -> 1.11-1.18 us, H=192 3.68 -> 2.26,
+    # H=256 5.8-6.4 -> 3.3-3.4 us (about one read of W from L2, tools/bench_floor.py). Both
+    # changes are needed: blocked but in _rows4's order, or row-major in this order, gained
+    # nothing. At H=64 (W in L1) it was 5-10 % slower, at H=16-32 slower still: there the
+    # latency of one long chain of FMAs per column shows, as it did in narrow blocks (1-4
+    # vectors: too few chains side by side; fewer columns than a vector: the sums in memory),
+    # which made H=72, 120 and 136 5-40 % slower until the last block kept _rows4's order.
+    n = acc.shape[0]
+    m = x.shape[0]
+    P = RECURRENT_BLOCK_COLUMNS
+    blocks = (n + P - 1) // P
+    for i in range(blocks):
+        c = P * (blocks - 1 - i if reverse else i)
+        width = min(P, n - c)
+        block = w[m * c:m * (c + width)]
+        if width == P:
+            _chain(acc[c:c + P], x, block, P, 0, 8)
+        else:
+            _matvec_tail(acc[c:c + width], x, block, width, 0, 0)
+
+
+@njit(**KERNEL)
+def _matmul_blocked(acc, a0, xs, m, w, n, reverse):
+    # acc[:, a0:a0+n] += xs[:, :m] @ W, W (m, n) blocked: _matvec_blocked for each row of
+    # acc, bitwise the same, but a strip of 32 KB of a full block at a time (its rows i0..i1)
+    # for all rows of acc, so that W is read from L2 once per step for the whole batch rather
+    # than once per row (a block of a large W does not fit in L1). Each row's sums go to
+    # memory between strips and come back exactly, so the order of the sums is unchanged.
+    # The last, narrower block (_rows4's order) goes by panels while it fits in L1, else by
+    # _matmul, as the row-major w_hh did past PANEL_MAX_COLUMNS (by panels, each row of the
+    # batch read it from L2: H=120, B=32 38 -> 43 us). Rows of xs need only be contiguous up
+    # to m: the reset-before cell's second product reads its inputs, r * h, from acc itself.
+    N = acc.shape[0]
+    P = RECURRENT_BLOCK_COLUMNS
+    blocks = (n + P - 1) // P
+    for i in range(blocks):
+        c = P * (blocks - 1 - i if reverse else i)
+        width = min(P, n - c)
+        block = w[m * c:m * (c + width)]
+        if width < P and m * width <= 8192:             # fits in L1 (32 KB): by panels
+            for b in range(N):
+                _matvec_tail(acc[b, a0 + c:a0 + n], xs[b, :m], block, width, 0, 0)
+            continue
+        if width < P:                                   # else read once per block of rows
+            _matmul(acc, a0 + c, xs[:, :m], w, width, m * c, width)
+            continue
+        strip = 8192 // P                               # rows of W per strip: 32 KB
+        for i0 in range(0, m, strip):
+            i1 = min(m, i0 + strip)
+            rows = block[i0 * P:i1 * P]
+            for b in range(N):
+                _chain(acc[b, a0 + c:a0 + c + P], xs[b, i0:i1], rows, P, 0, 8)
+
+
+# The recurrent products of the cells, in either layout of w_hh (recurrent_blocked): with n
+# the number of output columns, [r | z | n] (3H), [r | z] (2H) or [n] (H). The cells call
+# each product once, whatever the layout: a second copy of the gate loops in each made the
+# step and sequence kernels take twice as long to compile. Nor do they pass constants: numba
+# compiles a function anew for each literal argument.
+@njit(**KERNEL, inline="always")
+def _hidden_matvec(acc, x, w_hh, reverse):
+    # acc (n,) += x @ W_hh[:, c0:c0+n], c0 = 2H for [n], else 0;  x (H,). Inlined, so that
+    # the row-major product is called from the cell directly: one call more per product cost
+    # 3-10 % per step at H=32-64.
+    H = x.shape[0]
+    if H <= RECURRENT_BLOCKED_ABOVE:
+        _matvec(acc, x, w_hh, 3 * H, 2 * H if acc.shape[0] == H else 0, reverse)
+    else:
+        _hidden_matvec_blocked(acc, x, w_hh, reverse)
+
+
+@njit(**KERNEL)
+def _hidden_matvec_blocked(acc, x, w_hh, reverse):
+    # _hidden_matvec for a blocked w_hh
+    H = x.shape[0]
+    n = acc.shape[0]
+    w_rz = w_hh[:2 * H * H]                         # [r | z], then [n]
+    w_n = w_hh[2 * H * H:]
+    if n == H:
+        _matvec_blocked(acc, x, w_n, reverse)
+    elif n == 2 * H:
+        _matvec_blocked(acc, x, w_rz, reverse)
+    elif reverse:                                   # all three: the blocks in the other order
+        _matvec_blocked(acc[2 * H:], x, w_n, reverse)
+        _matvec_blocked(acc[:2 * H], x, w_rz, reverse)
+    else:
+        _matvec_blocked(acc[:2 * H], x, w_rz, reverse)
+        _matvec_blocked(acc[2 * H:], x, w_n, reverse)
+
+
+@njit(**KERNEL)
+def _hidden_matmul(acc, xs, w_hh, n, reverse):
+    # acc[:, c0:c0+n] += xs[:, :H] @ W_hh[:, c0:c0+n], c0 = 2H for [n], else 0;
+    # acc (N, 3H); xs (N, H), or for [n] (N, >= H): the reset-before cell's r * h, in acc,
+    # whose strided rows go by _matmul.
+    H = acc.shape[1] // 3
+    c0 = 2 * H if n == H else 0
+    if H <= RECURRENT_BLOCKED_ABOVE:
+        if n == H:
+            _matmul(acc, c0, xs[:, :H], w_hh, 3 * H, c0, n)
+        else:
+            _matmul_panels(acc, c0, xs, w_hh, 3 * H, c0, n, reverse)
+        return
+    w_rz = w_hh[:2 * H * H]
+    w_n = w_hh[2 * H * H:]
+    if n == H:
+        _matmul_blocked(acc, c0, xs, H, w_n, H, reverse)
+    elif n == 2 * H:
+        _matmul_blocked(acc, c0, xs, H, w_rz, n, reverse)
+    elif reverse:
+        _matmul_blocked(acc, 2 * H, xs, H, w_n, H, reverse)
+        _matmul_blocked(acc, c0, xs, H, w_rz, 2 * H, reverse)
+    else:
+        _matmul_blocked(acc, c0, xs, H, w_rz, 2 * H, reverse)
+        _matmul_blocked(acc, 2 * H, xs, H, w_n, H, reverse)
 
 
 @njit(**KERNEL, inline="always")
@@ -655,12 +844,12 @@ def _cell(h, xp, a, w_hh, b_hn, reset_after, hard_gates, alpha, beta, reverse):
     H = h.shape[0]
     _start(a, xp, b_hn, reset_after)
     if reset_after:
-        _matvec(a, h, w_hh, 3 * H, 0, reverse)        # [r | z | W_hn h + b_hn]
+        _hidden_matvec(a, h, w_hh, reverse)                     # [r | z | W_hn h + b_hn]
         _finish_after(h, a, xp, hard_gates, alpha, beta)
     else:
-        _matvec(a[:2 * H], h, w_hh, 3 * H, 0, reverse)           # [r | z]
+        _hidden_matvec(a[:2 * H], h, w_hh, reverse)             # [r | z]
         _reset_before(h, a, xp, hard_gates, alpha, beta)
-        _matvec(a[2 * H:], a[:H], w_hh, 3 * H, 2 * H, reverse)  # += W_hn (r * h)
+        _hidden_matvec(a[2 * H:], a[:H], w_hh, reverse)         # += W_hn (r * h)
         _finish_before(h, a)
 
 
@@ -672,14 +861,14 @@ def _cells(hs, xps, c, acc, w_hh, b_hn, reset_after, hard_gates, alpha, beta, re
     for b in range(N):
         _start(acc[b], xps[b, c], b_hn, reset_after)
     if reset_after:
-        _matmul_panels(acc, 0, hs, w_hh, 3 * H, 0, 3 * H, reverse)
+        _hidden_matmul(acc, hs, w_hh, 3 * H, reverse)
         for b in range(N):
             _finish_after(hs[b], acc[b], xps[b, c], hard_gates, alpha, beta)
     else:
-        _matmul_panels(acc, 0, hs, w_hh, 3 * H, 0, 2 * H, reverse)
+        _hidden_matmul(acc, hs, w_hh, 2 * H, reverse)
         for b in range(N):
             _reset_before(hs[b], acc[b], xps[b, c], hard_gates, alpha, beta)
-        _matmul(acc, 2 * H, acc[:, :H], w_hh, 3 * H, 2 * H, H)
+        _hidden_matmul(acc, acc, w_hh, H, reverse)          # [n] += W_hn (r * h), r * h in acc
         for b in range(N):
             _finish_before(hs[b], acc[b])
 

@@ -141,8 +141,10 @@ class GRUWeights:
                 raise ModelFormatError(f"{source}: array {name} contains NaN or inf")
 
 
-def pack_params(config, weights):
-    """The kernels' flat float32 parameter array (layout in :mod:`edgegru.kernels`)."""
+def pack_params(config, weights, block_columns=0):
+    """The kernels' flat float32 parameter array (layout in :mod:`edgegru.kernels`), w_hh
+    blocked for kernels with blocks of block_columns (kernels.RECURRENT_BLOCK_COLUMNS; the
+    NumPy fallback's 0: never)."""
     I, H, L, D = config.input_size, config.hidden_size, config.num_layers, config.num_directions
     params = np.zeros(kernels.params_size(I, H, L, D, config.output_size), dtype=np.float32)
     a = weights.arrays
@@ -159,7 +161,7 @@ def pack_params(config, weights):
             else:
                 bx[2 * H:] += b_hh[2 * H:]             # outside the product: folds into b_in
             params[b_x:w_hh] = bx
-            params[w_hh:b_hn] = a[name + "w_hh"].T.ravel()
+            params[w_hh:b_hn] = kernels.pack_recurrent(a[name + "w_hh"].T, block_columns)
     if config.output_size:
         w_head = kernels.head_offset(I, H, L, D)
         n = config.output_size * H * D
@@ -207,7 +209,7 @@ class Model:
         self.weights = weights
         self.meta = dict(meta or {})      # free-form sections: preprocessing, scoring, provenance
         self._k = _kernel_module(backend)
-        params = pack_params(config, weights)
+        params = pack_params(config, weights, self._k.RECURRENT_BLOCK_COLUMNS)
         I, H, L, D = config.input_size, config.hidden_size, config.num_layers, config.num_directions
         self._head_act = HEAD_ACTIVATIONS[config.head_activation]
         # Everything in one array, allocated once: the step kernel's [header | params | work],

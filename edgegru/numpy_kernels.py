@@ -1,7 +1,8 @@
 """The kernels of :mod:`edgegru.kernels` in vectorised NumPy, for machines without Numba.
 
-Same signatures, same ``params`` layout, same results within float32 rounding; used when numba
-cannot be imported or ``EDGEGRU_NO_JIT=1`` is set. Slower per call, but no compiler needed.
+Same signatures, same ``params`` layout (but w_hh never blocked), same results within float32
+rounding; used when numba cannot be imported or ``EDGEGRU_NO_JIT=1`` is set. Slower per call,
+but no compiler needed.
 """
 import numpy as np
 
@@ -9,6 +10,8 @@ from edgegru import kernels
 from edgegru.kernels import HEAD_SIGMOID, STEP_HEADER, block_offsets, head_offset
 
 _f32 = np.float32
+# w_hh stays row-major here (see kernels.pack_recurrent): one matrix product per step.
+RECURRENT_BLOCK_COLUMNS = 0
 
 
 def entry_point(kernel, args):

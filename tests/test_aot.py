@@ -41,8 +41,11 @@ OUTPUTS = textwrap.dedent("""
     rng = np.random.default_rng(0)
     out = {}
     for name, kw in {"after": {}, "before": {"reset_after": False},
-                     "hard": {"gate_activation": "hard_sigmoid", "num_layers": 2}}.items():
-        cfg = edgegru.GRUConfig(input_size=3, hidden_size=16, output_size=2, **kw)
+                     "hard": {"gate_activation": "hard_sigmoid", "num_layers": 2},
+                     "blocked": {"hidden_size": 70}, "blocked_before": {"hidden_size": 70,
+                                                                        "reset_after": False}
+                     }.items():
+        cfg = edgegru.GRUConfig(**{"input_size": 3, "hidden_size": 16, "output_size": 2, **kw})
         m = edgegru.Model(cfg, edgegru.GRUWeights.random(cfg, seed=1))
         X = rng.standard_normal((50, 3)).astype(np.float32)
         out[name + "_step"] = np.array([m.step(x).copy() for x in X])
@@ -111,7 +114,7 @@ def test_every_path_without_numba_and_bitwise_as_numba(aot_cache, tmp_path):
     want = tmp_path / "numba.npz"
     assert child(OUTPUTS, MODEL, EXAMPLE, want, EDGEGRU_AOT="0") == ["numba", True, True]
     got, want = np.load(got), np.load(want)
-    assert sorted(got) == sorted(want) and len(got) == 13
+    assert sorted(got) == sorted(want) and len(got) == 19
     for name in want:
         assert np.array_equal(got[name], want[name], equal_nan=True), name
     assert (want["score_many"] > 0).any() and len(bytes(want["run_csv"]).splitlines()) == 401

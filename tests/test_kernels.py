@@ -16,6 +16,7 @@ SIZES = [  # input_size, hidden_size, num_layers, bidirectional, output_size
     (5, 64, 3, False, 0),
     (3, 12, 2, True, 2),
     (7, 256, 1, False, 4),
+    (3, 70, 2, False, 2),       # w_hh blocked (kernels.RECURRENT_BLOCKED_ABOVE), narrower blocks
 ]
 
 
@@ -134,6 +135,7 @@ BATCH_SIZES = [  # input_size, hidden_size, num_layers, bidirectional, batch, T
     (3, 16, 2, False, 5, 40),
     (7, 33, 2, True, 23, 70),     # odd sizes; B spans two row blocks, T three chunks (+ a rest)
     (1, 9, 1, False, 2, 1),
+    (2, 70, 1, True, 3, 35),      # w_hh blocked
 ]
 
 
@@ -157,10 +159,12 @@ def test_batch_equals_sequences_one_by_one(sizes, reset_after, backend):
 
 
 @pytest.mark.parametrize("reset_after", [True, False], ids=["reset_after", "reset_before"])
-def test_step_equals_run_bitwise(reset_after, backend):
-    """step() and run() share the cell and sum in the same order: not a bit apart."""
-    model = make_model(backend, input_size=5, hidden_size=33, num_layers=2, output_size=3,
-                       reset_after=reset_after)
+@pytest.mark.parametrize("hidden_size", [33, 70], ids=["row_major", "blocked"])
+def test_step_equals_run_bitwise(hidden_size, reset_after, backend):
+    """step() and run() share the cell and sum in the same order: not a bit apart (w_hh in
+    either layout: kernels.recurrent_blocked)."""
+    model = make_model(backend, input_size=5, hidden_size=hidden_size, num_layers=2,
+                       output_size=3, reset_after=reset_after)
     X = np.random.default_rng(4).standard_normal((70, 5)).astype(np.float32)
     Y = model.run(X)
     model.reset()
@@ -214,21 +218,29 @@ def test_register_blocked_product_equals_axpy_bitwise():
 
 
 @pytest.mark.parametrize("lanes", [8, 16])
-def test_panels_of_either_vector_width_equal_axpy_bitwise(lanes):
-    """The panel intrinsic for 8 lanes (AVX, NEON) and for 16 (AVX-512), whichever this CPU
+@pytest.mark.parametrize("order", ["rows4", "chain"])
+def test_panels_of_either_vector_width_equal_axpy_bitwise(order, lanes):
+    """The panel intrinsics for 8 lanes (AVX, NEON) and for 16 (AVX-512), whichever this CPU
     uses in the kernels (the other one LLVM splits or merges into the registers it has): the
-    sums of _axpy, not a bit apart, for 1, 2, 4 and 8 vectors, and with NaN."""
+    sums of _axpy (panel) or _axpy_chain (chain), not a bit apart, for 1, 2, 4 and 8 vectors,
+    and with NaN."""
     if kernels.BACKEND != "numba":
         pytest.skip("numba not available")
     from numba import njit
 
-    panel, _ = kernels._vector_intrinsics(lanes)
+    panel, chain, _ = kernels._vector_intrinsics(lanes)
 
     def product(nvec):
-        @njit(fastmath=kernels.FASTMATH, error_model="numpy")
-        def both(by_panel, by_rows, x, w, ld, c0):
-            panel(by_panel, x, w, ld, c0, nvec)
-            kernels._axpy(by_rows, x, w, ld, c0)
+        if order == "rows4":
+            @njit(fastmath=kernels.FASTMATH, error_model="numpy")
+            def both(by_panel, by_rows, x, w, ld, c0):
+                panel(by_panel, x, w, ld, c0, nvec)
+                kernels._axpy(by_rows, x, w, ld, c0)
+        else:
+            @njit(fastmath=kernels.FASTMATH, error_model="numpy")
+            def both(by_panel, by_rows, x, w, ld, c0):
+                chain(by_panel, x, w, ld, c0, nvec)
+                kernels._axpy_chain(by_rows, x, w, ld, c0)
         return both
 
     rng = np.random.default_rng(7)
@@ -246,6 +258,65 @@ def test_panels_of_either_vector_width_equal_axpy_bitwise(lanes):
             both(by_panel, by_rows, x, w, ld, c0)
             assert np.array_equal(by_panel, by_rows, equal_nan=True), (nvec, m)
             assert np.isnan(by_panel).all() == (m == 5), (nvec, m)
+
+
+def test_blocked_products_equal_one_row_at_a_time_bitwise():
+    """_matvec_blocked (W blocked, sums in registers) and _matmul_blocked (a batch) against
+    the row-major W summed one row at a time (_axpy_chain) in the full blocks and by _axpy in
+    the last, narrower one: not a bit apart, for every panel width of the last block, either
+    order of the blocks, and with NaN; and the two orders of summing really differ somewhere
+    (else this test could not tell them apart)."""
+    if not edgegru.JIT:
+        pytest.skip("numba not available")
+    from numba import njit
+
+    @njit(fastmath=kernels.FASTMATH, error_model="numpy")
+    def products(by_blocks, by_batch, by_rows, by_axpy, x, xs, w_blocked, w, full, reverse):
+        n = by_blocks.shape[0]
+        kernels._matvec_blocked(by_blocks, x, w_blocked, reverse)
+        kernels._matmul_blocked(by_batch, 1, xs, x.shape[0], w_blocked, n, reverse)
+        kernels._axpy_chain(by_rows[:full], x, w, n, 0)
+        kernels._axpy(by_rows[full:], x, w, n, full)
+        kernels._axpy(by_axpy, x, w, n, 0)
+
+    rng = np.random.default_rng(11)
+    P = kernels.RECURRENT_BLOCK_COLUMNS
+    orders_differ = False
+    for m in (1, 6, 70):
+        for n in (P, 2 * P, P + 5, 2 * P + 7 * kernels.PANEL_LANES + 3, 140, 70):
+            W = rng.standard_normal((m, n)).astype(np.float32)
+            x = rng.standard_normal(m).astype(np.float32)
+            if n == 140:
+                x[m // 2] = np.nan
+            start = rng.standard_normal(n).astype(np.float32)
+            xs = np.zeros((3, m + 2), np.float32)
+            xs[1, :m] = x                       # the batch's row 1 is x, its others zeros
+            batch = np.zeros((3, n + 4), np.float32)
+            batch[1, 1:n + 1] = start
+            for reverse in (False, True):
+                by_blocks, by_rows, by_axpy, by_batch = start.copy(), start.copy(), \
+                    start.copy(), batch.copy()
+                products(by_blocks, by_batch, by_rows, by_axpy, x, xs,
+                         kernels.blocked(W, P), W.ravel(), n - n % P, reverse)
+                assert np.array_equal(by_blocks, by_rows, equal_nan=True), (m, n, reverse)
+                assert np.array_equal(by_batch[1, 1:n + 1], by_rows, equal_nan=True)
+                assert not by_batch[[0, 2]].any() and by_batch[1, 0] == by_batch[1, -3:].sum() == 0
+                assert np.allclose(by_blocks, start + x.astype(np.float64) @ W, rtol=1e-5,
+                                   atol=1e-4, equal_nan=True), (m, n)
+                orders_differ |= not np.array_equal(by_rows, by_axpy, equal_nan=True)
+    assert orders_differ
+
+
+def test_recurrent_layout():
+    W = np.arange(70 * 210, dtype=np.float32).reshape(70, 210)
+    assert np.array_equal(kernels.pack_recurrent(W, 0), W.ravel())
+    assert not kernels.recurrent_blocked(64, 128) and kernels.recurrent_blocked(65, 128)
+    packed = kernels.pack_recurrent(W, 64)
+    assert packed.shape == (W.size,)
+    assert np.array_equal(packed[:70 * 64], W[:, :64].ravel())             # [r|z]: 64+64+12
+    assert np.array_equal(packed[70 * 128:70 * 140], W[:, 128:140].ravel())
+    assert np.array_equal(packed[70 * 140:70 * 204], W[:, 140:204].ravel())   # [n]: 64+6
+    assert np.array_equal(packed[70 * 204:], W[:, 204:].ravel())
 
 
 def test_vector_width_follows_the_cpu_features():
