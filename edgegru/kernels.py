@@ -739,7 +739,11 @@ def _project(xp, xs, w_ih, b_x):
         row = xp[b]
         for j in range(row.shape[0]):
             row[j] = b_x[j]
-    _matmul_panels(xp, 0, xs, w_ih, xp.shape[1], 0, xp.shape[1], False)
+    # 0 and False as values, not literals (see _hidden_matvec): no version of _matmul_panels
+    # (and of the _matmul it calls) compiled for them alone, ~2.5 s of compile time
+    zero = np.int64(0)
+    forward = zero != zero
+    _matmul_panels(xp, zero, xs, w_ih, xp.shape[1], zero, xp.shape[1], forward)
 
 
 # The cell in pieces, so that one sequence (_cell) and a batch (_cells) run the same arithmetic.
@@ -976,7 +980,7 @@ def _step(out, x, params, work, input_size, hidden_size, num_layers, output_size
         h = work[l * H:(l + 1) * H]
         for j in range(G):                  # _project for one row
             xp[j] = b_x[j]
-        _matvec(xp, layer_in, w_ih, G, 0, reverse)
+        _matvec(xp, layer_in, w_ih, G, np.int64(0), reverse)    # not a literal: _hidden_matvec
         _cell(h, xp, acc, w_hh, b_hn, reset_after, hard_gates, gate_alpha, gate_beta, reverse)
         layer_in = h
     if output_size > 0:
