@@ -608,6 +608,14 @@ def _matmul_panels(acc, a0, xs, w, ld, c0, n, reverse):
                 _matvec_tail(acc[b, a0:a0 + n], xs[b], w, ld, c0, n_full)
 
 
+@njit(**KERNEL, inline="always")
+def _block_of(w, m, n, k):
+    # block k of W (m, n) blocked: its first column, its width, its (m, width) weights, flat
+    c = RECURRENT_BLOCK_COLUMNS * k
+    width = min(RECURRENT_BLOCK_COLUMNS, n - c)
+    return c, width, w[m * c:m * (c + width)]
+
+
 @njit(**KERNEL)
 def _matvec_blocked(acc, x, w, reverse):
     # acc (n,) += x @ W, W (m, n) blocked (pack_recurrent): each full block in one _chain
@@ -627,9 +635,7 @@ def _matvec_blocked(acc, x, w, reverse):
     P = RECURRENT_BLOCK_COLUMNS
     blocks = (n + P - 1) // P
     for i in range(blocks):
-        c = P * (blocks - 1 - i if reverse else i)
-        width = min(P, n - c)
-        block = w[m * c:m * (c + width)]
+        c, width, block = _block_of(w, m, n, i if not reverse else blocks - 1 - i)
         if width == P:
             _chain(acc[c:c + P], x, block, P, 0, 8)
         else:
@@ -645,15 +651,14 @@ def _matmul_blocked(acc, a0, xs, m, w, n, reverse):
     # memory between strips and come back exactly, so the order of the sums is unchanged.
     # The last, narrower block (_rows4's order) goes by panels while it fits in L1, else by
     # _matmul, as the row-major w_hh did past PANEL_MAX_COLUMNS (by panels, each row of the
-    # batch read it from L2: H=120, B=32 38 -> 43 us). Rows of xs need only be contiguous up
-    # to m: the reset-before cell's second product reads its inputs, r * h, from acc itself.
+    # batch read it from L2: H=120, B=32 43 us per step, against 38 us row-major). Rows of xs
+    # need only be contiguous up to m: the reset-before cell's second product reads its
+    # inputs, r * h, from acc itself.
     N = acc.shape[0]
     P = RECURRENT_BLOCK_COLUMNS
     blocks = (n + P - 1) // P
     for i in range(blocks):
-        c = P * (blocks - 1 - i if reverse else i)
-        width = min(P, n - c)
-        block = w[m * c:m * (c + width)]
+        c, width, block = _block_of(w, m, n, i if not reverse else blocks - 1 - i)
         if width < P and m * width <= 8192:             # fits in L1 (32 KB): by panels
             for b in range(N):
                 _matvec_tail(acc[b, a0 + c:a0 + n], xs[b, :m], block, width, 0, 0)
