@@ -264,9 +264,10 @@ def test_panels_of_either_vector_width_equal_axpy_bitwise(order, lanes):
 def test_blocked_products_equal_one_row_at_a_time_bitwise():
     """_matvec_blocked (W blocked, sums in registers) and _matmul_blocked (a batch) against
     the row-major W summed one row at a time (_axpy_chain) in the full blocks and by _axpy in
-    the last, narrower one: not a bit apart, for every panel width of the last block, either
-    order of the blocks, and with NaN; and the two orders of summing really differ somewhere
-    (else this test could not tell them apart)."""
+    the last, narrower one: not a bit apart, for every panel width of the last block (and one
+    too large for L1, which the batch takes by _matmul), either order of the blocks, and with
+    NaN; and the two orders of summing really differ somewhere (else this test could not tell
+    them apart)."""
     if not edgegru.JIT:
         pytest.skip("numba not available")
     from numba import njit
@@ -283,8 +284,9 @@ def test_blocked_products_equal_one_row_at_a_time_bitwise():
     rng = np.random.default_rng(11)
     P = kernels.RECURRENT_BLOCK_COLUMNS
     orders_differ = False
-    for m in (1, 6, 70):
-        for n in (P, 2 * P, P + 5, 2 * P + 7 * kernels.PANEL_LANES + 3, 140, 70):
+    widths = (P, 2 * P, P + 5, 2 * P + 7 * kernels.PANEL_LANES + 3, 140, 70)
+    for m, ns in ((1, widths), (6, widths), (70, widths), (150, (2 * P - 1,))):
+        for n in ns:
             W = rng.standard_normal((m, n)).astype(np.float32)
             x = rng.standard_normal(m).astype(np.float32)
             if n == 140:
