@@ -231,17 +231,14 @@ def test_panels_of_either_vector_width_equal_axpy_bitwise(order, lanes):
 
     panel, chain, _ = kernels._vector_intrinsics(lanes)
 
+    intrinsic, reference = (panel, kernels._axpy) if order == "rows4" else \
+        (chain, kernels._axpy_chain)
+
     def product(nvec):
-        if order == "rows4":
-            @njit(fastmath=kernels.FASTMATH, error_model="numpy")
-            def both(by_panel, by_rows, x, w, ld, c0):
-                panel(by_panel, x, w, ld, c0, nvec)
-                kernels._axpy(by_rows, x, w, ld, c0)
-        else:
-            @njit(fastmath=kernels.FASTMATH, error_model="numpy")
-            def both(by_panel, by_rows, x, w, ld, c0):
-                chain(by_panel, x, w, ld, c0, nvec)
-                kernels._axpy_chain(by_rows, x, w, ld, c0)
+        @njit(fastmath=kernels.FASTMATH, error_model="numpy")
+        def both(by_panel, by_rows, x, w, ld, c0):
+            intrinsic(by_panel, x, w, ld, c0, nvec)
+            reference(by_rows, x, w, ld, c0)
         return both
 
     rng = np.random.default_rng(7)
