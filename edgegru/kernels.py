@@ -666,6 +666,8 @@ def _matmul_blocked(acc, a0, xs, m, w, n, reverse):
                 _matvec_tail(acc[b, a0 + c:a0 + n], xs[b, :m], block, width, 0, 0)
             continue
         if width < P:                                   # else read once per block of rows
+            # (the block as w from m * c rather than as block from a literal 0, which numba
+            # would compile _matmul anew for)
             _matmul(acc, a0 + c, xs[:, :m], w, width, m * c, width)
             continue
         strip = 8192 // P                               # rows of W per strip: 32 KB
