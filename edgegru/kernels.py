@@ -12,6 +12,9 @@ per layer and direction (``l`` major, then ``d``)::
                            RECURRENT_BLOCKED_ABOVE hidden units, blocked (pack_recurrent)
     b_hn   (H,)            hidden bias of the candidate (zero when reset_before: folded into b_x)
 
+each padded with zeros to whole cache lines (ALIGNMENT): the rows of w_ih and of a row-major
+w_hh are ``row_stride(H)`` long, so that every row starts on a cache line.
+
 followed by the optional linear head ``w_head (O, K)`` and ``b_head (O,)``, K = H * directions.
 Transposed weights make every matrix-vector product a sum of scaled rows ("axpy"): the inner loop
 runs over contiguous output elements, which LLVM vectorises without reassociating a reduction.
@@ -122,21 +125,54 @@ def hard_sigmoid(x, alpha, beta):
 # The layout arithmetic is plain Python, so that building a model (and the NumPy fallback) does
 # not load compiled code; the kernels use njit-compiled copies of the same functions.
 
+# Every matrix row and every array of params starts on a cache line (64 bytes, ALIGNMENT
+# floats; params itself starts on one): a row of w_hh whose start is not aligned makes every
+# vector load of it straddle two lines. Product alone, one row-major W_hh (H, 3H), here: H=52
+# 136 -> 87 ns, H=60 177 -> 120 ns, H=63 221 -> 125 ns (H=64, aligned anyway: 127 ns).
+ALIGNMENT = 16
+
+if BACKEND == "numba":
+    # plain Python when called from Python, compiled into the kernels that call it
+    from numba.extending import register_jitable as _jitable
+else:
+    def _jitable(func):
+        return func
+
+
+@_jitable
+def aligned(n):
+    """n floats rounded up to whole cache lines."""
+    return -(-n // ALIGNMENT) * ALIGNMENT
+
+
+@_jitable
+def row_stride(hidden_size):
+    """Row length, in floats, of the row-major w_ih and w_hh: 3H and its padding."""
+    return aligned(3 * hidden_size)
+
+
+@_jitable
+def recurrent_size(hidden_size):
+    """Floats of params' w_hh: room for either layout (pack_recurrent), padding included."""
+    return hidden_size * (aligned(2 * hidden_size) + aligned(hidden_size))
+
+
 def block_offsets(l, d, input_size, hidden_size, num_directions):
     """Where block (layer l, direction d) lives in ``params``: (w_ih, b_x, w_hh, b_hn, in_size)."""
-    G = 3 * hidden_size
+    S = row_stride(hidden_size)
     K = num_directions * hidden_size
-    first = input_size * G + G + hidden_size * G + hidden_size      # one block of layer 0
-    later = K * G + G + hidden_size * G + hidden_size               # one block of layer >= 1
+    rest = S + recurrent_size(hidden_size) + aligned(hidden_size)   # b_x, w_hh, b_hn
+    first = input_size * S + rest                   # one block of layer 0
+    later = K * S + rest                            # one block of layer >= 1
     if l == 0:
         in_size = input_size
         w_ih = d * first
     else:
         in_size = K
         w_ih = num_directions * first + ((l - 1) * num_directions + d) * later
-    b_x = w_ih + in_size * G
-    w_hh = b_x + G
-    b_hn = w_hh + hidden_size * G
+    b_x = w_ih + in_size * S
+    w_hh = b_x + S
+    b_hn = w_hh + recurrent_size(hidden_size)
     return w_ih, b_x, w_hh, b_hn, in_size
 
 
@@ -144,7 +180,7 @@ def head_offset(input_size, hidden_size, num_layers, num_directions):
     """Start of w_head in ``params`` (b_head follows it); also the size without a head."""
     w_ih, b_x, w_hh, b_hn, in_size = block_offsets(
         num_layers - 1, num_directions - 1, input_size, hidden_size, num_directions)
-    return b_hn + hidden_size
+    return b_hn + aligned(hidden_size)
 
 
 _block_offsets = njit(cache=True, inline="always")(block_offsets)
@@ -154,7 +190,7 @@ _block_offsets = njit(cache=True, inline="always")(block_offsets)
 def _head_offset(input_size, hidden_size, num_layers, num_directions):
     w_ih, b_x, w_hh, b_hn, in_size = _block_offsets(
         num_layers - 1, num_directions - 1, input_size, hidden_size, num_directions)
-    return b_hn + hidden_size
+    return b_hn + aligned(hidden_size)
 
 
 def entry_point(kernel, args):
@@ -189,17 +225,25 @@ def recurrent_blocked(hidden_size, block_columns):
 
 
 def pack_recurrent(w_hh_t, block_columns):
-    """The flat w_hh block of params from the transposed hidden weights (H, 3H)."""
+    """The w_hh of params from the transposed hidden weights (H, 3H), flat: row-major with
+    rows of row_stride(H), or blocked; its padding zero."""
     H = w_hh_t.shape[0]
     if not recurrent_blocked(H, block_columns):
-        return w_hh_t.ravel()
+        return padded(w_hh_t, row_stride(H)).ravel()
     return np.concatenate([blocked(w_hh_t[:, :2 * H], block_columns),
                            blocked(w_hh_t[:, 2 * H:], block_columns)])
 
 
+def padded(w, columns):
+    """W (m, n) with zero columns added up to `columns`."""
+    return np.pad(w, ((0, 0), (0, columns - w.shape[1])))
+
+
 def blocked(w, block_columns):
-    """W (m, n) flat in the blocked layout: blocks of block_columns columns, each row-major."""
-    return np.concatenate([w[:, c:c + block_columns].ravel()
+    """W (m, n) flat in the blocked layout: blocks of block_columns columns, each row-major,
+    the last one's rows padded to whole cache lines (aligned)."""
+    return np.concatenate([padded(w[:, c:c + block_columns],
+                                  aligned(min(block_columns, w.shape[1] - c))).ravel()
                            for c in range(0, w.shape[1], block_columns)])
 
 
@@ -258,7 +302,7 @@ def _axpy_chain(acc, x, w, ld, c0):
 
 
 def _vector_intrinsics(lanes):
-    """Three numba intrinsics, ``panel``, ``chain`` and ``dot8``, in LLVM IR.
+    """Four numba intrinsics, ``panel``, ``panel_masked``, ``chain`` and ``dot8``, in LLVM IR.
 
     ``panel(acc, x, w, ld, c0, nvec)``:
     acc[:L*nvec] += x @ W[:, c0:c0+L*nvec], x (m,), W (m, ld) flat in w, nvec a literal 1..8,
@@ -277,6 +321,13 @@ def _vector_intrinsics(lanes):
     one AVX-512 register); no target intrinsics. Per row group the expression is that
     of :func:`_rows4` with the kernels' fast-math flags, so LLVM contracts the same products
     into FMAs. Numba backend only: it imports numba.
+
+    ``panel_masked(acc, x, w, ld, c0, nvec)``: ``panel`` for the last columns of a product,
+    fewer than ``L*nvec``: acc[:n] += x @ W[:, c0:c0+n], L*(nvec-1) < n <= L*nvec, its last
+    vector loaded and stored through a mask of n - L*(nvec-1) lanes (``llvm.masked.load`` and
+    ``.store``, which LLVM lowers on every target: one instruction with AVX-512 or AVX2, a
+    branch per lane on NEON). Weights past the n columns are read (but not used) only where
+    they lie inside w. The same sums as ``panel``, so bitwise :func:`_axpy` on those columns.
 
     ``chain(acc, x, w, ld, c0, nvec)``: the same product in the order of :func:`_axpy_chain`,
     one row at a time (acc = fma(x[i], W[i], acc) for i in order), for the blocked layout of
@@ -341,17 +392,50 @@ def _vector_intrinsics(lanes):
             out.append(phi)
         return out
 
-    def product(typingctx, acc, x, w, ld, c0, nvec, rows_per_group):
+    def masked_memory(builder, name, vector, types_):     # llvm.masked.load/store, declared
+        module = builder.module
+        mangled = "llvm.masked.%s.v%df32.p0" % (name, vector.count)
+        if mangled in module.globals:
+            return module.globals[mangled]
+        returns = vector if name == "load" else ir.VoidType()
+        return ir.Function(module, ir.FunctionType(returns, types_), mangled)
+
+    def product(typingctx, acc, x, w, ld, c0, nvec, rows_per_group, masked=False):
         if not (isinstance(nvec, types.IntegerLiteral)
                 and 1 <= nvec.literal_value <= MAX_VECTORS and float32_vectors(acc, x, w)):
             return None
         Q = nvec.literal_value
+        MASK = ir.VectorType(ir.IntType(1), LANES)
 
         def codegen(context, builder, signature, args):
             acc_a, x_a, w_a = (context.make_array(t)(context, builder, value=v)
                                for t, v in zip(signature.args[:3], args[:3]))
             ld_v, c0_v = args[3], args[4]
             m = builder.extract_value(x_a.shape, 0)
+            if masked:
+                # the last vector holds n - L (Q - 1) columns: a mask of its first lanes
+                n = builder.extract_value(acc_a.shape, 0)
+                valid = builder.sub(n, const(LANES * (Q - 1)))
+                lanes = ir.Constant(ir.VectorType(I64, LANES), list(range(LANES)))
+                splat = builder.insert_element(ir.Constant(ir.VectorType(I64, LANES), ir.Undefined),
+                                               valid, ir.Constant(I32, 0))
+                splat = builder.shuffle_vector(splat, splat,
+                                               ir.Constant(ir.VectorType(I32, LANES), [0] * LANES))
+                mask = builder.icmp_signed("<", lanes, splat)
+                zeros = ir.Constant(VECTOR, [0.0] * LANES)
+                load = masked_memory(builder, "load", VECTOR,
+                                     [VECTOR.as_pointer(), I32, MASK, VECTOR])
+                store = masked_memory(builder, "store", VECTOR,
+                                      [VECTOR, VECTOR.as_pointer(), I32, MASK])
+                # Rows whose whole last vector lies inside w (its lanes past n read the columns
+                # after, or the next row) load it in full: a masked load costs one branch per
+                # lane where the target has none (NEON). Only the rows from `safe` on, whose
+                # last vector would reach past the end of w, are masked.
+                length = builder.extract_value(w_a.shape, 0)
+                room = builder.sub(builder.sub(length, c0_v), const(LANES * Q))
+                safe = builder.select(builder.icmp_signed("<", room, const(0)), const(0),
+                                      builder.add(builder.sdiv(room, ld_v), const(1)))
+                safe = builder.select(builder.icmp_signed("<", safe, m), safe, m)
 
             def broadcast(i):               # x[i] in every lane
                 xi = builder.load(builder.gep(x_a.data, [i], inbounds=True), align=4)
@@ -360,9 +444,12 @@ def _vector_intrinsics(lanes):
                 return builder.shuffle_vector(v, undef,
                                               ir.Constant(ir.VectorType(I32, LANES), [0] * LANES))
 
-            def weights(i, q):              # W[i, c0 + 8q : c0 + 8q + 8]
+            def weights(i, q, whole=True):    # W[i, c0 + Lq : c0 + Lq + L]
                 offset = builder.add(builder.add(builder.mul(i, ld_v), c0_v), const(LANES * q))
-                return builder.load(vector_at(builder, w_a.data, offset), align=4)
+                if whole or q < Q - 1:
+                    return builder.load(vector_at(builder, w_a.data, offset), align=4)
+                return builder.call(load, [vector_at(builder, w_a.data, offset),
+                                           ir.Constant(I32, 4), mask, zeros])
 
             def mul(a, b):
                 return builder.fmul(a, b, flags=FLAGS)
@@ -370,27 +457,50 @@ def _vector_intrinsics(lanes):
             def add(a, b):
                 return builder.fadd(a, b, flags=FLAGS)
 
-            def rows4(i, sums):             # as _rows4: acc += (x0 w0 + x1 w1) + (x2 w2 + x3 w3)
-                i1, i2, i3 = (builder.add(i, const(k)) for k in (1, 2, 3))
-                x0, x1, x2, x3 = broadcast(i), broadcast(i1), broadcast(i2), broadcast(i3)
-                return [add(s, add(add(mul(x0, weights(i, q)), mul(x1, weights(i1, q))),
-                                   add(mul(x2, weights(i2, q)), mul(x3, weights(i3, q)))))
-                        for q, s in enumerate(sums)]
+            def rows4(whole):             # as _rows4: acc += (x0 w0 + x1 w1) + (x2 w2 + x3 w3)
+                def body(i, sums):
+                    i1, i2, i3 = (builder.add(i, const(k)) for k in (1, 2, 3))
+                    x0, x1, x2, x3 = broadcast(i), broadcast(i1), broadcast(i2), broadcast(i3)
+                    return [add(s, add(add(mul(x0, weights(i, q, whole)),
+                                           mul(x1, weights(i1, q, whole))),
+                                       add(mul(x2, weights(i2, q, whole)),
+                                           mul(x3, weights(i3, q, whole)))))
+                            for q, s in enumerate(sums)]
+                return body
 
-            def rows1(i, sums):             # as _rows1: acc += x0 w0
-                x0 = broadcast(i)
-                return [add(s, mul(x0, weights(i, q))) for q, s in enumerate(sums)]
+            def rows1(whole):             # as _rows1: acc += x0 w0
+                def body(i, sums):
+                    x0 = broadcast(i)
+                    return [add(s, mul(x0, weights(i, q, whole))) for q, s in enumerate(sums)]
+                return body
 
-            sums = [builder.load(vector_at(builder, acc_a.data, const(LANES * q)), align=4)
+            def acc_vector(q):
+                return vector_at(builder, acc_a.data, const(LANES * q))
+
+            sums = [builder.load(acc_vector(q), align=4) if not masked or q < Q - 1
+                    else builder.call(load, [acc_vector(q), ir.Constant(I32, 4), mask, zeros])
                     for q in range(Q)]
             if rows_per_group == 4:
                 m4 = builder.mul(builder.sdiv(m, const(4)), const(4))
-                sums = loop(builder, "panel.rows4", const(0), m4, 4, rows4, sums)
             else:
                 m4 = const(0)
-            sums = loop(builder, "panel.rows1", m4, m, 1, rows1, sums)
+            if not masked:
+                sums = loop(builder, "panel.rows4", const(0), m4, 4, rows4(True), sums)
+                sums = loop(builder, "panel.rows1", m4, m, 1, rows1(True), sums)
+            else:                           # the same rows in the same order, split at `safe`
+                def smaller(a, b):
+                    return builder.select(builder.icmp_signed("<", a, b), a, b)
+                safe4 = smaller(m4, builder.mul(builder.sdiv(safe, const(4)), const(4)))
+                sums = loop(builder, "panel.rows4", const(0), safe4, 4, rows4(True), sums)
+                sums = loop(builder, "panel.rows4.masked", safe4, m4, 4, rows4(False), sums)
+                safe1 = builder.select(builder.icmp_signed("<", safe, m4), m4, safe)
+                sums = loop(builder, "panel.rows1", m4, safe1, 1, rows1(True), sums)
+                sums = loop(builder, "panel.rows1.masked", safe1, m, 1, rows1(False), sums)
             for q, s in enumerate(sums):
-                builder.store(s, vector_at(builder, acc_a.data, const(LANES * q)), align=4)
+                if not masked or q < Q - 1:
+                    builder.store(s, acc_vector(q), align=4)
+                else:
+                    builder.call(store, [s, acc_vector(q), ir.Constant(I32, 4), mask])
             return context.get_dummy_value()
 
         return types.void(acc, x, w, ld, c0, nvec), codegen
@@ -402,6 +512,10 @@ def _vector_intrinsics(lanes):
     @intrinsic
     def chain(typingctx, acc, x, w, ld, c0, nvec):
         return product(typingctx, acc, x, w, ld, c0, nvec, 1)
+
+    @intrinsic
+    def panel_masked(typingctx, acc, x, w, ld, c0, nvec):
+        return product(typingctx, acc, x, w, ld, c0, nvec, 4, masked=True)
 
     @intrinsic
     def dot8(typingctx, a, b):
@@ -428,7 +542,7 @@ def _vector_intrinsics(lanes):
 
         return types.float32(a, b), codegen
 
-    return panel, chain, dot8
+    return panel, panel_masked, chain, dot8
 
 
 def _dot8_lanes(a, b):
@@ -468,7 +582,7 @@ if BACKEND == "numba":
     # ahead-of-time module are both keyed by it, so a kernel compiled for 16 lanes is only
     # ever loaded where it was compiled (NUMBA_CPU_NAME=generic: no AVX-512, 8 lanes).
     PANEL_LANES = panel_lanes(aot.target_cpu()[1])
-    _panel, _chain, _dot8 = _vector_intrinsics(PANEL_LANES)
+    _panel, _panel_masked, _chain, _dot8 = _vector_intrinsics(PANEL_LANES)
 else:
     # What the intrinsics compute (the NumPy backend and the ahead-of-time module never call
     # these: there the kernels are numpy_kernels or already machine code). The module's
@@ -479,13 +593,16 @@ else:
     def _panel(acc, x, w, ld, c0, nvec):
         _axpy(acc[:PANEL_LANES * nvec], x, w, ld, c0)
 
+    def _panel_masked(acc, x, w, ld, c0, nvec):
+        _axpy(acc, x, w, ld, c0)
+
     def _chain(acc, x, w, ld, c0, nvec):
         _axpy_chain(acc[:PANEL_LANES * nvec], x, w, ld, c0)
 
     _dot8 = _dot8_lanes
 
-# The widest panel: 8 vectors, 64 columns (128 with AVX-512); _matvec_tail's narrower ones are
-# 4, 2 and 1 vector wide.
+# The widest panel: 8 vectors, 64 columns (128 with AVX-512); _matvec_tail's last one is as
+# wide as the columns left, in 1 to 8 vectors, the last of them masked.
 PANEL_COLUMNS = 8 * PANEL_LANES
 
 # The recurrent product keeps its sums in registers (_panel) up to this many output
@@ -504,8 +621,8 @@ RECURRENT_BLOCK_COLUMNS = PANEL_COLUMNS
 # measurable gain over one call per product.
 @njit(**KERNEL)
 def _matvec(acc, x, w, ld, c0, reverse):
-    # acc (n,) += x @ W[:, c0:c0+n], bitwise as _axpy: panels of 8, 4, 2 and 1 vectors of
-    # PANEL_LANES columns with their sums in registers, then _axpy for the last few columns.
+    # acc (n,) += x @ W[:, c0:c0+n], bitwise as _axpy: panels of 8 vectors of PANEL_LANES
+    # columns with their sums in registers, then one for the columns left (_matvec_tail).
     #
     # reverse: the same panels in the opposite order, for the same results (the columns are
     # independent sums). The cell alternates the order from one time step to the next, so that
@@ -531,22 +648,34 @@ def _matvec(acc, x, w, ld, c0, reverse):
         _matvec_tail(acc, x, w, ld, c0, n_full)
 
 
-@njit(**KERNEL, inline="always")
+# Not inlined: its eight panel widths, inlined where the products call it, made the sequence
+# kernel take 25 % longer to compile (10.8 -> 13.5 s here; 11.3 s as a call).
+@njit(**KERNEL)
 def _matvec_tail(acc, x, w, ld, c0, j):
-    # _matvec for the columns from j on (fewer than PANEL_COLUMNS)
+    # _matvec for the columns from j on (fewer than PANEL_COLUMNS): one panel as wide as they
+    # are, its last vector masked. Product alone against panels of 4, 2 and 1 vectors and
+    # _axpy for the last columns, H=60 in rows of 180 (before they were aligned): 249 -> 188
+    # ns, H=63 324 -> 225 ns (the masked vector in place of _axpy alone: 198, 232 ns).
     n = acc.shape[0]
-    L = PANEL_LANES
-    if j + 4 * L <= n:
-        _panel(acc[j:j + 4 * L], x, w, ld, c0 + j, 4)
-        j += 4 * L
-    if j + 2 * L <= n:
-        _panel(acc[j:j + 2 * L], x, w, ld, c0 + j, 2)
-        j += 2 * L
-    if j + L <= n:
-        _panel(acc[j:j + L], x, w, ld, c0 + j, 1)
-        j += L
-    if j < n:
-        _axpy(acc[j:], x, w, ld, c0 + j)
+    nvec = (n - j + PANEL_LANES - 1) // PANEL_LANES
+    t = acc[j:]
+    c = c0 + j
+    if nvec == 1:
+        _panel_masked(t, x, w, ld, c, 1)
+    elif nvec == 2:
+        _panel_masked(t, x, w, ld, c, 2)
+    elif nvec == 3:
+        _panel_masked(t, x, w, ld, c, 3)
+    elif nvec == 4:
+        _panel_masked(t, x, w, ld, c, 4)
+    elif nvec == 5:
+        _panel_masked(t, x, w, ld, c, 5)
+    elif nvec == 6:
+        _panel_masked(t, x, w, ld, c, 6)
+    elif nvec == 7:
+        _panel_masked(t, x, w, ld, c, 7)
+    elif nvec == 8:
+        _panel_masked(t, x, w, ld, c, 8)
 
 
 @njit(**KERNEL)
@@ -612,10 +741,12 @@ def _matmul_panels(acc, a0, xs, w, ld, c0, n, reverse):
 
 @njit(**KERNEL, inline="always")
 def _block_of(w, m, n, k):
-    # block k of W (m, n) blocked: its first column, its width, its (m, width) weights, flat
+    # block k of W (m, n) blocked: its first column, its width, its row length (the width
+    # padded, aligned), its (m, row length) weights, flat
     c = RECURRENT_BLOCK_COLUMNS * k
     width = min(RECURRENT_BLOCK_COLUMNS, n - c)
-    return c, width, w[m * c:m * (c + width)]
+    ld = aligned(width)
+    return c, width, ld, w[m * c:m * c + m * ld]
 
 
 @njit(**KERNEL)
@@ -637,11 +768,11 @@ def _matvec_blocked(acc, x, w, reverse):
     P = RECURRENT_BLOCK_COLUMNS
     blocks = (n + P - 1) // P
     for i in range(blocks):
-        c, width, block = _block_of(w, m, n, i if not reverse else blocks - 1 - i)
+        c, width, ld, block = _block_of(w, m, n, i if not reverse else blocks - 1 - i)
         if width == P:
             _chain(acc[c:c + P], x, block, P, 0, 8)
         else:
-            _matvec_tail(acc[c:c + width], x, block, width, 0, 0)
+            _matvec_tail(acc[c:c + width], x, block, ld, np.int64(0), np.int64(0))
 
 
 @njit(**KERNEL)
@@ -660,15 +791,16 @@ def _matmul_blocked(acc, a0, xs, m, w, n, reverse):
     P = RECURRENT_BLOCK_COLUMNS
     blocks = (n + P - 1) // P
     for i in range(blocks):
-        c, width, block = _block_of(w, m, n, i if not reverse else blocks - 1 - i)
-        if width < P and m * width <= 8192:             # fits in L1 (32 KB): by panels
+        c, width, ld, block = _block_of(w, m, n, i if not reverse else blocks - 1 - i)
+        if width < P and m * ld <= 8192:                # fits in L1 (32 KB): by panels
             for b in range(N):
-                _matvec_tail(acc[b, a0 + c:a0 + n], xs[b, :m], block, width, 0, 0)
+                _matvec_tail(acc[b, a0 + c:a0 + n], xs[b, :m], block, ld, np.int64(0),
+                             np.int64(0))
             continue
         if width < P:                                   # else read once per block of rows
             # (the block as w from m * c rather than as block from a literal 0, which numba
             # would compile _matmul anew for)
-            _matmul(acc, a0 + c, xs[:, :m], w, width, m * c, width)
+            _matmul(acc, a0 + c, xs[:, :m], w, ld, m * c, width)
             continue
         strip = 8192 // P                               # rows of W per strip: 32 KB
         for i0 in range(0, m, strip):
@@ -690,9 +822,16 @@ def _hidden_matvec(acc, x, w_hh, reverse):
     # 3-10 % per step at H=32-64.
     H = x.shape[0]
     if H <= RECURRENT_BLOCKED_ABOVE:
-        _matvec(acc, x, w_hh, 3 * H, 2 * H if acc.shape[0] == H else 0, reverse)
+        _matvec(acc, x, w_hh, row_stride(H), 2 * H if acc.shape[0] == H else 0, reverse)
     else:
         _hidden_matvec_blocked(acc, x, w_hh, reverse)
+
+
+@njit(**KERNEL, inline="always")
+def _recurrent_parts(w_hh, H):
+    # a blocked w_hh's [r | z] (H, 2H) and [n] (H, H), each with its padding
+    rz = H * aligned(2 * H)
+    return w_hh[:rz], w_hh[rz:rz + H * aligned(H)]
 
 
 @njit(**KERNEL)
@@ -700,8 +839,7 @@ def _hidden_matvec_blocked(acc, x, w_hh, reverse):
     # _hidden_matvec for a blocked w_hh
     H = x.shape[0]
     n = acc.shape[0]
-    w_rz = w_hh[:2 * H * H]                         # [r | z], then [n]
-    w_n = w_hh[2 * H * H:]
+    w_rz, w_n = _recurrent_parts(w_hh, H)
     if n == H:
         _matvec_blocked(acc, x, w_n, reverse)
     elif n == 2 * H:
@@ -723,12 +861,11 @@ def _hidden_matmul(acc, xs, w_hh, n, reverse):
     c0 = 2 * H if n == H else 0
     if H <= RECURRENT_BLOCKED_ABOVE:
         if n == H:
-            _matmul(acc, c0, xs[:, :H], w_hh, 3 * H, c0, n)
+            _matmul(acc, c0, xs[:, :H], w_hh, row_stride(H), c0, n)
         else:
-            _matmul_panels(acc, c0, xs, w_hh, 3 * H, c0, n, reverse)
+            _matmul_panels(acc, c0, xs, w_hh, row_stride(H), c0, n, reverse)
         return
-    w_rz = w_hh[:2 * H * H]
-    w_n = w_hh[2 * H * H:]
+    w_rz, w_n = _recurrent_parts(w_hh, H)
     if n == H:
         _matmul_blocked(acc, c0, xs, H, w_n, H, reverse)
     elif n == 2 * H:
@@ -743,7 +880,7 @@ def _hidden_matmul(acc, xs, w_hh, n, reverse):
 
 @njit(**KERNEL, inline="always")
 def _project(xp, xs, w_ih, b_x):
-    # xp (N, 3H) = xs @ w_ih + b_x;   xs (N, in), w_ih (in, 3H), b_x (3H,)
+    # xp (N, 3H) = xs @ w_ih + b_x;   xs (N, in), w_ih (in, 3H) in rows of aligned(3H), b_x (3H,)
     for b in range(xp.shape[0]):
         row = xp[b]
         for j in range(row.shape[0]):
@@ -752,7 +889,7 @@ def _project(xp, xs, w_ih, b_x):
     # (and of the _matmul it calls) compiled for them alone, ~2.5 s of compile time
     zero = np.int64(0)
     forward = zero != zero
-    _matmul_panels(xp, zero, xs, w_ih, xp.shape[1], zero, xp.shape[1], forward)
+    _matmul_panels(xp, zero, xs, w_ih, aligned(xp.shape[1]), zero, xp.shape[1], forward)
 
 
 # The cell in pieces, so that one sequence (_cell) and a batch (_cells) run the same arithmetic.
@@ -912,10 +1049,12 @@ def _head(y, h, w_head, b_head, activation):
 
 @njit(cache=True, inline="always")
 def _block(params, l, d, input_size, hidden_size, num_directions):
-    # Views of one block: w_ih (in * 3H,), b_x (3H,), w_hh (H * 3H,), b_hn (H,). The matrices
-    # stay flat (rows of 3H): a reshape is a call into numba's C helpers, a slice is not.
+    # Views of one block: w_ih (in * row_stride(H),), b_x (3H,), w_hh (recurrent_size(H),),
+    # b_hn (H,). The matrices stay flat: a reshape is a call into numba's C helpers, a slice is
+    # not.
     w_ih, b_x, w_hh, b_hn, in_size = _block_offsets(l, d, input_size, hidden_size, num_directions)
-    return params[w_ih:b_x], params[b_x:w_hh], params[w_hh:b_hn], params[b_hn:b_hn + hidden_size]
+    return (params[w_ih:b_x], params[b_x:b_x + 3 * hidden_size], params[w_hh:b_hn],
+            params[b_hn:b_hn + hidden_size])
 
 
 @njit(cache=True, inline="always")
@@ -989,7 +1128,8 @@ def _step(out, x, params, work, input_size, hidden_size, num_layers, output_size
         h = work[l * H:(l + 1) * H]
         for j in range(G):                  # _project for one row
             xp[j] = b_x[j]
-        _matvec(xp, layer_in, w_ih, G, np.int64(0), reverse)    # not a literal: _hidden_matvec
+        # (0 not as a literal: see _hidden_matvec)
+        _matvec(xp, layer_in, w_ih, row_stride(H), np.int64(0), reverse)
         _cell(h, xp, acc, w_hh, b_hn, reset_after, hard_gates, gate_alpha, gate_beta, reverse)
         layer_in = h
     if output_size > 0:

@@ -153,15 +153,16 @@ def pack_params(config, weights, block_columns=0):
             name = block_name(l, d)
             w_ih, b_x, w_hh, b_hn, in_size = kernels.block_offsets(l, d, I, H, D)
             b_ih, b_hh = a[name + "b_ih"], a[name + "b_hh"]
-            params[w_ih:b_x] = a[name + "w_ih"].T.ravel()
+            params[w_ih:b_x] = kernels.padded(a[name + "w_ih"].T, kernels.row_stride(H)).ravel()
             bx = b_ih.astype(np.float32).copy()
             bx[:2 * H] += b_hh[:2 * H]                 # r and z: the two biases simply add
             if config.reset_after:
                 params[b_hn:b_hn + H] = b_hh[2 * H:]   # b_hn sits inside r * (...)
             else:
                 bx[2 * H:] += b_hh[2 * H:]             # outside the product: folds into b_in
-            params[b_x:w_hh] = bx
-            params[w_hh:b_hn] = kernels.pack_recurrent(a[name + "w_hh"].T, block_columns)
+            params[b_x:b_x + 3 * H] = bx
+            w = kernels.pack_recurrent(a[name + "w_hh"].T, block_columns)
+            params[w_hh:w_hh + w.size] = w
     if config.output_size:
         w_head = kernels.head_offset(I, H, L, D)
         n = config.output_size * H * D

@@ -32,11 +32,12 @@ def _gate(x, hard_gates, alpha, beta):
 
 
 def _blocks(params, l, d, input_size, H, D):
-    # Views of one block's weights: w_ih (in, 3H), b_x (3H,), w_hh (H, 3H), b_hn (H,)
+    # Views of one block's weights: w_ih (in, 3H), b_x (3H,), w_hh (H, 3H), b_hn (H,), the
+    # matrices' rows without their padding
     w_ih, b_x, w_hh, b_hn, in_size = block_offsets(l, d, input_size, H, D)
-    G = 3 * H
-    return (params[w_ih:b_x].reshape(in_size, G), params[b_x:b_x + G],
-            params[w_hh:b_hn].reshape(H, G), params[b_hn:b_hn + H])
+    G, S = 3 * H, kernels.row_stride(H)
+    return (params[w_ih:b_x].reshape(in_size, S)[:, :G], params[b_x:b_x + G],
+            params[w_hh:w_hh + H * S].reshape(H, S)[:, :G], params[b_hn:b_hn + H])
 
 
 def _cell(h, xp, w_hh, b_hn, H, reset_after, gate):

@@ -1,5 +1,6 @@
 """The kernels against slow, obvious NumPy (tests/naive.py), both GRU variants, many sizes."""
 import dataclasses
+import sys
 
 import numpy as np
 import pytest
@@ -229,7 +230,7 @@ def test_panels_of_either_vector_width_equal_axpy_bitwise(order, lanes):
         pytest.skip("numba not available")
     from numba import njit
 
-    panel, chain, _ = kernels._vector_intrinsics(lanes)
+    panel, _, chain, _ = kernels._vector_intrinsics(lanes)
 
     intrinsic, reference = (panel, kernels._axpy) if order == "rows4" else \
         (chain, kernels._axpy_chain)
@@ -256,6 +257,57 @@ def test_panels_of_either_vector_width_equal_axpy_bitwise(order, lanes):
             both(by_panel, by_rows, x, w, ld, c0)
             assert np.array_equal(by_panel, by_rows, equal_nan=True), (nvec, m)
             assert np.isnan(by_panel).all() == (m == 5), (nvec, m)
+
+
+def _guarded_floats(n):
+    """n float32 that end where an unreadable page begins: a read past them crashes."""
+    import ctypes
+    import mmap
+    page = mmap.PAGESIZE
+    pages = -(-4 * n // page)
+    memory = mmap.mmap(-1, (pages + 1) * page, prot=mmap.PROT_READ | mmap.PROT_WRITE)
+    libc = ctypes.CDLL(None, use_errno=True)
+    base = ctypes.addressof(ctypes.c_char.from_buffer(memory))
+    assert libc.mprotect(ctypes.c_void_p(base + pages * page), page, 0) == 0   # PROT_NONE
+    floats = np.frombuffer(memory, np.float32, count=pages * page // 4)
+    return floats[pages * page // 4 - n:], memory
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="mprotect via libc")
+@pytest.mark.parametrize("lanes", [8, 16])
+def test_masked_panel_equals_axpy_bitwise_and_stays_inside_its_arrays(lanes):
+    """The masked panel (the last, partial columns of a product, kernels._matvec_tail) for 8
+    and 16 lanes: bitwise _axpy's sums for every width of its last vector; the columns past
+    acc untouched; and no read past the end of w, even where the last rows' vector would reach
+    beyond it (w ends at an unreadable page: such a read crashes the test)."""
+    if kernels.BACKEND != "numba":
+        pytest.skip("numba not available")
+    from numba import njit
+
+    _, panel_masked, _, _ = kernels._vector_intrinsics(lanes)
+
+    def product(nvec):
+        @njit(fastmath=kernels.FASTMATH, error_model="numpy")
+        def both(by_panel, by_rows, x, w, ld, c0):
+            panel_masked(by_panel, x, w, ld, c0, nvec)
+            kernels._axpy(by_rows, x, w, ld, c0)
+        return both
+
+    rng = np.random.default_rng(13)
+    for nvec in (1, 2, 3, 8):
+        both = product(nvec)
+        for n in sorted({lanes * (nvec - 1) + 1, lanes * nvec - 3, lanes * nvec}):
+            for m, ld, c0 in ((1, n, 0), (5, n, 0), (9, n + 2, 2), (33, n, 0), (6, n + 40, 40)):
+                w, memory = _guarded_floats(m * ld)
+                w[:] = rng.standard_normal(m * ld)
+                x = rng.standard_normal(m).astype(np.float32)
+                if m == 5:
+                    x[2] = np.nan
+                start = rng.standard_normal(n + 8).astype(np.float32)
+                by_panel, by_rows = start.copy(), start.copy()
+                both(by_panel[:n], by_rows[:n], x, w, ld, c0)
+                assert np.array_equal(by_panel, by_rows, equal_nan=True), (nvec, n, m)
+                assert np.array_equal(by_panel[n:], start[n:])
 
 
 def test_blocked_products_equal_one_row_at_a_time_bitwise():
@@ -308,15 +360,24 @@ def test_blocked_products_equal_one_row_at_a_time_bitwise():
 
 
 def test_recurrent_layout():
-    W = np.arange(70 * 210, dtype=np.float32).reshape(70, 210)
-    assert np.array_equal(kernels.pack_recurrent(W, 0), W.ravel())
+    """w_hh in params: row-major in rows padded to whole cache lines, or blocked, each block's
+    rows padded so; the padding zero, and either layout fits recurrent_size."""
+    W = np.arange(1, 70 * 210 + 1, dtype=np.float32).reshape(70, 210)
+    assert kernels.row_stride(70) == 224 and kernels.recurrent_size(70) == 70 * (144 + 80)
+    rows = kernels.pack_recurrent(W, 0).reshape(70, 224)
+    assert np.array_equal(rows[:, :210], W) and not rows[:, 210:].any()
     assert not kernels.recurrent_blocked(64, 128) and kernels.recurrent_blocked(65, 128)
     packed = kernels.pack_recurrent(W, 64)
-    assert packed.shape == (W.size,)
-    assert np.array_equal(packed[:70 * 64], W[:, :64].ravel())             # [r|z]: 64+64+12
-    assert np.array_equal(packed[70 * 128:70 * 140], W[:, 128:140].ravel())
-    assert np.array_equal(packed[70 * 140:70 * 204], W[:, 140:204].ravel())   # [n]: 64+6
-    assert np.array_equal(packed[70 * 204:], W[:, 204:].ravel())
+    assert packed.shape == (kernels.recurrent_size(70),)
+    blocks = [(0, 64, 64), (64, 64, 64), (128, 12, 16),     # [r|z]: 64 + 64 + 12 (in 16)
+              (140, 64, 64), (204, 6, 16)]                  # [n]: 64 + 6 (in 16)
+    start = 0
+    for c, width, ld in blocks:
+        block = packed[start:start + 70 * ld].reshape(70, ld)
+        assert np.array_equal(block[:, :width], W[:, c:c + width]), c
+        assert not block[:, width:].any(), c
+        start += 70 * ld
+    assert start == packed.size
 
 
 def test_vector_width_follows_the_cpu_features():
