@@ -41,7 +41,10 @@ def main():
     for seed, (L, H, I) in enumerate(grid):
         rows.append((I, H, L, True, False, 0))
     rows += [(4, 64, 2, False, False, 0), (5, 32, 2, True, True, 0), (4, 64, 2, True, False, 8),
-             (3, 16, 3, True, True, 4)]
+             (3, 16, 3, True, True, 4),
+             # sizes whose rows are padded to cache lines (kernels.row_stride), blocked past 64
+             (4, 60, 1, True, False, 0), (5, 72, 2, False, False, 0), (7, 100, 2, True, True, 3),
+             (3, 200, 1, True, False, 4)]
     worst = 0.0
     print(f"{'I':>3} {'H':>4} {'L':>2} {'bias':>5} {'bidir':>5} {'B':>2}  {'max|dY|':>9} {'max|dh|':>9}")
     for seed, (I, H, L, bias, bi, B) in enumerate(rows):
