@@ -577,11 +577,25 @@ def panel_lanes(cpu_features):
     return 16 if "+avx512f" in features and "-evex512" not in features else 8
 
 
+def masked_tail(cpu_features):
+    """Whether _matvec_tail takes the last columns of a product as one masked panel on a CPU
+    with these LLVM features: where it has AVX (masked loads and stores in one instruction).
+
+    Elsewhere it keeps panels of 4, 2 and 1 vectors and _axpy for the last columns: without
+    AVX LLVM splits a masked load into a branch per lane, and on AArch64 the vector sums of
+    a masked panel can round differently (by one bit, FMAs fused in another order) from
+    _axpy's scalar ones, which the batch's _matmul shares, so the paths would no longer agree
+    bitwise there.
+    """
+    return any(f.startswith("+avx") for f in cpu_features.split(","))
+
+
 if BACKEND == "numba":
     # The CPU numba compiles for (NUMBA_CPU_NAME/FEATURES honoured): numba's cache and the
     # ahead-of-time module are both keyed by it, so a kernel compiled for 16 lanes is only
     # ever loaded where it was compiled (NUMBA_CPU_NAME=generic: no AVX-512, 8 lanes).
     PANEL_LANES = panel_lanes(aot.target_cpu()[1])
+    MASKED_TAIL = masked_tail(aot.target_cpu()[1])
     _panel, _panel_masked, _chain, _dot8 = _vector_intrinsics(PANEL_LANES)
 else:
     # What the intrinsics compute (the NumPy backend and the ahead-of-time module never call
@@ -589,6 +603,7 @@ else:
     # lanes are those of the CPU it was built for: they decide the layout of params
     # (recurrent_blocked), which must be the one its code reads.
     PANEL_LANES = panel_lanes(AOT.cpu_features) if BACKEND == "aot" else 8
+    MASKED_TAIL = False
 
     def _panel(acc, x, w, ld, c0, nvec):
         _axpy(acc[:PANEL_LANES * nvec], x, w, ld, c0)
@@ -652,12 +667,27 @@ def _matvec(acc, x, w, ld, c0, reverse):
 # kernel take 25 % longer to compile (10.8 -> 13.5 s here; 11.3 s as a call).
 @njit(**KERNEL)
 def _matvec_tail(acc, x, w, ld, c0, j):
-    # _matvec for the columns from j on (fewer than PANEL_COLUMNS): one panel as wide as they
-    # are, its last vector masked. Product alone against panels of 4, 2 and 1 vectors and
-    # _axpy for the last columns, H=60 in rows of 180 (before they were aligned): 249 -> 188
-    # ns, H=63 324 -> 225 ns (the masked vector in place of _axpy alone: 198, 232 ns).
+    # _matvec for the columns from j on (fewer than PANEL_COLUMNS). Where MASKED_TAIL: one
+    # panel as wide as they are, its last vector masked. Product alone, against panels of 4, 2
+    # and 1 vectors and _axpy for the last columns, H=60 in rows of 180 (before they were
+    # aligned): 249 -> 188 ns, H=63 324 -> 225 ns (the masked vector in place of _axpy alone:
+    # 198, 232 ns).
     n = acc.shape[0]
-    nvec = (n - j + PANEL_LANES - 1) // PANEL_LANES
+    L = PANEL_LANES
+    if not MASKED_TAIL:             # (a constant: numba compiles one branch or the other)
+        if j + 4 * L <= n:
+            _panel(acc[j:j + 4 * L], x, w, ld, c0 + j, 4)
+            j += 4 * L
+        if j + 2 * L <= n:
+            _panel(acc[j:j + 2 * L], x, w, ld, c0 + j, 2)
+            j += 2 * L
+        if j + L <= n:
+            _panel(acc[j:j + L], x, w, ld, c0 + j, 1)
+            j += L
+        if j < n:
+            _axpy(acc[j:], x, w, ld, c0 + j)
+        return
+    nvec = (n - j + L - 1) // L
     t = acc[j:]
     c = c0 + j
     if nvec == 1:

@@ -282,6 +282,8 @@ def test_masked_panel_equals_axpy_bitwise_and_stays_inside_its_arrays(lanes):
     beyond it (w ends at an unreadable page: such a read crashes the test)."""
     if kernels.BACKEND != "numba":
         pytest.skip("numba not available")
+    if not kernels.MASKED_TAIL:
+        pytest.skip("the kernels do not use the masked panel on this CPU (kernels.masked_tail)")
     from numba import njit
 
     _, panel_masked, _, _ = kernels._vector_intrinsics(lanes)
@@ -378,6 +380,12 @@ def test_recurrent_layout():
         assert not block[:, width:].any(), c
         start += 70 * ld
     assert start == packed.size
+
+
+def test_masked_tail_only_where_the_cpu_has_avx():
+    assert kernels.masked_tail("+avx2,+fma,+avx512f") and kernels.masked_tail("+avx,+sse4.2")
+    assert not kernels.masked_tail("-avx,+sse4.2") and not kernels.masked_tail("+neon")
+    assert not kernels.masked_tail("-aes,-rand,-sha2,-sve") and not kernels.masked_tail("")
 
 
 def test_vector_width_follows_the_cpu_features():
