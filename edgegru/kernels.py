@@ -687,7 +687,7 @@ def _matvec_tail(acc, x, w, ld, c0, j):
         if j < n:
             _axpy(acc[j:], x, w, ld, c0 + j)
         return
-    nvec = (n - j + L - 1) // L
+    nvec = (n - j + L - 1) // L     # a literal for the intrinsic, hence one call per width
     t = acc[j:]
     c = c0 + j
     if nvec == 1:
