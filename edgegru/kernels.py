@@ -617,7 +617,8 @@ else:
     _dot8 = _dot8_lanes
 
 # The widest panel: 8 vectors, 64 columns (128 with AVX-512); _matvec_tail's last one is as
-# wide as the columns left, in 1 to 8 vectors, the last of them masked.
+# wide as the columns left, in 1 to 8 vectors, the last of them masked (where MASKED_TAIL;
+# elsewhere panels of 4, 2 and 1 vectors, then _axpy).
 PANEL_COLUMNS = 8 * PANEL_LANES
 
 # The recurrent product keeps its sums in registers (_panel) up to this many output
