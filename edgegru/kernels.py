@@ -122,8 +122,9 @@ def hard_sigmoid(x, alpha, beta):
     return g
 
 
-# The layout arithmetic is plain Python, so that building a model (and the NumPy fallback) does
-# not load compiled code; the kernels use njit-compiled copies of the same functions.
+# The layout arithmetic is plain Python when Python calls it, so that building a model (and the
+# NumPy fallback) does not load compiled code, and compiled into the kernels that call it
+# (_jitable).
 
 # Every matrix row and every array of params starts on a cache line (64 bytes, ALIGNMENT
 # floats; params itself starts on one): a row of w_hh whose start is not aligned makes every
@@ -132,7 +133,6 @@ def hard_sigmoid(x, alpha, beta):
 ALIGNMENT = 16
 
 if BACKEND == "numba":
-    # plain Python when called from Python, compiled into the kernels that call it
     from numba.extending import register_jitable as _jitable
 else:
     def _jitable(func):
@@ -157,6 +157,7 @@ def recurrent_size(hidden_size):
     return hidden_size * (aligned(2 * hidden_size) + aligned(hidden_size))
 
 
+@_jitable
 def block_offsets(l, d, input_size, hidden_size, num_directions):
     """Where block (layer l, direction d) lives in ``params``: (w_ih, b_x, w_hh, b_hn, in_size)."""
     S = row_stride(hidden_size)
@@ -176,19 +177,10 @@ def block_offsets(l, d, input_size, hidden_size, num_directions):
     return w_ih, b_x, w_hh, b_hn, in_size
 
 
+@_jitable
 def head_offset(input_size, hidden_size, num_layers, num_directions):
     """Start of w_head in ``params`` (b_head follows it); also the size without a head."""
     w_ih, b_x, w_hh, b_hn, in_size = block_offsets(
-        num_layers - 1, num_directions - 1, input_size, hidden_size, num_directions)
-    return b_hn + aligned(hidden_size)
-
-
-_block_offsets = njit(cache=True, inline="always")(block_offsets)
-
-
-@njit(cache=True, inline="always")
-def _head_offset(input_size, hidden_size, num_layers, num_directions):
-    w_ih, b_x, w_hh, b_hn, in_size = _block_offsets(
         num_layers - 1, num_directions - 1, input_size, hidden_size, num_directions)
     return b_hn + aligned(hidden_size)
 
@@ -1083,7 +1075,7 @@ def _block(params, l, d, input_size, hidden_size, num_directions):
     # Views of one block: w_ih (in * row_stride(H),), b_x (3H,), w_hh (recurrent_size(H),),
     # b_hn (H,). The matrices stay flat: a reshape is a call into numba's C helpers, a slice is
     # not.
-    w_ih, b_x, w_hh, b_hn, in_size = _block_offsets(l, d, input_size, hidden_size, num_directions)
+    w_ih, b_x, w_hh, b_hn, in_size = block_offsets(l, d, input_size, hidden_size, num_directions)
     return (params[w_ih:b_x], params[b_x:b_x + 3 * hidden_size], params[w_hh:b_hn],
             params[b_hn:b_hn + hidden_size])
 
@@ -1092,7 +1084,7 @@ def _block(params, l, d, input_size, hidden_size, num_directions):
 def _head_views(params, input_size, hidden_size, num_layers, num_directions, output_size):
     # w_head (O * K,), b_head (O,)
     K = hidden_size * num_directions
-    start = _head_offset(input_size, hidden_size, num_layers, num_directions)
+    start = head_offset(input_size, hidden_size, num_layers, num_directions)
     end = start + output_size * K
     return params[start:end], params[end:end + output_size]
 
