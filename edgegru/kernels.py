@@ -404,16 +404,25 @@ def _vector_intrinsics(lanes):
                                for t, v in zip(signature.args[:3], args[:3]))
             ld_v, c0_v = args[3], args[4]
             m = builder.extract_value(x_a.shape, 0)
+
+            def splat(value, vector):       # value in every lane
+                undef = ir.Constant(vector, ir.Undefined)
+                v = builder.insert_element(undef, value, ir.Constant(I32, 0))
+                return builder.shuffle_vector(v, undef,
+                                              ir.Constant(ir.VectorType(I32, LANES), [0] * LANES))
+
+            def smaller(a, b):
+                return builder.select(builder.icmp_signed("<", a, b), a, b)
+
+            def larger(a, b):
+                return builder.select(builder.icmp_signed("<", a, b), b, a)
+
             if masked:
                 # the last vector holds n - L (Q - 1) columns: a mask of its first lanes
                 n = builder.extract_value(acc_a.shape, 0)
                 valid = builder.sub(n, const(LANES * (Q - 1)))
                 lanes = ir.Constant(ir.VectorType(I64, LANES), list(range(LANES)))
-                splat = builder.insert_element(ir.Constant(ir.VectorType(I64, LANES), ir.Undefined),
-                                               valid, ir.Constant(I32, 0))
-                splat = builder.shuffle_vector(splat, splat,
-                                               ir.Constant(ir.VectorType(I32, LANES), [0] * LANES))
-                mask = builder.icmp_signed("<", lanes, splat)
+                mask = builder.icmp_signed("<", lanes, splat(valid, ir.VectorType(I64, LANES)))
                 zeros = ir.Constant(VECTOR, [0.0] * LANES)
                 load = masked_memory(builder, "load", VECTOR,
                                      [VECTOR.as_pointer(), I32, MASK, VECTOR])
@@ -427,14 +436,11 @@ def _vector_intrinsics(lanes):
                 room = builder.sub(builder.sub(length, c0_v), const(LANES * Q))
                 safe = builder.select(builder.icmp_signed("<", room, const(0)), const(0),
                                       builder.add(builder.sdiv(room, ld_v), const(1)))
-                safe = builder.select(builder.icmp_signed("<", safe, m), safe, m)
+                safe = smaller(safe, m)
 
             def broadcast(i):               # x[i] in every lane
-                xi = builder.load(builder.gep(x_a.data, [i], inbounds=True), align=4)
-                undef = ir.Constant(VECTOR, ir.Undefined)
-                v = builder.insert_element(undef, xi, ir.Constant(I32, 0))
-                return builder.shuffle_vector(v, undef,
-                                              ir.Constant(ir.VectorType(I32, LANES), [0] * LANES))
+                return splat(builder.load(builder.gep(x_a.data, [i], inbounds=True), align=4),
+                             VECTOR)
 
             def weights(i, q, whole=True):    # W[i, c0 + Lq : c0 + Lq + L]
                 offset = builder.add(builder.add(builder.mul(i, ld_v), c0_v), const(LANES * q))
@@ -480,12 +486,10 @@ def _vector_intrinsics(lanes):
                 sums = loop(builder, "panel.rows4", const(0), m4, 4, rows4(True), sums)
                 sums = loop(builder, "panel.rows1", m4, m, 1, rows1(True), sums)
             else:                           # the same rows in the same order, split at `safe`
-                def smaller(a, b):
-                    return builder.select(builder.icmp_signed("<", a, b), a, b)
                 safe4 = smaller(m4, builder.mul(builder.sdiv(safe, const(4)), const(4)))
                 sums = loop(builder, "panel.rows4", const(0), safe4, 4, rows4(True), sums)
                 sums = loop(builder, "panel.rows4.masked", safe4, m4, 4, rows4(False), sums)
-                safe1 = builder.select(builder.icmp_signed("<", safe, m4), m4, safe)
+                safe1 = larger(m4, safe)
                 sums = loop(builder, "panel.rows1", m4, safe1, 1, rows1(True), sums)
                 sums = loop(builder, "panel.rows1.masked", safe1, m, 1, rows1(False), sums)
             for q, s in enumerate(sums):
