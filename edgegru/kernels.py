@@ -612,8 +612,9 @@ else:
 
     _dot8 = _dot8_lanes
 
-# The widest panel: 8 vectors, 64 columns (128 with AVX-512); _matvec_tail's last one is as
-# wide as the columns left, in 1 to 8 vectors, the last of them masked (where MASKED_TAIL;
+# The widest panel: 8 vectors, 64 columns (128 with AVX-512). The columns left after the
+# widest panels are one panel as wide as they are: where they are a whole number of vectors,
+# a plain one (_matvec_rest); else _matvec_tail's, its last vector masked (where MASKED_TAIL;
 # elsewhere panels of 4, 2 and 1 vectors, then _axpy).
 PANEL_COLUMNS = 8 * PANEL_LANES
 
@@ -634,7 +635,7 @@ RECURRENT_BLOCK_COLUMNS = PANEL_COLUMNS
 @njit(**KERNEL)
 def _matvec(acc, x, w, ld, c0, reverse):
     # acc (n,) += x @ W[:, c0:c0+n], bitwise as _axpy: panels of 8 vectors of PANEL_LANES
-    # columns with their sums in registers, then one for the columns left (_matvec_tail).
+    # columns with their sums in registers, then one for the columns left (_matvec_rest).
     #
     # reverse: the same panels in the opposite order, for the same results (the columns are
     # independent sums). The cell alternates the order from one time step to the next, so that
@@ -648,16 +649,50 @@ def _matvec(acc, x, w, ld, c0, reverse):
     if n > PANEL_MAX_COLUMNS:
         _axpy(acc, x, w, ld, c0)
         return
+    if n < PANEL_COLUMNS:
+        _matvec_rest(acc, x, w, ld, c0, 0)
+        return
     n_full = n - n % PANEL_COLUMNS
-    if reverse:
-        _matvec_tail(acc, x, w, ld, c0, n_full)
-    j = 0
-    while j < n_full:
-        k = n_full - PANEL_COLUMNS - j if reverse else j
-        _panel(acc[k:k + PANEL_COLUMNS], x, w, ld, c0 + k, 8)
-        j += PANEL_COLUMNS
-    if not reverse:
-        _matvec_tail(acc, x, w, ld, c0, n_full)
+    pieces = n_full // PANEL_COLUMNS + (1 if n_full < n else 0)    # full panels, the rest
+    for i in range(pieces):
+        k = PANEL_COLUMNS * (pieces - 1 - i if reverse else i)
+        if k < n_full:
+            _panel(acc[k:k + PANEL_COLUMNS], x, w, ld, c0 + k, 8)
+        else:
+            _matvec_rest(acc, x, w, ld, c0, n_full)
+
+
+@njit(**KERNEL, inline="always")
+def _matvec_rest(acc, x, w, ld, c0, j):
+    # _matvec for the columns from j on (fewer than PANEL_COLUMNS): where they are a whole
+    # number of vectors, one _panel that wide, inlined where the product is; else
+    # _matvec_tail, a call. At H=16 and 32 every product is this whole panel (3H = 3 and 6
+    # vectors of 16), and _matvec_tail's call and its masked panel's set-up (masks, rows
+    # that may be loaded whole) were ~1/4 of a time step at H=16 (perf, Zen 4). A/B there,
+    # sequence per step: H=16 100-103 -> 74-79 ns, H=32 164-167 -> 137-141 ns; H=48-64 the
+    # same. The price: the sequence kernel compiles in 19.0 s, not 16.3 (step: 6.1, 5.5 s).
+    n = acc.shape[0]
+    L = PANEL_LANES
+    if (n - j) % L != 0:
+        _matvec_tail(acc, x, w, ld, c0, j)
+        return
+    nvec = (n - j) // L             # a literal for the intrinsic, hence one call per width
+    t = acc[j:]
+    c = c0 + j
+    if nvec == 1:
+        _panel(t, x, w, ld, c, 1)
+    elif nvec == 2:
+        _panel(t, x, w, ld, c, 2)
+    elif nvec == 3:
+        _panel(t, x, w, ld, c, 3)
+    elif nvec == 4:
+        _panel(t, x, w, ld, c, 4)
+    elif nvec == 5:
+        _panel(t, x, w, ld, c, 5)
+    elif nvec == 6:
+        _panel(t, x, w, ld, c, 6)
+    elif nvec == 7:
+        _panel(t, x, w, ld, c, 7)
 
 
 # Not inlined: its eight panel widths, inlined where the products call it, made the sequence
@@ -763,7 +798,7 @@ def _matmul_panels(acc, a0, xs, w, ld, c0, n, reverse):
                 _panel(acc[b, a0 + j:a0 + j + PANEL_COLUMNS], xs[b], w, ld, c0 + j, 8)
         else:
             for b in range(N):
-                _matvec_tail(acc[b, a0:a0 + n], xs[b], w, ld, c0, n_full)
+                _matvec_rest(acc[b, a0:a0 + n], xs[b], w, ld, c0, n_full)
 
 
 @njit(**KERNEL, inline="always")

@@ -186,7 +186,8 @@ def test_backends_agree():
 def test_register_blocked_product_equals_axpy_bitwise():
     """_matvec (sums held in vector registers, kernels._panel) against _axpy (the accumulator
     in memory): the same sums in the same order, so not a bit apart, for every panel width
-    (8, 4, 2 and 1 vectors of PANEL_LANES columns), column and row remainders, past
+    (8 vectors, then the columns left as one panel of 1 to 7 whole vectors, or as the masked
+    panel or panels of 4, 2 and 1 vectors and _axpy), column and row remainders, past
     PANEL_MAX_COLUMNS, and with NaN; with its panels in either order (the cell alternates them
     from step to step)."""
     if not edgegru.JIT:
@@ -199,8 +200,11 @@ def test_register_blocked_product_equals_axpy_bitwise():
         kernels._axpy(by_rows, x, w, ld, c0)
 
     rng = np.random.default_rng(5)
-    # every combination of panels for 8 lanes up to 120 columns, and for 16 up to 248
-    widths = (1, 7, 8, 13, 24, 40, 56, 64, 72, 99, 120, 128, 136, 200, 248, 255,
+    # every combination of panels for 8 lanes up to 120 columns, and for 16 up to 248; every
+    # number of whole vectors left after the widest panels (8 lanes: 8-56, 16 lanes: 16-112,
+    # and 144, 176, 240 after one panel)
+    widths = (1, 7, 8, 13, 16, 24, 32, 40, 48, 56, 64, 72, 80, 96, 99, 112, 120, 128, 136,
+              144, 176, 200, 240, 248, 255,
               kernels.PANEL_MAX_COLUMNS, kernels.PANEL_MAX_COLUMNS + 1, 400)
     for m in (1, 3, 4, 7, 33):
         for n in widths:
@@ -224,7 +228,7 @@ def test_register_blocked_product_equals_axpy_bitwise():
 def test_panels_of_either_vector_width_equal_axpy_bitwise(order, lanes):
     """The panel intrinsics for 8 lanes (AVX, NEON) and for 16 (AVX-512), whichever this CPU
     uses in the kernels (the other one LLVM splits or merges into the registers it has): the
-    sums of _axpy (panel) or _axpy_chain (chain), not a bit apart, for 1, 2, 4 and 8 vectors,
+    sums of _axpy (panel) or _axpy_chain (chain), not a bit apart, for 1, 2, 3, 4 and 8 vectors,
     and with NaN."""
     if kernels.BACKEND != "numba":
         pytest.skip("numba not available")
@@ -243,7 +247,7 @@ def test_panels_of_either_vector_width_equal_axpy_bitwise(order, lanes):
         return both
 
     rng = np.random.default_rng(7)
-    for nvec in (1, 2, 4, 8):
+    for nvec in (1, 2, 3, 4, 8):
         both = product(nvec)
         n = nvec * lanes
         for m in (1, 5, 32):
