@@ -629,6 +629,34 @@ PANEL_MAX_COLUMNS = 320
 RECURRENT_BLOCK_COLUMNS = PANEL_COLUMNS
 
 
+def _of_width(panel):
+    """panel(acc, x, w, ld, c0, nvec) for nvec in 1..8 given at run time: the intrinsics take
+    their width as a literal, hence one call per width."""
+    @njit(**KERNEL, inline="always")
+    def of_width(acc, x, w, ld, c0, nvec):
+        if nvec == 1:
+            panel(acc, x, w, ld, c0, 1)
+        elif nvec == 2:
+            panel(acc, x, w, ld, c0, 2)
+        elif nvec == 3:
+            panel(acc, x, w, ld, c0, 3)
+        elif nvec == 4:
+            panel(acc, x, w, ld, c0, 4)
+        elif nvec == 5:
+            panel(acc, x, w, ld, c0, 5)
+        elif nvec == 6:
+            panel(acc, x, w, ld, c0, 6)
+        elif nvec == 7:
+            panel(acc, x, w, ld, c0, 7)
+        elif nvec == 8:
+            panel(acc, x, w, ld, c0, 8)
+    return of_width
+
+
+_panel_of_width = _of_width(_panel)
+_masked_panel_of_width = _of_width(_panel_masked)
+
+
 # Not inlined, unlike the rest of the cell: its panel widths, inlined at the three places
 # _cell multiplies, made the step and sequence kernels take ~50 % longer to compile, for no
 # measurable gain over one call per product.
@@ -676,23 +704,7 @@ def _matvec_rest(acc, x, w, ld, c0, j):
     if (n - j) % L != 0:
         _matvec_tail(acc, x, w, ld, c0, j)
         return
-    nvec = (n - j) // L             # a literal for the intrinsic, hence one call per width
-    t = acc[j:]
-    c = c0 + j
-    if nvec == 1:
-        _panel(t, x, w, ld, c, 1)
-    elif nvec == 2:
-        _panel(t, x, w, ld, c, 2)
-    elif nvec == 3:
-        _panel(t, x, w, ld, c, 3)
-    elif nvec == 4:
-        _panel(t, x, w, ld, c, 4)
-    elif nvec == 5:
-        _panel(t, x, w, ld, c, 5)
-    elif nvec == 6:
-        _panel(t, x, w, ld, c, 6)
-    elif nvec == 7:
-        _panel(t, x, w, ld, c, 7)
+    _panel_of_width(acc[j:], x, w, ld, c0 + j, (n - j) // L)
 
 
 # Not inlined: its eight panel widths, inlined where the products call it, made the sequence
@@ -719,25 +731,7 @@ def _matvec_tail(acc, x, w, ld, c0, j):
         if j < n:
             _axpy(acc[j:], x, w, ld, c0 + j)
         return
-    nvec = (n - j + L - 1) // L     # a literal for the intrinsic, hence one call per width
-    t = acc[j:]
-    c = c0 + j
-    if nvec == 1:
-        _panel_masked(t, x, w, ld, c, 1)
-    elif nvec == 2:
-        _panel_masked(t, x, w, ld, c, 2)
-    elif nvec == 3:
-        _panel_masked(t, x, w, ld, c, 3)
-    elif nvec == 4:
-        _panel_masked(t, x, w, ld, c, 4)
-    elif nvec == 5:
-        _panel_masked(t, x, w, ld, c, 5)
-    elif nvec == 6:
-        _panel_masked(t, x, w, ld, c, 6)
-    elif nvec == 7:
-        _panel_masked(t, x, w, ld, c, 7)
-    elif nvec == 8:
-        _panel_masked(t, x, w, ld, c, 8)
+    _masked_panel_of_width(acc[j:], x, w, ld, c0 + j, (n - j + L - 1) // L)
 
 
 @njit(**KERNEL)
