@@ -137,7 +137,8 @@ def _score_rows(scores, contrib, Z, F, f_prev, smoothed, rows_seen, inv_residual
                 combine_max, alpha, warmup, X, last, repeats, stuck_rows, stuck_level,
                 cons_channel, cons_coef, cons_inv_std, cons_alpha, cons_gain, cons_degree,
                 drift_channel, drift_coef, drift_scale, drift_alpha, drift_weight,
-                history, cons_mean, drift_state, scratch):
+                level_channel, level_center, level_gain, level_alpha,
+                history, cons_mean, drift_state, level_mean, scratch):
     """Scores of rows Z (T, C) given the forecasts: f_prev (C,) before row 0, F[t] after row t.
 
     scores (T,), contrib (T, C): outputs. smoothed (C,): the EWMA state, updated in place.
@@ -154,6 +155,9 @@ def _score_rows(scores, contrib, Z, F, f_prev, smoothed, rows_seen, inv_residual
     Drift (J channels, J = 0: off): drift_channel (J,), drift_coef (J, P) the same regression,
     drift_scale (J, 3) = 1 / the spreads of q, u and v; drift_alpha (3,) = the smoothing of
     u, v and the baseline; drift_weight; drift_state (J, 3) = baseline, u, v, updated in place.
+    Level (L channels, L = 0: off): level_channel (L,), level_center (L,) their normal mean,
+    level_gain (L, L) = weight * the precision of their averages on normal data, level_alpha; level_mean (L,) the averages,
+    updated in place (see :func:`_level_update`, :func:`_level_statistic`).
     scratch (3, C): work space, so that scoring a row allocates nothing. Returns the new
     rows_seen.
     """
@@ -193,6 +197,7 @@ def _score_rows(scores, contrib, Z, F, f_prev, smoothed, rows_seen, inv_residual
             d = qd - drift_state[k, 0]
             drift_state[k, 1] = (1.0 - drift_alpha[0]) * drift_state[k, 1] + drift_alpha[0] * d
             drift_state[k, 2] = (1.0 - drift_alpha[1]) * drift_state[k, 2] + drift_alpha[1] * d
+        _level_update(level_mean, Z[t], X[t], level_channel, level_center, level_alpha)
         for j in range(H - 1, 0, -1):
             for c in range(C):
                 history[j, c] = history[j - 1, c]
@@ -228,6 +233,10 @@ def _score_rows(scores, contrib, Z, F, f_prev, smoothed, rows_seen, inv_residual
                 if u * v > 0.0:
                     g = min(abs(u), abs(v))
                     contrib[t, ch] = max(contrib[t, ch], drift_weight * g * g)
+            if level_channel.shape[0] > 0:  # credited to the channel with the largest share
+                stat, i = _level_statistic(level_mean, level_gain)
+                ch = level_channel[i]
+                contrib[t, ch] = max(contrib[t, ch], stat)
             total = 0.0
             for c in range(C):
                 a = contrib[t, c]
@@ -252,11 +261,13 @@ def _score_rows_batch(scores, contrib, Z, F, f_prev, smoothed, rows_seen, inv_re
                       whitening, combine_max, alpha, warmup, X, last, repeats, stuck_rows,
                       stuck_level, cons_channel, cons_coef, cons_inv_std, cons_alpha, cons_gain,
                       cons_degree, drift_channel, drift_coef, drift_scale, drift_alpha,
-                      drift_weight, history, cons_mean, drift_state, scratch):
+                      drift_weight, level_channel, level_center, level_gain, level_alpha,
+                      history, cons_mean,
+                      drift_state, level_mean, scratch):
     """_score_rows for B independent streams: scores (B, T), contrib (B, T, C), Z, F and X
     (B, T, C), f_prev, smoothed, last and repeats (B, C), rows_seen (B,), history
-    (B, lags - 1, C), cons_mean (B, K), drift_state (B, J, 3); all but Z, F and X updated in
-    place."""
+    (B, lags - 1, C), cons_mean (B, K), drift_state (B, J, 3), level_mean (B, L); all but Z,
+    F and X updated in place."""
     for b in range(Z.shape[0]):
         rows_seen[b] = _score_rows(scores[b], contrib[b], Z[b], F[b], f_prev[b], smoothed[b],
                                    rows_seen[b], inv_residual_std, whitening, combine_max,
@@ -264,7 +275,38 @@ def _score_rows_batch(scores, contrib, Z, F, f_prev, smoothed, rows_seen, inv_re
                                    stuck_level, cons_channel, cons_coef, cons_inv_std,
                                    cons_alpha, cons_gain, cons_degree, drift_channel,
                                    drift_coef, drift_scale, drift_alpha, drift_weight,
-                                   history[b], cons_mean[b], drift_state[b], scratch)
+                                   level_channel, level_center, level_gain, level_alpha,
+                                   history[b],
+                                   cons_mean[b], drift_state[b], level_mean[b], scratch)
+
+
+@njit(cache=True, error_model="numpy", **NO_NRT)
+def _level_update(level_mean, z, x, channels, center, alpha):
+    """level_mean (L,) <- the EWMA of the normalised row z (C,) less center (L,) on the level
+    channels; a channel whose raw value x (C,) is missing keeps its average (a dropout is no
+    evidence either way)."""
+    for i in range(channels.shape[0]):
+        c = channels[i]
+        if np.isfinite(x[c]):
+            level_mean[i] = (1.0 - alpha) * level_mean[i] + alpha * (z[c] - center[i])
+
+
+@njit(cache=True, error_model="numpy", **NO_NRT)
+def _level_statistic(level_mean, gain):
+    """Hotelling's T^2 of the averages, m' G m with G = gain (L, L), and the index of the
+    channel with the largest share m_i (G m)_i of it."""
+    L = level_mean.shape[0]
+    total = 0.0
+    best, best_share = 0, -np.inf
+    for i in range(L):
+        acc = 0.0
+        for j in range(L):
+            acc += gain[i, j] * level_mean[j]
+        share = level_mean[i] * acc
+        total += share
+        if share > best_share:
+            best, best_share = i, share
+    return total, best
 
 
 @njit(cache=True, error_model="numpy", **NO_NRT)
@@ -287,6 +329,21 @@ def _regression(z, history, ch, coef, degree):
     return pred
 
 
+MAX_WARMUP = 1_000_000       # rows; warm-up and stuck_rows beyond this are a corrupt file
+
+
+def valid_threshold(value, name="threshold"):
+    """value as a float if it is a usable anomaly threshold (finite and positive), else a
+    ModelFormatError naming it: a NaN threshold would never flag anything."""
+    try:
+        t = float(value)
+    except (TypeError, ValueError):
+        raise ModelFormatError(f"{name} must be a number, got {value!r}") from None
+    if not (math.isfinite(t) and t > 0.0):
+        raise ModelFormatError(f"{name} must be finite and positive, got {value!r}")
+    return t
+
+
 class AnomalyScorer:
     """Score sensor rows one at a time or in bulk; high means anomalous.
 
@@ -297,7 +354,8 @@ class AnomalyScorer:
     """
 
     def __init__(self, model, columns, mean, std, residual_std, threshold, smoothing=0.3,
-                 warmup=1, combine="sum", whitening=None, stuck_rows=None, consistency=None):
+                 warmup=1, combine="sum", whitening=None, stuck_rows=None, consistency=None,
+                 level=None):
         C = len(columns)
         if model.input_size != C or model.output_size != C:
             raise ModelFormatError(
@@ -311,21 +369,24 @@ class AnomalyScorer:
         self.mean = _vector(mean, C, "mean")
         self.std = _vector(std, C, "std", positive=True)
         self.residual_std = _vector(residual_std, C, "residual_std", positive=True)
-        self.threshold = float(threshold)
+        self.threshold = valid_threshold(threshold)
         self.smoothing = float(smoothing)
-        self.warmup = int(warmup)
         if not 0.0 < self.smoothing <= 1.0:
             raise ModelFormatError(f"smoothing must be in (0, 1], got {self.smoothing}")
-        if self.warmup < 1:
-            raise ModelFormatError(f"warmup must be at least 1 (the first row has no forecast), "
-                                   f"got {self.warmup}")
+        if isinstance(warmup, bool) or not isinstance(warmup, (int, np.integer)) \
+                or not 1 <= warmup <= MAX_WARMUP:
+            raise ModelFormatError(f"warmup must be a whole number of rows from 1 (the first "
+                                   f"row has no forecast) to {MAX_WARMUP}, got {warmup!r}")
+        self.warmup = int(warmup)
         if combine not in ("sum", "max"):
             raise ModelFormatError(f"combine must be 'sum' or 'max', got {combine!r}")
         self.combine = combine
         self.whitening = None if whitening is None else _matrix(whitening, (C, C), "whitening")
-        if stuck_rows is not None and (isinstance(stuck_rows, bool) or stuck_rows != int(stuck_rows)
-                                       or stuck_rows < 1):
-            raise ModelFormatError(f"stuck_rows must be a positive integer, got {stuck_rows!r}")
+        if stuck_rows is not None and (isinstance(stuck_rows, bool)
+                                       or not isinstance(stuck_rows, (int, np.integer))
+                                       or not 1 <= stuck_rows <= MAX_WARMUP):
+            raise ModelFormatError(f"stuck_rows must be a whole number from 1 to {MAX_WARMUP}, "
+                                   f"got {stuck_rows!r}")
         self.stuck_rows = None if stuck_rows is None else int(stuck_rows)
         self.consistency = _consistency(consistency, self.columns)
         cons = self.consistency or {"channels": [], "lags": 1, "degree": 1,
@@ -354,6 +415,14 @@ class AnomalyScorer:
         self._drift_alpha = np.array([drift["smoothing"], drift["fast_smoothing"],
                                       drift["baseline_smoothing"]], np.float64)
         self._drift_weight = float(drift["weight"])
+        self.level = _level(level, self.columns)
+        lv = self.level or {"channels": [], "smoothing": 1.0, "precision": np.zeros((0, 0)),
+                            "center": np.zeros(0), "weight": 1.0}
+        self._level_channel = np.array([self.columns.index(n) for n in lv["channels"]],
+                                       np.int64)
+        self._level_center = lv["center"]
+        self._level_gain = np.ascontiguousarray(lv["weight"] * lv["precision"])
+        self._level_alpha = float(lv["smoothing"])
         self._combine_max = combine == "max"
         self._whitening = np.zeros((0, 0)) if whitening is None else self.whitening
         self._mean32 = self.mean.astype(np.float32)
@@ -372,6 +441,8 @@ class AnomalyScorer:
         self._cons_mean = np.zeros(K, np.float64)
         # drift: per drift channel its baseline and the slow and fast averages against it
         self._drift_state = np.zeros((J, 3), np.float64)
+        # level: the averages of the level channels' normalised values
+        self._level_mean = np.zeros(len(lv["channels"]), np.float64)
         # buffers for score_one, allocated once
         self._x = np.zeros((1, C), np.float64)
         self._score_one_kernel = None
@@ -397,7 +468,7 @@ class AnomalyScorer:
             return cls(model, pre["columns"], pre["mean"], pre["std"], sc["residual_std"],
                        sc["threshold"], sc.get("smoothing", 0.3), sc.get("warmup", 1),
                        sc.get("combine", "sum"), sc.get("whitening"), sc.get("stuck_rows"),
-                       sc.get("consistency"))
+                       sc.get("consistency"), sc.get("level"))
         except KeyError as exc:
             raise ModelFormatError(f"{source}: scoring metadata lacks {exc}") from None
         except (TypeError, ValueError) as exc:
@@ -418,7 +489,9 @@ class AnomalyScorer:
         off)."""
         return (self._cons_channel, self._cons_coef, self._cons_inv_std, self._cons_alpha,
                 self._cons_gain, self._cons_degree, self._drift_channel, self._drift_coef,
-                self._drift_scale, self._drift_alpha, self._drift_weight)
+                self._drift_scale, self._drift_alpha, self._drift_weight,
+                self._level_channel, self._level_center, self._level_gain,
+                self._level_alpha)
 
     # -- scoring --------------------------------------------------------------------------
     def score_one(self, row):
@@ -430,7 +503,8 @@ class AnomalyScorer:
         args = (self._score1, self._contrib1, z, z, self._forecast, self._smoothed,
                 self._rows_seen, self._inv_residual_std, self._whitening, self._combine_max,
                 self.smoothing, self.warmup, x, self._last, self._repeats, *self._stuck,
-                *self._cons, self._history, self._cons_mean, self._drift_state, self._scratch)
+                *self._cons, self._history, self._cons_mean, self._drift_state,
+                self._level_mean, self._scratch)
         if self._score_one_kernel is None:
             # Every array here is the scorer's own, made once and only ever written in place,
             # so their types are those of the first call: the kernel for them is looked up
@@ -466,7 +540,8 @@ class AnomalyScorer:
                                           self.smoothing, self.warmup, X[start:stop],
                                           self._last, self._repeats, *self._stuck,
                                           *self._cons, self._history, self._cons_mean,
-                                          self._drift_state, self._scratch)
+                                          self._drift_state, self._level_mean,
+                                          self._scratch)
             self._forecast[:] = F[-1]
             start = stop
         if T:
@@ -492,6 +567,7 @@ class AnomalyScorer:
         self._history[:] = np.nan
         self._cons_mean[:] = 0.0
         self._drift_state[:] = 0.0
+        self._level_mean[:] = 0.0
 
     @property
     def state(self):
@@ -500,7 +576,7 @@ class AnomalyScorer:
                 "smoothed": self._smoothed.copy(), "rows_seen": np.int64(self._rows_seen),
                 "last": self._last.copy(), "repeats": self._repeats.copy(),
                 "history": self._history.copy(), "consistency": self._cons_mean.copy(),
-                "drift": self._drift_state.copy()}
+                "drift": self._drift_state.copy(), "level": self._level_mean.copy()}
 
     @state.setter
     def state(self, value):
@@ -516,16 +592,20 @@ class AnomalyScorer:
             cons_mean = np.asarray(value.get("consistency", np.zeros(self._cons_mean.shape)))
             # absent in states saved before the drift test: no baseline yet
             drift = np.asarray(value.get("drift", np.zeros(self._drift_state.shape)))
+            # absent in states saved before the level test: at the normal mean
+            level = np.asarray(value.get("level", np.zeros(self._level_mean.shape)))
         except (KeyError, TypeError, AttributeError) as exc:
             raise ValueError(f"scorer state needs hidden, forecast, smoothed, rows_seen "
                              f"({exc})") from None
         if forecast.shape != (C,) or smoothed.shape != (C,) or rows_seen.shape != () or \
                 last.shape != (C,) or repeats.shape != (C,) or \
                 history.shape != self._history.shape or cons_mean.shape != self._cons_mean.shape \
-                or drift.shape != self._drift_state.shape:
+                or drift.shape != self._drift_state.shape \
+                or level.shape != self._level_mean.shape:
             raise ValueError(f"scorer state does not fit this model ({C} channels)")
-        if history.dtype.kind != "f" or cons_mean.dtype.kind != "f" or drift.dtype.kind != "f":
-            raise ValueError("scorer state: history, consistency and drift must be floats")
+        if any(a.dtype.kind != "f" for a in (history, cons_mean, drift, level)):
+            raise ValueError("scorer state: history, consistency, drift and level must be "
+                             "floats")
         if rows_seen.dtype.kind not in "iu" or rows_seen < 0:
             raise ValueError("scorer state: rows_seen must be a non-negative integer")
         if repeats.dtype.kind not in "iu" or (repeats < 0).any() or last.dtype.kind != "f":
@@ -540,6 +620,7 @@ class AnomalyScorer:
         self._history[:] = history
         self._cons_mean[:] = cons_mean
         self._drift_state[:] = drift
+        self._level_mean[:] = level
 
     # -- helpers --------------------------------------------------------------------------
     def _row_array(self, row):
@@ -600,6 +681,7 @@ class GroupScorer:
         self._history = np.zeros((0,) + scorer._history.shape)        # (K, lags - 1, C)
         self._cons_mean = np.zeros((0,) + scorer._cons_mean.shape)    # (K, consistency)
         self._drift = np.zeros((0,) + scorer._drift_state.shape)      # (K, drift, 3)
+        self._level = np.zeros((0,) + scorer._level_mean.shape)       # (K, level channels)
 
     @property
     def threshold(self):
@@ -645,20 +727,20 @@ class GroupScorer:
             smoothed, rows_seen = self._smoothed[ks], self._rows_seen[ks]
             last, repeats = self._last[ks], self._repeats[ks]
             history, cons_mean = self._history[ks], self._cons_mean[ks]
-            drift = self._drift[ks]
+            drift, level = self._drift[ks], self._level[ks]
             s_b = np.empty(P.shape, np.float64)
             c_b = np.empty(P.shape + (C,), np.float64)
             _score_rows_batch(s_b, c_b, Zb, F, f_prev, smoothed, rows_seen,
                               sc._inv_residual_std, sc._whitening, sc._combine_max,
                               sc.smoothing, sc.warmup, X[P], last, repeats, *sc._stuck,
-                              *sc._cons, history, cons_mean, drift, sc._scratch)
+                              *sc._cons, history, cons_mean, drift, level, sc._scratch)
             self._hidden[ks] = h_n.transpose(1, 0, 2)
             self._forecast[ks] = F[:, -1]
             self._smoothed[ks] = smoothed
             self._rows_seen[ks] = rows_seen
             self._last[ks], self._repeats[ks] = last, repeats
             self._history[ks], self._cons_mean[ks] = history, cons_mean
-            self._drift[ks] = drift
+            self._drift[ks], self._level[ks] = drift, level
             scores[P], contrib[P] = s_b, c_b
         return (scores, contrib) if explain else scores
 
@@ -668,14 +750,14 @@ class GroupScorer:
                     "smoothed": self._smoothed[k], "rows_seen": self._rows_seen[k],
                     "last": self._last[k], "repeats": self._repeats[k],
                     "history": self._history[k], "consistency": self._cons_mean[k],
-                    "drift": self._drift[k]}
+                    "drift": self._drift[k], "level": self._level[k]}
         result = sc.score_many(X, explain=True)
         state = sc.state
         self._hidden[k], self._forecast[k] = state["hidden"], state["forecast"]
         self._smoothed[k], self._rows_seen[k] = state["smoothed"], state["rows_seen"]
         self._last[k], self._repeats[k] = state["last"], state["repeats"]
         self._history[k], self._cons_mean[k] = state["history"], state["consistency"]
-        self._drift[k] = state["drift"]
+        self._drift[k], self._level[k] = state["drift"], state["level"]
         return result
 
     def _id(self, key):
@@ -694,6 +776,7 @@ class GroupScorer:
                 self._history = _grow(self._history, n, np.nan)
                 self._cons_mean = _grow(self._cons_mean, n)
                 self._drift = _grow(self._drift, n)
+                self._level = _grow(self._level, n)
         return k
 
     def reset(self):
@@ -712,7 +795,7 @@ class GroupScorer:
                 "smoothed": self._smoothed[:K].copy(), "rows_seen": self._rows_seen[:K].copy(),
                 "last": self._last[:K].copy(), "repeats": self._repeats[:K].copy(),
                 "history": self._history[:K].copy(), "consistency": self._cons_mean[:K].copy(),
-                "drift": self._drift[:K].copy()}
+                "drift": self._drift[:K].copy(), "level": self._level[:K].copy()}
 
     @state.setter
     def state(self, value):
@@ -732,12 +815,14 @@ class GroupScorer:
                 "consistency", np.zeros((K,) + self._cons_mean.shape[1:]))))
             # absent in states saved before the drift test: no baseline yet
             arrays.append(np.asarray(value.get("drift", np.zeros((K,) + self._drift.shape[1:]))))
+            # absent in states saved before the level test: at the normal mean
+            arrays.append(np.asarray(value.get("level", np.zeros((K,) + self._level.shape[1:]))))
         except (KeyError, TypeError, AttributeError) as exc:
             raise ValueError(f"group state needs keys, hidden, forecast, smoothed, rows_seen "
                              f"({exc})") from None
         shapes = [(K,) + self._hidden.shape[1:], (K, C), (K, C), (K,), (K, C), (K, C),
                   (K,) + self._history.shape[1:], (K,) + self._cons_mean.shape[1:],
-                  (K,) + self._drift.shape[1:]]
+                  (K,) + self._drift.shape[1:], (K,) + self._level.shape[1:]]
         if [a.shape for a in arrays] != shapes or len(set(keys)) != K:
             raise ValueError(f"group state does not fit this model ({C} channels, hidden "
                              f"{self._hidden.shape[1:]}) or repeats a key")
@@ -748,13 +833,14 @@ class GroupScorer:
             raise ValueError("group state: repeats must be non-negative integers and last "
                              "floats")
         if any(a.dtype.kind != "f" for a in arrays[6:]):
-            raise ValueError("group state: history, consistency and drift must be floats")
+            raise ValueError("group state: history, consistency, drift and level must be "
+                             "floats")
         self.reset()
         for key in keys:
             self._id(key)
         (self._hidden[:K], self._forecast[:K], self._smoothed[:K], self._rows_seen[:K],
          self._last[:K], self._repeats[:K], self._history[:K], self._cons_mean[:K],
-         self._drift[:K]) = arrays
+         self._drift[:K], self._level[:K]) = arrays
 
 
 def _consistency(cons, columns):
@@ -817,6 +903,33 @@ def _drift(drift, columns, P):
     for name, v in zip(("residual_std", "std", "fast_std"), spreads):
         out[name] = _vector(v, J, f"consistency drift {name}", positive=True)
     return out
+
+
+def _level(level, columns):
+    """The "level" metadata section, checked (None: no level test)."""
+    if level is None:
+        return None
+    if not isinstance(level, dict):
+        raise ModelFormatError("scoring metadata: level must be a section (a dict)")
+    try:
+        channels = [str(n) for n in level["channels"]]
+        alpha, weight = float(level["smoothing"]), float(level["weight"])
+        precision, center = level["precision"], level["center"]
+    except KeyError as exc:
+        raise ModelFormatError(f"scoring metadata: level lacks {exc}") from None
+    except (TypeError, ValueError):
+        raise ModelFormatError("scoring metadata: level smoothing and weight must be "
+                               "numbers") from None
+    L = len(channels)
+    if not 0.0 < alpha <= 1.0 or not (math.isfinite(weight) and weight > 0):
+        raise ModelFormatError("scoring metadata: level smoothing must be in (0, 1] and weight "
+                               "positive")
+    if len(set(channels)) != L or not set(channels) <= set(columns):
+        raise ModelFormatError(f"scoring metadata: level channels {channels} must be distinct "
+                               f"columns of the model ({', '.join(columns)})")
+    return {"channels": channels, "smoothing": alpha, "weight": weight,
+            "center": _vector(center, L, "level center"),
+            "precision": _matrix(precision, (L, L), "level precision")}
 
 
 def _matrix(values, shape, name):

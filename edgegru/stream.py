@@ -84,7 +84,7 @@ import numpy as np
 
 from edgegru._jit import JIT, NO_NRT, njit
 from edgegru.errors import EdgeGRUError, InputError
-from edgegru.scoring import AnomalyScorer, GroupScorer
+from edgegru.scoring import AnomalyScorer, GroupScorer, valid_threshold
 
 READ_SIZE = 1 << 18          # bytes per read: up to ~7000 rows of a 4-channel sensor file
 MAX_LINE = 1 << 20           # a longer line is a bad row (binary garbage without newlines)
@@ -723,7 +723,8 @@ class _Run:
         self.out = out
         self.columns, self.keep, self.group_by = columns, keep, group_by
         self.explain, self.fmt, self.precision = explain, fmt, precision
-        self.threshold = scorer.threshold if threshold is None else float(threshold)
+        self.threshold = (scorer.threshold if threshold is None
+                          else valid_threshold(threshold, "the threshold"))
         self.on_error = on_error
         self.state_file = None if state is None else \
             StateFile(state, model_fingerprint(scorer), group_by)

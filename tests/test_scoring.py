@@ -106,7 +106,7 @@ def test_a_stuck_channel_alarms_after_stuck_rows_repeats_and_explain_names_it():
     assert (contrib[47:70].argmax(axis=1) == 1).all()      # --explain names the stuck sensor
     assert s[72] < scorer.threshold                  # it moved again: the run is over
     assert make_scorer(warmup=1, threshold=50.0).score_many(X)[50] < scorer.threshold   # rule off without it
-    with pytest.raises(edgegru.ModelFormatError, match="stuck_rows must be a positive integer"):
+    with pytest.raises(edgegru.ModelFormatError, match="stuck_rows must be a whole number from 1"):
         make_scorer(stuck_rows=0)
 
 
@@ -152,3 +152,36 @@ def test_load_from_file(tmp_path):
     X = rows(50)
     assert np.array_equal(loaded.score_many(X), scorer.score_many(X))
     assert loaded.columns == COLUMNS and loaded.threshold == 4.0
+
+
+@pytest.mark.parametrize("change,match", [
+    ({"warmup": 1e30}, "warmup must be a whole number"),
+    ({"warmup": 0}, "warmup must be a whole number"),
+    ({"warmup": 2.5}, "warmup must be a whole number"),
+    ({"threshold": float("nan")}, "threshold must be finite and positive"),
+    ({"threshold": float("inf")}, "threshold must be finite and positive"),
+    ({"threshold": -1.0}, "threshold must be finite and positive"),
+    ({"threshold": "high"}, "threshold must be a number"),
+    ({"smoothing": 0.0}, "smoothing must be in"),
+    ({"stuck_rows": 2.5}, "stuck_rows must be a whole number"),
+    ({"stuck_rows": 10 ** 12}, "stuck_rows must be a whole number"),
+    ({"level": {"channels": ["current"], "smoothing": 0.1, "center": [0.0],
+                "precision": [[float("nan")]], "weight": 1.0}}, "level precision must be a finite"),
+    ({"level": {"channels": ["flow"], "smoothing": 0.1, "center": [0.0],
+                "precision": [[1.0]], "weight": 1.0}}, "distinct columns"),
+    ({"level": {"channels": ["current"], "smoothing": 0.1, "center": [0.0],
+                "precision": [[1.0]], "weight": 0.0}}, "weight positive"),
+])
+def test_bad_scoring_metadata_is_refused_naming_the_field(change, match):
+    model = make_scorer().model
+    model.meta["scoring"].update(change)
+    with pytest.raises(edgegru.ModelFormatError, match=match):
+        edgegru.AnomalyScorer.from_model(model)
+
+
+def test_run_refuses_a_threshold_that_never_flags(tmp_path):
+    from edgegru.stream import score_stream
+    import io
+    with pytest.raises(edgegru.ModelFormatError, match="threshold must be finite"):
+        score_stream(make_scorer(), io.BytesIO(b"temperature,vibration,current\n"), io.BytesIO(),
+                     threshold=float("nan"))
