@@ -134,7 +134,7 @@ from edgegru.kernels import entry_point
 
 @njit(cache=True, error_model="numpy", **NO_NRT)
 def _score_rows(scores, contrib, Z, F, f_prev, smoothed, rows_seen, inv_residual_std, whitening,
-                combine_max, alpha, warmup, X, last, repeats, stuck_rows, stuck_level,
+                combine_max, alpha, warmup, X, last, repeats, absent, stuck_rows, stuck_level,
                 cons_channel, cons_coef, cons_inv_std, cons_alpha, cons_gain, cons_degree,
                 drift_channel, drift_coef, drift_scale, drift_alpha, drift_weight,
                 level_channel, level_center, level_gain, level_alpha,
@@ -147,6 +147,9 @@ def _score_rows(scores, contrib, Z, F, f_prev, smoothed, rows_seen, inv_residual
     finite raw value per channel and repeats (C,) how many rows in a row repeated it exactly,
     both updated in place; a channel with repeats >= stuck_rows (0: rule off) contributes at
     least stuck_level.
+    Dropouts: absent (C,) counts the rows in a row a channel has been missing, updated in
+    place; when a channel comes back after more than one missing row, it is set to minus the
+    rows of re-warm-up (the gap's length, at most warmup) and counts up to 0 again.
     Consistency (K channels, K = 0: off): cons_channel (K,) which channel, cons_coef (K, P)
     its regression on the other channels' values in this row and the history rows (powers 1 to
     cons_degree), cons_inv_std (K,), cons_alpha, cons_gain (K,); history (lags - 1, C) the
@@ -171,7 +174,10 @@ def _score_rows(scores, contrib, Z, F, f_prev, smoothed, rows_seen, inv_residual
     e = scratch[1]
     q = scratch[2]                          # this row's consistency residual, NaN: none
     for t in range(T):
+        gap = _dropouts(absent, X[t], warmup)
+        returning = False
         for c in range(C):
+            returning = returning or absent[c] < 0
             x = X[t, c]
             if x == last[c]:
                 repeats[c] += 1
@@ -183,12 +189,13 @@ def _score_rows(scores, contrib, Z, F, f_prev, smoothed, rows_seen, inv_residual
                 if np.isnan(history[j, c]):
                     history[j, c] = Z[t, c]
         q[:] = np.nan
-        for k in range(K):                  # q = (z_c - coef . features) / std, EWMA'd
+        # the regressions read every channel: a row with a gap leaves their averages as they are
+        for k in range(0 if gap else K):    # q = (z_c - coef . features) / std, EWMA'd
             ch = cons_channel[k]
             pred = _regression(Z[t], history, ch, cons_coef[k], cons_degree)
             q[ch] = (Z[t, ch] - pred) * cons_inv_std[k]
             cons_mean[k] = (1.0 - cons_alpha) * cons_mean[k] + cons_alpha * q[ch]
-        for k in range(J):                  # drift: q against its slow baseline, two EWMAs
+        for k in range(0 if gap else J):    # drift: q against its slow baseline, two EWMAs
             ch = drift_channel[k]
             pred = _regression(Z[t], history, ch, drift_coef[k], cons_degree)
             qd = (Z[t, ch] - pred) * drift_scale[k, 0]
@@ -221,6 +228,8 @@ def _score_rows(scores, contrib, Z, F, f_prev, smoothed, rows_seen, inv_residual
                 # a channel the others explain: the surprise counts as far as it disagrees
                 # with them too (|e q|), else e^2
                 e2 = e[c] * e[c] if np.isnan(q[c]) else abs(e[c] * q[c])
+                if returning:               # the state ran on imputed values: warm up again
+                    e2 = 0.0
                 smoothed[c] = (1.0 - alpha) * smoothed[c] + alpha * e2 * weight
                 contrib[t, c] = smoothed[c]
             for k in range(K):
@@ -234,14 +243,18 @@ def _score_rows(scores, contrib, Z, F, f_prev, smoothed, rows_seen, inv_residual
                     g = min(abs(u), abs(v))
                     contrib[t, ch] = max(contrib[t, ch], drift_weight * g * g)
             if level_channel.shape[0] > 0:  # credited to the channel with the largest share
-                stat, i = _level_statistic(level_mean, level_gain)
-                ch = level_channel[i]
-                contrib[t, ch] = max(contrib[t, ch], stat)
+                stat, i = _level_statistic(level_mean, level_gain, level_channel, absent)
+                if i >= 0:
+                    ch = level_channel[i]
+                    contrib[t, ch] = max(contrib[t, ch], stat)
             total = 0.0
             for c in range(C):
                 a = contrib[t, c]
                 if stuck_rows > 0 and repeats[c] >= stuck_rows:
                     a = max(a, stuck_level)
+                if absent[c] > 0:           # missing: no evidence, and the output says so
+                    contrib[t, c] = np.nan
+                    continue
                 contrib[t, c] = a
                 if combine_max:
                     total = max(total, a)
@@ -251,14 +264,33 @@ def _score_rows(scores, contrib, Z, F, f_prev, smoothed, rows_seen, inv_residual
         else:
             scores[t] = 0.0
             for c in range(C):
-                contrib[t, c] = 0.0
+                contrib[t, c] = 0.0 if absent[c] <= 0 else np.nan
         rows_seen += 1
     return rows_seen
 
 
 @njit(cache=True, error_model="numpy", **NO_NRT)
+def _dropouts(absent, x, warmup):
+    """Count the missing channels of raw row x (C,) in absent (C,) (see _score_rows); returns
+    whether any channel is missing in this row."""
+    gap = False
+    for c in range(x.shape[0]):
+        if np.isfinite(x[c]):
+            if absent[c] > 1:               # back after a gap: re-warm as long as it lasted
+                absent[c] = -min(absent[c], warmup)
+            elif absent[c] < 0:
+                absent[c] += 1
+            else:
+                absent[c] = 0
+        else:
+            gap = True
+            absent[c] = absent[c] + 1 if absent[c] > 0 else 1
+    return gap
+
+
+@njit(cache=True, error_model="numpy", **NO_NRT)
 def _score_rows_batch(scores, contrib, Z, F, f_prev, smoothed, rows_seen, inv_residual_std,
-                      whitening, combine_max, alpha, warmup, X, last, repeats, stuck_rows,
+                      whitening, combine_max, alpha, warmup, X, last, repeats, absent, stuck_rows,
                       stuck_level, cons_channel, cons_coef, cons_inv_std, cons_alpha, cons_gain,
                       cons_degree, drift_channel, drift_coef, drift_scale, drift_alpha,
                       drift_weight, level_channel, level_center, level_gain, level_alpha,
@@ -271,7 +303,8 @@ def _score_rows_batch(scores, contrib, Z, F, f_prev, smoothed, rows_seen, inv_re
     for b in range(Z.shape[0]):
         rows_seen[b] = _score_rows(scores[b], contrib[b], Z[b], F[b], f_prev[b], smoothed[b],
                                    rows_seen[b], inv_residual_std, whitening, combine_max,
-                                   alpha, warmup, X[b], last[b], repeats[b], stuck_rows,
+                                   alpha, warmup, X[b], last[b], repeats[b], absent[b],
+                                   stuck_rows,
                                    stuck_level, cons_channel, cons_coef, cons_inv_std,
                                    cons_alpha, cons_gain, cons_degree, drift_channel,
                                    drift_coef, drift_scale, drift_alpha, drift_weight,
@@ -292,19 +325,20 @@ def _level_update(level_mean, z, x, channels, center, alpha):
 
 
 @njit(cache=True, error_model="numpy", **NO_NRT)
-def _level_statistic(level_mean, gain):
+def _level_statistic(level_mean, gain, channels, absent):
     """Hotelling's T^2 of the averages, m' G m with G = gain (L, L), and the index of the
-    channel with the largest share m_i (G m)_i of it."""
+    channel with the largest share m_i (G m)_i of it among those present (absent[channels[i]]
+    <= 0; -1 if none is)."""
     L = level_mean.shape[0]
     total = 0.0
-    best, best_share = 0, -np.inf
+    best, best_share = -1, -np.inf
     for i in range(L):
         acc = 0.0
         for j in range(L):
             acc += gain[i, j] * level_mean[j]
         share = level_mean[i] * acc
         total += share
-        if share > best_share:
+        if share > best_share and absent[channels[i]] <= 0:
             best, best_share = i, share
     return total, best
 
@@ -436,6 +470,7 @@ class AnomalyScorer:
         self._rows_seen = 0
         self._last = np.full(C, np.nan)
         self._repeats = np.zeros(C, np.int64)
+        self._absent = np.zeros(C, np.int64)       # rows missing in a row (< 0: re-warming)
         # consistency: the previous normalised rows (NaN: none yet) and the residuals' EWMA
         self._history = np.full((self._cons_lags - 1, C), np.nan)
         self._cons_mean = np.zeros(K, np.float64)
@@ -502,7 +537,8 @@ class AnomalyScorer:
         self._impute(z[0], self._forecast)
         args = (self._score1, self._contrib1, z, z, self._forecast, self._smoothed,
                 self._rows_seen, self._inv_residual_std, self._whitening, self._combine_max,
-                self.smoothing, self.warmup, x, self._last, self._repeats, *self._stuck,
+                self.smoothing, self.warmup, x, self._last, self._repeats, self._absent,
+                *self._stuck,
                 *self._cons, self._history, self._cons_mean, self._drift_state,
                 self._level_mean, self._scratch)
         if self._score_one_kernel is None:
@@ -538,7 +574,8 @@ class AnomalyScorer:
                                           self._rows_seen, self._inv_residual_std,
                                           self._whitening, self._combine_max,
                                           self.smoothing, self.warmup, X[start:stop],
-                                          self._last, self._repeats, *self._stuck,
+                                          self._last, self._repeats, self._absent,
+                                          *self._stuck,
                                           *self._cons, self._history, self._cons_mean,
                                           self._drift_state, self._level_mean,
                                           self._scratch)
@@ -564,6 +601,7 @@ class AnomalyScorer:
         self._rows_seen = 0
         self._last[:] = np.nan
         self._repeats[:] = 0
+        self._absent[:] = 0
         self._history[:] = np.nan
         self._cons_mean[:] = 0.0
         self._drift_state[:] = 0.0
@@ -575,7 +613,7 @@ class AnomalyScorer:
         return {"hidden": self.model.state, "forecast": self._forecast.copy(),
                 "smoothed": self._smoothed.copy(), "rows_seen": np.int64(self._rows_seen),
                 "last": self._last.copy(), "repeats": self._repeats.copy(),
-                "history": self._history.copy(), "consistency": self._cons_mean.copy(),
+                "absent": self._absent.copy(), "history": self._history.copy(), "consistency": self._cons_mean.copy(),
                 "drift": self._drift_state.copy(), "level": self._level_mean.copy()}
 
     @state.setter
@@ -587,6 +625,8 @@ class AnomalyScorer:
             # absent in states saved before the stuck-sensor rule: no run under way
             last = np.asarray(value.get("last", np.full(C, np.nan)))
             repeats = np.asarray(value.get("repeats", np.zeros(C, np.int64)))
+            # absent in states saved before dropouts were counted: no gap under way
+            absent = np.asarray(value.get("absent", np.zeros(C, np.int64)))
             # absent in states saved before the consistency model: none yet
             history = np.asarray(value.get("history", np.full(self._history.shape, np.nan)))
             cons_mean = np.asarray(value.get("consistency", np.zeros(self._cons_mean.shape)))
@@ -598,7 +638,7 @@ class AnomalyScorer:
             raise ValueError(f"scorer state needs hidden, forecast, smoothed, rows_seen "
                              f"({exc})") from None
         if forecast.shape != (C,) or smoothed.shape != (C,) or rows_seen.shape != () or \
-                last.shape != (C,) or repeats.shape != (C,) or \
+                last.shape != (C,) or repeats.shape != (C,) or absent.shape != (C,) or \
                 history.shape != self._history.shape or cons_mean.shape != self._cons_mean.shape \
                 or drift.shape != self._drift_state.shape \
                 or level.shape != self._level_mean.shape:
@@ -608,15 +648,17 @@ class AnomalyScorer:
                              "floats")
         if rows_seen.dtype.kind not in "iu" or rows_seen < 0:
             raise ValueError("scorer state: rows_seen must be a non-negative integer")
-        if repeats.dtype.kind not in "iu" or (repeats < 0).any() or last.dtype.kind != "f":
-            raise ValueError("scorer state: repeats must be non-negative integers and last "
-                             "floats")
+        if repeats.dtype.kind not in "iu" or (repeats < 0).any() or last.dtype.kind != "f" \
+                or absent.dtype.kind not in "iu":
+            raise ValueError("scorer state: repeats must be non-negative integers, absent "
+                             "integers and last floats")
         self.model.state = hidden
         self._forecast[:] = forecast
         self._smoothed[:] = smoothed
         self._rows_seen = int(rows_seen)
         self._last[:] = last
         self._repeats[:] = repeats
+        self._absent[:] = absent
         self._history[:] = history
         self._cons_mean[:] = cons_mean
         self._drift_state[:] = drift
@@ -678,6 +720,7 @@ class GroupScorer:
         self._rows_seen = np.zeros(0, np.int64)                       # (K,)
         self._last = np.zeros((0, C), np.float64)                     # (K, C), NaN: none yet
         self._repeats = np.zeros((0, C), np.int64)                    # (K, C)
+        self._absent = np.zeros((0, C), np.int64)                     # (K, C)
         self._history = np.zeros((0,) + scorer._history.shape)        # (K, lags - 1, C)
         self._cons_mean = np.zeros((0,) + scorer._cons_mean.shape)    # (K, consistency)
         self._drift = np.zeros((0,) + scorer._drift_state.shape)      # (K, drift, 3)
@@ -725,20 +768,22 @@ class GroupScorer:
             F, h_n = sc.model.run(Zb, h0=self._hidden[ks].transpose(1, 0, 2),
                                   return_state=True)
             smoothed, rows_seen = self._smoothed[ks], self._rows_seen[ks]
-            last, repeats = self._last[ks], self._repeats[ks]
+            last, repeats, absent = self._last[ks], self._repeats[ks], self._absent[ks]
             history, cons_mean = self._history[ks], self._cons_mean[ks]
             drift, level = self._drift[ks], self._level[ks]
             s_b = np.empty(P.shape, np.float64)
             c_b = np.empty(P.shape + (C,), np.float64)
             _score_rows_batch(s_b, c_b, Zb, F, f_prev, smoothed, rows_seen,
                               sc._inv_residual_std, sc._whitening, sc._combine_max,
-                              sc.smoothing, sc.warmup, X[P], last, repeats, *sc._stuck,
+                              sc.smoothing, sc.warmup, X[P], last, repeats, absent,
+                              *sc._stuck,
                               *sc._cons, history, cons_mean, drift, level, sc._scratch)
             self._hidden[ks] = h_n.transpose(1, 0, 2)
             self._forecast[ks] = F[:, -1]
             self._smoothed[ks] = smoothed
             self._rows_seen[ks] = rows_seen
             self._last[ks], self._repeats[ks] = last, repeats
+            self._absent[ks] = absent
             self._history[ks], self._cons_mean[ks] = history, cons_mean
             self._drift[ks], self._level[ks] = drift, level
             scores[P], contrib[P] = s_b, c_b
@@ -749,6 +794,7 @@ class GroupScorer:
         sc.state = {"hidden": self._hidden[k], "forecast": self._forecast[k],
                     "smoothed": self._smoothed[k], "rows_seen": self._rows_seen[k],
                     "last": self._last[k], "repeats": self._repeats[k],
+                    "absent": self._absent[k],
                     "history": self._history[k], "consistency": self._cons_mean[k],
                     "drift": self._drift[k], "level": self._level[k]}
         result = sc.score_many(X, explain=True)
@@ -756,6 +802,7 @@ class GroupScorer:
         self._hidden[k], self._forecast[k] = state["hidden"], state["forecast"]
         self._smoothed[k], self._rows_seen[k] = state["smoothed"], state["rows_seen"]
         self._last[k], self._repeats[k] = state["last"], state["repeats"]
+        self._absent[k] = state["absent"]
         self._history[k], self._cons_mean[k] = state["history"], state["consistency"]
         self._drift[k], self._level[k] = state["drift"], state["level"]
         return result
@@ -773,6 +820,7 @@ class GroupScorer:
                 self._rows_seen = _grow(self._rows_seen, n)
                 self._last = _grow(self._last, n, np.nan)
                 self._repeats = _grow(self._repeats, n)
+                self._absent = _grow(self._absent, n)
                 self._history = _grow(self._history, n, np.nan)
                 self._cons_mean = _grow(self._cons_mean, n)
                 self._drift = _grow(self._drift, n)
@@ -794,6 +842,7 @@ class GroupScorer:
                 "hidden": self._hidden[:K].copy(), "forecast": self._forecast[:K].copy(),
                 "smoothed": self._smoothed[:K].copy(), "rows_seen": self._rows_seen[:K].copy(),
                 "last": self._last[:K].copy(), "repeats": self._repeats[:K].copy(),
+                "absent": self._absent[:K].copy(),
                 "history": self._history[:K].copy(), "consistency": self._cons_mean[:K].copy(),
                 "drift": self._drift[:K].copy(), "level": self._level[:K].copy()}
 
@@ -808,6 +857,8 @@ class GroupScorer:
             # absent in states saved before the stuck-sensor rule: no run under way
             arrays.append(np.asarray(value.get("last", np.full((K, C), np.nan))))
             arrays.append(np.asarray(value.get("repeats", np.zeros((K, C), np.int64))))
+            # absent in states saved before dropouts were counted: no gap under way
+            arrays.append(np.asarray(value.get("absent", np.zeros((K, C), np.int64))))
             # absent in states saved before the consistency model: none yet
             arrays.append(np.asarray(value.get(
                 "history", np.full((K,) + self._history.shape[1:], np.nan))))
@@ -820,7 +871,7 @@ class GroupScorer:
         except (KeyError, TypeError, AttributeError) as exc:
             raise ValueError(f"group state needs keys, hidden, forecast, smoothed, rows_seen "
                              f"({exc})") from None
-        shapes = [(K,) + self._hidden.shape[1:], (K, C), (K, C), (K,), (K, C), (K, C),
+        shapes = [(K,) + self._hidden.shape[1:], (K, C), (K, C), (K,), (K, C), (K, C), (K, C),
                   (K,) + self._history.shape[1:], (K,) + self._cons_mean.shape[1:],
                   (K,) + self._drift.shape[1:], (K,) + self._level.shape[1:]]
         if [a.shape for a in arrays] != shapes or len(set(keys)) != K:
@@ -832,14 +883,17 @@ class GroupScorer:
                 arrays[4].dtype.kind != "f":
             raise ValueError("group state: repeats must be non-negative integers and last "
                              "floats")
-        if any(a.dtype.kind != "f" for a in arrays[6:]):
+        if arrays[6].dtype.kind not in "iu":
+            raise ValueError("group state: absent must be integers")
+        if any(a.dtype.kind != "f" for a in arrays[7:]):
             raise ValueError("group state: history, consistency, drift and level must be "
                              "floats")
         self.reset()
         for key in keys:
             self._id(key)
         (self._hidden[:K], self._forecast[:K], self._smoothed[:K], self._rows_seen[:K],
-         self._last[:K], self._repeats[:K], self._history[:K], self._cons_mean[:K],
+         self._last[:K], self._repeats[:K], self._absent[:K], self._history[:K],
+         self._cons_mean[:K],
          self._drift[:K], self._level[:K]) = arrays
 
 

@@ -36,10 +36,12 @@ def test_score_many_equals_score_one(backend):
     one = np.array([a.score_one(x) for x in X])
     many, contrib = b.score_many(X, explain=True)
     assert np.array_equal(one, many)
-    assert np.allclose(contrib.sum(axis=1), many)
+    assert np.allclose(np.nansum(contrib, axis=1), many)
+    assert np.array_equal(np.isnan(contrib[3:]), np.isnan(X[3:]))   # NaN: missing, after warm-up
     assert np.array_equal(a.contributions, contrib[-1])
-    assert (contrib[105:130, 2] >= 2 * a.threshold).all()
-    for key in ("hidden", "forecast", "smoothed", "rows_seen", "last", "repeats"):
+    stuck = np.delete(contrib[105:130, 2], 110 - 105)               # row 110: missing
+    assert (stuck >= 2 * a.threshold).all()
+    for key in ("hidden", "forecast", "smoothed", "rows_seen", "last", "repeats", "absent"):
         assert np.array_equal(a.state[key], b.state[key], equal_nan=key == "last")
 
 
@@ -101,9 +103,11 @@ def test_a_stuck_channel_alarms_after_stuck_rows_repeats_and_explain_names_it():
     scorer = make_scorer(warmup=1, stuck_rows=8, threshold=50.0)
     s, contrib = scorer.score_many(X, explain=True)
     assert (s[40:47] < scorer.threshold).all()      # 7 repeats: not yet
-    assert (s[47:70] > scorer.threshold).all()      # from the 8th repeat on: stuck
-    assert (contrib[47:70, 1] >= 2 * scorer.threshold).all()
-    assert (contrib[47:70].argmax(axis=1) == 1).all()      # --explain names the stuck sensor
+    present = np.r_[47:55, 56:70]                   # row 55: missing, scored on the others
+    assert (s[present] > scorer.threshold).all()    # from the 8th repeat on: stuck
+    assert (contrib[present, 1] >= 2 * scorer.threshold).all()
+    assert (contrib[present].argmax(axis=1) == 1).all()    # --explain names the stuck sensor
+    assert np.isnan(contrib[55, 1])
     assert s[72] < scorer.threshold                  # it moved again: the run is over
     assert make_scorer(warmup=1, threshold=50.0).score_many(X)[50] < scorer.threshold   # rule off without it
     with pytest.raises(edgegru.ModelFormatError, match="stuck_rows must be a whole number from 1"):

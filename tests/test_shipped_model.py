@@ -63,3 +63,23 @@ def test_detection_numbers_are_the_documented_ones(scorer, data, labels, caught,
     m = evaluate.evaluate(scores, scores > scorer.threshold, events, len(scores))
     assert (m["events_caught"], m["false_alarms"]) == (caught, false_alarms)
     assert f"**{caught}/30**" in DOC
+
+
+def test_a_sensor_that_drops_out_is_a_dropout_not_an_alarm_storm(scorer):
+    """Vibration empty for 1,000 rows: the others are scored as without the gap, the gap shows
+    as NaN contributions, and once it is back the score is normal again at once."""
+    X = np.genfromtxt(ROOT / "examples" / "sensor.csv", delimiter=",", skip_header=1,
+                      max_rows=3000)[:, 1:]
+    scorer.reset()
+    plain, plain_contrib = scorer.score_many(X, explain=True)
+    gap = X.copy()
+    gap[1000:2000, 1] = np.nan
+    scorer.reset()
+    scores, contrib = scorer.score_many(gap, explain=True)
+    assert not (plain > scorer.threshold).any() and not (scores > scorer.threshold).any()
+    assert np.isnan(contrib[1000:2000, 1]).all() and not np.isnan(contrib[2000:, 1]).any()
+    assert scores[2000:].max() <= 1.5 * plain[2000:].max()
+    # the others still count during the gap: a fault on current is found there
+    gap[1500:1520, 2] += 5 * np.nanstd(X[:, 2])
+    scorer.reset()
+    assert (scorer.score_many(gap)[1500:1520] > scorer.threshold).any()

@@ -586,7 +586,8 @@ def calibrate(model, names, mean, std, Z_train, Z_cal, X_cal, options, log, X_no
     model.meta["scoring"] = {
         "residual_std": [_round(v, 9) for v in residual_std],
         "whitening": [[_round(v, 9) for v in row] for row in whitening],
-        "combine": "max", "smoothing": options.smoothing, "warmup": warmup, "threshold": 0.0}
+        "combine": "max", "smoothing": options.smoothing, "warmup": warmup,
+        "threshold": 1.0}          # a stand-in until the threshold is fitted
     # stuck sensors: exact repeats of a noisy reading, twice the longest run on normal data
     X_normal = X_cal if X_normal is None else X_normal
     repeats = longest_repeat_run(X_normal)
