@@ -1,4 +1,4 @@
-"""AnomalyScorer's consistency model (what tools/train.py writes for channels the others explain):
+"""AnomalyScorer's consistency model (what edgegru train writes for channels the others explain):
 against a plain NumPy loop, score_one == score_many, GroupScorer, state round trip, missing
 values, a persistent offset that accumulates, and refusals."""
 import numpy as np

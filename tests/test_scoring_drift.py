@@ -1,4 +1,4 @@
-"""AnomalyScorer's drift test (the consistency section's "drift" part, which tools/train.py
+"""AnomalyScorer's drift test (the consistency section's "drift" part, which edgegru train
 writes for channels the others explain only roughly): against a plain NumPy loop,
 score_one == score_many, a slow drift caught before it ends and forgotten when it ends,
 GroupScorer, state round trip, old states, and refusals."""
