@@ -261,3 +261,21 @@ def test_train_model_library_call_on_a_semicolon_file_with_iso_times(tmp_path):
     prov = model.meta["provenance"]
     assert prov["data"]["delimiter"] == ";" and prov["data"]["timestamp_column"] == "datetime"
     assert prov["command"] is None and prov["training"]["steps"] == 20
+
+
+def test_thirty_two_channels_any_names_tab_separated(tmp_path):
+    pytest.importorskip("torch")
+    rng = np.random.default_rng(3)
+    t = np.arange(400)[:, None]
+    X = np.sin(2 * np.pi * t / rng.uniform(20, 90, 32)) + 0.1 * rng.standard_normal((400, 32))
+    names = [f"Sensor {c} (°C)" for c in range(32)]
+    rows = [[f"{1700000000 + i}"] + [f"{v:.4f}" for v in X[i]] for i in range(400)]
+    data = write_csv(tmp_path / "wide.tsv", ["epoch"] + names, rows, sep="\t")
+    out = tmp_path / "wide.npz"
+    code, output = run_cli([data, "-o", out, "--delimiter", "\\t", "--steps", "5",
+                            "--hidden-size", "8", "-q"])
+    assert code == 0, output
+    scorer = edgegru.AnomalyScorer.load(out)
+    assert scorer.columns == names and scorer.model.input_size == 32
+    assert scorer.model.meta["provenance"]["data"]["timestamp_column"] == "epoch"
+    assert np.isfinite(scorer.score_many(X)).all()
