@@ -12,7 +12,10 @@ Where things are:
 - :mod:`edgegru.scoring`   ``AnomalyScorer``: anomaly scores from a GRU forecaster, row by row;
                           ``GroupScorer``: one stream per device key, batched
 - :mod:`edgegru.stream`    ``score_stream``: CSV rows in, one scored row out per row (``edgegru run``)
-- :mod:`edgegru.errors`    ``ModelFormatError`` and friends
+- :mod:`edgegru.calibrate` the scoring parameters (threshold, whitening, ...) fitted with NumPy
+- :mod:`edgegru.train`     ``train_model``: fit a forecaster with PyTorch, calibrate, save
+                          (``edgegru train``; ``pip install 'edgegru[train]'``)
+- :mod:`edgegru.errors`    ``ModelFormatError``, ``TrainingError`` and friends
 
 >>> import numpy as np, edgegru
 >>> cfg = edgegru.GRUConfig(input_size=3, hidden_size=8, output_size=1)

@@ -165,6 +165,112 @@ def run(weights, input_path, columns, keep, group_by, threshold, explain, fmt, p
         sys.exit(128 + result.signal)
 
 
+class _TypedCommand(click.Command):
+    """A command that keeps its arguments as typed (ctx.meta["argv"]), for the provenance."""
+
+    def parse_args(self, ctx, args):
+        ctx.meta["argv"] = list(args)
+        return super().parse_args(ctx, args)
+
+
+def _expert(*names, **kwargs):
+    """An option kept out of --help (every one is listed in README.md, "Training a model")."""
+    return click.option(*names, hidden=True, show_default=True, **kwargs)
+
+
+@main.command(cls=_TypedCommand)
+@click.argument("data", type=click.Path(exists=True, dir_okay=False))
+@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False),
+              help="The model file to write (.npz); the PyTorch state dict goes next to it "
+                   "(.pt).")
+@click.option("--columns", help="Channel columns, comma-separated (default: every numeric "
+              "column but the timestamp).")
+@click.option("--delimiter", help="Field separator, e.g. ';' or '\\t' (default: sniffed from "
+              "the header line).")
+@click.option("--train-rows", type=int, metavar="N", help="The first N rows are normal "
+              "(anomaly-free) and trained on (default: every row).")
+@click.option("--train-fraction", type=float, metavar="F", help="The first fraction F of the "
+              "rows is normal, instead of --train-rows.")
+@click.option("--hidden-size", type=click.IntRange(min=1), default=32, show_default=True,
+              help="GRU hidden size.")
+@click.option("--steps", type=click.IntRange(min=1), default=600, show_default=True,
+              help="Optimizer steps (what training time grows with).")
+@click.option("--false-alarm-rate", type=float, default=1e-5, show_default=True,
+              help="Threshold: score crossings per row on normal data.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Random seed.")
+@click.option("-q", "--quiet", is_flag=True, help="Print nothing on stderr.")
+@_expert("--state-dict", type=click.Path(dir_okay=False), help="Where to save the PyTorch "
+         "state dict (default: OUTPUT with .pt).")
+@_expert("--calibration-fraction", type=float, default=0.3,
+         help="Trailing share of the normal rows kept out of training, to calibrate.")
+@_expert("--epochs", type=int, help="Passes over the training windows (default: what --steps "
+         "takes, at most 200).")
+@_expert("--num-layers", type=int, default=1, help="GRU layers.")
+@_expert("--window", type=int, help="Rows per training window (default: 128, or half the "
+         "training rows).")
+@_expert("--burn-in", type=int, default=16, help="First rows of a window that only settle "
+         "the state.")
+@_expert("--stride", type=int, default=16, help="Rows between window starts.")
+@_expert("--batch-size", type=int, default=32, help="Windows per step.")
+@_expert("--lr", type=float, default=5e-3, help="Peak learning rate (Adam).")
+@_expert("--clip", type=float, default=1.0, help="Gradient norm clip.")
+@_expert("--shift", type=float, default=1.0, help="Random per-window level shift "
+         "(normalised units); 0: off.")
+@_expert("--threads", type=int, default=1, help="Torch threads.")
+@_expert("--smoothing", type=float, default=1.0, help="Score EWMA alpha in (0, 1].")
+@_expert("--shrinkage", type=float, default=0.05, help="Whitening: shrink the residual "
+         "correlation towards the identity.")
+@_expert("--whitening", type=click.Choice(["conditional", "zca"]), default="conditional",
+         help="How the forecast residuals are decorrelated.")
+@_expert("--consistency-r2", type=float, default=0.99, help="Consistency model for channels "
+         "the others explain with at least this R^2 (above 1: none).")
+@_expert("--consistency-lags", type=int, default=2, help="Consistency model: rows read.")
+@_expert("--consistency-degree", type=int, default=3, help="Consistency model: degree.")
+@_expert("--consistency-smoothing", type=float, default=0.3, help="Consistency EWMA alpha.")
+@_expert("--drift-r2", type=float, default=0.95, help="Drift test for channels explained "
+         "with at least this R^2 (above 1: none).")
+@_expert("--drift-smoothing", type=float, default=0.02, help="Drift test: slow EWMA alpha.")
+@_expert("--drift-fast-smoothing", type=float, default=0.3, help="Drift test: fast alpha.")
+@_expert("--drift-baseline-smoothing", type=float, default=0.001,
+         help="Drift test: baseline alpha.")
+@friendly_errors
+def train(data, output, columns, delimiter, train_rows, train_fraction, quiet, state_dict,
+          **options):
+    """Train a GRU forecaster on the normal rows of a sensor CSV and calibrate its anomaly
+    score: writes a model for `edgegru run` (needs PyTorch: pip install 'edgegru[train]').
+
+    DATA has a header line and one row per time step; numeric columns are the channels, a
+    timestamp column is skipped. Every row is taken as normal unless --train-rows or
+    --train-fraction says how many leading rows are; 400 rows will do, more is better. The
+    same data, options and seed give the same file, byte for byte. Expert options (window,
+    learning rate, consistency and drift tests): README.md, "Training a model".
+
+    \b
+    Examples:
+      edgegru train mine.csv -o mine.npz
+      edgegru train pump.csv -o pump.npz --columns temp,current --train-rows 20000
+    """
+    from edgegru.calibrate import CalibrationOptions
+    from edgegru.train import TrainingOptions, train_model
+    if train_rows is not None and train_fraction is not None:
+        raise click.UsageError("give --train-rows or --train-fraction, not both")
+    if delimiter is not None:
+        delimiter = {"\\t": "\t", "tab": "\t"}.get(delimiter, delimiter)
+        if len(delimiter) != 1:
+            raise click.BadParameter("must be one character (or \\t)", param_hint="--delimiter")
+    fields = TrainingOptions.__dataclass_fields__
+    argv = click.get_current_context().meta.get("argv", [])
+    log = (lambda line: None) if quiet else (lambda line: click.echo(line, err=True))
+    train_model(
+        data, output, columns=_names(columns), delimiter=delimiter, train_rows=train_rows,
+        train_fraction=train_fraction, state_dict=state_dict,
+        options=TrainingOptions(**{k: v for k, v in options.items() if k in fields}),
+        calibration=CalibrationOptions(**{k: v for k, v in options.items() if k not in fields}),
+        # as typed, less -q (which does not change the file)
+        command=" ".join(["edgegru", "train"] + [a for a in argv if a not in ("-q", "--quiet")]),
+        log=log, progress=log if not quiet and sys.stderr.isatty() else None)
+
+
 @main.command("compile")
 @click.argument("model_path", metavar="[MODEL]", required=False,
                 type=click.Path(dir_okay=False))

@@ -18,3 +18,8 @@ class InputError(EdgeGRUError, ValueError):
                          else f"line {line}: {message}")
         self.line = line
         self.column = column
+
+
+class TrainingError(EdgeGRUError, ValueError):
+    """Data or options that cannot train a model (too few rows, a constant channel, PyTorch
+    missing): the message says what to change."""

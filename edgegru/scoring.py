@@ -1,7 +1,7 @@
 """Anomaly scores from a GRU forecaster: how far each sensor row is from what the model expected.
 
 The model file holds a GRU stack whose linear head predicts the next normalised row, plus two
-metadata sections that :mod:`tools/train.py <train>` writes::
+metadata sections that `edgegru train` (:mod:`edgegru.calibrate`) writes::
 
     "preprocessing": {"columns": ["temperature", ...], "mean": [...], "std": [...]}
     "scoring": {"residual_std": [...], "smoothing": 0.3, "threshold": 4.2, "warmup": 10,
@@ -51,7 +51,7 @@ with "max" the largest of them is the score.
 Stuck sensors: a sensor that stops updating repeats its last reading exactly, which a
 forecaster predicts well (its residual is small). A noisy reading at a few decimals practically
 never repeats for long, so a channel whose raw value has equalled the previous reading
-``stuck_rows`` rows in a row scores as an anomaly (``tools/train.py`` sets ``stuck_rows`` to
+``stuck_rows`` rows in a row scores as an anomaly (``edgegru train`` sets ``stuck_rows`` to
 5 or twice the longest such run in the normal data, whichever is more): its contribution is
 raised to at least twice the threshold (``2 * self.threshold``, so the score crosses it and
 ``--explain`` names the channel; an ``edgegru run --threshold`` above that no longer flags it)
@@ -70,11 +70,11 @@ sensor off by a few sigma leaves ``q_c`` off for as long as it lasts, and the EW
 accumulates it over roughly ``2 / beta`` rows (and forgets it as fast once it is gone).
 ``s'_c`` and ``ewma_std_c`` are the spreads of ``q_c`` and ``m_c`` on normal data, so
 ``(m_c / ewma_std_c)**2`` is about chi-square(1); ``weight`` puts it on the forecast score's
-scale (``tools/train.py``: the threshold divided by the level the consistency term alone
+scale (``edgegru train``: the threshold divided by the level the consistency term alone
 crosses as rarely). On these channels a forecast surprise counts only as far as the channel also
 disagrees with the others in the same row: ``|e_c q_c|`` (the geometric mean of the two squared
 residuals) instead of ``e_c**2``, so a load change the forecaster did not see coming does not
-alarm, while a spike (far off both) does. ``tools/train.py`` keeps the channels the others
+alarm, while a spike (far off both) does. ``edgegru train`` keeps the channels the others
 explain with R^2 >= 0.99 and leaves the rest (a temperature that follows the weather) to the
 forecaster alone. At the start of a stream the missing earlier rows are the first row itself.
 
@@ -92,8 +92,8 @@ on normal data): the slow average says the channel has been moving away, the fas
 is still away now. So the term rises while a drift builds up and falls within a few rows when
 it ends (a recalibrated sensor, or another channel's fault that moved ``q_c`` is over), instead
 of lingering for the hundred rows ``u_c`` needs to forget. ``weight`` puts it on the score's
-scale as for the consistency term (``tools/train.py``: the threshold over the level the term
-alone crosses as rarely on the normal rows). ``tools/train.py`` gives the test to the channels
+scale as for the consistency term (``edgegru train``: the threshold over the level the term
+alone crosses as rarely on the normal rows). ``edgegru train`` gives the test to the channels
 the consistency model leaves out whose R^2 is still at least 0.95, and leaves out a channel
 whose unexplained part moves on a drift's time scale itself (a temperature that follows the
 weather). In the state, ``drift`` holds ``(b_c, u_c, v_c)`` per drift channel.
@@ -104,7 +104,7 @@ several channels at once, so their forecast errors are correlated): ``W = Sigma^
 so that ``e_c`` stays as close as possible to channel c's own ``r_c`` and the contributions keep
 naming channels), or conditional: ``W = diag(P)^(-1/2) P``, ``P = Sigma^(-1)``, so that ``e_c`` is
 channel c's residual given the other channels' residuals in the same row, standardised (what
-``tools/train.py`` writes, with ``"combine": "max"``).
+``edgegru train`` writes, with ``"combine": "max"``).
 
 First rows: the first row has no forecast, and the forecaster starts from a zero state, so the
 first ``warmup`` rows of a stream (rows_seen < warmup) score 0.0 and are never anomalous; the
@@ -498,7 +498,7 @@ class AnomalyScorer:
         if not isinstance(pre, dict) or not isinstance(sc, dict):
             raise ModelFormatError(
                 f"{source}: not a scoring model (it needs 'preprocessing' and 'scoring' sections "
-                f"in its metadata, as tools/train.py writes them)")
+                f"in its metadata, as edgegru train writes them)")
         try:
             return cls(model, pre["columns"], pre["mean"], pre["std"], sc["residual_std"],
                        sc["threshold"], sc.get("smoothing", 0.3), sc.get("warmup", 1),

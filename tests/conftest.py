@@ -51,7 +51,7 @@ def max_abs(a, b):
 
 
 # A scoring model for the stream and CLI tests (tests/test_stream.py, tests/test_run_cli.py):
-# random GRU weights with the preprocessing/scoring metadata tools/train.py writes, for the
+# random GRU weights with the preprocessing/scoring metadata edgegru train writes, for the
 # columns of examples/sensor.csv. Random weights make meaningless forecasts, so residual_std is
 # wide: scores stay finite and modest, and the tests compare numbers, not detections.
 SENSOR_COLUMNS = ["temperature", "vibration", "current", "pressure"]

@@ -1,4 +1,4 @@
-"""AnomalyScorer's consistency model (what tools/train.py writes for channels the others explain):
+"""AnomalyScorer's consistency model (what edgegru train writes for channels the others explain):
 against a plain NumPy loop, score_one == score_many, GroupScorer, state round trip, missing
 values, a persistent offset that accumulates, and refusals."""
 import numpy as np
@@ -111,11 +111,8 @@ def test_bad_consistency_metadata_is_refused(change, match):
         edgegru.AnomalyScorer.from_model(model)
 
 
-def test_train_py_builds_the_features_in_the_kernels_order():
-    import sys
-    from pathlib import Path
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tools"))
-    import train
+def test_calibration_builds_the_features_in_the_kernels_order():
+    from edgegru import calibrate
 
     X = data(60)
     scorer = make_scorer()
@@ -123,8 +120,8 @@ def test_train_py_builds_the_features_in_the_kernels_order():
     scorer._cons_coef[:] = rng.normal(0.0, 0.3, (1, P))     # every feature counts
     coef = scorer._cons_coef[0].copy()
     Z = X.astype(np.float32).astype(np.float64)
-    q = (Z[:, 2] - train.consistency_features(Z, 2, LAGS, DEGREE) @ coef) / 0.1
-    expected = train.ewma(q[:, None], 0.3)[:, 0]
+    q = (Z[:, 2] - calibrate.consistency_features(Z, 2, LAGS, DEGREE) @ coef) / 0.1
+    expected = calibrate.ewma(q[:, None], 0.3)[:, 0]
     for t in range(len(X)):
         scorer.score_one(X[t])
         assert np.isclose(scorer.state["consistency"][0], expected[t], rtol=1e-9, atol=1e-12)

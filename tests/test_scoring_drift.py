@@ -1,4 +1,4 @@
-"""AnomalyScorer's drift test (the consistency section's "drift" part, which tools/train.py
+"""AnomalyScorer's drift test (the consistency section's "drift" part, which edgegru train
 writes for channels the others explain only roughly): against a plain NumPy loop,
 score_one == score_many, a slow drift caught before it ends and forgotten when it ends,
 GroupScorer, state round trip, old states, and refusals."""
@@ -156,20 +156,17 @@ def test_bad_drift_section_is_refused():
         edgegru.AnomalyScorer.from_model(model)
 
 
-def test_train_py_computes_the_kernels_averages():
-    import sys
-    from pathlib import Path
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tools"))
-    import train
+def test_calibration_computes_the_kernels_averages():
+    from edgegru import calibrate
 
     X = data(100)
     X[40:90, 1] += np.linspace(0.0, 0.5, 50)
     scorer = make_scorer()
     Z = X.astype(np.float32).astype(np.float64)
-    q = (Z[:, 1] - train.consistency_features(Z, 1, LAGS, DEGREE) @ COEF[0]) / 0.1
-    u, v = train.drift_averages(q, ALPHAS)
+    q = (Z[:, 1] - calibrate.consistency_features(Z, 1, LAGS, DEGREE) @ COEF[0]) / 0.1
+    u, v = calibrate.drift_averages(q, ALPHAS)
     for t in range(len(X)):
         scorer.score_one(X[t])
         assert np.allclose(scorer.state["drift"][0, 1:], [u[t], v[t]], rtol=1e-9, atol=1e-12)
-    term = train.drift_statistic(u / 0.2, v / 0.5)
+    term = calibrate.drift_statistic(u / 0.2, v / 0.5)
     assert term[0] == 0.0 and term[89] > 0.0

@@ -1,4 +1,4 @@
-"""AnomalyScorer with "combine": "max" and a whitening matrix (what tools/train.py writes):
+"""AnomalyScorer with "combine": "max" and a whitening matrix (what edgegru train writes):
 against a plain NumPy loop, score_one == score_many, GroupScorer, and refusals."""
 import numpy as np
 import pytest
