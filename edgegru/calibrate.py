@@ -29,7 +29,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from edgegru.errors import TrainingError
-from edgegru.scoring import AnomalyScorer
+from edgegru.scoring import AnomalyScorer, _level_update
 
 MAX_WARMUP = 100             # the scorer's warm-up is measured, and capped here
 RESIDUAL_STD_FLOOR = 1e-3    # in normalised units: a perfectly forecast channel still has noise
@@ -51,11 +51,15 @@ class CalibrationOptions:
     drift_smoothing: float = 0.02       # EWMA alpha of the slow average
     drift_fast_smoothing: float = 0.3   # EWMA alpha of the fast average
     drift_baseline_smoothing: float = 0.001  # EWMA alpha of the baseline (normal wear)
+    level_smoothing: float = 0.1        # level test: EWMA alpha of the channels' averages
+    level_max_ratio: float = 25.0       # level test: channels whose variance ratio is below
+    level_margin: float = 3.0           # level test: reaches the threshold at margin x its max
+    level_shrinkage: float = 0.1        # level test: of the averages' covariance to its diagonal
 
     def check(self):
         """Raise TrainingError naming the option that is out of range."""
         for name in ("smoothing", "consistency_smoothing", "drift_smoothing",
-                     "drift_fast_smoothing", "drift_baseline_smoothing"):
+                     "drift_fast_smoothing", "drift_baseline_smoothing", "level_smoothing"):
             if not 0.0 < getattr(self, name) <= 1.0:
                 raise TrainingError(f"--{name.replace('_', '-')} must be in (0, 1], got "
                                     f"{getattr(self, name)}")
@@ -67,6 +71,10 @@ class CalibrationOptions:
         if self.whitening not in ("conditional", "zca"):
             raise TrainingError(f"--whitening must be conditional or zca, got "
                                 f"{self.whitening!r}")
+        if not (self.level_max_ratio >= 0 and self.level_margin >= 1.0
+                and 0.0 <= self.level_shrinkage < 1.0):
+            raise TrainingError("--level-max-ratio must be at least 0, --level-margin at least 1 "
+                                "and --level-shrinkage in [0, 1)")
         for name in ("consistency_lags", "consistency_degree"):
             if getattr(self, name) < 1:
                 raise TrainingError(f"--{name.replace('_', '-')} must be at least 1")
@@ -297,6 +305,55 @@ def fit_consistency(Z_train, Z_cal, names, warmup, options):
     return section, r2, M / np.asarray(section["ewma_std"]), coefs
 
 
+LEVEL_BLOCK = 50                 # rows per block mean in the level test's variance ratio
+
+
+def variance_ratio(Z, block=LEVEL_BLOCK):
+    """Per channel of Z (n, C): the variance of block means times the block length over the
+    variance. About 1 for noise around a steady level, far above 1 for a channel that wanders
+    on a slower time scale (a temperature following the weather): only the former has a
+    normal level that a few hundred rows pin down."""
+    n = len(Z) // block * block
+    with np.errstate(invalid="ignore", divide="ignore"):
+        means = np.nanmean(Z[:n].reshape(-1, block, Z.shape[1]), axis=1)
+        return np.nanvar(means, axis=0) * block / np.nanvar(Z[:n], axis=0)
+
+
+def level_averages(Z, X, channels, center, alpha):
+    """The level test's averages over rows Z (n, C) (normalised; X raw, NaN for missing), as
+    the scorer keeps them: -> (n, L)."""
+    channels = np.asarray(channels, np.int64)
+    m = np.zeros(len(channels))
+    out = np.empty((len(Z), len(channels)))
+    z32 = np.ascontiguousarray(Z, np.float32)
+    for t in range(len(Z)):
+        _level_update(m, z32[t], X[t], channels, center, alpha)
+        out[t] = m
+    return out
+
+
+def fit_level(Z, X, names, options):
+    """The level test for the channels with a steady level on the normal rows Z (normalised,
+    X raw): -> (section without its weight, the largest T^2 on those rows, variance ratios),
+    or (None, None, ratios) when no channel qualifies or there are too few rows."""
+    ratio = (variance_ratio(Z) if len(Z) >= 2 * LEVEL_BLOCK
+             else np.full(Z.shape[1], np.inf))
+    sel = np.flatnonzero(np.isfinite(ratio) & (ratio < options.level_max_ratio))
+    if sel.size == 0:
+        return None, None, ratio
+    center = np.nanmean(Z[:, sel], axis=0)
+    S = level_averages(Z, X, sel, center, options.level_smoothing)
+    S = S[int(round(2 / options.level_smoothing)):]          # past the averages' start-up
+    cov = np.atleast_2d(np.cov(S.T))
+    cov = (1 - options.level_shrinkage) * cov + options.level_shrinkage * np.diag(np.diag(cov))
+    precision = np.linalg.inv(cov)
+    t2 = np.einsum("ti,ij,tj->t", S, precision, S)
+    section = {"channels": [names[i] for i in sel], "smoothing": options.level_smoothing,
+               "center": [_round(v, 9) for v in center],
+               "precision": [[_round(v, 9) for v in row] for row in precision]}
+    return section, float(t2.max()), ratio
+
+
 def upcrossing_threshold(scores, rate, quantile=0.95):
     """The level that ``scores`` (normal data) would cross upwards ``rate`` times per row.
 
@@ -374,7 +431,8 @@ def calibrate(model, names, mean, std, Z_train, Z_cal, X_cal, options=None, log=
     model.meta["scoring"] = {
         "residual_std": [_round(v, 9) for v in residual_std],
         "whitening": [[_round(v, 9) for v in row] for row in whitening],
-        "combine": "max", "smoothing": options.smoothing, "warmup": warmup, "threshold": 0.0}
+        "combine": "max", "smoothing": options.smoothing, "warmup": warmup,
+        "threshold": 1.0}          # a stand-in (scorers need a valid one) until it is fitted
     # stuck sensors: exact repeats of a noisy reading, twice the longest run on normal data
     X_normal = X_cal if X_normal is None else X_normal
     repeats = longest_repeat_run(X_normal)
@@ -417,6 +475,16 @@ def calibrate(model, names, mean, std, Z_train, Z_cal, X_cal, options=None, log=
         scorer = AnomalyScorer.from_model(model)
         scores = scorer.score_many(X_cal)[warmup:]
         threshold, fit = upcrossing_threshold(scores, options.false_alarm_rate)
+    # the level test, on the same scale: margin x its largest value on the normal rows is
+    # mapped to the threshold
+    Z_normal = (X_normal - mean) / std
+    level, level_max, ratio = fit_level(Z_normal, X_normal, names, options)
+    if level is not None:
+        level["weight"] = _round(threshold / (options.level_margin * level_max), 9)
+        model.meta["scoring"]["level"] = level
+        scorer = AnomalyScorer.from_model(model)
+        scores = scorer.score_many(X_cal)[warmup:]
+        threshold, fit = upcrossing_threshold(scores, options.false_alarm_rate)
     threshold = _round(threshold, 6)
     model.meta["scoring"]["threshold"] = threshold
     model.meta["scoring"]["calibration"] = {
@@ -451,6 +519,14 @@ def calibrate(model, names, mean, std, Z_train, Z_cal, X_cal, options=None, log=
                         f"normal rows after the warm-up; weight = threshold / the level the "
                         f"drift term alone crosses --false-alarm-rate times per row there",
                 "threshold": drift_fit}},
+        "level": {
+            "variance_ratio": {n: _round(float(v), 4) for n, v in zip(names, ratio)},
+            "rule": f"channels whose variance ratio (the variance of {LEVEL_BLOCK}-row means "
+                    f"times {LEVEL_BLOCK} over the variance, about 1 for a steady level) is "
+                    f"below {options.level_max_ratio} on the normal rows; precision = the "
+                    f"inverse of their EWMA's covariance there (shrunk by "
+                    f"{options.level_shrinkage} towards its diagonal); weight = threshold / "
+                    f"({options.level_margin} x the largest T^2 on the normal rows)"},
     }
     log(f"calibrated on {len(X_cal)} rows: warm-up {warmup} rows, residual std "
         f"{', '.join(f'{n} {v:.3g}' for n, v in zip(names, residual_std))} (normalised); "

@@ -233,6 +233,12 @@ def _expert(*names, **kwargs):
 @_expert("--drift-fast-smoothing", type=float, default=0.3, help="Drift test: fast alpha.")
 @_expert("--drift-baseline-smoothing", type=float, default=0.001,
          help="Drift test: baseline alpha.")
+@_expert("--level-smoothing", type=float, default=0.1, help="Level test: EWMA alpha.")
+@_expert("--level-max-ratio", type=float, default=25.0, help="Level test for channels whose "
+         "variance ratio on the normal rows is below this (0: none).")
+@_expert("--level-margin", type=float, default=3.0, help="Level test: alarms above this "
+         "multiple of its largest value on the normal rows.")
+@_expert("--level-shrinkage", type=float, default=0.1, help="Level test: covariance shrinkage.")
 @friendly_errors
 def train(data, output, columns, delimiter, train_rows, train_fraction, quiet, state_dict,
           **options):
@@ -243,7 +249,7 @@ def train(data, output, columns, delimiter, train_rows, train_fraction, quiet, s
     timestamp column is skipped. Every row is taken as normal unless --train-rows or
     --train-fraction says how many leading rows are; 400 rows will do, more is better. The
     same data, options and seed give the same file, byte for byte. Expert options (window,
-    learning rate, consistency and drift tests): README.md, "Training a model".
+    learning rate, consistency, drift and level tests): README.md, "Training a model".
 
     \b
     Examples:
