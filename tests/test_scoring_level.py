@@ -43,6 +43,7 @@ def test_a_level_shift_alarms_names_its_channel_and_resumes_exactly():
     assert (np.nanargmax(contrib[170:250], axis=1) == 0).all()
     assert not (scores[280:] > scorer.threshold).any()        # over once the flow is back
     one = edgegru.AnomalyScorer.from_model(scorer.model)
+    one.reset()                                     # the model (and its state) is shared
     assert np.array_equal([one.score_one(x) for x in X], scores)
     group = edgegru.scoring.GroupScorer(edgegru.AnomalyScorer.from_model(scorer.model))
     keys = ["a", "b"] * len(X)
