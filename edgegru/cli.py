@@ -2,7 +2,8 @@
 object and loops; edgegru's own errors become one-line messages (no traceback) in one place.
 
 Exit codes: 0 success, 1 an error edgegru detected (bad model file, bad input data), 2 bad
-usage (Click's own), 130 interrupted by Ctrl-C; ``run`` also 143 (SIGTERM) and 141 (output
+usage (Click's own), 74 a file could not be written or read (a full disk, a read-only or missing
+directory), 130 interrupted by Ctrl-C; ``run`` also 129 / 143 (SIGHUP / SIGTERM) and 141 (output
 closed).
 """
 import contextlib
@@ -15,7 +16,7 @@ import time
 import click
 
 import edgegru
-from edgegru.errors import EdgeGRUError
+from edgegru.errors import EdgeGRUError, WriteError
 
 
 def friendly_errors(command):
@@ -25,7 +26,16 @@ def friendly_errors(command):
         try:
             return command(*args, **kwargs)
         except EdgeGRUError as exc:
-            raise click.ClickException(str(exc)) from None
+            error = click.ClickException(str(exc))
+            error.exit_code = getattr(exc, "exit_code", 1)
+            raise error from None
+        except BrokenPipeError:
+            raise                        # the output was closed: each command says what it means
+        except OSError as exc:           # a file the system refuses: not a bug, not a traceback
+            what = f"{exc.strerror or exc}" + (f": {exc.filename}" if exc.filename else "")
+            error = click.ClickException(what)
+            error.exit_code = WriteError.exit_code
+            raise error from None
         except KeyboardInterrupt:
             click.echo("Interrupted.", err=True)
             sys.exit(130)
@@ -109,7 +119,8 @@ def _names(text):
               show_default=True, help="A bad row stops the run (exit 1), or is dropped with a "
               "note on stderr.")
 @click.option("--state", type=click.Path(dir_okay=False), help="State file: resume from it if "
-              "it exists; saved at the end, on Ctrl-C/SIGTERM and every --checkpoint-every rows.")
+              "it exists; saved at the end, on Ctrl-C/SIGTERM/SIGHUP, when the output closes "
+              "and every --checkpoint-every rows.")
 @click.option("--checkpoint-every", type=click.IntRange(min=0), default=0, metavar="N",
               help="Also save the state every N rows (needs --state).")
 @friendly_errors
@@ -124,8 +135,11 @@ def run(weights, input_path, columns, keep, group_by, threshold, explain, fmt, p
 
     \b
     Exit codes: 0 done; 1 bad input row (with --on-error fail), bad model or state file,
-    missing column; 2 bad usage; 130 / 143 stopped by SIGINT / SIGTERM after writing every
-    row read and saving --state; 141 the output was closed (e.g. | head).
+    missing column; 2 bad usage; 74 the output or --state cannot be written (full disk,
+    read-only or missing directory; checked for --state before the first row): the rows
+    written are whole and --state is saved where it can be; 129 / 130 / 143 stopped by
+    SIGHUP / SIGINT / SIGTERM after writing every row read and saving --state; 141 the
+    output was closed (e.g. | head), --state saved.
 
     \b
     Examples:
@@ -142,6 +156,8 @@ def run(weights, input_path, columns, keep, group_by, threshold, explain, fmt, p
         raise click.BadParameter(f"names {len(columns)} columns, the model reads "
                                  f"{scorer.num_channels} ({', '.join(scorer.columns)})",
                                  param_hint="--columns")
+    if sys.stdout is None:                           # started with stdout closed (>&-)
+        raise WriteError("the output (stdout) is closed: redirect it to a file or a pipe")
     out = sys.stdout.buffer
     show = bool(input_path) and sys.stderr.isatty()
     with contextlib.ExitStack() as stack:

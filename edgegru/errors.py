@@ -18,3 +18,10 @@ class InputError(EdgeGRUError, ValueError):
                          else f"line {line}: {message}")
         self.line = line
         self.column = column
+
+
+class WriteError(EdgeGRUError):
+    """The output or the state file cannot be written (a full disk, a read-only or missing
+    directory): the message says which file and why. The command exits with ``exit_code``."""
+
+    exit_code = 74               # EX_IOERR of sysexits.h, so a service manager can tell it apart

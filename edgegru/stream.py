@@ -49,9 +49,18 @@ Numbers are what Python's ``float()`` reads (``22.5``, ``-1e-3``, `` 7 ``, ``nan
 
 State (``state="FILE"``): the scorer state(s), the model's fingerprint, and how much of the input
 has been consumed (lines, bytes, CRC-32 of those bytes) are saved atomically at the end, on
-SIGINT/SIGTERM, on a bad row with ``on_error="fail"``, and every ``checkpoint_every`` rows; always
-right after the output of the rows they include has been flushed. A run given an existing state
-file resumes from it:
+SIGINT/SIGTERM/SIGHUP, on a bad row with ``on_error="fail"``, when the output cannot be written
+(its reader has gone, a full disk) and every ``checkpoint_every`` rows; always right after the
+output of the rows they include has been written. That its directory can take the file is
+checked before the first row (and the temporary files of saves killed half way are removed
+then); a periodic checkpoint that fails is a note on stderr, the scoring goes on.
+
+Output errors: each block of rows is written whole or taken back (a regular file is cut back to
+where the block began), the state goes back to before that block, is saved, and
+:class:`~edgegru.errors.WriteError` says what failed; the output then holds whole rows only, and
+a rerun with the same state file continues with the rows that did not get out.
+
+A run given an existing state file resumes from it:
 
 - if the input is a regular file (``--input FILE`` or ``< FILE``) that begins with exactly the
   bytes the state has consumed (the same file again, or that file grown), those lines are skipped
@@ -66,6 +75,7 @@ A SIGKILL or power loss between a flush and the next checkpoint can make the res
 the rows scored since the last checkpoint (never lose one). On a pipe, a line still incomplete
 (no newline yet) when a signal arrives is not scored.
 """
+import contextlib
 import csv
 import dataclasses
 import hashlib
@@ -80,10 +90,15 @@ import tempfile
 import threading
 import zlib
 
+try:
+    import fcntl
+except ImportError:                      # Windows: no O_APPEND to ask about
+    fcntl = None
+
 import numpy as np
 
 from edgegru._jit import JIT, NO_NRT, njit
-from edgegru.errors import EdgeGRUError, InputError
+from edgegru.errors import EdgeGRUError, InputError, WriteError
 from edgegru.scoring import AnomalyScorer, GroupScorer
 
 READ_SIZE = 1 << 18          # bytes per read: up to ~7000 rows of a 4-channel sensor file
@@ -493,6 +508,66 @@ def _csv_quote(text):
     return text
 
 
+class _Output:
+    """The output, written one block of whole rows at a time. On a file descriptor the bytes go
+    straight to it (``os.write``), so that a block that fails half way (a full disk) can be
+    taken back: a regular file is cut back to where the block began, which leaves only whole
+    rows in it. ``write`` raises BrokenPipeError when the reader has gone, and WriteError for
+    any other refusal."""
+
+    def __init__(self, out):
+        self.out = out
+        self.fd = _fileno(out)
+        self.regular = self.append = False
+        if self.fd is not None:
+            try:
+                out.flush()              # what the caller wrote before comes first
+                st = os.fstat(self.fd)
+                self.regular = stat.S_ISREG(st.st_mode)
+                self.append = bool(fcntl.fcntl(self.fd, fcntl.F_GETFL) & os.O_APPEND) \
+                    if fcntl is not None else False
+            except (OSError, ValueError):
+                self.fd = None
+
+    def name(self):
+        """How a message names the output: its path when the system says, else "the output"."""
+        try:
+            path = os.readlink(f"/proc/self/fd/{self.fd}")
+        except (OSError, TypeError):
+            return "the output"
+        return f"the output ({path})" if path.startswith("/") else "the output"
+
+    def write(self, data):
+        if self.fd is None:
+            try:
+                if data:
+                    self.out.write(data)
+                self.out.flush()
+            except BrokenPipeError:
+                raise
+            except OSError as exc:
+                raise WriteError(f"cannot write {self.name()}: {_why(exc)}") from None
+            return
+        start = None
+        view, done = memoryview(data), 0
+        try:
+            if self.regular:
+                # where this block begins: the end of the file when appending (>>)
+                start = os.fstat(self.fd).st_size if self.append else \
+                    os.lseek(self.fd, 0, os.SEEK_CUR)
+            while done < len(view):
+                done += os.write(self.fd, view[done:])
+        except BrokenPipeError:
+            raise
+        except OSError as exc:
+            if done and start is not None:
+                with contextlib.suppress(OSError):
+                    os.ftruncate(self.fd, start)
+                    if not self.append:
+                        os.lseek(self.fd, start, os.SEEK_SET)
+            raise WriteError(f"cannot write {self.name()}: {_why(exc)}") from None
+
+
 # -- state file ------------------------------------------------------------------------------
 
 STATE_FORMAT = "edgegru-state"
@@ -541,8 +616,12 @@ class StateFile:
         try:
             with np.load(self.path, allow_pickle=False) as f:
                 data = {k: f[k] for k in f.files}
+        except OSError as exc:
+            raise EdgeGRUError(f"{self.path}: cannot read the state file: {_why(exc)}") \
+                from None
         except Exception as exc:         # zip, npy and pickle errors alike: refuse the file
-            raise EdgeGRUError(f"{self.path}: not an edgegru state file ({exc})") from None
+            raise EdgeGRUError(f"{self.path}: not an edgegru state file "
+                               f"({_load_error(exc)})") from None
         if str(data.get("format", "")) != STATE_FORMAT:
             raise EdgeGRUError(f"{self.path}: not an edgegru state file")
         if int(data.get("format_version", -1)) != STATE_VERSION:
@@ -563,28 +642,104 @@ class StateFile:
         return state, pos
 
     def save(self, state, pos):
+        """Write the state atomically (a temporary file renamed over it); WriteError when the
+        file system refuses (the old state file, if any, is then left as it was)."""
         arrays = {"format": np.array(STATE_FORMAT), "format_version": np.array(STATE_VERSION),
                   "model": np.array(self.fingerprint), "group_by": np.array(self.group_by),
                   "lines": np.array(pos.lines), "bytes": np.array(pos.bytes),
                   "crc32": np.array(pos.crc32), "rows": np.array(pos.rows)}
         arrays.update({"state." + k: np.asarray(v) for k, v in state.items()})
-        directory = os.path.dirname(os.path.abspath(self.path))
-        fd, tmp = tempfile.mkstemp(dir=directory, prefix=".edgegru-state-", suffix=".tmp")
+        tmp = None
         try:
+            fd, tmp = self._mkstemp()
             with os.fdopen(fd, "wb") as f:
                 np.savez(f, **arrays)
                 f.flush()
                 os.fsync(f.fileno())
             os.replace(tmp, self.path)
-        except BaseException:
+            tmp = None
+        except OSError as exc:
+            raise WriteError(f"cannot save the state to {self.path}: {_why(exc)}") from None
+        finally:
+            if tmp is not None:
+                with contextlib.suppress(OSError):
+                    os.unlink(tmp)
+
+    # The temporary file is named after the state file and the process writing it, so that a
+    # later run with the same state path knows which leftovers (a SIGKILL during a save) are
+    # its own to remove, and never touches another state's or a live process's.
+    def _tmp_prefix(self):
+        return f".{os.path.basename(self.path)}.tmp-"
+
+    def _mkstemp(self):
+        return tempfile.mkstemp(dir=self.directory, prefix=f"{self._tmp_prefix()}{os.getpid()}-")
+
+    @property
+    def directory(self):
+        return os.path.dirname(os.path.abspath(self.path))
+
+    def check(self):
+        """Before the first row: remove the temporary files killed saves left behind, and
+        make sure a state can be written here (WriteError says why not)."""
+        if os.path.isdir(self.path):
+            raise WriteError(f"cannot save the state to {self.path}: it is a directory")
+        if not os.path.isdir(self.directory):
+            raise WriteError(f"cannot save the state to {self.path}: the directory "
+                             f"{self.directory} does not exist")
+        self._remove_leftovers()
+        try:
+            fd, tmp = self._mkstemp()
+            os.close(fd)
             os.unlink(tmp)
-            raise
+        except OSError as exc:
+            raise WriteError(f"cannot save the state to {self.path}: {_why(exc)}") from None
+
+    def _remove_leftovers(self):
+        prefix = self._tmp_prefix()
+        try:
+            names = [n for n in os.listdir(self.directory) if n.startswith(prefix)]
+        except OSError:
+            return
+        for name in names:
+            pid = name[len(prefix):].split("-", 1)[0]
+            if pid.isdigit() and int(pid) != os.getpid() and _alive(int(pid)):
+                continue                 # another process saving this state right now
+            with contextlib.suppress(OSError):
+                os.unlink(os.path.join(self.directory, name))
+
+
+def _load_error(exc):
+    """Why np.load refused a file, without numpy's advice to load it unsafely."""
+    text = str(exc).split("\n")[0]
+    if "allow_pickle" in text or "pickle" in text.lower():
+        return "it holds pickled Python objects, which edgegru never loads"
+    return text or exc.__class__.__name__
+
+
+def _alive(pid):
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:
+        return True                      # exists, owned by someone else
+    return True
+
+
+def _why(exc):
+    """An OSError as a few words (``No space left on device``), without Python's decoration."""
+    return exc.strerror or str(exc) or exc.__class__.__name__
 
 
 # -- reading ---------------------------------------------------------------------------------
 
+STOP_SIGNALS = tuple(getattr(signal, name) for name in ("SIGINT", "SIGTERM", "SIGHUP")
+                     if hasattr(signal, name))
+
+
 class _Signals:
-    """While active, SIGINT and SIGTERM ask for a clean stop (``received``) instead of killing
+    """While active, SIGINT, SIGTERM and SIGHUP (the terminal or ssh session went away) ask for
+    a clean stop (``received``) instead of killing
     the process, and wake up a read that is waiting for input. A second signal interrupts at
     once (KeyboardInterrupt). Only in the main thread: elsewhere nothing changes."""
 
@@ -601,8 +756,7 @@ class _Signals:
             self._pipe = (r, w)
             self.wake_fd = r
             self._old_wakeup = signal.set_wakeup_fd(w)
-            self._old = {s: signal.signal(s, self._handler)
-                         for s in (signal.SIGINT, signal.SIGTERM)}
+            self._old = {s: signal.signal(s, self._handler) for s in STOP_SIGNALS}
         return self
 
     def _handler(self, signum, frame):
@@ -720,7 +874,7 @@ class _Run:
             raise ValueError("checkpoint_every must be >= 0")
         self.scorer = scorer
         self.group = GroupScorer(scorer) if group_by is not None else None
-        self.out = out
+        self.out = _Output(out)
         self.columns, self.keep, self.group_by = columns, keep, group_by
         self.explain, self.fmt, self.precision = explain, fmt, precision
         self.threshold = scorer.threshold if threshold is None else float(threshold)
@@ -729,7 +883,7 @@ class _Run:
             StateFile(state, model_fingerprint(scorer), group_by)
         self.checkpoint_every = checkpoint_every
         self.progress = progress
-        self.log = log or (lambda msg: print(f"edgegru: {msg}", file=sys.stderr, flush=True))
+        self.log = log or _note
         _Writer(fmt, [], scorer.columns, explain, precision)       # check the options early
         self.layout = None
         self.writer = None
@@ -739,6 +893,7 @@ class _Run:
         self.discarding = False      # inside an over-long line being skipped
         self.stream_end = float("inf")   # set at EOF when the last line lacks its newline
         self.write_header = True         # False: a resumed run appending to its earlier output
+        self.checkpoint_failing = False
 
     # -- the state of the scorer(s), for checkpoints
     @property
@@ -753,6 +908,31 @@ class _Run:
             self.state_file.save(self._scorer_state(), self.pos)
             self.since_checkpoint = 0
 
+    def _checkpoint(self):
+        """A periodic save. One that fails (a full disk) does not stop the scoring: the rows
+        keep coming, the next checkpoint tries again, and the end of the run must succeed."""
+        try:
+            self._save()
+        except WriteError as exc:
+            self.since_checkpoint = 0
+            if not self.checkpoint_failing:
+                self.log(f"{exc}; scoring goes on, the next checkpoint tries again")
+            self.checkpoint_failing = True
+            return
+        if self.checkpoint_failing:
+            self.log(f"state saved to {self.state_file.path} again")
+        self.checkpoint_failing = False
+
+    def _save_after_failure(self):
+        """Save the state when the run fails; returns what became of it, for the message."""
+        if self.state_file is None:
+            return ""
+        try:
+            self._save()
+        except WriteError as exc:
+            return f"; {exc}"
+        return f"; state saved to {self.state_file.path}"
+
     def _resume(self, source):
         loaded = self.state_file.load() if self.state_file is not None else None
         if loaded is None:
@@ -760,7 +940,7 @@ class _Run:
         state, pos = loaded
         # a resumed run whose output goes to a file that already holds something (`>>` onto
         # the first run's output) continues that file: no second header line in the middle
-        self.write_header = not _nonempty_regular_file(self.out)
+        self.write_header = not _nonempty_regular_file(self.out.out)
         try:
             self._scoring.state = state
         except ValueError as exc:
@@ -837,9 +1017,7 @@ class _Run:
         return is_header
 
     def _write(self, data):
-        if data:
-            self.out.write(data)
-        self.out.flush()
+        self.out.write(data)
 
     def _consume(self, data, lines):
         over = self.pos.bytes + len(data) - self.stream_end
@@ -854,6 +1032,8 @@ class _Run:
 
     # -- the loop
     def run(self, source, signals):
+        if self.state_file is not None:
+            self.state_file.check()
         self._resume(source)
         pending = bytearray()
         try:
@@ -870,10 +1050,22 @@ class _Run:
                 self.stream_end = self.pos.bytes + len(pending)
                 self._block(bytes(pending) + b"\n")
         except InputError:
-            self._save()
+            note = self._save_after_failure()
+            if note and not note.startswith("; state saved"):
+                self.log(note[2:])
+            raise
+        except WriteError as exc:
+            n = self.result.rows
+            raise WriteError(f"{exc} ({n} row{'' if n == 1 else 's'} written before it, none "
+                             f"cut short){self._save_after_failure()}") from None
+        except BrokenPipeError:
+            self._save_after_failure()
             raise
         self.result.signal = signals.received
-        self._save()
+        try:
+            self._save()
+        except WriteError as exc:
+            raise WriteError(f"{exc} (all {self.result.rows} rows are written)") from None
         if signals.received is not None:
             self.log(f"stopped by {signal.Signals(signals.received).name} after "
                      f"{self.result.rows} rows" + (f"; state saved to {self.state_file.path}"
@@ -958,7 +1150,7 @@ class _Run:
             begin = int(rows.ends[start - 1]) if start else 0
             self._consume(buf[begin:int(rows.ends[stop - 1]) if stop else 0], stop - start)
             if self.checkpoint_every and self.since_checkpoint >= self.checkpoint_every:
-                self._save()
+                self._checkpoint()
             if stop >= cut:
                 break
             start = stop
@@ -967,6 +1159,7 @@ class _Run:
             self._bad(first_line + cut, self.layout.column(field), message)
 
     def _score(self, rows, use):
+        before = self._scorer_state() if self.state_file is not None else None
         X = rows.values[use]
         lay = self.layout
         if self.group is not None:
@@ -976,10 +1169,25 @@ class _Run:
             scores, contrib = self.scorer.score_many(X, explain=True)
         kept = [rows.spans(k, use) for k in lay.kept_slots]
         anomaly = (scores > self.threshold).astype(np.int64)
-        self._write(self.writer.rows(kept, scores, anomaly, contrib))
+        try:
+            self._write(self.writer.rows(kept, scores, anomaly, contrib))
+        except (WriteError, BrokenPipeError):
+            # these rows did not get out whole: the state goes back to before them, so that the
+            # state saved next resumes with them
+            if before is not None:
+                self._scoring.state = before
+            raise
         self.result.rows += len(use)
         self.pos.rows += len(use)
         self.since_checkpoint += len(use)
+
+
+def _note(msg):
+    """A note on stderr; lost, not fatal, when stderr is gone (the terminal hung up)."""
+    try:
+        print(f"edgegru: {msg}", file=sys.stderr, flush=True)
+    except (OSError, ValueError, AttributeError):
+        pass
 
 
 def _text(value):

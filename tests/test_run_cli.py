@@ -178,21 +178,25 @@ def test_trickled_rows_are_scored_before_the_next_arrives_then_a_bulk(scoring_mo
     assert np.array_equal(got, expected_scores(scoring_model_path, X))
 
 
-def test_sigterm_saves_the_state_and_a_rerun_finishes_the_file(scoring_model_path, example,
-                                                                tmp_path):
+@pytest.mark.parametrize("signum,code", [(signal.SIGTERM, 143), (signal.SIGHUP, 129)])
+def test_a_stop_signal_saves_the_state_and_a_rerun_finishes_the_file(signum, code,
+                                                                     scoring_model_path, example,
+                                                                     tmp_path):
     data, X = example
     path, state = tmp_path / "in.csv", tmp_path / "run.state"
     path.write_bytes(data)
     header, *rows = data.split(b"\n")[:-1]
-    # a sensor pipe: 250 rows arrive and are scored, half a row more, then SIGTERM
+    # a sensor pipe: 250 rows arrive and are scored, half a row more, then SIGTERM (systemd's
+    # stop) or SIGHUP (the ssh session that ran it went away)
     proc = spawn("--weights", scoring_model_path, "--precision", 17, "--state", state)
     out = LineReader(proc.stdout)
     proc.stdin.write(b"\n".join([header] + rows[:250]) + b"\n" + rows[250][:10])
     proc.stdin.flush()
     first = [out.line() for _ in range(251)]
-    proc.send_signal(signal.SIGTERM)
-    assert proc.wait(60) == 143
-    assert proc.stderr.read().endswith(b"stopped by SIGTERM after 250 rows; state saved to "
+    proc.send_signal(signum)
+    assert proc.wait(60) == code
+    name = signal.Signals(signum).name.encode()
+    assert proc.stderr.read().endswith(b"stopped by " + name + b" after 250 rows; state saved to "
                                        + str(state).encode() + b"\n")
     assert out.rest() == []
     # the same command on the whole file: the 251 lines already scored are skipped
