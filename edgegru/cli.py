@@ -104,7 +104,15 @@ def _names(text):
 @click.option("--input", "input_path", type=click.Path(exists=True, dir_okay=False),
               help="CSV file to read (default: stdin). A progress bar shows on a terminal.")
 @click.option("--columns", help="Input column names feeding the model's channels, in its "
-              "order, comma-separated (default: the model's own column names).")
+              "order, comma-separated (default: the model's own column names). With "
+              "--no-header: the names of all the input's fields, in order, as a header line "
+              "would give them (the model reads its own column names among them).")
+@click.option("--no-header", is_flag=True, help="The input has no header line: every line is a "
+              "row of the model's columns in order, or of the fields --columns names (e.g. "
+              "tail -f of a log, a serial port). Without it, a first line of numbers only is "
+              "a row too.")
+@click.option("--delimiter", metavar="CHAR", help="The field delimiter of the input: ',', ';', "
+              "'tab' (default: sniffed from the first line). The output is comma-separated.")
 @click.option("--keep", help="Columns to copy to the output, comma-separated; '' for none "
               "(default: every column the model does not read, e.g. the timestamp).")
 @click.option("--group-by", metavar="COLUMN", help="Score each value of COLUMN (a device id) as "
@@ -124,8 +132,8 @@ def _names(text):
 @click.option("--checkpoint-every", type=click.IntRange(min=0), default=0, metavar="N",
               help="Also save the state every N rows (needs --state).")
 @friendly_errors
-def run(weights, input_path, columns, keep, group_by, threshold, explain, fmt, precision,
-        on_error, state, checkpoint_every):
+def run(weights, input_path, columns, no_header, delimiter, keep, group_by, threshold, explain,
+        fmt, precision, on_error, state, checkpoint_every):
     """Score CSV sensor rows: one output row per input row, written as soon as it is read.
 
     Output columns: the kept columns, score (high = anomalous), anomaly (1 when
@@ -144,18 +152,30 @@ def run(weights, input_path, columns, keep, group_by, threshold, explain, fmt, p
     \b
     Examples:
       edgegru run --weights weights/model.npz < examples/sensor.csv
-      tail -f sensors.csv | edgegru run --weights weights/model.npz --group-by device \\
-          --state run.state --checkpoint-every 1000 --on-error skip
+      tail -f sensors.csv | edgegru run --weights weights/model.npz --no-header \\
+          --columns device,timestamp,temperature,vibration,current,pressure \\
+          --group-by device --state run.state --checkpoint-every 1000 --on-error skip
     """
     from edgegru.stream import score_stream
     if checkpoint_every and not state:
         raise click.UsageError("--checkpoint-every needs --state FILE")
     scorer = edgegru.AnomalyScorer.load(weights)
     columns = _names(columns)
-    if columns is not None and len(columns) != scorer.num_channels:
+    if no_header and columns:
+        missing = [c for c in scorer.columns if c not in columns]
+        if missing:
+            raise click.BadParameter(f"with --no-header it names every field of the input, and "
+                                     f"must name the model's {', '.join(missing)} among them",
+                                     param_hint="--columns")
+    elif columns is not None and len(columns) != scorer.num_channels:
         raise click.BadParameter(f"names {len(columns)} columns, the model reads "
                                  f"{scorer.num_channels} ({', '.join(scorer.columns)})",
                                  param_hint="--columns")
+    if delimiter is not None:
+        delimiter = {"tab": "\t", "\\t": "\t"}.get(delimiter, delimiter)
+        if len(delimiter) != 1 or delimiter in '"\r\n':
+            raise click.BadParameter("one character (or 'tab'), not a quote or a line end",
+                                     param_hint="--delimiter")
     if sys.stdout is None:                           # started with stdout closed (>&-)
         raise WriteError("the output (stdout) is closed: redirect it to a file or a pipe")
     out = sys.stdout.buffer
@@ -170,7 +190,8 @@ def run(weights, input_path, columns, keep, group_by, threshold, explain, fmt, p
                 scorer, source, out, columns=columns, keep=_names(keep), group_by=group_by,
                 explain=explain, threshold=threshold, fmt=fmt, precision=precision,
                 on_error=on_error, state=state, checkpoint_every=checkpoint_every,
-                progress=bar.update if bar else None)
+                progress=bar.update if bar else None, header=False if no_header else None,
+                delimiter=delimiter)
         except BrokenPipeError:                      # the reader went away: stop quietly
             try:
                 os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())

@@ -14,8 +14,10 @@ the compiled parser hands every field it is not sure of to the plain Python pars
 (:func:`parse_line`), which defines what a row means.
 
 The first non-blank line is a header unless every field in it is a number (or empty); then the
-input is headerless and must have exactly the model's columns, in the model's order. With a
-header, the model's columns are picked by name (``columns`` maps other names), and the other
+input is headerless and must have exactly the model's columns, in the model's order. With
+``header=False`` every line is a row, its fields named in order by ``columns`` (default: the
+model's columns), as a header would name them. The field delimiter (``,``, ``;`` or tab) is
+sniffed from the first line unless given. With a header, the model's columns are picked by name (``columns`` maps other names), and the other
 columns can be passed through to the output (``keep``; by default all of them) or name the
 stream a row belongs to (``group_by``).
 
@@ -35,6 +37,9 @@ fewer or more fields than the header           bad row ("4 fields, the header ha
 no header, and the first row has the wrong     bad row (under ``on_error="skip"`` the next line
 number of fields (a serial port opened in      decides whether there is a header)
 the middle of a line)
+a first line that is not text (binary, not     bad row (under ``on_error="skip"`` the next line
+UTF-8, NUL, broken quoting)                    decides)
+a line repeating the field names (a header)    ignored (not a row)
 invalid UTF-8, a NUL byte (binary garbage)     bad row
 a line longer than 1 MiB                       bad row (the rest of it is discarded)
 blank or whitespace-only line                  ignored (not a row; line numbers count it)
@@ -155,16 +160,18 @@ def _parse_number(buf, a, b):
 
 
 @njit(cache=True, **NO_NRT)
-def _parse_lines(X, status, spans, ends, buf, role, slot):
+def _parse_lines(X, status, spans, ends, buf, role, slot, delimiter):
     """Split buf into lines and fields and read the numbers of the fast, common case.
 
     buf (n,) uint8: whole lines, each ending in LF (a CR before it is dropped).
+    delimiter: the byte between fields (44 ',', 59 ';', 9 tab).
     role (F,): for each of the F fields of a row, the model channel it feeds, or -1.
     slot (F,): for each field, where its span goes in ``spans``, or -1.
     Outputs, for line i: ends[i] the offset just after its LF; X[i, c] the value of channel c
     (NaN when empty); spans[i, k] = (start, stop) of the field in slot k; status[i] OK, BLANK
     (empty line) or SLOW (Python must decide: a field that is not plain decimal, quotes, a NUL
-    byte, the wrong number of fields).
+    byte, the wrong number of fields, a comma when the delimiter is another byte: a passed
+    through field holding one is quoted in the CSV output).
     """
     F = role.shape[0]
     n = buf.shape[0]
@@ -188,8 +195,9 @@ def _parse_lines(X, status, spans, ends, buf, role, slot):
         a = start
         while True:
             b = a
-            while b < stop and buf[b] != 44:          # ','
-                if buf[b] == 34 or buf[b] == 0 or buf[b] == 13:     # '"', NUL, CR
+            while b < stop and buf[b] != delimiter:
+                c = buf[b]
+                if c == 34 or c == 0 or c == 13 or c == 44:     # '"', NUL, CR, ','
                     st = SLOW
                 b += 1
             if f < F:
@@ -224,12 +232,12 @@ class _Bad(Exception):
         self.message = message
 
 
-def _split(text):
-    """The fields of one line (str): plain comma splitting, or the csv module when quoted."""
+def _split(text, delimiter=","):
+    """The fields of one line (str): plain splitting, or the csv module when quoted."""
     if '"' not in text:
-        return text.split(",")
+        return text.split(delimiter)
     try:
-        return next(csv.reader([text], strict=True))
+        return next(csv.reader([text], delimiter=delimiter, strict=True))
     except csv.Error as exc:
         raise _Bad(None, f"bad quoting ({exc})") from None
 
@@ -245,32 +253,35 @@ def _number(field):
         return None
 
 
-def _decode(line):
+def _decode(line, delimiter=b","):
     """One line (bytes, no LF, no CR) as text; _Bad for binary data."""
     nul = line.find(b"\x00")
     if nul >= 0:
-        raise _Bad(line.count(b",", 0, nul), "binary data (a NUL byte)")
+        raise _Bad(line.count(delimiter, 0, nul), "binary data (a NUL byte)")
     try:
         return line.decode("utf-8")
     except UnicodeDecodeError as exc:
-        raise _Bad(line.count(b",", 0, exc.start),
+        raise _Bad(line.count(delimiter, 0, exc.start),
                    f"not UTF-8 text (byte 0x{line[exc.start]:02x})") from None
 
 
 def parse_line(line, layout):
     """The reference meaning of one line (bytes, without its LF) under ``layout``.
 
-    Returns None for a blank line, else ``(values, spans)``: the model's channels as floats (NaN
+    Returns None for a blank line or one that repeats the field names (a header), else
+    ``(values, spans)``: the model's channels as floats (NaN
     for missing) and the text of the fields ``layout.span_fields`` names. Raises ``_Bad``.
     The compiled parser gives the same for every line it marks OK (the tests check this).
     """
     if line.endswith(b"\r"):
         line = line[:-1]
-    text = _decode(line)
+    text = _decode(line, layout.delimiter.encode())
     if not text.strip():
         return None
-    fields = _split(text)
+    fields = _split(text, layout.delimiter)
     F = layout.num_fields
+    if layout.named and len(fields) == F and [f.strip() for f in fields] == layout.names:
+        return None             # the header again (a rotated log, files concatenated): not a row
     if len(fields) != F:
         where = len(fields) if len(fields) < F else F
         raise _Bad(where, f"{len(fields)} field{'s' if len(fields) != 1 else ''} where the "
@@ -292,14 +303,17 @@ class Layout:
     """Where a row's fields go: which feed the model (in its column order), which are passed
     through to the output, which names the stream (``group_by``)."""
 
-    def __init__(self, names, numeric, kept, group, has_header):
+    def __init__(self, names, numeric, kept, group, has_header, delimiter=",", what=None):
         self.names = names                          # one per field
         self.num_fields = len(names)
         self.numeric = list(numeric)                # field index of each model channel
         self.kept = list(kept)                      # field indices passed through
         self.group = group                          # field index of the key, or None
         self.has_header = has_header
-        self.what = "header" if has_header else "model"
+        self.named = has_header or what is not None     # the names are the user's, not "#3"
+        self.what = what or ("header" if has_header else "model")
+        self.delimiter = delimiter
+        self.delimiter_byte = ord(delimiter)
         self.span_fields = list(dict.fromkeys(self.kept + ([group] if group is not None else [])))
         self.kept_slots = [self.span_fields.index(f) for f in self.kept]
         self.group_slot = None if group is None else self.span_fields.index(group)
@@ -316,26 +330,47 @@ class Layout:
         """How a message names field ``field`` (an index, maybe past the last column)."""
         if field is None:
             return None
-        if field < self.num_fields and self.has_header and self.names[field]:
+        if field < self.num_fields and self.named and self.names[field]:
             return repr(self.names[field])
         return f"#{field + 1}"
 
     @classmethod
     def from_first_line(cls, fields, model_columns, columns=None, keep=None, group_by=None,
-                        line=1):
+                        line=1, delimiter=","):
         """The layout from the first non-blank line's fields; returns (layout, is_header)."""
         if all(_number(f) is not None for f in fields):
-            return cls._headerless(fields, model_columns, columns, keep, group_by, line), False
-        names = [f.strip() for f in fields]
+            return cls._headerless(fields, model_columns, columns, keep, group_by, line,
+                                   delimiter), False
+        return cls.from_names([f.strip() for f in fields], model_columns, columns, keep,
+                              group_by, line, delimiter), True
+
+    @classmethod
+    def without_header(cls, model_columns, names=None, keep=None, group_by=None, delimiter=","):
+        """The layout of an input without a header line (``--no-header``): ``names`` name its
+        fields in order, as a header line would (default: the model's columns, exactly)."""
+        what = "--columns list" if names else "model"
+        return cls.from_names(list(names or model_columns), model_columns, None, keep,
+                              group_by, None, delimiter, has_header=False, what=what)
+
+    @classmethod
+    def from_names(cls, names, model_columns, columns=None, keep=None, group_by=None, line=1,
+                   delimiter=",", has_header=True, what=None):
+        """The layout from the names of the fields (a header line's)."""
         index = {}
         for i, name in enumerate(names):
             index.setdefault(name, i)
 
+        # a "header" with numbers in it is likely a data row: tail -f does not repeat the header
+        looks_like_a_row = has_header and any(_number(n) is not None and n for n in names)
+        hint = "; if that line is a data row, the input has no header: use --no-header" \
+            if looks_like_a_row else ""
+
         def find(name, option):
             if name not in index:
                 raise InputError(
-                    f"the input has no column {name!r} ({option}; its header has "
-                    f"{', '.join(map(repr, names))})", line=line)
+                    f"the input has no column {name!r} ({option}; "
+                    f"{'its header has' if has_header else 'the fields are'} "
+                    f"{', '.join(map(repr, names))}){hint}", line=line)
             return index[name]
 
         wanted = list(columns) if columns else list(model_columns)
@@ -348,15 +383,16 @@ class Layout:
         else:
             kept = [find(name, "given with --keep") for name in keep]
         group = None if group_by is None else find(group_by, "given with --group-by")
-        return cls(names, numeric, kept, group, has_header=True), True
+        return cls(names, numeric, kept, group, has_header, delimiter, what)
 
     @classmethod
-    def _headerless(cls, fields, model_columns, columns, keep, group_by, line):
+    def _headerless(cls, fields, model_columns, columns, keep, group_by, line, delimiter):
         named = [opt for opt, v in (("--columns", columns), ("--keep", keep),
                                     ("--group-by", group_by)) if v]
         if named:
             raise InputError(f"the first line is all numbers, so the input has no header, and "
-                             f"{'/'.join(named)} need(s) column names: add a header line",
+                             f"{'/'.join(named)} need(s) column names: add a header line, or "
+                             f"use --no-header with --columns naming every field",
                              line=line)
         C = len(model_columns)
         if len(fields) != C:
@@ -365,7 +401,36 @@ class Layout:
                 f"fields, but the model reads {C} columns ({', '.join(model_columns)}): give "
                 f"the input a header line naming them (a stream opened in the middle of a "
                 f"line: --on-error skip)", line=line)
-        return cls(list(model_columns), range(C), [], None, has_header=False)
+        return cls(list(model_columns), range(C), [], None, has_header=False,
+                   delimiter=delimiter)
+
+
+DELIMITERS = (",", ";", "\t")
+
+
+def sniff_delimiter(first_line, num_fields=None):
+    """The field delimiter of a CSV input, from its first line (str): ``,``, ``;`` (SKAB, Excel
+    in much of Europe) or tab, whichever the line holds most of outside quotes (a comma when
+    none or a tie). With ``num_fields``, a delimiter that splits the line into exactly that many
+    fields wins.
+
+    >>> sniff_delimiter("datetime;Accelerometer1RMS;Temperature")
+    ';'
+    >>> sniff_delimiter("timestamp,temperature")
+    ','
+    """
+    counts = {}
+    for d in DELIMITERS:
+        try:
+            counts[d] = len(_split(first_line, d)) - 1
+        except _Bad:
+            counts[d] = first_line.count(d)
+    if num_fields is not None:
+        fits = [d for d in DELIMITERS if counts[d] == num_fields - 1]
+        if fits:
+            return fits[0]
+    best = max(DELIMITERS, key=lambda d: counts[d])      # the first of a tie: ','
+    return best if counts[best] > 0 else ","
 
 
 @dataclasses.dataclass
@@ -402,7 +467,7 @@ def parse_lines(buf, layout):
     ends = np.empty(L, np.int64)
     if JIT:
         _parse_lines(X, status, span_ix, ends, np.frombuffer(buf, np.uint8), layout.role,
-                     layout.slot)
+                     layout.slot, layout.delimiter_byte)
     else:                       # without numba a byte loop is slow: Python parses every line
         lengths = [len(line) + 1 for line in buf.split(b"\n")[:-1]]
         ends[:] = np.cumsum(lengths)
@@ -840,12 +905,17 @@ class StreamResult:
 
 def score_stream(scorer, source, out, *, columns=None, keep=None, group_by=None, explain=False,
                  threshold=None, fmt="csv", precision=6, on_error="fail", state=None,
-                 checkpoint_every=0, progress=None, log=None, handle_signals=True):
+                 checkpoint_every=0, progress=None, log=None, handle_signals=True, header=None,
+                 delimiter=None):
     """Score every CSV row of ``source`` into ``out``: what ``edgegru run`` does.
 
     scorer: an :class:`~edgegru.AnomalyScorer`. source: a binary file (or file descriptor);
     out: a binary file, flushed after each block of rows. columns: input column names for the
-    model's channels, in its order (default: the model's own names). keep: names of columns to
+    model's channels, in its order (default: the model's own names); with header=False, the
+    names of the input's fields in order, as a header line would give them (default: the
+    model's columns). header: None to tell from the first line (a header unless all numbers),
+    False when the input has none (``tail -f`` of a log, a serial port). delimiter: ",", ";",
+    "\\t" (default: sniffed from the first line, :func:`sniff_delimiter`). keep: names of columns to
     pass through (default: every column the model does not read). group_by: a column whose value
     names independent streams (one state each). threshold: overrides ``scorer.threshold``.
     fmt: "csv" or "jsonl"; precision: significant digits of scores. on_error: "fail" or "skip"
@@ -857,17 +927,31 @@ def score_stream(scorer, source, out, *, columns=None, keep=None, group_by=None,
     """
     run = _Run(scorer, out, columns=columns, keep=keep, group_by=group_by, explain=explain,
                threshold=threshold, fmt=fmt, precision=precision, on_error=on_error,
-               state=state, checkpoint_every=checkpoint_every, progress=progress, log=log)
+               state=state, checkpoint_every=checkpoint_every, progress=progress, log=log,
+               header=header, delimiter=delimiter)
     with _Signals(handle_signals) as signals:
         return run.run(source, signals)
 
 
 class _Run:
     def __init__(self, scorer, out, *, columns, keep, group_by, explain, threshold, fmt,
-                 precision, on_error, state, checkpoint_every, progress, log):
+                 precision, on_error, state, checkpoint_every, progress, log, header=None,
+                 delimiter=None):
         if on_error not in ("fail", "skip"):
             raise ValueError(f"on_error must be 'fail' or 'skip', got {on_error!r}")
-        if columns is not None and len(columns) != scorer.num_channels:
+        if header not in (None, False):
+            raise ValueError(f"header must be None (tell from the first line) or False, "
+                             f"got {header!r}")
+        if delimiter is not None and (len(delimiter) != 1 or delimiter in '"\r\n'):
+            raise ValueError(f"the delimiter must be one character other than a quote or a "
+                             f"line end, got {delimiter!r}")
+        if header is False:
+            # the names of every field: the model's columns must be among them
+            missing = [c for c in scorer.columns if c not in (columns or scorer.columns)]
+            if missing:
+                raise ValueError(f"columns names the input's fields (there is no header), and "
+                                 f"lacks the model's {', '.join(map(repr, missing))}")
+        elif columns is not None and len(columns) != scorer.num_channels:
             raise ValueError(f"columns names {len(columns)} input columns, the model reads "
                              f"{scorer.num_channels} ({', '.join(scorer.columns)})")
         if checkpoint_every < 0:
@@ -894,6 +978,7 @@ class _Run:
         self.stream_end = float("inf")   # set at EOF when the last line lacks its newline
         self.write_header = True         # False: a resumed run appending to its earlier output
         self.checkpoint_failing = False
+        self.header, self.delimiter = header, delimiter
 
     # -- the state of the scorer(s), for checkpoints
     @property
@@ -988,21 +1073,28 @@ class _Run:
 
     def _first_line(self, line, number, write_header, quiet=False):
         """Sets the layout from the first non-blank line; returns None for a blank line (or,
-        with on_error="skip", a headerless first row with the wrong number of fields, which is
-        skipped), True when the line was a header (consumed), False when it is the first data
-        row."""
+        with on_error="skip", a first line that tells nothing: unreadable, or headerless with
+        the wrong number of fields; it is skipped and the next line decides), True when the line
+        was a header (consumed), False when it is the first data row."""
         try:
-            text = _decode(line[:-1] if line.endswith(b"\r") else line)
-            if not text.strip():
+            raw = line[:-1] if line.endswith(b"\r") else line
+            if not raw.strip():
                 return None
-            fields = _split(text)
+            text = _decode(raw, (self.delimiter or ",").encode())
+            delimiter = self.delimiter or sniff_delimiter(
+                text, None if self.header is None else len(self.columns or self.scorer.columns))
+            fields = _split(text, delimiter)
         except _Bad as bad:
-            raise InputError(f"the first line is not a CSV header or row: {bad.message}",
-                             line=number) from None
+            return self._unreadable_first_line(number, bad.message, quiet)
         try:
-            self.layout, is_header = Layout.from_first_line(
-                fields, self.scorer.columns, self.columns, self.keep, self.group_by,
-                line=number)
+            if self.header is False:
+                self.layout, is_header = Layout.without_header(
+                    self.scorer.columns, self.columns, self.keep, self.group_by,
+                    delimiter), False
+            else:
+                self.layout, is_header = Layout.from_first_line(
+                    fields, self.scorer.columns, self.columns, self.keep, self.group_by,
+                    line=number, delimiter=delimiter)
         except _FirstRowFieldCount:
             if self.on_error != "skip":
                 raise
@@ -1015,6 +1107,17 @@ class _Run:
         if write_header:
             self._write(self.writer.header())
         return is_header
+
+    def _unreadable_first_line(self, number, message, quiet):
+        """A first line that is not text (a serial port opened in the middle of binary data):
+        fatal, since the input's layout is unknown, unless bad rows are skipped; then the next
+        line decides."""
+        if self.on_error != "skip":
+            raise InputError(f"the first line is not a CSV header or row: {message}",
+                             line=number)
+        if not quiet:
+            self._bad(number, None, f"{message} (the first line)")
+        return None
 
     def _write(self, data):
         self.out.write(data)

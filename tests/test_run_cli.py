@@ -5,6 +5,7 @@ import csv
 import io
 import os
 import select
+import shlex
 import signal
 import subprocess
 import sys
@@ -221,3 +222,56 @@ def test_the_readme_command_on_the_shipped_model_and_the_example_data():
     lines = result.stdout.splitlines()
     assert lines[0] == "timestamp,score,anomaly" and len(lines) == 3001
     assert np.isfinite(scores_of(result.stdout)).all()
+
+
+def test_the_readme_streaming_pipeline_on_a_growing_log(scoring_model_path, example, tmp_path):
+    """The README's `tail -n 0 -F /var/log/pump.csv | edgegru run --weights ... --no-header
+    --columns timestamp,... --state pump.state`, through a real tail on a log that grows (and
+    is over 10 lines long, with its header at the top), stopped by SIGTERM."""
+    data, X = example
+    header, *rows = data.split(b"\n")[:-1]
+    log, state = tmp_path / "pump.csv", tmp_path / "pump.state"
+    log.write_bytes(b"\n".join([header] + rows[:50]) + b"\n")
+    command = shlex.join(COMMAND + [
+        "--weights", str(scoring_model_path), "--no-header", "--columns",
+        "timestamp,temperature,vibration,current,pressure", "--state", str(state),
+        "--precision", "17"])
+    proc = subprocess.Popen(["sh", "-c", f"tail -n 0 -F {shlex.quote(str(log))} | {command}"],
+                            cwd=ROOT,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            start_new_session=True)
+    out = LineReader(proc.stdout)
+    try:
+        with open(log, "ab", buffering=0) as f:
+            # tail starts following at a moment the test cannot see: the log grows a row at a
+            # time until the output's header line says the rows are coming through
+            n = 50
+            while not select.select([proc.stdout], [], [], 0.2)[0]:
+                f.write(rows[n] + b"\n")
+                n += 1
+                assert n < 250, "no output from the pipeline: " + proc.stderr.read1().decode()
+            assert out.line() == "timestamp,score,anomaly"
+            f.write(b"\n".join(rows[n:400]) + b"\n")
+            lines = [out.line()]
+            while not lines[-1].startswith(rows[399].split(b",")[0].decode()):
+                lines.append(out.line())
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(60)
+    err = proc.stderr.read().decode()
+    assert "Traceback" not in err
+    first = [r.split(b",")[0].decode() for r in rows].index(lines[0].split(",")[0])
+    assert 50 <= first < n
+    assert [l.split(",")[0] for l in lines] == [r.split(b",")[0].decode()
+                                                for r in rows[first:400]]
+    got = np.array([float(l.split(",")[1]) for l in lines])
+    assert np.array_equal(got, expected_scores(scoring_model_path, X[first:400]))
+    assert f"stopped by SIGTERM after {400 - first} rows; state saved to {state}" in err
+
+
+def test_no_header_and_delimiter_usage_errors_exit_2(scoring_model_path):
+    for args, message in [(["--no-header", "--columns", "a,b"], "must name the model's"),
+                          (["--delimiter", ";;"], "one character"),
+                          (["--delimiter", '"'], "one character")]:
+        result = invoke("--weights", scoring_model_path, *args, input=b"")
+        assert result.exit_code == 2 and message in result.output, result.output
