@@ -1189,7 +1189,7 @@ class _Run:
         up to the next newline."""
         if not self.discarding:
             self.discarding = True
-            self._bad(self.pos.lines + 1, None, f"longer than {MAX_LINE} bytes (binary data?)")
+            self._bad(self.pos.lines + 1, None, _too_long())
         self.pos.bytes += len(pending)
         self.pos.crc32 = zlib.crc32(pending, self.pos.crc32)
         if self.progress is not None:
@@ -1215,6 +1215,11 @@ class _Run:
             buf = buf[nl:]
         while self.layout is None and buf:
             nl = buf.index(b"\n") + 1
+            if nl - 1 > MAX_LINE:            # as if it had come in pieces: see _rows
+                self._bad(self.pos.lines + 1, None, _too_long())
+                self._consume(buf[:nl], 1)
+                buf = buf[nl:]
+                continue
             line, skip = buf[:nl - 1], 0
             if self.pos.bytes == 0 and line.startswith(BOM):
                 line, skip = line[len(BOM):], len(BOM)
@@ -1230,6 +1235,12 @@ class _Run:
 
     def _rows(self, buf):
         rows = parse_lines(buf, self.layout)
+        # A line over MAX_LINE bytes is a bad row however it arrives: in pieces (run() drops it
+        # once it outgrows MAX_LINE without its newline) or whole within one big read (here)
+        lengths = np.diff(rows.ends, prepend=0) - 1
+        for i in np.flatnonzero(lengths > MAX_LINE).tolist():
+            rows.status[i] = BAD
+            rows.errors[i] = (None, _too_long())
         status = rows.status
         L = len(status)
         bad = np.flatnonzero(status == BAD)
@@ -1291,6 +1302,10 @@ def _note(msg):
         print(f"edgegru: {msg}", file=sys.stderr, flush=True)
     except (OSError, ValueError, AttributeError):
         pass
+
+
+def _too_long():
+    return f"longer than {MAX_LINE} bytes (binary data?)"
 
 
 def _text(value):

@@ -638,3 +638,49 @@ def test_fuzz_streams_through_score_stream(example, tmp_path):
             assert result.rows == scored and result.skipped == len(
                 [m for m in notes if "skipped" in m])
     assert total >= 10000 and 0 < outcomes < 3000
+
+
+def chunked_cases(rng, n, limit):
+    """Streams with lines around ``limit`` bytes long (and CRLF, a last line without newline)."""
+    rows = EXAMPLE.read_bytes().split(b"\n")[1:40]
+    for _ in range(n):
+        lines = [HEADER[:-1]] if rng.random() < 0.8 else []
+        for _ in range(int(rng.integers(1, 8))):
+            if rng.random() < 0.4:
+                size = limit + int(rng.integers(-3, 4))
+                lines.append(b"x" * size if rng.random() < 0.5 else
+                             rows[0] + b"," + b"9" * max(0, size - len(rows[0]) - 1))
+            else:
+                lines.append(rows[int(rng.integers(0, len(rows)))])
+        data = (b"\r\n" if rng.random() < 0.2 else b"\n").join(lines)
+        yield data + (b"\n" if rng.random() < 0.8 else b"")
+
+
+def test_the_same_bytes_give_the_same_result_however_they_are_chunked(monkeypatch):
+    """Property: output, notes and outcome depend only on the bytes, never on how reads cut
+    them, across the line-length limit. Here with the limit and the read size made small, so
+    that thousands of streams cross both (EDGEGRU_FUZZ_CASES sets how many; 10,000+ by hand)."""
+    monkeypatch.setattr(stream, "MAX_LINE", 96)
+    monkeypatch.setattr(stream, "READ_SIZE", 128)
+    rng = np.random.default_rng(23)
+    scorer = make_scorer()
+    n = int(os.environ.get("EDGEGRU_FUZZ_CASES", "400"))
+    for k, data in enumerate(chunked_cases(rng, n, 96)):
+        on_error = "skip" if k % 2 else "fail"
+        results = []
+        for source in (io.BytesIO(data), Lines(data),
+                       Trickle(data, tuple(int(s) for s in rng.integers(1, 300, 4)))):
+            scorer.reset()
+            text, result, notes = run(data, scorer=scorer, source=source, on_error=on_error)
+            results.append((text, str(result) if isinstance(result, InputError) else
+                            (result.rows, result.skipped, result.lines), notes))
+        assert results[1] == results[0] and results[2] == results[0], data
+
+
+def test_a_line_just_over_one_mib_is_refused_from_a_file_and_from_a_pipe(example):
+    data = example[0]
+    long = data.replace(b"\n", b"\n" + b"1" * (stream.MAX_LINE + 10) + b"\n", 3)
+    whole = run(long, on_error="skip")
+    assert whole[1].skipped == 3 and "longer than 1048576 bytes" in whole[2][0]
+    trickled = run(long, on_error="skip", source=Trickle(long, (4096,)))
+    assert trickled[0] == whole[0] and trickled[2] == whole[2]
