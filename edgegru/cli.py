@@ -10,6 +10,7 @@ import contextlib
 import functools
 import io
 import os
+import platform
 import sys
 import time
 
@@ -131,9 +132,11 @@ def _names(text):
               "and every --checkpoint-every rows.")
 @click.option("--checkpoint-every", type=click.IntRange(min=0), default=0, metavar="N",
               help="Also save the state every N rows (needs --state).")
+@click.option("-q", "--quiet", is_flag=True, help="No progress bar and no note that the kernels "
+              "are being compiled (both show only on a terminal).")
 @friendly_errors
 def run(weights, input_path, columns, no_header, delimiter, keep, group_by, threshold, explain,
-        fmt, precision, on_error, state, checkpoint_every):
+        fmt, precision, on_error, state, checkpoint_every, quiet):
     """Score CSV sensor rows: one output row per input row, written as soon as it is read.
 
     Output columns: the kept columns, score (high = anomalous), anomaly (1 when
@@ -179,7 +182,10 @@ def run(weights, input_path, columns, no_header, delimiter, keep, group_by, thre
     if sys.stdout is None:                           # started with stdout closed (>&-)
         raise WriteError("the output (stdout) is closed: redirect it to a file or a pipe")
     out = sys.stdout.buffer
-    show = bool(input_path) and sys.stderr.isatty()
+    terminal = not quiet and _isatty(sys.stderr)
+    if terminal:
+        _say_if_compiling()
+    show = bool(input_path) and terminal
     with contextlib.ExitStack() as stack:
         source = stack.enter_context(open(input_path, "rb", buffering=0)) if input_path else \
             sys.stdin.buffer
@@ -200,6 +206,23 @@ def run(weights, input_path, columns, no_header, delimiter, keep, group_by, thre
             sys.exit(141)
     if result.signal is not None:
         sys.exit(128 + result.signal)
+
+
+def _isatty(stream):
+    try:
+        return stream is not None and stream.isatty()
+    except (ValueError, OSError):
+        return False
+
+
+def _say_if_compiling():
+    """On a terminal, the first run says why it waits: numba compiling the kernels."""
+    from edgegru import bench
+    if bench.cold_kernels():
+        seconds = "a few minutes" if platform.machine().lower().startswith(("aarch64", "arm")) \
+            else "about 30 s"
+        click.echo(f"edgegru: compiling the kernels for this CPU, once ({seconds}; "
+                   f"`edgegru compile` does it ahead)", err=True)
 
 
 @main.command("compile")

@@ -275,3 +275,60 @@ def test_no_header_and_delimiter_usage_errors_exit_2(scoring_model_path):
                           (["--delimiter", '"'], "one character")]:
         result = invoke("--weights", scoring_model_path, *args, input=b"")
         assert result.exit_code == 2 and message in result.output, result.output
+
+
+def test_python_dash_m_edgegru():
+    proc = subprocess.run([sys.executable, "-m", "edgegru", "--help"], cwd=ROOT,
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0 and proc.stdout.startswith("Usage: edgegru ")
+
+
+def run_on_a_terminal(args, cache, stdin):
+    """`edgegru run` with stderr on a pseudo-terminal: the process and the terminal's end to
+    read its stderr from."""
+    import pty
+    leader, follower = pty.openpty()
+    env = dict(os.environ, NUMBA_CACHE_DIR=str(cache))
+    proc = subprocess.Popen(COMMAND + [str(a) for a in args], cwd=ROOT, stdin=stdin,
+                            stdout=subprocess.PIPE, stderr=follower, env=env)
+    os.close(follower)
+    return proc, leader
+
+
+def read_terminal(leader, until, timeout=60):
+    text, deadline = b"", time.monotonic() + timeout
+    while until.encode() not in text and time.monotonic() < deadline:
+        if select.select([leader], [], [], 0.5)[0]:
+            try:
+                data = os.read(leader, 4096)
+            except OSError:                 # the process has gone (EIO on the terminal)
+                break
+            if not data:
+                break
+            text += data
+    return text.decode()
+
+
+@pytest.mark.skipif(not edgegru.JIT, reason="nothing compiles without numba")
+def test_the_first_run_says_it_is_compiling_on_a_terminal_only(scoring_model_path, tmp_path):
+    """With numba's cache empty, `edgegru run` says at once that it compiles (on a terminal,
+    without -q); piped, or with -q, it says nothing. Stopped before anything compiles."""
+    notice = "edgegru: compiling the kernels for this CPU, once"
+    proc, leader = run_on_a_terminal(["--weights", scoring_model_path], tmp_path / "cache",
+                                     subprocess.PIPE)
+    try:
+        text = read_terminal(leader, "does it ahead)")
+        assert notice in text and "`edgegru compile` does it ahead)" in text
+    finally:
+        proc.kill()
+        proc.wait()
+        os.close(leader)
+    proc, leader = run_on_a_terminal(["--weights", scoring_model_path, "-q"],
+                                     tmp_path / "cache", subprocess.DEVNULL)
+    text = read_terminal(leader, "the input is empty")
+    assert proc.wait(60) == 0 and notice not in text and "the input is empty" in text
+    os.close(leader)
+    piped = subprocess.run(COMMAND + ["--weights", str(scoring_model_path)], cwd=ROOT,
+                           stdin=subprocess.DEVNULL, capture_output=True, text=True,
+                           env=dict(os.environ, NUMBA_CACHE_DIR=str(tmp_path / "cache")))
+    assert piped.returncode == 0 and notice not in piped.stderr
