@@ -1,7 +1,7 @@
 """Hostile model files that ask for far more memory than they hold (no code runs, but a 2-4 GB
 Raspberry Pi would die): a .pt of 400 stride-0 tensors over a one-element storage (25 KB asking
 for 1.6 GB), an .onnx with an Expand to 16384x16384 (124 bytes asking for 1 GiB), ONNX external
-data. Each is refused with one line and exit 1 by `edgegru info` in a process whose address
+data, zip bombs in an edgegru .npz and a .keras. Each is refused with one line and exit 1 by `edgegru info` in a process whose address
 space is capped (resource.setrlimit), so an allocation before the check fails the test."""
 import collections
 import io
@@ -120,3 +120,28 @@ def test_onnx_constant_of_shape_and_external_data_are_bounded(tmp_path):
     path = onnx_file(tmp_path / "external.onnx", [helper.make_node("Identity", ["w"], ["y"])],
                      [tensor], ["y"])
     refused(info_under_a_memory_limit(path), "external data")
+
+
+def test_compressed_entries_that_declare_too_much_are_refused(tmp_path):
+    """A zip bomb in the formats that compress: an edgegru .npz whose entry inflates to 800 MB,
+    and a .keras whose weights entry claims as much."""
+    from conftest import make_model
+    path = tmp_path / "bomb.npz"
+    make_model(input_size=2, hidden_size=3, output_size=1).save(path)
+    with zipfile.ZipFile(path, "a", zipfile.ZIP_DEFLATED) as z:
+        with z.open("extra.npy", "w", force_zip64=True) as f:
+            np.lib.format.write_array_header_1_0(f, {"descr": "<f4", "fortran_order": False,
+                                                     "shape": (200 << 20,)})
+            zeros = bytes(1 << 20)
+            for _ in range(800):
+                f.write(zeros)
+    assert path.stat().st_size < 2 << 20
+    refused(info_under_a_memory_limit(path), "array extra of shape (209715200,)", "MiB")
+    pytest.importorskip("h5py")
+    keras = tmp_path / "bomb.keras"
+    with zipfile.ZipFile(keras, "w", zipfile.ZIP_DEFLATED) as z:
+        z.writestr("config.json", "{}")
+        with z.open("model.weights.h5", "w", force_zip64=True) as f:
+            for _ in range(800):
+                f.write(zeros)
+    refused(info_under_a_memory_limit(keras), "entry model.weights.h5", "MiB")
