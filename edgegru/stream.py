@@ -923,7 +923,9 @@ def score_stream(scorer, source, out, *, columns=None, keep=None, group_by=None,
     checkpoint_every: rows between checkpoints (0: only at the end and on signals).
     progress: called with the number of bytes consumed after each block. log: called with each
     note for stderr (default: printed to sys.stderr). Returns a :class:`StreamResult`; raises
-    :class:`~edgegru.errors.InputError` for bad input under on_error="fail".
+    :class:`~edgegru.errors.InputError` for bad input under on_error="fail",
+    :class:`~edgegru.errors.WriteError` when ``out`` or the state file cannot be written, and
+    BrokenPipeError when the reader of ``out`` has gone (the state saved first, in both).
     """
     run = _Run(scorer, out, columns=columns, keep=keep, group_by=group_by, explain=explain,
                threshold=threshold, fmt=fmt, precision=precision, on_error=on_error,

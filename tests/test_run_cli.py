@@ -332,3 +332,44 @@ def test_the_first_run_says_it_is_compiling_on_a_terminal_only(scoring_model_pat
                            stdin=subprocess.DEVNULL, capture_output=True, text=True,
                            env=dict(os.environ, NUMBA_CACHE_DIR=str(tmp_path / "cache")))
     assert piped.returncode == 0 and notice not in piped.stderr
+
+
+def test_fuzz_the_command_with_damaged_input_and_random_options(scoring_model_path, example):
+    """Damaged streams through `edgegru run` with random options (in-process, CliRunner): every
+    run ends with a documented exit code, whole output lines and at most one error line, never
+    a traceback. EDGEGRU_FUZZ_CASES sets how many (10,000+ by hand)."""
+    from test_stream import mutate_stream
+    data = example[0]
+    lines = data.split(b"\n")
+    rng = np.random.default_rng(5)
+    names = "timestamp,temperature,vibration,current,pressure"
+    codes = {}
+    for n in range(int(os.environ.get("EDGEGRU_FUZZ_CASES", "300"))):
+        start = int(rng.integers(1, len(lines) - 12))
+        body = lines[start:start + int(rng.integers(1, 12))]
+        args = ["--weights", str(scoring_model_path)]
+        head = [lines[0]] if rng.random() < 0.7 else []
+        if not head and rng.random() < 0.7:
+            args += ["--no-header", "--columns", names]
+        delimiter = [",", ";", "\t"][int(rng.integers(0, 3))]
+        if rng.random() < 0.5:
+            args += ["--delimiter", {"\t": "tab"}.get(delimiter, delimiter)]
+        stream_bytes = mutate_stream(b"\n".join(head + body).replace(b",", delimiter.encode())
+                                     + b"\n", rng)
+        for flag, chance in (("--explain", 0.3), ("-q", 0.3)):
+            if rng.random() < chance:
+                args.append(flag)
+        args += ["--on-error", "skip" if rng.random() < 0.5 else "fail",
+                 "--format", "jsonl" if rng.random() < 0.3 else "csv"]
+        if head and rng.random() < 0.2:
+            args += ["--group-by", "timestamp"]
+        result = CliRunner().invoke(main, ["run", *args], input=stream_bytes)
+        assert result.exception is None or isinstance(result.exception, SystemExit), (
+            args, stream_bytes, result.exception)
+        assert result.exit_code in (0, 1), (args, result.output)
+        assert "Traceback" not in result.stderr
+        assert result.stdout == "" or result.stdout.endswith("\n")
+        errors = [l for l in result.stderr.splitlines() if l.startswith("Error: ")]
+        assert len(errors) == (result.exit_code == 1), result.stderr
+        codes[result.exit_code] = codes.get(result.exit_code, 0) + 1
+    assert codes.get(0) and codes.get(1)
