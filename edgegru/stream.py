@@ -93,6 +93,7 @@ import stat
 import sys
 import tempfile
 import threading
+import time
 import zlib
 
 try:
@@ -666,6 +667,9 @@ class Position:
     rows: int = 0                # rows scored, over all runs that built this state
 
 
+LEGACY_TMP = ".edgegru-state-"
+
+
 class StateFile:
     """The ``--state`` file: one ``.npz`` (read with allow_pickle=False), written atomically."""
 
@@ -686,7 +690,7 @@ class StateFile:
                 from None
         except Exception as exc:         # zip, npy and pickle errors alike: refuse the file
             raise EdgeGRUError(f"{self.path}: not an edgegru state file "
-                               f"({_load_error(exc)})") from None
+                               f"({_load_error(exc, self.path)})") from None
         if str(data.get("format", "")) != STATE_FORMAT:
             raise EdgeGRUError(f"{self.path}: not an edgegru state file")
         if int(data.get("format_version", -1)) != STATE_VERSION:
@@ -762,10 +766,20 @@ class StateFile:
     def _remove_leftovers(self):
         prefix = self._tmp_prefix()
         try:
-            names = [n for n in os.listdir(self.directory) if n.startswith(prefix)]
+            names = os.listdir(self.directory)
         except OSError:
             return
         for name in names:
+            if name.startswith(LEGACY_TMP) and name.endswith(".tmp"):
+                # edgegru 0.1.0 named them without the state file's name or the writer's pid:
+                # one not touched for a minute is no save in progress
+                path = os.path.join(self.directory, name)
+                with contextlib.suppress(OSError):
+                    if time.time() - os.stat(path).st_mtime > 60:
+                        os.unlink(path)
+                continue
+            if not name.startswith(prefix):
+                continue
             pid = name[len(prefix):].split("-", 1)[0]
             if pid.isdigit() and int(pid) != os.getpid() and _alive(int(pid)):
                 continue                 # another process saving this state right now
@@ -773,8 +787,15 @@ class StateFile:
                 os.unlink(os.path.join(self.directory, name))
 
 
-def _load_error(exc):
+def _load_error(exc, path):
     """Why np.load refused a file, without numpy's advice to load it unsafely."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(6)
+    except OSError:
+        head = b""
+    if not head.startswith((b"PK\x03\x04", b"\x93NUMPY")):
+        return "not an .npz archive"
     text = str(exc).split("\n")[0]
     if "allow_pickle" in text or "pickle" in text.lower():
         return "it holds pickled Python objects, which edgegru never loads"

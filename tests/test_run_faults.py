@@ -9,6 +9,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -192,10 +193,15 @@ os.kill(os.getpid(), signal.SIGKILL)
     live = tmp_path / f".s.npz.tmp-{os.getpid()}-x"
     other.write_bytes(b"")
     live.write_bytes(b"")
+    # edgegru 0.1.0's names: one an hour old (a killed save), one just made (maybe being written)
+    old, recent = tmp_path / ".edgegru-state-abc.tmp", tmp_path / ".edgegru-state-def.tmp"
+    old.write_bytes(b"")
+    recent.write_bytes(b"")
+    os.utime(old, (time.time() - 3600,) * 2)
     proc = subprocess.run(COMMAND + ["--weights", str(scoring_model_path), "--state", str(state)],
                           cwd=ROOT, input=rows_of_example(5), capture_output=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
-    assert sorted(os.listdir(tmp_path)) == sorted(["s.npz", other.name, live.name])
+    assert sorted(os.listdir(tmp_path)) == sorted(["s.npz", other.name, live.name, recent.name])
 
 
 def test_a_garbage_state_file_is_refused_without_numpys_advice(scoring_model_path, tmp_path):
@@ -210,3 +216,5 @@ def test_a_garbage_state_file_is_refused_without_numpys_advice(scoring_model_pat
         assert proc.returncode == 1
         line = one_line_error(proc, f"{state}: not an edgegru state file")
         assert "allow_pickle" not in line
+        assert line.endswith("(not an .npz archive)" if content in (b"garbage", pickle.dumps([1]))
+                             else "(it holds pickled Python objects, which edgegru never loads)")
