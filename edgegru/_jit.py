@@ -51,6 +51,7 @@ else:
         # the reference counting.
         if hasattr(CPUTargetOptions, "_nrt"):
             NO_NRT = {"_nrt": False}
+        _aot.cache_outside_site_packages()
     except ImportError:
         JIT = False
         BACKEND = "numpy"

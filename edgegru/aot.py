@@ -15,8 +15,9 @@ Building needs what any C extension needs: a C compiler, Python's headers (``pyt
 Debian and Raspberry Pi OS) and setuptools (``pip install 'edgegru[aot]'``). Without them
 ``edgegru compile`` fills numba's cache only and says why.
 
-Where: ``$NUMBA_CACHE_DIR/edgegru-aot`` when NUMBA_CACHE_DIR is set, else the package's
-``__pycache__`` (where numba puts its cache), else ``$XDG_CACHE_HOME/edgegru`` (``~/.cache``).
+Where: ``$NUMBA_CACHE_DIR/edgegru-aot`` when NUMBA_CACHE_DIR is set; else, for an edgegru
+installed into site-packages, :func:`installed_cache_dir` (where numba's cache goes too); else
+(a source tree) the package's ``__pycache__``, else ``$XDG_CACHE_HOME/edgegru`` (``~/.cache``).
 
 The exported functions check nothing: handed an array of another dtype they would read or write
 out of bounds. :class:`Kernel` therefore checks the argument types against the exported
@@ -51,8 +52,81 @@ def directories():
     cache = os.environ.get("NUMBA_CACHE_DIR")
     if cache:
         return [os.path.join(cache, "edgegru-aot")]
-    user = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return [os.path.join(_HERE, "__pycache__"), os.path.join(user, "edgegru")]
+    installed = installed_cache_dir()
+    if installed is not None:
+        return [os.path.join(installed, "aot")]
+    return [os.path.join(_HERE, "__pycache__"), os.path.join(_user_cache(), "edgegru")]
+
+
+def _user_cache():
+    return os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+
+
+def installed_cache_dir():
+    """Where compiled code goes when edgegru is installed into site-packages (``pip install
+    .``) and NUMBA_CACHE_DIR is not set: ``~/.cache/edgegru/<site-packages dir, hashed>``; None
+    for a source tree (an editable install), whose ``__pycache__`` is used.
+
+    Not the package's ``__pycache__``: pip removes only the files it installed, so numba's
+    ``.nbi``/``.nbc`` files would stay in ``site-packages/edgegru/__pycache__`` after ``pip
+    uninstall`` (or an upgrade to an editable install), and that leftover folder is a namespace
+    package ``edgegru`` that shadows the next install. Keyed by the install path, so that two
+    venvs never share (and fight over) one cache.
+    """
+    parent = os.path.dirname(_HERE)
+    if not _is_site_packages(parent):
+        return None
+    tag = hashlib.sha1(parent.encode()).hexdigest()[:12]
+    return os.path.join(_user_cache(), "edgegru", f"site-packages-{tag}")
+
+
+def cache_outside_site_packages():
+    """Have numba keep the cache of an installed edgegru's kernels in
+    :func:`installed_cache_dir` instead of ``site-packages/edgegru/__pycache__`` (see there
+    why). A cache locator put in numba's list just after NUMBA_CACHE_DIR's own, for edgegru's
+    files only; numba's locator list is not a documented interface (numba/core/caching.py,
+    0.58-0.68): should a numba change it, the cache just stays where numba puts it."""
+    root = installed_cache_dir()
+    if root is None:
+        return
+    try:
+        from numba.core import caching
+        impl = getattr(caching, "CacheImpl", None) or caching._CacheImpl   # 0.68 / before
+        base = caching._CacheLocator
+        mixin = caching._SourceFileBackedLocatorMixin
+    except (ImportError, AttributeError):
+        return
+    if any(getattr(c, "edgegru", False) for c in impl._locator_classes):
+        return
+
+    class InstalledEdgeGRULocator(mixin, base):
+        edgegru = True
+
+        def __init__(self, py_func, py_file):
+            self._py_file = py_file
+            self._lineno = py_func.__code__.co_firstlineno
+            self._cache_path = os.path.join(root, "numba",
+                                            self.get_suitable_cache_subpath(py_file))
+
+        def get_cache_path(self):
+            return self._cache_path
+
+        @classmethod
+        def from_function(cls, py_func, py_file):
+            if os.path.dirname(os.path.abspath(py_file)) != _HERE:
+                return None
+            return super().from_function(py_func, py_file)
+
+    impl._locator_classes.insert(1, InstalledEdgeGRULocator)
+
+
+def _is_site_packages(path):
+    import sysconfig
+    if os.path.basename(path) in ("site-packages", "dist-packages"):
+        return True
+    paths = sysconfig.get_paths()
+    return any(os.path.realpath(path) == os.path.realpath(paths[k])
+               for k in ("purelib", "platlib") if k in paths)
 
 
 def _manifest_name():

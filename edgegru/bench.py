@@ -65,6 +65,45 @@ def precompile(model=None):
     return times
 
 
+def peak_rss():
+    """This process's peak resident memory, in bytes.
+
+    On Linux from ``VmHWM`` in /proc/self/status, the high-water mark of this program's own
+    memory: getrusage's ``ru_maxrss`` is kept across fork and exec, so a child of a big process
+    reports the parent's peak as its own when it used less (178 MB for a process that used 36).
+    """
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024    # kB on Linux
+
+
+def cold_kernels():
+    """The kernels ``edgegru run`` uses that numba's cache holds no compiled code of at all:
+    the first run compiles them (tens of seconds, minutes on a Pi). Empty when the kernels come
+    from the ahead-of-time module or NumPy, or each has an entry in the cache (which may still
+    be another CPU's: then it compiles without this telling)."""
+    if _jit.BACKEND != "numba":
+        return []
+    import importlib
+    from edgegru import aot
+    cold = []
+    for path in aot.ENTRY_POINTS:
+        module, name = path.rsplit(".", 1)
+        dispatcher = getattr(importlib.import_module(module), name)
+        try:
+            index = dispatcher._cache._cache_file._index_path
+        except AttributeError:              # another numba's layout: say nothing
+            return []
+        if not os.path.exists(index):
+            cold.append(path)
+    return cold
+
+
 def tiny_scoring_model():
     """A 2-channel forecaster with unit scoring statistics: the smallest model that runs every
     kernel ``edgegru run`` uses."""
@@ -180,12 +219,12 @@ def rows_per_second(model, rows=100_000):
 
 
 _CHILD = r"""
-import json, resource, sys, time
+import json, sys, time
 t0 = time.perf_counter()
 import numpy as np
 import edgegru
 from edgegru import _jit, aot
-from edgegru.bench import precompile
+from edgegru.bench import peak_rss, precompile
 t1 = time.perf_counter()
 model = edgegru.load(sys.argv[1])
 t2 = time.perf_counter()
@@ -195,7 +234,7 @@ model.step(np.zeros(model.input_size, np.float32))
 t4 = time.perf_counter()
 result = {"backend": _jit.BACKEND, "import": t1 - t0, "load": t2 - t1, "kernels": kernels,
           "precompile": t3 - t2, "first_step": t4 - t0,
-          "rss": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss}
+          "rss": peak_rss()}
 if sys.argv[2:] == ["build"]:
     t = time.perf_counter()
     try:
@@ -235,12 +274,12 @@ def measure_cold_start(model_path):
     result = {"compile": first["precompile"], "compile_kernels": first["kernels"],
               "cache_load": second["precompile"], "import": second["import"],
               "first_step": second["first_step"], "process_wall": second["wall"],
-              "process_peak_rss": second["rss"] * 1024, "aot_build": first.get("aot_build"),
+              "process_peak_rss": second["rss"], "aot_build": first.get("aot_build"),
               "aot_error": first.get("aot_error"), "aot_import": None, "aot_first_step": None,
               "aot_process_wall": None, "aot_process_peak_rss": None}
     if third is not None and third["backend"] == "aot":
         result.update(aot_import=third["import"], aot_first_step=third["first_step"],
-                      aot_process_wall=third["wall"], aot_process_peak_rss=third["rss"] * 1024)
+                      aot_process_wall=third["wall"], aot_process_peak_rss=third["rss"])
     elif third is not None:
         result["aot_error"] = "built, but the next process did not use it"
     return result
@@ -267,7 +306,7 @@ def benchmark(model, samples=100_000, seq_len=2000, rows=100_000, cold_start=Tru
             model.save(path)
             results["cold_start"] = measure_cold_start(path)
     model.state = saved
-    results["peak_rss"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    results["peak_rss"] = peak_rss()
     results["settings"] = {"samples": samples, "seq_len": seq_len, "rows": rows}
     return results
 

@@ -2,20 +2,22 @@
 object and loops; edgegru's own errors become one-line messages (no traceback) in one place.
 
 Exit codes: 0 success, 1 an error edgegru detected (bad model file, bad input data), 2 bad
-usage (Click's own), 130 interrupted by Ctrl-C; ``run`` also 143 (SIGTERM) and 141 (output
+usage (Click's own), 74 a file could not be written or read (a full disk, a read-only or missing
+directory), 130 interrupted by Ctrl-C; ``run`` also 129 / 143 (SIGHUP / SIGTERM) and 141 (output
 closed).
 """
 import contextlib
 import functools
 import io
 import os
+import platform
 import sys
 import time
 
 import click
 
 import edgegru
-from edgegru.errors import EdgeGRUError
+from edgegru.errors import EdgeGRUError, WriteError
 
 
 def friendly_errors(command):
@@ -25,7 +27,16 @@ def friendly_errors(command):
         try:
             return command(*args, **kwargs)
         except EdgeGRUError as exc:
-            raise click.ClickException(str(exc)) from None
+            error = click.ClickException(str(exc))
+            error.exit_code = getattr(exc, "exit_code", 1)
+            raise error from None
+        except BrokenPipeError:
+            raise                        # the output was closed: each command says what it means
+        except OSError as exc:           # a file the system refuses: not a bug, not a traceback
+            what = f"{exc.strerror or exc}" + (f": {exc.filename}" if exc.filename else "")
+            error = click.ClickException(what)
+            error.exit_code = WriteError.exit_code
+            raise error from None
         except KeyboardInterrupt:
             click.echo("Interrupted.", err=True)
             sys.exit(130)
@@ -94,7 +105,15 @@ def _names(text):
 @click.option("--input", "input_path", type=click.Path(exists=True, dir_okay=False),
               help="CSV file to read (default: stdin). A progress bar shows on a terminal.")
 @click.option("--columns", help="Input column names feeding the model's channels, in its "
-              "order, comma-separated (default: the model's own column names).")
+              "order, comma-separated (default: the model's own column names). With "
+              "--no-header: the names of all the input's fields, in order, as a header line "
+              "would give them (the model reads its own column names among them).")
+@click.option("--no-header", is_flag=True, help="The input has no header line: every line is a "
+              "row of the model's columns in order, or of the fields --columns names (e.g. "
+              "tail -f of a log, a serial port). Without it, a first line of numbers only is "
+              "a row too.")
+@click.option("--delimiter", metavar="CHAR", help="The field delimiter of the input: ',', ';', "
+              "'tab' (default: sniffed from the first line). The output is comma-separated.")
 @click.option("--keep", help="Columns to copy to the output, comma-separated; '' for none "
               "(default: every column the model does not read, e.g. the timestamp).")
 @click.option("--group-by", metavar="COLUMN", help="Score each value of COLUMN (a device id) as "
@@ -109,12 +128,15 @@ def _names(text):
               show_default=True, help="A bad row stops the run (exit 1), or is dropped with a "
               "note on stderr.")
 @click.option("--state", type=click.Path(dir_okay=False), help="State file: resume from it if "
-              "it exists; saved at the end, on Ctrl-C/SIGTERM and every --checkpoint-every rows.")
+              "it exists; saved at the end, on Ctrl-C/SIGTERM/SIGHUP, when the output closes "
+              "and every --checkpoint-every rows.")
 @click.option("--checkpoint-every", type=click.IntRange(min=0), default=0, metavar="N",
               help="Also save the state every N rows (needs --state).")
+@click.option("-q", "--quiet", is_flag=True, help="No progress bar and no note that the kernels "
+              "are being compiled (both show only on a terminal).")
 @friendly_errors
-def run(weights, input_path, columns, keep, group_by, threshold, explain, fmt, precision,
-        on_error, state, checkpoint_every):
+def run(weights, input_path, columns, no_header, delimiter, keep, group_by, threshold, explain,
+        fmt, precision, on_error, state, checkpoint_every, quiet):
     """Score CSV sensor rows: one output row per input row, written as soon as it is read.
 
     Output columns: the kept columns, score (high = anomalous), anomaly (1 when
@@ -124,26 +146,46 @@ def run(weights, input_path, columns, keep, group_by, threshold, explain, fmt, p
 
     \b
     Exit codes: 0 done; 1 bad input row (with --on-error fail), bad model or state file,
-    missing column; 2 bad usage; 130 / 143 stopped by SIGINT / SIGTERM after writing every
-    row read and saving --state; 141 the output was closed (e.g. | head).
+    missing column; 2 bad usage; 74 the output or --state cannot be written (full disk,
+    read-only or missing directory; checked for --state before the first row): the rows
+    written are whole and --state is saved where it can be; 129 / 130 / 143 stopped by
+    SIGHUP / SIGINT / SIGTERM after writing every row read and saving --state; 141 the
+    output was closed (e.g. | head), --state saved.
 
     \b
     Examples:
       edgegru run --weights weights/model.npz < examples/sensor.csv
-      tail -f sensors.csv | edgegru run --weights weights/model.npz --group-by device \\
-          --state run.state --checkpoint-every 1000 --on-error skip
+      tail -f sensors.csv | edgegru run --weights weights/model.npz --no-header \\
+          --columns device,timestamp,temperature,vibration,current,pressure \\
+          --group-by device --state run.state --checkpoint-every 1000 --on-error skip
     """
     from edgegru.stream import score_stream
     if checkpoint_every and not state:
         raise click.UsageError("--checkpoint-every needs --state FILE")
     scorer = edgegru.AnomalyScorer.load(weights)
     columns = _names(columns)
-    if columns is not None and len(columns) != scorer.num_channels:
+    if no_header and columns:
+        missing = [c for c in scorer.columns if c not in columns]
+        if missing:
+            raise click.BadParameter(f"with --no-header it names every field of the input, and "
+                                     f"must name the model's {', '.join(missing)} among them",
+                                     param_hint="--columns")
+    elif columns is not None and len(columns) != scorer.num_channels:
         raise click.BadParameter(f"names {len(columns)} columns, the model reads "
                                  f"{scorer.num_channels} ({', '.join(scorer.columns)})",
                                  param_hint="--columns")
+    if delimiter is not None:
+        delimiter = {"tab": "\t", "\\t": "\t"}.get(delimiter, delimiter)
+        if len(delimiter) != 1 or delimiter in '"\r\n':
+            raise click.BadParameter("one character (or 'tab'), not a quote or a line end",
+                                     param_hint="--delimiter")
+    if sys.stdout is None:                           # started with stdout closed (>&-)
+        raise WriteError("the output (stdout) is closed: redirect it to a file or a pipe")
     out = sys.stdout.buffer
-    show = bool(input_path) and sys.stderr.isatty()
+    terminal = not quiet and _isatty(sys.stderr)
+    if terminal:
+        _say_if_compiling()
+    show = bool(input_path) and terminal
     with contextlib.ExitStack() as stack:
         source = stack.enter_context(open(input_path, "rb", buffering=0)) if input_path else \
             sys.stdin.buffer
@@ -154,7 +196,8 @@ def run(weights, input_path, columns, keep, group_by, threshold, explain, fmt, p
                 scorer, source, out, columns=columns, keep=_names(keep), group_by=group_by,
                 explain=explain, threshold=threshold, fmt=fmt, precision=precision,
                 on_error=on_error, state=state, checkpoint_every=checkpoint_every,
-                progress=bar.update if bar else None)
+                progress=bar.update if bar else None, header=False if no_header else None,
+                delimiter=delimiter)
         except BrokenPipeError:                      # the reader went away: stop quietly
             try:
                 os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
@@ -275,6 +318,23 @@ def train(data, output, columns, delimiter, train_rows, train_fraction, quiet, s
         # as typed, less -q (which does not change the file)
         command=" ".join(["edgegru", "train"] + [a for a in argv if a not in ("-q", "--quiet")]),
         log=log, progress=log if not quiet and sys.stderr.isatty() else None)
+
+
+def _isatty(stream):
+    try:
+        return stream is not None and stream.isatty()
+    except (ValueError, OSError):
+        return False
+
+
+def _say_if_compiling():
+    """On a terminal, the first run says why it waits: numba compiling the kernels."""
+    from edgegru import bench
+    if bench.cold_kernels():
+        seconds = "a few minutes" if platform.machine().lower().startswith(("aarch64", "arm")) \
+            else "about 30 s"
+        click.echo(f"edgegru: compiling the kernels for this CPU, once ({seconds}; "
+                   f"`edgegru compile` does it ahead)", err=True)
 
 
 @main.command("compile")

@@ -23,3 +23,10 @@ class InputError(EdgeGRUError, ValueError):
 class TrainingError(EdgeGRUError, ValueError):
     """Data or options that cannot train a model (too few rows, a constant channel, PyTorch
     missing): the message says what to change."""
+
+
+class WriteError(EdgeGRUError):
+    """The output or the state file cannot be written (a full disk, a read-only or missing
+    directory): the message says which file and why. The command exits with ``exit_code``."""
+
+    exit_code = 74               # EX_IOERR of sysexits.h, so a service manager can tell it apart

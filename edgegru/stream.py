@@ -14,8 +14,10 @@ the compiled parser hands every field it is not sure of to the plain Python pars
 (:func:`parse_line`), which defines what a row means.
 
 The first non-blank line is a header unless every field in it is a number (or empty); then the
-input is headerless and must have exactly the model's columns, in the model's order. With a
-header, the model's columns are picked by name (``columns`` maps other names), and the other
+input is headerless and must have exactly the model's columns, in the model's order. With
+``header=False`` every line is a row, its fields named in order by ``columns`` (default: the
+model's columns), as a header would name them. The field delimiter (``,``, ``;`` or tab) is
+sniffed from the first line unless given. With a header, the model's columns are picked by name (``columns`` maps other names), and the other
 columns can be passed through to the output (``keep``; by default all of them) or name the
 stream a row belongs to (``group_by``).
 
@@ -35,6 +37,9 @@ fewer or more fields than the header           bad row ("4 fields, the header ha
 no header, and the first row has the wrong     bad row (under ``on_error="skip"`` the next line
 number of fields (a serial port opened in      decides whether there is a header)
 the middle of a line)
+a first line that is not text (binary, not     bad row (under ``on_error="skip"`` the next line
+UTF-8, NUL, broken quoting)                    decides)
+a line repeating the field names (a header)    ignored (not a row)
 invalid UTF-8, a NUL byte (binary garbage)     bad row
 a line longer than 1 MiB                       bad row (the rest of it is discarded)
 blank or whitespace-only line                  ignored (not a row; line numbers count it)
@@ -49,9 +54,18 @@ Numbers are what Python's ``float()`` reads (``22.5``, ``-1e-3``, `` 7 ``, ``nan
 
 State (``state="FILE"``): the scorer state(s), the model's fingerprint, and how much of the input
 has been consumed (lines, bytes, CRC-32 of those bytes) are saved atomically at the end, on
-SIGINT/SIGTERM, on a bad row with ``on_error="fail"``, and every ``checkpoint_every`` rows; always
-right after the output of the rows they include has been flushed. A run given an existing state
-file resumes from it:
+SIGINT/SIGTERM/SIGHUP, on a bad row with ``on_error="fail"``, when the output cannot be written
+(its reader has gone, a full disk) and every ``checkpoint_every`` rows; always right after the
+output of the rows they include has been written. That its directory can take the file is
+checked before the first row (and the temporary files of saves killed half way are removed
+then); a periodic checkpoint that fails is a note on stderr, the scoring goes on.
+
+Output errors: each block of rows is written whole or taken back (a regular file is cut back to
+where the block began), the state goes back to before that block, is saved, and
+:class:`~edgegru.errors.WriteError` says what failed; the output then holds whole rows only, and
+a rerun with the same state file continues with the rows that did not get out.
+
+A run given an existing state file resumes from it:
 
 - if the input is a regular file (``--input FILE`` or ``< FILE``) that begins with exactly the
   bytes the state has consumed (the same file again, or that file grown), those lines are skipped
@@ -66,6 +80,7 @@ A SIGKILL or power loss between a flush and the next checkpoint can make the res
 the rows scored since the last checkpoint (never lose one). On a pipe, a line still incomplete
 (no newline yet) when a signal arrives is not scored.
 """
+import contextlib
 import csv
 import dataclasses
 import hashlib
@@ -78,12 +93,18 @@ import stat
 import sys
 import tempfile
 import threading
+import time
 import zlib
+
+try:
+    import fcntl
+except ImportError:                      # Windows: no O_APPEND to ask about
+    fcntl = None
 
 import numpy as np
 
 from edgegru._jit import JIT, NO_NRT, njit
-from edgegru.errors import EdgeGRUError, InputError
+from edgegru.errors import EdgeGRUError, InputError, WriteError
 from edgegru.scoring import AnomalyScorer, GroupScorer, valid_threshold
 
 READ_SIZE = 1 << 18          # bytes per read: up to ~7000 rows of a 4-channel sensor file
@@ -140,16 +161,18 @@ def _parse_number(buf, a, b):
 
 
 @njit(cache=True, **NO_NRT)
-def _parse_lines(X, status, spans, ends, buf, role, slot):
+def _parse_lines(X, status, spans, ends, buf, role, slot, delimiter):
     """Split buf into lines and fields and read the numbers of the fast, common case.
 
     buf (n,) uint8: whole lines, each ending in LF (a CR before it is dropped).
+    delimiter: the byte between fields (44 ',', 59 ';', 9 tab).
     role (F,): for each of the F fields of a row, the model channel it feeds, or -1.
     slot (F,): for each field, where its span goes in ``spans``, or -1.
     Outputs, for line i: ends[i] the offset just after its LF; X[i, c] the value of channel c
     (NaN when empty); spans[i, k] = (start, stop) of the field in slot k; status[i] OK, BLANK
     (empty line) or SLOW (Python must decide: a field that is not plain decimal, quotes, a NUL
-    byte, the wrong number of fields).
+    byte, the wrong number of fields, a comma when the delimiter is another byte: a passed
+    through field holding one is quoted in the CSV output).
     """
     F = role.shape[0]
     n = buf.shape[0]
@@ -173,8 +196,9 @@ def _parse_lines(X, status, spans, ends, buf, role, slot):
         a = start
         while True:
             b = a
-            while b < stop and buf[b] != 44:          # ','
-                if buf[b] == 34 or buf[b] == 0 or buf[b] == 13:     # '"', NUL, CR
+            while b < stop and buf[b] != delimiter:
+                c = buf[b]
+                if c == 34 or c == 0 or c == 13 or c == 44:     # '"', NUL, CR, ','
                     st = SLOW
                 b += 1
             if f < F:
@@ -209,12 +233,12 @@ class _Bad(Exception):
         self.message = message
 
 
-def _split(text):
-    """The fields of one line (str): plain comma splitting, or the csv module when quoted."""
+def _split(text, delimiter=","):
+    """The fields of one line (str): plain splitting, or the csv module when quoted."""
     if '"' not in text:
-        return text.split(",")
+        return text.split(delimiter)
     try:
-        return next(csv.reader([text], strict=True))
+        return next(csv.reader([text], delimiter=delimiter, strict=True))
     except csv.Error as exc:
         raise _Bad(None, f"bad quoting ({exc})") from None
 
@@ -230,32 +254,35 @@ def _number(field):
         return None
 
 
-def _decode(line):
+def _decode(line, delimiter=b","):
     """One line (bytes, no LF, no CR) as text; _Bad for binary data."""
     nul = line.find(b"\x00")
     if nul >= 0:
-        raise _Bad(line.count(b",", 0, nul), "binary data (a NUL byte)")
+        raise _Bad(line.count(delimiter, 0, nul), "binary data (a NUL byte)")
     try:
         return line.decode("utf-8")
     except UnicodeDecodeError as exc:
-        raise _Bad(line.count(b",", 0, exc.start),
+        raise _Bad(line.count(delimiter, 0, exc.start),
                    f"not UTF-8 text (byte 0x{line[exc.start]:02x})") from None
 
 
 def parse_line(line, layout):
     """The reference meaning of one line (bytes, without its LF) under ``layout``.
 
-    Returns None for a blank line, else ``(values, spans)``: the model's channels as floats (NaN
+    Returns None for a blank line or one that repeats the field names (a header), else
+    ``(values, spans)``: the model's channels as floats (NaN
     for missing) and the text of the fields ``layout.span_fields`` names. Raises ``_Bad``.
     The compiled parser gives the same for every line it marks OK (the tests check this).
     """
     if line.endswith(b"\r"):
         line = line[:-1]
-    text = _decode(line)
+    text = _decode(line, layout.delimiter.encode())
     if not text.strip():
         return None
-    fields = _split(text)
+    fields = _split(text, layout.delimiter)
     F = layout.num_fields
+    if layout.named and len(fields) == F and [f.strip() for f in fields] == layout.names:
+        return None             # the header again (a rotated log, files concatenated): not a row
     if len(fields) != F:
         where = len(fields) if len(fields) < F else F
         raise _Bad(where, f"{len(fields)} field{'s' if len(fields) != 1 else ''} where the "
@@ -277,14 +304,17 @@ class Layout:
     """Where a row's fields go: which feed the model (in its column order), which are passed
     through to the output, which names the stream (``group_by``)."""
 
-    def __init__(self, names, numeric, kept, group, has_header):
+    def __init__(self, names, numeric, kept, group, has_header, delimiter=",", what=None):
         self.names = names                          # one per field
         self.num_fields = len(names)
         self.numeric = list(numeric)                # field index of each model channel
         self.kept = list(kept)                      # field indices passed through
         self.group = group                          # field index of the key, or None
         self.has_header = has_header
-        self.what = "header" if has_header else "model"
+        self.named = has_header or what is not None     # the names are the user's, not "#3"
+        self.what = what or ("header" if has_header else "model")
+        self.delimiter = delimiter
+        self.delimiter_byte = ord(delimiter)
         self.span_fields = list(dict.fromkeys(self.kept + ([group] if group is not None else [])))
         self.kept_slots = [self.span_fields.index(f) for f in self.kept]
         self.group_slot = None if group is None else self.span_fields.index(group)
@@ -301,26 +331,47 @@ class Layout:
         """How a message names field ``field`` (an index, maybe past the last column)."""
         if field is None:
             return None
-        if field < self.num_fields and self.has_header and self.names[field]:
+        if field < self.num_fields and self.named and self.names[field]:
             return repr(self.names[field])
         return f"#{field + 1}"
 
     @classmethod
     def from_first_line(cls, fields, model_columns, columns=None, keep=None, group_by=None,
-                        line=1):
+                        line=1, delimiter=","):
         """The layout from the first non-blank line's fields; returns (layout, is_header)."""
         if all(_number(f) is not None for f in fields):
-            return cls._headerless(fields, model_columns, columns, keep, group_by, line), False
-        names = [f.strip() for f in fields]
+            return cls._headerless(fields, model_columns, columns, keep, group_by, line,
+                                   delimiter), False
+        return cls.from_names([f.strip() for f in fields], model_columns, columns, keep,
+                              group_by, line, delimiter), True
+
+    @classmethod
+    def without_header(cls, model_columns, names=None, keep=None, group_by=None, delimiter=","):
+        """The layout of an input without a header line (``--no-header``): ``names`` name its
+        fields in order, as a header line would (default: the model's columns, exactly)."""
+        what = "--columns list" if names else "model"
+        return cls.from_names(list(names or model_columns), model_columns, None, keep,
+                              group_by, None, delimiter, has_header=False, what=what)
+
+    @classmethod
+    def from_names(cls, names, model_columns, columns=None, keep=None, group_by=None, line=1,
+                   delimiter=",", has_header=True, what=None):
+        """The layout from the names of the fields (a header line's)."""
         index = {}
         for i, name in enumerate(names):
             index.setdefault(name, i)
 
+        # a "header" with numbers in it is likely a data row: tail -f does not repeat the header
+        looks_like_a_row = has_header and any(_number(n) is not None and n for n in names)
+        hint = "; if that line is a data row, the input has no header: use --no-header" \
+            if looks_like_a_row else ""
+
         def find(name, option):
             if name not in index:
                 raise InputError(
-                    f"the input has no column {name!r} ({option}; its header has "
-                    f"{', '.join(map(repr, names))})", line=line)
+                    f"the input has no column {name!r} ({option}; "
+                    f"{'its header has' if has_header else 'the fields are'} "
+                    f"{', '.join(map(repr, names))}){hint}", line=line)
             return index[name]
 
         wanted = list(columns) if columns else list(model_columns)
@@ -333,15 +384,16 @@ class Layout:
         else:
             kept = [find(name, "given with --keep") for name in keep]
         group = None if group_by is None else find(group_by, "given with --group-by")
-        return cls(names, numeric, kept, group, has_header=True), True
+        return cls(names, numeric, kept, group, has_header, delimiter, what)
 
     @classmethod
-    def _headerless(cls, fields, model_columns, columns, keep, group_by, line):
+    def _headerless(cls, fields, model_columns, columns, keep, group_by, line, delimiter):
         named = [opt for opt, v in (("--columns", columns), ("--keep", keep),
                                     ("--group-by", group_by)) if v]
         if named:
             raise InputError(f"the first line is all numbers, so the input has no header, and "
-                             f"{'/'.join(named)} need(s) column names: add a header line",
+                             f"{'/'.join(named)} need(s) column names: add a header line, or "
+                             f"use --no-header with --columns naming every field",
                              line=line)
         C = len(model_columns)
         if len(fields) != C:
@@ -350,7 +402,36 @@ class Layout:
                 f"fields, but the model reads {C} columns ({', '.join(model_columns)}): give "
                 f"the input a header line naming them (a stream opened in the middle of a "
                 f"line: --on-error skip)", line=line)
-        return cls(list(model_columns), range(C), [], None, has_header=False)
+        return cls(list(model_columns), range(C), [], None, has_header=False,
+                   delimiter=delimiter)
+
+
+DELIMITERS = (",", ";", "\t")
+
+
+def sniff_delimiter(first_line, num_fields=None):
+    """The field delimiter of a CSV input, from its first line (str): ``,``, ``;`` (SKAB, Excel
+    in much of Europe) or tab, whichever the line holds most of outside quotes (a comma when
+    none or a tie). With ``num_fields``, a delimiter that splits the line into exactly that many
+    fields wins.
+
+    >>> sniff_delimiter("datetime;Accelerometer1RMS;Temperature")
+    ';'
+    >>> sniff_delimiter("timestamp,temperature")
+    ','
+    """
+    counts = {}
+    for d in DELIMITERS:
+        try:
+            counts[d] = len(_split(first_line, d)) - 1
+        except _Bad:
+            counts[d] = first_line.count(d)
+    if num_fields is not None:
+        fits = [d for d in DELIMITERS if counts[d] == num_fields - 1]
+        if fits:
+            return fits[0]
+    best = max(DELIMITERS, key=lambda d: counts[d])      # the first of a tie: ','
+    return best if counts[best] > 0 else ","
 
 
 @dataclasses.dataclass
@@ -387,7 +468,7 @@ def parse_lines(buf, layout):
     ends = np.empty(L, np.int64)
     if JIT:
         _parse_lines(X, status, span_ix, ends, np.frombuffer(buf, np.uint8), layout.role,
-                     layout.slot)
+                     layout.slot, layout.delimiter_byte)
     else:                       # without numba a byte loop is slow: Python parses every line
         lengths = [len(line) + 1 for line in buf.split(b"\n")[:-1]]
         ends[:] = np.cumsum(lengths)
@@ -493,6 +574,66 @@ def _csv_quote(text):
     return text
 
 
+class _Output:
+    """The output, written one block of whole rows at a time. On a file descriptor the bytes go
+    straight to it (``os.write``), so that a block that fails half way (a full disk) can be
+    taken back: a regular file is cut back to where the block began, which leaves only whole
+    rows in it. ``write`` raises BrokenPipeError when the reader has gone, and WriteError for
+    any other refusal."""
+
+    def __init__(self, out):
+        self.out = out
+        self.fd = _fileno(out)
+        self.regular = self.append = False
+        if self.fd is not None:
+            try:
+                out.flush()              # what the caller wrote before comes first
+                st = os.fstat(self.fd)
+                self.regular = stat.S_ISREG(st.st_mode)
+                self.append = bool(fcntl.fcntl(self.fd, fcntl.F_GETFL) & os.O_APPEND) \
+                    if fcntl is not None else False
+            except (OSError, ValueError):
+                self.fd = None
+
+    def name(self):
+        """How a message names the output: its path when the system says, else "the output"."""
+        try:
+            path = os.readlink(f"/proc/self/fd/{self.fd}")
+        except (OSError, TypeError):
+            return "the output"
+        return f"the output ({path})" if path.startswith("/") else "the output"
+
+    def write(self, data):
+        if self.fd is None:
+            try:
+                if data:
+                    self.out.write(data)
+                self.out.flush()
+            except BrokenPipeError:
+                raise
+            except OSError as exc:
+                raise WriteError(f"cannot write {self.name()}: {_why(exc)}") from None
+            return
+        start = None
+        view, done = memoryview(data), 0
+        try:
+            if self.regular:
+                # where this block begins: the end of the file when appending (>>)
+                start = os.fstat(self.fd).st_size if self.append else \
+                    os.lseek(self.fd, 0, os.SEEK_CUR)
+            while done < len(view):
+                done += os.write(self.fd, view[done:])
+        except BrokenPipeError:
+            raise
+        except OSError as exc:
+            if done and start is not None:
+                with contextlib.suppress(OSError):
+                    os.ftruncate(self.fd, start)
+                    if not self.append:
+                        os.lseek(self.fd, start, os.SEEK_SET)
+            raise WriteError(f"cannot write {self.name()}: {_why(exc)}") from None
+
+
 # -- state file ------------------------------------------------------------------------------
 
 STATE_FORMAT = "edgegru-state"
@@ -526,6 +667,9 @@ class Position:
     rows: int = 0                # rows scored, over all runs that built this state
 
 
+LEGACY_TMP = ".edgegru-state-"
+
+
 class StateFile:
     """The ``--state`` file: one ``.npz`` (read with allow_pickle=False), written atomically."""
 
@@ -541,8 +685,12 @@ class StateFile:
         try:
             with np.load(self.path, allow_pickle=False) as f:
                 data = {k: f[k] for k in f.files}
+        except OSError as exc:
+            raise EdgeGRUError(f"{self.path}: cannot read the state file: {_why(exc)}") \
+                from None
         except Exception as exc:         # zip, npy and pickle errors alike: refuse the file
-            raise EdgeGRUError(f"{self.path}: not an edgegru state file ({exc})") from None
+            raise EdgeGRUError(f"{self.path}: not an edgegru state file "
+                               f"({_load_error(exc, self.path)})") from None
         if str(data.get("format", "")) != STATE_FORMAT:
             raise EdgeGRUError(f"{self.path}: not an edgegru state file")
         if int(data.get("format_version", -1)) != STATE_VERSION:
@@ -563,28 +711,121 @@ class StateFile:
         return state, pos
 
     def save(self, state, pos):
+        """Write the state atomically (a temporary file renamed over it); WriteError when the
+        file system refuses (the old state file, if any, is then left as it was)."""
         arrays = {"format": np.array(STATE_FORMAT), "format_version": np.array(STATE_VERSION),
                   "model": np.array(self.fingerprint), "group_by": np.array(self.group_by),
                   "lines": np.array(pos.lines), "bytes": np.array(pos.bytes),
                   "crc32": np.array(pos.crc32), "rows": np.array(pos.rows)}
         arrays.update({"state." + k: np.asarray(v) for k, v in state.items()})
-        directory = os.path.dirname(os.path.abspath(self.path))
-        fd, tmp = tempfile.mkstemp(dir=directory, prefix=".edgegru-state-", suffix=".tmp")
+        tmp = None
         try:
+            fd, tmp = self._mkstemp()
             with os.fdopen(fd, "wb") as f:
                 np.savez(f, **arrays)
                 f.flush()
                 os.fsync(f.fileno())
             os.replace(tmp, self.path)
-        except BaseException:
+            tmp = None
+        except OSError as exc:
+            raise WriteError(f"cannot save the state to {self.path}: {_why(exc)}") from None
+        finally:
+            if tmp is not None:
+                with contextlib.suppress(OSError):
+                    os.unlink(tmp)
+
+    # The temporary file is named after the state file and the process writing it, so that a
+    # later run with the same state path knows which leftovers (a SIGKILL during a save) are
+    # its own to remove, and never touches another state's or a live process's.
+    def _tmp_prefix(self):
+        return f".{os.path.basename(self.path)}.tmp-"
+
+    def _mkstemp(self):
+        return tempfile.mkstemp(dir=self.directory, prefix=f"{self._tmp_prefix()}{os.getpid()}-")
+
+    @property
+    def directory(self):
+        return os.path.dirname(os.path.abspath(self.path))
+
+    def check(self):
+        """Before the first row: remove the temporary files killed saves left behind, and
+        make sure a state can be written here (WriteError says why not)."""
+        if os.path.isdir(self.path):
+            raise WriteError(f"cannot save the state to {self.path}: it is a directory")
+        if not os.path.isdir(self.directory):
+            raise WriteError(f"cannot save the state to {self.path}: the directory "
+                             f"{self.directory} does not exist")
+        self._remove_leftovers()
+        try:
+            fd, tmp = self._mkstemp()
+            os.close(fd)
             os.unlink(tmp)
-            raise
+        except OSError as exc:
+            raise WriteError(f"cannot save the state to {self.path}: {_why(exc)}") from None
+
+    def _remove_leftovers(self):
+        prefix = self._tmp_prefix()
+        try:
+            names = os.listdir(self.directory)
+        except OSError:
+            return
+        for name in names:
+            if name.startswith(LEGACY_TMP) and name.endswith(".tmp"):
+                # edgegru 0.1.0 named them without the state file's name or the writer's pid:
+                # one not touched for a minute is no save in progress
+                path = os.path.join(self.directory, name)
+                with contextlib.suppress(OSError):
+                    if time.time() - os.stat(path).st_mtime > 60:
+                        os.unlink(path)
+                continue
+            if not name.startswith(prefix):
+                continue
+            pid = name[len(prefix):].split("-", 1)[0]
+            if pid.isdigit() and int(pid) != os.getpid() and _alive(int(pid)):
+                continue                 # another process saving this state right now
+            with contextlib.suppress(OSError):
+                os.unlink(os.path.join(self.directory, name))
+
+
+def _load_error(exc, path):
+    """Why np.load refused a file, without numpy's advice to load it unsafely."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(6)
+    except OSError:
+        head = b""
+    if not head.startswith((b"PK\x03\x04", b"\x93NUMPY")):
+        return "not an .npz archive"
+    text = str(exc).split("\n")[0]
+    if "allow_pickle" in text or "pickle" in text.lower():
+        return "it holds pickled Python objects, which edgegru never loads"
+    return text or exc.__class__.__name__
+
+
+def _alive(pid):
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:
+        return True                      # exists, owned by someone else
+    return True
+
+
+def _why(exc):
+    """An OSError as a few words (``No space left on device``), without Python's decoration."""
+    return exc.strerror or str(exc) or exc.__class__.__name__
 
 
 # -- reading ---------------------------------------------------------------------------------
 
+STOP_SIGNALS = tuple(getattr(signal, name) for name in ("SIGINT", "SIGTERM", "SIGHUP")
+                     if hasattr(signal, name))
+
+
 class _Signals:
-    """While active, SIGINT and SIGTERM ask for a clean stop (``received``) instead of killing
+    """While active, SIGINT, SIGTERM and SIGHUP (the terminal or ssh session went away) ask for
+    a clean stop (``received``) instead of killing
     the process, and wake up a read that is waiting for input. A second signal interrupts at
     once (KeyboardInterrupt). Only in the main thread: elsewhere nothing changes."""
 
@@ -601,8 +842,7 @@ class _Signals:
             self._pipe = (r, w)
             self.wake_fd = r
             self._old_wakeup = signal.set_wakeup_fd(w)
-            self._old = {s: signal.signal(s, self._handler)
-                         for s in (signal.SIGINT, signal.SIGTERM)}
+            self._old = {s: signal.signal(s, self._handler) for s in STOP_SIGNALS}
         return self
 
     def _handler(self, signum, frame):
@@ -686,12 +926,17 @@ class StreamResult:
 
 def score_stream(scorer, source, out, *, columns=None, keep=None, group_by=None, explain=False,
                  threshold=None, fmt="csv", precision=6, on_error="fail", state=None,
-                 checkpoint_every=0, progress=None, log=None, handle_signals=True):
+                 checkpoint_every=0, progress=None, log=None, handle_signals=True, header=None,
+                 delimiter=None):
     """Score every CSV row of ``source`` into ``out``: what ``edgegru run`` does.
 
     scorer: an :class:`~edgegru.AnomalyScorer`. source: a binary file (or file descriptor);
     out: a binary file, flushed after each block of rows. columns: input column names for the
-    model's channels, in its order (default: the model's own names). keep: names of columns to
+    model's channels, in its order (default: the model's own names); with header=False, the
+    names of the input's fields in order, as a header line would give them (default: the
+    model's columns). header: None to tell from the first line (a header unless all numbers),
+    False when the input has none (``tail -f`` of a log, a serial port). delimiter: ",", ";",
+    "\\t" (default: sniffed from the first line, :func:`sniff_delimiter`). keep: names of columns to
     pass through (default: every column the model does not read). group_by: a column whose value
     names independent streams (one state each). threshold: overrides ``scorer.threshold``.
     fmt: "csv" or "jsonl"; precision: significant digits of scores. on_error: "fail" or "skip"
@@ -699,28 +944,44 @@ def score_stream(scorer, source, out, *, columns=None, keep=None, group_by=None,
     checkpoint_every: rows between checkpoints (0: only at the end and on signals).
     progress: called with the number of bytes consumed after each block. log: called with each
     note for stderr (default: printed to sys.stderr). Returns a :class:`StreamResult`; raises
-    :class:`~edgegru.errors.InputError` for bad input under on_error="fail".
+    :class:`~edgegru.errors.InputError` for bad input under on_error="fail",
+    :class:`~edgegru.errors.WriteError` when ``out`` or the state file cannot be written, and
+    BrokenPipeError when the reader of ``out`` has gone (the state saved first, in both).
     """
     run = _Run(scorer, out, columns=columns, keep=keep, group_by=group_by, explain=explain,
                threshold=threshold, fmt=fmt, precision=precision, on_error=on_error,
-               state=state, checkpoint_every=checkpoint_every, progress=progress, log=log)
+               state=state, checkpoint_every=checkpoint_every, progress=progress, log=log,
+               header=header, delimiter=delimiter)
     with _Signals(handle_signals) as signals:
         return run.run(source, signals)
 
 
 class _Run:
     def __init__(self, scorer, out, *, columns, keep, group_by, explain, threshold, fmt,
-                 precision, on_error, state, checkpoint_every, progress, log):
+                 precision, on_error, state, checkpoint_every, progress, log, header=None,
+                 delimiter=None):
         if on_error not in ("fail", "skip"):
             raise ValueError(f"on_error must be 'fail' or 'skip', got {on_error!r}")
-        if columns is not None and len(columns) != scorer.num_channels:
+        if header not in (None, False):
+            raise ValueError(f"header must be None (tell from the first line) or False, "
+                             f"got {header!r}")
+        if delimiter is not None and (len(delimiter) != 1 or delimiter in '"\r\n'):
+            raise ValueError(f"the delimiter must be one character other than a quote or a "
+                             f"line end, got {delimiter!r}")
+        if header is False:
+            # the names of every field: the model's columns must be among them
+            missing = [c for c in scorer.columns if c not in (columns or scorer.columns)]
+            if missing:
+                raise ValueError(f"columns names the input's fields (there is no header), and "
+                                 f"lacks the model's {', '.join(map(repr, missing))}")
+        elif columns is not None and len(columns) != scorer.num_channels:
             raise ValueError(f"columns names {len(columns)} input columns, the model reads "
                              f"{scorer.num_channels} ({', '.join(scorer.columns)})")
         if checkpoint_every < 0:
             raise ValueError("checkpoint_every must be >= 0")
         self.scorer = scorer
         self.group = GroupScorer(scorer) if group_by is not None else None
-        self.out = out
+        self.out = _Output(out)
         self.columns, self.keep, self.group_by = columns, keep, group_by
         self.explain, self.fmt, self.precision = explain, fmt, precision
         self.threshold = (scorer.threshold if threshold is None
@@ -730,7 +991,7 @@ class _Run:
             StateFile(state, model_fingerprint(scorer), group_by)
         self.checkpoint_every = checkpoint_every
         self.progress = progress
-        self.log = log or (lambda msg: print(f"edgegru: {msg}", file=sys.stderr, flush=True))
+        self.log = log or _note
         _Writer(fmt, [], scorer.columns, explain, precision)       # check the options early
         self.layout = None
         self.writer = None
@@ -740,6 +1001,8 @@ class _Run:
         self.discarding = False      # inside an over-long line being skipped
         self.stream_end = float("inf")   # set at EOF when the last line lacks its newline
         self.write_header = True         # False: a resumed run appending to its earlier output
+        self.checkpoint_failing = False
+        self.header, self.delimiter = header, delimiter
 
     # -- the state of the scorer(s), for checkpoints
     @property
@@ -754,6 +1017,31 @@ class _Run:
             self.state_file.save(self._scorer_state(), self.pos)
             self.since_checkpoint = 0
 
+    def _checkpoint(self):
+        """A periodic save. One that fails (a full disk) does not stop the scoring: the rows
+        keep coming, the next checkpoint tries again, and the end of the run must succeed."""
+        try:
+            self._save()
+        except WriteError as exc:
+            self.since_checkpoint = 0
+            if not self.checkpoint_failing:
+                self.log(f"{exc}; scoring goes on, the next checkpoint tries again")
+            self.checkpoint_failing = True
+            return
+        if self.checkpoint_failing:
+            self.log(f"state saved to {self.state_file.path} again")
+        self.checkpoint_failing = False
+
+    def _save_after_failure(self):
+        """Save the state when the run fails; returns what became of it, for the message."""
+        if self.state_file is None:
+            return ""
+        try:
+            self._save()
+        except WriteError as exc:
+            return f"; {exc}"
+        return f"; state saved to {self.state_file.path}"
+
     def _resume(self, source):
         loaded = self.state_file.load() if self.state_file is not None else None
         if loaded is None:
@@ -761,7 +1049,7 @@ class _Run:
         state, pos = loaded
         # a resumed run whose output goes to a file that already holds something (`>>` onto
         # the first run's output) continues that file: no second header line in the middle
-        self.write_header = not _nonempty_regular_file(self.out)
+        self.write_header = not _nonempty_regular_file(self.out.out)
         try:
             self._scoring.state = state
         except ValueError as exc:
@@ -809,21 +1097,28 @@ class _Run:
 
     def _first_line(self, line, number, write_header, quiet=False):
         """Sets the layout from the first non-blank line; returns None for a blank line (or,
-        with on_error="skip", a headerless first row with the wrong number of fields, which is
-        skipped), True when the line was a header (consumed), False when it is the first data
-        row."""
+        with on_error="skip", a first line that tells nothing: unreadable, or headerless with
+        the wrong number of fields; it is skipped and the next line decides), True when the line
+        was a header (consumed), False when it is the first data row."""
         try:
-            text = _decode(line[:-1] if line.endswith(b"\r") else line)
-            if not text.strip():
+            raw = line[:-1] if line.endswith(b"\r") else line
+            if not raw.strip():
                 return None
-            fields = _split(text)
+            text = _decode(raw, (self.delimiter or ",").encode())
+            delimiter = self.delimiter or sniff_delimiter(
+                text, None if self.header is None else len(self.columns or self.scorer.columns))
+            fields = _split(text, delimiter)
         except _Bad as bad:
-            raise InputError(f"the first line is not a CSV header or row: {bad.message}",
-                             line=number) from None
+            return self._unreadable_first_line(number, bad.message, quiet)
         try:
-            self.layout, is_header = Layout.from_first_line(
-                fields, self.scorer.columns, self.columns, self.keep, self.group_by,
-                line=number)
+            if self.header is False:
+                self.layout, is_header = Layout.without_header(
+                    self.scorer.columns, self.columns, self.keep, self.group_by,
+                    delimiter), False
+            else:
+                self.layout, is_header = Layout.from_first_line(
+                    fields, self.scorer.columns, self.columns, self.keep, self.group_by,
+                    line=number, delimiter=delimiter)
         except _FirstRowFieldCount:
             if self.on_error != "skip":
                 raise
@@ -837,10 +1132,19 @@ class _Run:
             self._write(self.writer.header())
         return is_header
 
+    def _unreadable_first_line(self, number, message, quiet):
+        """A first line that is not text (a serial port opened in the middle of binary data):
+        fatal, since the input's layout is unknown, unless bad rows are skipped; then the next
+        line decides."""
+        if self.on_error != "skip":
+            raise InputError(f"the first line is not a CSV header or row: {message}",
+                             line=number)
+        if not quiet:
+            self._bad(number, None, f"{message} (the first line)")
+        return None
+
     def _write(self, data):
-        if data:
-            self.out.write(data)
-        self.out.flush()
+        self.out.write(data)
 
     def _consume(self, data, lines):
         over = self.pos.bytes + len(data) - self.stream_end
@@ -855,6 +1159,8 @@ class _Run:
 
     # -- the loop
     def run(self, source, signals):
+        if self.state_file is not None:
+            self.state_file.check()
         self._resume(source)
         pending = bytearray()
         try:
@@ -871,10 +1177,22 @@ class _Run:
                 self.stream_end = self.pos.bytes + len(pending)
                 self._block(bytes(pending) + b"\n")
         except InputError:
-            self._save()
+            note = self._save_after_failure()
+            if note and not note.startswith("; state saved"):
+                self.log(note[2:])
+            raise
+        except WriteError as exc:
+            n = self.result.rows
+            raise WriteError(f"{exc} ({n} row{'' if n == 1 else 's'} written before it, none "
+                             f"cut short){self._save_after_failure()}") from None
+        except BrokenPipeError:
+            self._save_after_failure()
             raise
         self.result.signal = signals.received
-        self._save()
+        try:
+            self._save()
+        except WriteError as exc:
+            raise WriteError(f"{exc} (all {self.result.rows} rows are written)") from None
         if signals.received is not None:
             self.log(f"stopped by {signal.Signals(signals.received).name} after "
                      f"{self.result.rows} rows" + (f"; state saved to {self.state_file.path}"
@@ -895,7 +1213,7 @@ class _Run:
         up to the next newline."""
         if not self.discarding:
             self.discarding = True
-            self._bad(self.pos.lines + 1, None, f"longer than {MAX_LINE} bytes (binary data?)")
+            self._bad(self.pos.lines + 1, None, _too_long())
         self.pos.bytes += len(pending)
         self.pos.crc32 = zlib.crc32(pending, self.pos.crc32)
         if self.progress is not None:
@@ -921,6 +1239,11 @@ class _Run:
             buf = buf[nl:]
         while self.layout is None and buf:
             nl = buf.index(b"\n") + 1
+            if nl - 1 > MAX_LINE:            # as if it had come in pieces: see _rows
+                self._bad(self.pos.lines + 1, None, _too_long())
+                self._consume(buf[:nl], 1)
+                buf = buf[nl:]
+                continue
             line, skip = buf[:nl - 1], 0
             if self.pos.bytes == 0 and line.startswith(BOM):
                 line, skip = line[len(BOM):], len(BOM)
@@ -936,6 +1259,12 @@ class _Run:
 
     def _rows(self, buf):
         rows = parse_lines(buf, self.layout)
+        # A line over MAX_LINE bytes is a bad row however it arrives: in pieces (run() drops it
+        # once it outgrows MAX_LINE without its newline) or whole within one big read (here)
+        lengths = np.diff(rows.ends, prepend=0) - 1
+        for i in np.flatnonzero(lengths > MAX_LINE).tolist():
+            rows.status[i] = BAD
+            rows.errors[i] = (None, _too_long())
         status = rows.status
         L = len(status)
         bad = np.flatnonzero(status == BAD)
@@ -959,7 +1288,7 @@ class _Run:
             begin = int(rows.ends[start - 1]) if start else 0
             self._consume(buf[begin:int(rows.ends[stop - 1]) if stop else 0], stop - start)
             if self.checkpoint_every and self.since_checkpoint >= self.checkpoint_every:
-                self._save()
+                self._checkpoint()
             if stop >= cut:
                 break
             start = stop
@@ -968,6 +1297,7 @@ class _Run:
             self._bad(first_line + cut, self.layout.column(field), message)
 
     def _score(self, rows, use):
+        before = self._scorer_state() if self.state_file is not None else None
         X = rows.values[use]
         lay = self.layout
         if self.group is not None:
@@ -977,10 +1307,29 @@ class _Run:
             scores, contrib = self.scorer.score_many(X, explain=True)
         kept = [rows.spans(k, use) for k in lay.kept_slots]
         anomaly = (scores > self.threshold).astype(np.int64)
-        self._write(self.writer.rows(kept, scores, anomaly, contrib))
+        try:
+            self._write(self.writer.rows(kept, scores, anomaly, contrib))
+        except (WriteError, BrokenPipeError):
+            # these rows did not get out whole: the state goes back to before them, so that the
+            # state saved next resumes with them
+            if before is not None:
+                self._scoring.state = before
+            raise
         self.result.rows += len(use)
         self.pos.rows += len(use)
         self.since_checkpoint += len(use)
+
+
+def _note(msg):
+    """A note on stderr; lost, not fatal, when stderr is gone (the terminal hung up)."""
+    try:
+        print(f"edgegru: {msg}", file=sys.stderr, flush=True)
+    except (OSError, ValueError, AttributeError):
+        pass
+
+
+def _too_long():
+    return f"longer than {MAX_LINE} bytes (binary data?)"
 
 
 def _text(value):

@@ -54,6 +54,7 @@ import numpy as np
 from edgegru.calibrate import (CalibrationOptions, _round, calibrate, normalisation,
                                warmup_cap)
 from edgegru.errors import TrainingError
+from edgegru.stream import sniff_delimiter   # the same rule as edgegru run's
 
 MIN_TRAIN_ROWS = 128         # complete rows: windows of 64 rows, at 16-row strides, a few of them
 MIN_CALIBRATION_ROWS = 90    # a warm-up of up to a third, and 60 scores to set the threshold on
@@ -111,15 +112,6 @@ class SensorTable(NamedTuple):
 
 
 # -- data -----------------------------------------------------------------------------------
-
-def sniff_delimiter(first_line):
-    """The field separator of a CSV from its header line: the most frequent of ``,`` ``;`` tab
-    and ``|`` outside quotes (in that order on a tie), ``,`` when there is none (one column)."""
-    unquoted = re.sub(r'"[^"]*"', "", first_line)
-    counts = [(unquoted.count(d), -i, d) for i, d in enumerate(",;\t|")]
-    count, _, delimiter = max(counts)
-    return delimiter if count else ","
-
 
 def read_csv(path, columns=None, delimiter=None):
     """A sensor CSV -> :class:`SensorTable`.

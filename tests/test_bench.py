@@ -80,3 +80,21 @@ def test_model_compile_binds_what_step_and_run_use():
     model.run(np.zeros((2, 3, 2)))
     assert len(kernels.gru_sequences.signatures) == before     # found compiled, not recompiled
     assert model._step_call[0] != model._bind_step
+
+
+def test_a_childs_peak_memory_is_its_own_not_its_parents():
+    """getrusage's ru_maxrss survives fork and exec: a child of a 300 MB process would report
+    300 MB. peak_rss() reads the child's own high-water mark."""
+    import subprocess
+    import sys
+    code = ("import numpy as np, subprocess, sys\n"
+            "a = np.ones(300 << 17)              # 300 MB, touched\n"
+            "print(subprocess.run([sys.executable, '-c', 'import resource; from edgegru.bench "
+            "import peak_rss; print(peak_rss(), resource.getrusage(resource.RUSAGE_SELF)"
+            ".ru_maxrss * 1024)'], capture_output=True, text=True).stdout)\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True).stdout.split()
+    own, inherited = int(out[0]), int(out[1])
+    if not sys.platform.startswith("linux"):
+        pytest.skip("the high-water mark of /proc/self/status is Linux's")
+    assert inherited > 300e6 and own < 250e6

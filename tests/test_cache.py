@@ -144,3 +144,33 @@ def test_precompiled_cache_is_used_and_keyed_by_cpu(tmp_path):
     # on another CPU (here: another NUMBA_CPU_NAME) the module is not used
     backend, numba_imported, log = run(STEP, site, cache, cpu="generic", aot=True)
     assert (backend, numba_imported) == ("numba", True) and loaded(log, "gru_step")
+
+
+def test_an_installed_package_keeps_numbas_cache_out_of_site_packages(tmp_path):
+    """`pip install . && edgegru run ...` then `pip install -e .`: pip removes only the files it
+    installed, so a cache in site-packages/edgegru/__pycache__ would outlive the package and
+    shadow the next install (a namespace package `edgegru`). An installed edgegru (a copy in a
+    folder named site-packages here) caches under ~/.cache/edgegru instead; a source tree (an
+    editable install, this checkout) keeps numba's usual place."""
+    from edgegru import aot
+    site, home = tmp_path / "site-packages", tmp_path / "home-cache"
+    shutil.copytree(ROOT / "edgegru", site / "edgegru",
+                    ignore=shutil.ignore_patterns("__pycache__"))
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith(("NUMBA_", "EDGEGRU_", "PYTHON", "XDG_"))}
+    env.update(PYTHONPATH=str(site), PYTHONDONTWRITEBYTECODE="1", NUMBA_DEBUG_CACHE="1",
+               EDGEGRU_AOT="0", XDG_CACHE_HOME=str(home))
+    code = ("import numpy as np\nfrom edgegru import aot, stream\n"
+            "print(stream._parse_number(np.frombuffer(b'1.5', np.uint8), 0, 3))\n"
+            "print(aot.directories()[0])\n")               # a small kernel: compiles in ~1 s
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env,
+                          cwd=str(tmp_path), timeout=600)
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.splitlines()
+    assert lines[-2] == "(1.5, True)"
+    root = next((home / "edgegru").glob("site-packages-*"))
+    assert lines[-1] == str(root / "aot")
+    assert saved(lines) and all(f"'{root / 'numba'}/" in l for l in saved(lines))
+    assert list((root / "numba").rglob("*.nbi"))
+    assert not (site / "edgegru" / "__pycache__").exists()
+    assert aot.installed_cache_dir() is None            # this checkout: numba's usual place

@@ -98,3 +98,43 @@ def is_plain_npz(names):
     """True when every zip entry is a ``.npy`` array (what ``np.savez`` writes)."""
     return bool(names) and all(n.endswith(".npy") for n in names)
 
+
+
+# -- memory on loading --------------------------------------------------------------------------
+# A model file describes arrays that the loader then materialises: a strided view of a small
+# storage (stride 0) or an Expand in an ONNX graph can ask for gigabytes from a few kilobytes,
+# and on a 2-4 GB Raspberry Pi the OOM killer then takes the process or its neighbours. Every
+# loader adds up what it materialises and stops before the total passes a small multiple of the
+# file's size plus room for a GRU of any sane size (64 MiB of float32: H=1024, two layers,
+# bidirectional), and never passes MAX_MODEL_BYTES.
+
+MAX_MODEL_BYTES = 1 << 30        # EDGEGRU_MAX_MODEL_BYTES overrides it (in bytes)
+_ROOM = 64 << 20
+
+
+class Allowance:
+    """How many bytes a loader may still materialise for a file of ``file_size`` bytes."""
+
+    def __init__(self, file_size, name):
+        import os
+        cap = MAX_MODEL_BYTES
+        env = os.environ.get("EDGEGRU_MAX_MODEL_BYTES", "").strip()
+        if env.isdigit():
+            cap = int(env)
+        self.limit = min(cap, 4 * int(file_size) + _ROOM)
+        self.cap_from_env = bool(env.isdigit())
+        self.used = 0
+        self.name = name
+
+    def take(self, nbytes, what):
+        """Count ``nbytes`` about to be allocated for ``what``; ModelFormatError first when they
+        would pass the limit."""
+        from edgegru.errors import ModelFormatError
+        nbytes = int(nbytes)
+        if nbytes < 0 or self.used + nbytes > self.limit:
+            raise ModelFormatError(
+                f"{'' if what.startswith(self.name) else self.name + ': '}{what} would take {nbytes / 2**20:.1f} MiB, over the "
+                f"{self.limit / 2**20:.0f} MiB a model file of this size may take when loaded "
+                f"(4x its size + 64 MiB, at most EDGEGRU_MAX_MODEL_BYTES="
+                f"{MAX_MODEL_BYTES if not self.cap_from_env else self.limit} bytes)")
+        self.used += nbytes

@@ -48,6 +48,7 @@ are assumed (tanh / sigmoid, a linear head; for ``.weights.h5`` layers in the or
 names, for a legacy file in its recorded order), which the model's provenance says. The
 ``.keras`` file is the one to ship when it exists.
 """
+import contextvars
 import functools
 import io
 import json
@@ -57,6 +58,7 @@ import zipfile
 import numpy as np
 
 from edgegru.errors import ModelFormatError
+from edgegru.formats.arrays import Allowance
 from edgegru.model import GRUConfig, GRUWeights, Model, block_name
 
 _SKIPPED = {"InputLayer", "Dropout"}
@@ -72,12 +74,22 @@ def _h5py():
     return h5py
 
 
+# What the load in progress may still allocate (compressed zip entries and HDF5 datasets can
+# declare far more than the file holds): set by load_model, charged by _array.
+_ALLOWANCE = contextvars.ContextVar("edgegru_keras_allowance", default=None)
+
+
 def load_model(data, name="<bytes>", backend=None):
     """The bytes of a ``.keras`` zip, a ``.weights.h5`` or a legacy ``.h5`` file -> Model."""
     h5py = _h5py()
+    allowance = Allowance(len(data), name)
+    token = _ALLOWANCE.set(allowance)
     try:
         if data[:4] == b"PK\x03\x04":
             with zipfile.ZipFile(io.BytesIO(data)) as z:
+                for entry in ("config.json", "model.weights.h5"):
+                    if entry in z.namelist():
+                        allowance.take(z.getinfo(entry).file_size, f"entry {entry}")
                 config = json.loads(z.read("config.json").decode("utf-8"))
                 weights = z.read("model.weights.h5")
                 version = _metadata_version(z)
@@ -108,6 +120,8 @@ def load_model(data, name="<bytes>", backend=None):
     except Exception as exc:        # zipfile, JSON, h5py (OSError, KeyError...) on a bad file
         raise ModelFormatError(f"{name}: not a readable Keras file ({type(exc).__name__}: "
                                f"{str(exc)[:120]})") from None
+    finally:
+        _ALLOWANCE.reset(token)
     w = GRUWeights(arrays)
     w.check(config, source=name)
     source = {"format": fmt, "keras_version": version, "notes": "; ".join(notes) or None}
@@ -392,6 +406,9 @@ def _array(group, key, where):
     dataset = group[key]
     if not hasattr(dataset, "dtype") or dataset.dtype.kind not in "fiu" or dataset.size > 1 << 24:
         raise ModelFormatError(f"{where}: expected a float array")
+    allowance = _ALLOWANCE.get()
+    if allowance is not None:       # a compressed dataset can declare far more than it holds
+        allowance.take(dataset.size * max(dataset.dtype.itemsize, 4), where)
     a = dataset[()]
     return np.ascontiguousarray(a, dtype=np.float32)
 

@@ -26,6 +26,7 @@ import zipfile
 import numpy as np
 
 from edgegru.errors import ModelFormatError
+from edgegru.formats.arrays import Allowance
 from edgegru.model import GRUConfig, GRUWeights, Model
 
 FORMAT = "edgegru"
@@ -82,10 +83,26 @@ def is_native(path):
         return False
 
 
+def _take_declared(allowance, npz, key):
+    """Charge the size an entry's .npy header declares, before numpy allocates it: a
+    compressed entry can declare far more than the file holds (a zip bomb)."""
+    fmt = np.lib.format
+    with npz.zip.open(key + ".npy") as f:
+        version = fmt.read_magic(f)
+        if version not in ((1, 0), (2, 0)):       # 3.0 is for text field names, not floats
+            raise ModelFormatError(f"{allowance.name}: array {key} is in .npy format version "
+                                   f"{version[0]}.{version[1]}, expected 1.0 or 2.0")
+        read = fmt.read_array_header_1_0 if version == (1, 0) else fmt.read_array_header_2_0
+        shape, _, dtype = read(f)
+    allowance.take(np.prod(shape, dtype=np.float64) * max(dtype.itemsize, 4),
+                   f"array {key} of shape {shape}")
+
+
 def load(path, backend=None, data=None):
     """Read a native model file (or its bytes, ``data``, named ``path``) into a Model."""
     name = os.fspath(path)
     try:
+        allowance = Allowance(len(data) if data is not None else os.path.getsize(name), name)
         with np.load(name if data is None else io.BytesIO(data), allow_pickle=False) as npz:
             if META_KEY not in npz.files:
                 raise ModelFormatError(f"{name}: not an edgegru model file (no {META_KEY} entry)")
@@ -95,6 +112,7 @@ def load(path, backend=None, data=None):
             for key in npz.files:
                 if key == META_KEY:
                     continue
+                _take_declared(allowance, npz, key)
                 a = npz[key]
                 if a.dtype.kind != "f":
                     raise ModelFormatError(f"{name}: array {key} has dtype {a.dtype}, "

@@ -40,6 +40,7 @@ becomes ``h0`` and each batch element runs over its own length, with ``Y`` zero 
 import numpy as np
 
 from edgegru.errors import ModelFormatError
+from edgegru.formats.arrays import Allowance
 from edgegru.model import GRUConfig, GRUWeights, Model, block_name
 
 _GRU_ATTRIBUTES = {"hidden_size", "direction", "layout", "linear_before_reset", "activations",
@@ -48,12 +49,12 @@ _PLUMBING = {"Constant", "Identity", "Cast", "Shape", "Gather", "Unsqueeze", "Sq
              "Slice", "Transpose", "Reshape", "ConstantOfShape", "Expand"}
 
 
-def _onnx():
+def _onnx(name=None):
     try:
         import onnx
     except ImportError:
-        raise ModelFormatError("reading ONNX files needs the onnx package: "
-                               "pip install 'edgegru[onnx]'") from None
+        raise ModelFormatError(f"{name + ': ' if name else ''}reading ONNX files needs the onnx "
+                               f"package: pip install 'edgegru[onnx]'") from None
     return onnx
 
 
@@ -198,14 +199,14 @@ class _Seq:
 
 def load_model(data, name="<bytes>", backend=None):
     """The bytes of an ``.onnx`` file -> Model (see the module docstring for what is read)."""
-    onnx = _onnx()
+    onnx = _onnx(name)
     try:
         proto = onnx.load_from_string(bytes(data))
     except Exception as exc:           # google.protobuf DecodeError and friends
         raise ModelFormatError(f"{name}: not a readable ONNX file ({type(exc).__name__}: "
                                f"{str(exc)[:100]})") from None
     try:
-        return _Graph(proto, name).model(backend)
+        return _Graph(proto, name, Allowance(len(data), name)).model(backend)
     except ModelFormatError:
         raise
     except (ValueError, TypeError, IndexError, KeyError, AttributeError, OverflowError,
@@ -215,9 +216,10 @@ def load_model(data, name="<bytes>", backend=None):
 
 
 class _Graph:
-    def __init__(self, proto, name):
+    def __init__(self, proto, name, allowance):
         onnx = _onnx()
         self.name, self.numpy_helper = name, onnx.numpy_helper
+        self.allowance = allowance
         self.helper = onnx.helper
         graph = proto.graph
         if not graph.node:
@@ -410,7 +412,12 @@ class _Graph:
             value = attrs.get("value")
             v = float(self.numpy_helper.to_array(value).reshape(-1)[0]) if value is not None \
                 else 0.0
-            return _Fill(v) if isinstance(x, _Dyn) else np.full(_shape(x), v, np.float32)
+            if isinstance(x, _Dyn):
+                return _Fill(v)
+            shape = _shape(x)
+            self.allowance.take(4 * np.prod(shape, dtype=np.float64), f"{where}: "
+                                f"ConstantOfShape {shape}")
+            return np.full(shape, v, np.float32)
         if op == "Concat":
             if any(isinstance(v, _Seq) for v in ins):
                 raise ModelFormatError(f"{where}: Concat of the sequence is not supported")
@@ -425,6 +432,15 @@ class _Graph:
             return x                   # a slice, reshape or transposition of it: still so
         if not isinstance(x, np.ndarray):
             raise ModelFormatError(f"{where}: missing input")
+        if op == "Expand":            # the one op here whose result can outgrow its inputs
+            c = np.asarray(consts[0]).reshape(-1) if consts and consts[0] is not None else []
+            try:
+                shape = np.broadcast_shapes(x.shape, tuple(int(s) for s in c))
+            except (ValueError, TypeError, OverflowError):
+                raise ModelFormatError(f"{where}: Expand of {x.shape} to {list(c)} does not "
+                                       f"broadcast") from None
+            self.allowance.take(x.dtype.itemsize * np.prod(shape, dtype=np.float64),
+                                f"{where}: Expand to {tuple(shape)}")
         return _eval_constant(op, x, consts, attrs, where)
 
     def _constant(self, attrs, where):
@@ -498,6 +514,12 @@ class _Graph:
         return self.layers[x.stage - 1]["D"] if isinstance(x.stage, int) and x.stage else 1
 
     def _tensor(self, proto):
+        if proto.data_location == 1 or proto.external_data:      # TensorProto.EXTERNAL
+            raise ModelFormatError(f"{self.name}: initializer {proto.name!r} keeps its data in "
+                                   f"another file (ONNX external data), which edgegru does not "
+                                   f"read: save the model with its weights inside")
+        self.allowance.take(8 * np.prod(list(proto.dims), dtype=np.float64),
+                            f"initializer {proto.name!r} of shape {tuple(proto.dims)}")
         try:
             return self.numpy_helper.to_array(proto)
         except Exception as exc:

@@ -29,6 +29,7 @@ import zipfile
 import numpy as np
 
 from edgegru.errors import ModelFormatError
+from edgegru.formats.arrays import Allowance
 
 # torch.<Name>Storage -> NumPy dtype (bfloat16 is read as uint16 and widened, see _as_float32)
 _STORAGE_DTYPES = {
@@ -138,6 +139,7 @@ class _StateDictUnpickler(pickle.Unpickler):
         self.archive, self.top, self.name = archive, top, name
         self.byteorder = "<" if byteorder == "little" else ">"
         self.archive_size = archive_size
+        self.allowance = Allowance(archive_size, name)
         self.storages = {}
 
     def find_class(self, module, qualname):
@@ -202,6 +204,9 @@ class _StateDictUnpickler(pickle.Unpickler):
         if count > max(flat.size, 1 << 20):
             raise ModelFormatError(f"{self.name}: a tensor of size {tuple(size)} is larger "
                                    f"than its storage")
+        # views of one storage (stride 0, overlapping) can add up to far more than the file
+        self.allowance.take(count * max(flat.dtype.itemsize, 4), f"a tensor of size "
+                            f"{tuple(size)}")
         if count == 0:
             array = np.zeros(size, dtype=flat.dtype)
         else:
