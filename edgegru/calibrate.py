@@ -29,7 +29,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from edgegru.errors import TrainingError
-from edgegru.scoring import AnomalyScorer, _level_update
+from edgegru.scoring import AnomalyScorer, _level_update, forecasts
 
 MAX_WARMUP = 100             # the scorer's warm-up is measured, and capped here
 RESIDUAL_STD_FLOOR = 1e-3    # in normalised units: a perfectly forecast channel still has noise
@@ -100,10 +100,11 @@ def normalisation(X_train, names, path="the data"):
     return mean, std
 
 
-def forecast_residuals(model, Z):
+def forecast_residuals(model, Z, forecast="absolute"):
     """Z (n, C) normalised -> R (n, C): row t minus the forecast made after row t-1, from a
     zero state, with missing values imputed from the forecast as AnomalyScorer does (their
-    residuals, and row 0's, are NaN)."""
+    residuals, and row 0's, are NaN). forecast: what the model's output is (see
+    :func:`edgegru.scoring.forecasts`)."""
     model.reset()
     n, C = Z.shape
     R = np.full((n, C), np.nan)
@@ -115,7 +116,7 @@ def forecast_residuals(model, Z):
         z = Z[start:stop].astype(np.float32)
         missing = ~np.isfinite(z[0])
         z[0, missing] = f[missing]
-        F = model.run(z)
+        F = forecasts(model.run(z), z, forecast)
         R[start + 1:stop] = z[1:] - F[:-1]
         if start:
             R[start] = np.where(missing, np.nan, z[0] - f)
@@ -403,7 +404,7 @@ def warmup_cap(n_calibration):
 
 
 def calibrate(model, names, mean, std, Z_train, Z_cal, X_cal, options=None, log=None,
-              X_normal=None):
+              X_normal=None, forecast="absolute"):
     """Fill ``model.meta["preprocessing"]`` and ``["scoring"]``; returns the model.
 
     model: the forecaster (edgegru ``Model``, C inputs and C outputs, on normalised rows);
@@ -411,14 +412,15 @@ def calibrate(model, names, mean, std, Z_train, Z_cal, X_cal, options=None, log=
     Z_train (n_t, C), Z_cal (n_c, C): normalised training and calibration rows, in time order,
     the calibration rows never trained on; X_cal (n_c, C): the calibration rows raw (as
     ``edgegru run`` reads them); X_normal: every normal row raw (for ``stuck_rows``; default
-    X_cal); options: :class:`CalibrationOptions`; log: a function taking one message line.
+    X_cal); options: :class:`CalibrationOptions`; log: a function taking one message line;
+    forecast: what the model's output is, "absolute" (the next row) or "delta" (its step).
     """
     options = CalibrationOptions() if options is None else options
     log = log or (lambda message: None)
     C = len(names)
     model.meta["preprocessing"] = {"columns": list(names), "mean": [_round(v, 9) for v in mean],
                                    "std": [_round(v, 9) for v in std]}
-    R = forecast_residuals(model, Z_cal)
+    R = forecast_residuals(model, Z_cal, forecast)
     cap = warmup_cap(len(Z_cal))
     rms0 = np.sqrt(np.nanmean(R[cap:] ** 2, axis=0))
     warmup = measure_warmup(model, Z_train, Z_cal, np.maximum(rms0, RESIDUAL_STD_FLOOR),
@@ -433,6 +435,8 @@ def calibrate(model, names, mean, std, Z_train, Z_cal, X_cal, options=None, log=
         "whitening": [[_round(v, 9) for v in row] for row in whitening],
         "combine": "max", "smoothing": options.smoothing, "warmup": warmup,
         "threshold": 1.0}          # a stand-in (scorers need a valid one) until it is fitted
+    if forecast != "absolute":
+        model.meta["scoring"]["forecast"] = forecast
     # stuck sensors: exact repeats of a noisy reading, twice the longest run on normal data
     X_normal = X_cal if X_normal is None else X_normal
     repeats = longest_repeat_run(X_normal)

@@ -257,7 +257,9 @@ def _expert(*names, **kwargs):
 @_expert("--batch-size", type=int, default=32, help="Windows per step.")
 @_expert("--lr", type=float, default=5e-3, help="Peak learning rate (Adam).")
 @_expert("--clip", type=float, default=1.0, help="Gradient norm clip.")
-@_expert("--shift", type=float, default=1.0, help="Random per-window level shift "
+@_expert("--forecast", type=click.Choice(["delta", "absolute"]), default="delta",
+         help="What the network predicts: the next row, or its step from this one.")
+@_expert("--shift", type=float, default=3.0, help="Random per-window level shift "
          "(normalised units); 0: off.")
 @_expert("--threads", type=int, default=1, help="Torch threads.")
 @_expert("--smoothing", type=float, default=1.0, help="Score EWMA alpha in (0, 1].")

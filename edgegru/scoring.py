@@ -13,11 +13,15 @@ metadata sections that `edgegru train` (:mod:`edgegru.calibrate`) writes::
                                           "residual_std": [...], "smoothing": 0.02,
                                           "fast_smoothing": 0.3, "baseline_smoothing": 0.001,
                                           "std": [...], "fast_std": [...],
-                                          "weight": 1.86}}, ...}
+                                          "weight": 1.86}},
+                "level": {"channels": ["flow"], "smoothing": 0.1, "center": [...],
+                          "precision": [[...]], "weight": 0.05},
+                "forecast": "delta", ...}
 
 The score of row t, for C channels (``z`` the normalised row, ``f`` the forecast made after row
 t-1, ``s_c`` the spread of channel c's forecast residual on normal data)::
 
+    f    = output after row t-1, or z_{t-1} + that output with "forecast": "delta"
     z_c  = (x_c - mean_c) / std_c
     r_c  = (z_c - f_c) / s_c                               standardised residual, ~N(0, 1) if normal
     e    = W r                                             W = whitening (C, C), identity if absent
@@ -41,6 +45,33 @@ t-1, ``s_c`` the spread of channel c's forecast residual on normal data)::
     stuck sensor (when the model has "stuck_rows"):
     n_c  = rows in a row whose raw x_c equals the previous reading of c exactly
     a_c  = max(a_c, 2 * threshold)  in the score and contributions while n_c >= stuck_rows
+    level test (when the model has "level"; for its channels l only, see below):
+    m_l <- (1 - gamma) m_l + gamma (z_l - center_l)          gamma = level smoothing
+    T2   = weight * m' P m                                   P = precision
+    a_k  = max(a_k, T2)  for k the level channel with the largest share m_k (P m)_k
+    a missing channel: a_c = NaN in the contributions, left out of the score
+
+In short: the score is the largest of a few terms, each scaled so that normal data crosses the
+threshold about as rarely: how surprised the forecaster is by this row (a spike, a burst, a
+broken rhythm), how far a channel is from what the other channels say it should be
+(consistency, drift), how far the steady channels' recent average is from their normal level
+(level), and whether a sensor has stopped updating (stuck).
+
+The level test catches a sensor or a machine that settles at another level and stays there,
+which a next-row forecaster adapts to: ``m_l`` averages the normalised values over about
+``2 / gamma`` rows (a missing value leaves them as they are), and Hotelling's T^2 of the
+averages against their covariance on normal data (its inverse ``P``) says how unusual that
+average is for all the level channels together. ``edgegru train`` gives the test to the
+channels whose level the normal rows pin down (the variance of their 50-row means is less
+than 25 times what noise around a fixed level would give) and leaves out channels that wander
+on a slower time scale (a temperature following the weather), and puts the term on the
+score's scale so that it reaches the threshold at 3 times its largest value on the normal rows.
+
+Dropouts: while a channel is missing, it is imputed from the forecast (below), its
+contribution is NaN, the consistency and drift averages hold still (their regressions read
+every channel), and when it comes back after more than one missing row the forecast term of
+every channel is 0 for as many rows as the gap lasted (at most ``warmup``): the GRU state ran on
+imputed values meanwhile and needs those rows to settle.
 
 ``anomaly = score > threshold``. The exponential smoothing (``alpha = smoothing``) suppresses
 one-sample flicker: a single large residual still shows, but ordinary noise does not cross the
@@ -364,6 +395,17 @@ def _regression(z, history, ch, coef, degree):
 
 
 MAX_WARMUP = 1_000_000       # rows; warm-up and stuck_rows beyond this are a corrupt file
+FORECASTS = ("absolute", "delta")
+
+
+def forecasts(output, Z, forecast):
+    """The forecasts of the next rows from the model's output (T, C) after rows Z (T, C):
+    the output itself ("absolute"), or Z plus it ("delta": the model predicts the step, so a
+    sensor that settles outside the range seen in training is still forecast from where it
+    is). Adds in place for "delta" and returns the output array."""
+    if forecast == "delta":
+        output += Z
+    return output
 
 
 def valid_threshold(value, name="threshold"):
@@ -389,7 +431,7 @@ class AnomalyScorer:
 
     def __init__(self, model, columns, mean, std, residual_std, threshold, smoothing=0.3,
                  warmup=1, combine="sum", whitening=None, stuck_rows=None, consistency=None,
-                 level=None):
+                 level=None, forecast="absolute"):
         C = len(columns)
         if model.input_size != C or model.output_size != C:
             raise ModelFormatError(
@@ -449,6 +491,10 @@ class AnomalyScorer:
         self._drift_alpha = np.array([drift["smoothing"], drift["fast_smoothing"],
                                       drift["baseline_smoothing"]], np.float64)
         self._drift_weight = float(drift["weight"])
+        if forecast not in FORECASTS:
+            raise ModelFormatError(f"forecast must be {' or '.join(FORECASTS)}, got "
+                                   f"{forecast!r}")
+        self.forecast = forecast
         self.level = _level(level, self.columns)
         lv = self.level or {"channels": [], "smoothing": 1.0, "precision": np.zeros((0, 0)),
                             "center": np.zeros(0), "weight": 1.0}
@@ -503,7 +549,7 @@ class AnomalyScorer:
             return cls(model, pre["columns"], pre["mean"], pre["std"], sc["residual_std"],
                        sc["threshold"], sc.get("smoothing", 0.3), sc.get("warmup", 1),
                        sc.get("combine", "sum"), sc.get("whitening"), sc.get("stuck_rows"),
-                       sc.get("consistency"), sc.get("level"))
+                       sc.get("consistency"), sc.get("level"), sc.get("forecast", "absolute"))
         except KeyError as exc:
             raise ModelFormatError(f"{source}: scoring metadata lacks {exc}") from None
         except (TypeError, ValueError) as exc:
@@ -548,6 +594,7 @@ class AnomalyScorer:
             self._score_one_kernel = entry_point(_score_rows, args)
         self._rows_seen = self._score_one_kernel(*args)
         self.model.step(z[0], out=self._forecast)
+        forecasts(self._forecast, z[0], self.forecast)
         self._contributions[:] = self._contrib1[0]
         return float(self._score1[0])
 
@@ -568,7 +615,7 @@ class AnomalyScorer:
             bad = ~np.isfinite(Z[start + 1:]).all(axis=1)
             stop = start + 1 + int(np.argmax(bad)) if bad.any() else T
             self._impute(Z[start], self._forecast)
-            F = self.model.run(Z[start:stop])
+            F = forecasts(self.model.run(Z[start:stop]), Z[start:stop], self.forecast)
             self._rows_seen = _score_rows(scores[start:stop], contrib[start:stop],
                                           Z[start:stop], F, self._forecast, self._smoothed,
                                           self._rows_seen, self._inv_residual_std,
@@ -767,6 +814,7 @@ class GroupScorer:
             first[bad] = f_prev[bad]                     # impute as AnomalyScorer does
             F, h_n = sc.model.run(Zb, h0=self._hidden[ks].transpose(1, 0, 2),
                                   return_state=True)
+            F = forecasts(F, Zb, sc.forecast)
             smoothed, rows_seen = self._smoothed[ks], self._rows_seen[ks]
             last, repeats, absent = self._last[ks], self._repeats[ks], self._absent[ks]
             history, cons_mean = self._history[ks], self._cons_mean[ks]

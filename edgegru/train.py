@@ -54,6 +54,7 @@ import numpy as np
 from edgegru.calibrate import (CalibrationOptions, _round, calibrate, normalisation,
                                warmup_cap)
 from edgegru.errors import TrainingError
+from edgegru.scoring import FORECASTS
 from edgegru.stream import sniff_delimiter   # the same rule as edgegru run's
 
 MIN_TRAIN_ROWS = 128         # complete rows: windows of 64 rows, at 16-row strides, a few of them
@@ -79,7 +80,8 @@ class TrainingOptions:
     batch_size: int = 32                # windows per step
     lr: float = 5e-3                    # peak learning rate (Adam)
     clip: float = 1.0                   # gradient norm clip
-    shift: float = 1.0                  # random per-window level shift (normalised units)
+    shift: float = 3.0                  # random per-window level shift (normalised units)
+    forecast: str = "delta"             # the head predicts the step to the next row, or the row
     seed: int = 0
     threads: int = 1                    # torch threads (fixed, so a seed gives the same file)
 
@@ -97,6 +99,9 @@ class TrainingOptions:
         if not 0.0 < self.calibration_fraction < 1.0:
             raise TrainingError(f"--calibration-fraction must be in (0, 1), got "
                                 f"{self.calibration_fraction}")
+        if self.forecast not in FORECASTS:
+            raise TrainingError(f"--forecast must be {' or '.join(FORECASTS)}, got "
+                                f"{self.forecast!r}")
         if self.lr <= 0 or self.clip <= 0 or self.shift < 0:
             raise TrainingError("--lr and --clip must be positive, --shift at least 0")
         return self
@@ -314,7 +319,8 @@ def fit_forecaster(Z_train, Z_val, options, window, progress=None):
     torch.set_num_threads(options.threads)
     rng = np.random.default_rng(options.seed)
     C = Z_train.shape[1]
-    net = _Forecaster(nn, C, options.hidden_size, options.num_layers)
+    net = _Forecaster(nn, C, options.hidden_size, options.num_layers,
+                      options.forecast == "delta")
 
     W = window + 1                             # inputs rows 0..W-2, targets rows 1..W-1
     finite = np.isfinite(Z_train).all(axis=1)
@@ -406,9 +412,11 @@ def fit_forecaster(Z_train, Z_val, options, window, progress=None):
     return {k: v.detach().clone() for k, v in net.state_dict().items()}, summary
 
 
-def _Forecaster(nn, C, hidden_size, num_layers):
+def _Forecaster(nn, C, hidden_size, num_layers, delta=False):
     class Forecaster(nn.Module):
-        """nn.GRU + nn.Linear: the state dict edgegru.from_state_dict reads (gru.*, head.*)."""
+        """nn.GRU + nn.Linear: the state dict edgegru.from_state_dict reads (gru.*, head.*).
+        With ``delta`` the forecast is the row plus the head's output (the scorer adds it, see
+        ``AnomalyScorer``'s ``forecast``)."""
 
         def __init__(self):
             super().__init__()
@@ -417,7 +425,7 @@ def _Forecaster(nn, C, hidden_size, num_layers):
 
         def forward(self, x):
             y, _ = self.gru(x)
-            return self.head(y)
+            return x + self.head(y) if delta else self.head(y)
 
     return Forecaster()
 
@@ -454,7 +462,8 @@ def train_model(data, output=None, *, columns=None, delimiter=None, train_rows=N
         f"{summary['epochs']} epochs)")
 
     model = from_state_dict(sd)                          # the import path users take
-    calibrate(model, names, mean, std, Z_train, Z_cal, X_cal, calibration, log, X[:n_normal])
+    calibrate(model, names, mean, std, Z_train, Z_cal, X_cal, calibration, log, X[:n_normal],
+              forecast=options.forecast)
     model.meta["provenance"] = {
         **model.meta.get("provenance", {}),
         "tool": "edgegru train",

@@ -189,3 +189,26 @@ def test_run_refuses_a_threshold_that_never_flags(tmp_path):
     with pytest.raises(edgegru.ModelFormatError, match="threshold must be finite"):
         score_stream(make_scorer(), io.BytesIO(b"temperature,vibration,current\n"), io.BytesIO(),
                      threshold=float("nan"))
+
+
+def test_a_delta_forecaster_forecasts_the_row_plus_its_output():
+    def delta_scorer():
+        scorer = make_scorer(warmup=1)
+        scorer.model.meta["scoring"]["forecast"] = "delta"
+        return edgegru.AnomalyScorer.from_model(scorer.model)
+
+    X = rows(60)
+    X[20, 1] = np.nan                                # imputed from the forecast, then stepped
+    one, many, bare = delta_scorer(), delta_scorer(), make_scorer().model   # same weights
+    for t in range(len(X)):
+        one.score_one(X[t])
+        z = one._z[0].copy()                         # the row the model read (imputed)
+        assert np.array_equal(one._forecast, bare.step(z) + z)
+    many_scores = many.score_many(X)
+    again = delta_scorer()
+    assert np.array_equal([again.score_one(x) for x in X], many_scores)
+    assert not np.array_equal(make_scorer(warmup=1).score_many(X), many_scores)
+    bad = make_scorer().model
+    bad.meta["scoring"]["forecast"] = "diff"
+    with pytest.raises(edgegru.ModelFormatError, match="forecast must be absolute or delta"):
+        edgegru.AnomalyScorer.from_model(bad)
