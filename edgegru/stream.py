@@ -641,7 +641,8 @@ STATE_VERSION = 1
 
 
 def model_fingerprint(scorer):
-    """A short hash of everything that makes the scores: weights, config, columns, scaling."""
+    """A short hash of everything that makes the scores and the state evolve: weights, config,
+    columns, scaling and every scoring term's settings (not the threshold, which only decides)."""
     h = hashlib.sha256()
     model = scorer.model
     h.update(repr(model.config).encode())
@@ -655,6 +656,14 @@ def model_fingerprint(scorer):
                              else scorer.whitening.tolist()]).encode())
     if scorer.stuck_rows is not None:
         h.update(json.dumps(["stuck_rows", scorer.stuck_rows]).encode())
+    # the terms with a state of their own: a state made under other settings would resume wrong
+    for name in ("consistency", "level"):
+        section = getattr(scorer, name)
+        if section is not None:
+            h.update(json.dumps([name, section], sort_keys=True, default=np.ndarray.tolist)
+                     .encode())
+    if scorer.forecast != "absolute":
+        h.update(json.dumps(["forecast", scorer.forecast]).encode())
     return h.hexdigest()[:16]
 
 

@@ -62,3 +62,11 @@ def test_the_calibration_averages_are_the_scorers():
         scorer.score_one(X[t])
         assert np.array_equal(scorer.state["level"], S[t])
     assert S[50, 0] == S[49, 0]
+
+
+def test_a_state_saved_under_other_level_settings_is_not_resumed():
+    from edgegru.stream import model_fingerprint
+    scorer, _ = make_scorer(normal_rows(400))
+    other, _ = make_scorer(normal_rows(400, seed=5))
+    assert model_fingerprint(scorer) != model_fingerprint(other)
+    assert model_fingerprint(scorer) == model_fingerprint(make_scorer(normal_rows(400))[0])
