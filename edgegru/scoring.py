@@ -153,7 +153,11 @@ Many streams at once (rows from many devices, interleaved): :class:`GroupScorer`
 independent scorer state per key and scores the rows of all keys through the batched sequence
 kernel; each key's scores are exactly those of its own ``AnomalyScorer``.
 """
+import hashlib
+import json
 import math
+import os
+import tempfile
 
 import numpy as np
 
@@ -396,6 +400,8 @@ def _regression(z, history, ch, coef, degree):
 
 MAX_WARMUP = 1_000_000       # rows; warm-up and stuck_rows beyond this are a corrupt file
 FORECASTS = ("absolute", "delta")
+STATE_FORMAT = "edgegru-scorer-state"    # AnomalyScorer.save_state's file
+STATE_VERSION = 1
 
 
 def forecasts(output, Z, forecast):
@@ -710,6 +716,71 @@ class AnomalyScorer:
         self._cons_mean[:] = cons_mean
         self._drift_state[:] = drift
         self._level_mean[:] = level
+
+    @property
+    def fingerprint(self):
+        """A short hash of everything that makes the scores and the state evolve: weights,
+        config, columns, scaling and every scoring term's settings (not the threshold, which
+        only decides). A saved state resumes only under the same fingerprint."""
+        h = hashlib.sha256()
+        model = self.model
+        h.update(repr(model.config).encode())
+        for name in sorted(model.weights.arrays):
+            h.update(name.encode())
+            h.update(np.ascontiguousarray(model.weights.arrays[name], np.float32).tobytes())
+        h.update(json.dumps([self.columns, self.mean.tolist(), self.std.tolist(),
+                             self.residual_std.tolist(), self.smoothing, self.warmup]).encode())
+        if self.combine != "sum" or self.whitening is not None:
+            h.update(json.dumps([self.combine, None if self.whitening is None
+                                 else self.whitening.tolist()]).encode())
+        if self.stuck_rows is not None:
+            h.update(json.dumps(["stuck_rows", self.stuck_rows]).encode())
+        # the terms with a state of their own: a state made under other settings resumes wrong
+        for name in ("consistency", "level"):
+            section = getattr(self, name)
+            if section is not None:
+                h.update(json.dumps([name, section], sort_keys=True,
+                                    default=np.ndarray.tolist).encode())
+        if self.forecast != "absolute":
+            h.update(json.dumps(["forecast", self.forecast]).encode())
+        return h.hexdigest()[:16]
+
+    def save_state(self, path):
+        """Write :attr:`state` to ``path`` (.npz, with a version and :attr:`fingerprint`),
+        atomically: a power cut leaves the old file or the new one, never half of one."""
+        arrays = {"format": np.array(STATE_FORMAT), "format_version": np.array(STATE_VERSION),
+                  "fingerprint": np.array(self.fingerprint)}
+        arrays.update({"state." + k: np.asarray(v) for k, v in self.state.items()})
+        path = os.fspath(path)
+        fd, tmp = tempfile.mkstemp(dir=os.path.dirname(os.path.abspath(path)),
+                                   prefix=f".{os.path.basename(path)}.", suffix=".tmp")
+        try:
+            with os.fdopen(fd, "wb") as f:
+                np.savez(f, **arrays)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+        except BaseException:
+            os.unlink(tmp)
+            raise
+
+    def load_state(self, path):
+        """Resume from a file :meth:`save_state` wrote; a file of another model or calibration,
+        another version or no state file at all raises a ValueError that says so."""
+        try:
+            with np.load(path, allow_pickle=False) as f:
+                data = {k: f[k] for k in f.files}
+        except (OSError, ValueError, EOFError) as exc:
+            raise ValueError(f"{path}: not a scorer state file ({exc})") from None
+        if str(data.get("format", "")) != STATE_FORMAT:
+            raise ValueError(f"{path}: not a scorer state file")
+        if int(data.get("format_version", -1)) != STATE_VERSION:
+            raise ValueError(f"{path}: scorer state version {data.get('format_version')} is not "
+                             f"supported (this edgegru reads version {STATE_VERSION})")
+        if str(data.get("fingerprint")) != self.fingerprint:
+            raise ValueError(f"{path}: saved with another model or calibration; delete it to "
+                             f"start afresh")
+        self.state = {k[6:]: v for k, v in data.items() if k.startswith("state.")}
 
     # -- helpers --------------------------------------------------------------------------
     def _row_array(self, row):

@@ -83,7 +83,6 @@ the rows scored since the last checkpoint (never lose one). On a pipe, a line st
 import contextlib
 import csv
 import dataclasses
-import hashlib
 import io
 import json
 import os
@@ -641,30 +640,9 @@ STATE_VERSION = 1
 
 
 def model_fingerprint(scorer):
-    """A short hash of everything that makes the scores and the state evolve: weights, config,
-    columns, scaling and every scoring term's settings (not the threshold, which only decides)."""
-    h = hashlib.sha256()
-    model = scorer.model
-    h.update(repr(model.config).encode())
-    for name in sorted(model.weights.arrays):
-        h.update(name.encode())
-        h.update(np.ascontiguousarray(model.weights.arrays[name], np.float32).tobytes())
-    h.update(json.dumps([scorer.columns, scorer.mean.tolist(), scorer.std.tolist(),
-                         scorer.residual_std.tolist(), scorer.smoothing, scorer.warmup]).encode())
-    if scorer.combine != "sum" or scorer.whitening is not None:
-        h.update(json.dumps([scorer.combine, None if scorer.whitening is None
-                             else scorer.whitening.tolist()]).encode())
-    if scorer.stuck_rows is not None:
-        h.update(json.dumps(["stuck_rows", scorer.stuck_rows]).encode())
-    # the terms with a state of their own: a state made under other settings would resume wrong
-    for name in ("consistency", "level"):
-        section = getattr(scorer, name)
-        if section is not None:
-            h.update(json.dumps([name, section], sort_keys=True, default=np.ndarray.tolist)
-                     .encode())
-    if scorer.forecast != "absolute":
-        h.update(json.dumps(["forecast", scorer.forecast]).encode())
-    return h.hexdigest()[:16]
+    """The scorer's :attr:`~edgegru.scoring.AnomalyScorer.fingerprint` (what a state file
+    must match to be resumed)."""
+    return scorer.fingerprint
 
 
 @dataclasses.dataclass

@@ -89,20 +89,15 @@ def on_anomaly(started, reading, score, scorer, led):
 def load_state(scorer, path):
     if path and os.path.exists(path):
         try:
-            with np.load(path, allow_pickle=False) as f:
-                scorer.state = {key: f[key] for key in f.files}
+            scorer.load_state(path)
             print(f"pi_sensor: resumed from {path}", file=sys.stderr)
-        except (OSError, ValueError, KeyError) as exc:
-            print(f"pi_sensor: ignoring {path} ({exc}); starting afresh", file=sys.stderr)
+        except ValueError as exc:
+            print(f"pi_sensor: ignoring {exc}; starting afresh", file=sys.stderr)
 
 
 def save_state(scorer, path):
-    """Atomically: a power cut leaves the old file or the new one, never half of one."""
     if path:
-        tmp = f"{path}.tmp"
-        with open(tmp, "wb") as f:
-            np.savez(f, **scorer.state)
-        os.replace(tmp, path)
+        scorer.save_state(path)        # atomic: the old file or the new one, never half
 
 
 def main(argv=None):

@@ -44,4 +44,4 @@ def test_pi_sensor_scores_reacts_and_resumes(scoring_model_path, tmp_path, capsy
     out, err = capsys.readouterr()
     assert f"resumed from {state}" in err
     with np.load(state) as f:
-        assert int(f["rows_seen"]) == 45
+        assert int(f["state.rows_seen"]) == 45 and str(f["format"]) == "edgegru-scorer-state"

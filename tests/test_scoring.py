@@ -212,3 +212,23 @@ def test_a_delta_forecaster_forecasts_the_row_plus_its_output():
     bad.meta["scoring"]["forecast"] = "diff"
     with pytest.raises(edgegru.ModelFormatError, match="forecast must be absolute or delta"):
         edgegru.AnomalyScorer.from_model(bad)
+
+
+def test_save_state_and_load_state_resume_exactly_and_refuse_other_models(tmp_path):
+    X = rows(80)
+    a, b = make_scorer(), make_scorer()
+    a.score_many(X[:40])
+    a.save_state(tmp_path / "s.npz")
+    b.load_state(tmp_path / "s.npz")
+    assert np.array_equal(a.score_many(X[40:]), b.score_many(X[40:]))
+    assert not list(tmp_path.glob("*.tmp"))
+    other = make_scorer(threshold=9.0)                     # the threshold only decides
+    other.load_state(tmp_path / "s.npz")
+    changed = make_scorer()
+    changed.model.meta["scoring"]["smoothing"] = 0.5
+    changed = edgegru.AnomalyScorer.from_model(changed.model)
+    with pytest.raises(ValueError, match="another model or calibration"):
+        changed.load_state(tmp_path / "s.npz")
+    (tmp_path / "junk.npz").write_bytes(b"not a zip")
+    with pytest.raises(ValueError, match="not a scorer state file"):
+        b.load_state(tmp_path / "junk.npz")
