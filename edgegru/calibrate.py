@@ -496,8 +496,8 @@ def calibrate(model, names, mean, std, Z_train, Z_cal, X_cal, options=None, log=
         "residual_rows": int(len(R)),
         "residual_std": "RMS of the forecast residual per channel, normalised units, after "
                         "the warm-up",
-        "whitening": (f"conditional: diag(P)^(-1/2) P, P the inverse of the residuals' "
-                      f"correlation matrix" if options.whitening == "conditional" else
+        "whitening": ("conditional: diag(P)^(-1/2) P, P the inverse of the residuals' "
+                      "correlation matrix" if options.whitening == "conditional" else
                       "ZCA: inverse square root of the residuals' correlation matrix")
                      + f", shrunk towards the identity by {options.shrinkage}",
         "warmup": "rows until a forecaster started from zero forecasts within 0.1 residual "

@@ -104,7 +104,7 @@ import numpy as np
 
 from edgegru._jit import JIT, NO_NRT, njit
 from edgegru.errors import EdgeGRUError, InputError, WriteError
-from edgegru.scoring import AnomalyScorer, GroupScorer, valid_threshold
+from edgegru.scoring import GroupScorer, valid_threshold
 
 READ_SIZE = 1 << 18          # bytes per read: up to ~7000 rows of a 4-channel sensor file
 MAX_LINE = 1 << 20           # a longer line is a bad row (binary garbage without newlines)

@@ -51,8 +51,7 @@ from typing import NamedTuple, Optional
 
 import numpy as np
 
-from edgegru.calibrate import (CalibrationOptions, _round, calibrate, normalisation,
-                               warmup_cap)
+from edgegru.calibrate import CalibrationOptions, _round, calibrate, normalisation
 from edgegru.errors import TrainingError
 from edgegru.scoring import FORECASTS
 from edgegru.stream import sniff_delimiter   # the same rule as edgegru run's
