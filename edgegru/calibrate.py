@@ -542,4 +542,8 @@ def calibrate(model, names, mean, std, Z_train, Z_cal, X_cal, options=None, log=
         + (f"; accumulated for {', '.join(cons['channels'])}" if cons and cons["channels"]
            else "; none kept")
         + (f"; drift test for {', '.join(drift['channels'])}" if drift else ""))
+    log("level: variance ratio of each channel "
+        + ", ".join(f"{n} {v:.1f}" for n, v in zip(names, ratio))
+        + (f"; tested (below {options.level_max_ratio:g}): {', '.join(level['channels'])}"
+           if level else f"; none below {options.level_max_ratio:g}, no level test"))
     return model
