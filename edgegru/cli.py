@@ -174,11 +174,7 @@ def run(weights, input_path, columns, no_header, delimiter, keep, group_by, thre
         raise click.BadParameter(f"names {len(columns)} columns, the model reads "
                                  f"{scorer.num_channels} ({', '.join(scorer.columns)})",
                                  param_hint="--columns")
-    if delimiter is not None:
-        delimiter = {"tab": "\t", "\\t": "\t"}.get(delimiter, delimiter)
-        if len(delimiter) != 1 or delimiter in '"\r\n':
-            raise click.BadParameter("one character (or 'tab'), not a quote or a line end",
-                                     param_hint="--delimiter")
+    delimiter = _delimiter(delimiter)
     if sys.stdout is None:                           # started with stdout closed (>&-)
         raise WriteError("the output (stdout) is closed: redirect it to a file or a pipe")
     out = sys.stdout.buffer
@@ -305,10 +301,9 @@ def train(data, output, columns, delimiter, train_rows, train_fraction, quiet, s
     from edgegru.train import TrainingOptions, train_model
     if train_rows is not None and train_fraction is not None:
         raise click.UsageError("give --train-rows or --train-fraction, not both")
-    if delimiter is not None:
-        delimiter = {"\\t": "\t", "tab": "\t"}.get(delimiter, delimiter)
-        if len(delimiter) != 1:
-            raise click.BadParameter("must be one character (or \\t)", param_hint="--delimiter")
+    delimiter = _delimiter(delimiter)
+    if not quiet and _isatty(sys.stderr):
+        _say_if_compiling()                  # calibration runs the scorer: its kernels compile
     fields = TrainingOptions.__dataclass_fields__
     argv = click.get_current_context().meta.get("argv", [])
     log = (lambda line: None) if quiet else (lambda line: click.echo(line, err=True))
@@ -320,6 +315,17 @@ def train(data, output, columns, delimiter, train_rows, train_fraction, quiet, s
         # as typed, less -q (which does not change the file)
         command=" ".join(["edgegru", "train"] + [a for a in argv if a not in ("-q", "--quiet")]),
         log=log, progress=log if not quiet and sys.stderr.isatty() else None)
+
+
+def _delimiter(value):
+    """--delimiter as one character ('tab' and '\\t' for a tab), or None: sniff it."""
+    if value is None:
+        return None
+    value = {"tab": "\t", "\\t": "\t"}.get(value, value)
+    if len(value) != 1 or value in '"\r\n':
+        raise click.BadParameter("one character (or 'tab'), not a quote or a line end",
+                                 param_hint="--delimiter")
+    return value
 
 
 def _isatty(stream):
