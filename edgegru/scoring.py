@@ -648,74 +648,34 @@ class AnomalyScorer:
     def reset(self):
         """Forget the stream: zero GRU state, no forecast, warm-up starts again."""
         self.model.reset()
-        self._forecast[:] = 0.0
-        self._smoothed[:] = 0.0
         self._contributions[:] = 0.0
         self._rows_seen = 0
-        self._last[:] = np.nan
-        self._repeats[:] = 0
-        self._absent[:] = 0
-        self._history[:] = np.nan
-        self._cons_mean[:] = 0.0
-        self._drift_state[:] = 0.0
-        self._level_mean[:] = 0.0
+        for name, (_, _, fresh) in _state_fields(self).items():
+            if name != "rows_seen":
+                self._state_array(name)[...] = fresh
 
     @property
     def state(self):
-        """Everything needed to resume a stream exactly: a dict of arrays (no objects)."""
-        return {"hidden": self.model.state, "forecast": self._forecast.copy(),
-                "smoothed": self._smoothed.copy(), "rows_seen": np.int64(self._rows_seen),
-                "last": self._last.copy(), "repeats": self._repeats.copy(),
-                "absent": self._absent.copy(), "history": self._history.copy(), "consistency": self._cons_mean.copy(),
-                "drift": self._drift_state.copy(), "level": self._level_mean.copy()}
+        """Everything needed to resume a stream exactly: a dict of arrays (no objects), the
+        GRU's ``hidden`` state and the fields of :func:`_state_fields`."""
+        state = {"hidden": self.model.state, "rows_seen": np.int64(self._rows_seen)}
+        for name in _state_fields(self):
+            if name != "rows_seen":
+                state[name] = self._state_array(name).copy()
+        return state
 
     @state.setter
     def state(self, value):
-        C = self.num_channels
-        try:
-            hidden, forecast = np.asarray(value["hidden"]), np.asarray(value["forecast"])
-            smoothed, rows_seen = np.asarray(value["smoothed"]), np.asarray(value["rows_seen"])
-            # absent in states saved before the stuck-sensor rule: no run under way
-            last = np.asarray(value.get("last", np.full(C, np.nan)))
-            repeats = np.asarray(value.get("repeats", np.zeros(C, np.int64)))
-            # absent in states saved before dropouts were counted: no gap under way
-            absent = np.asarray(value.get("absent", np.zeros(C, np.int64)))
-            # absent in states saved before the consistency model: none yet
-            history = np.asarray(value.get("history", np.full(self._history.shape, np.nan)))
-            cons_mean = np.asarray(value.get("consistency", np.zeros(self._cons_mean.shape)))
-            # absent in states saved before the drift test: no baseline yet
-            drift = np.asarray(value.get("drift", np.zeros(self._drift_state.shape)))
-            # absent in states saved before the level test: at the normal mean
-            level = np.asarray(value.get("level", np.zeros(self._level_mean.shape)))
-        except (KeyError, TypeError, AttributeError) as exc:
-            raise ValueError(f"scorer state needs hidden, forecast, smoothed, rows_seen "
-                             f"({exc})") from None
-        if forecast.shape != (C,) or smoothed.shape != (C,) or rows_seen.shape != () or \
-                last.shape != (C,) or repeats.shape != (C,) or absent.shape != (C,) or \
-                history.shape != self._history.shape or cons_mean.shape != self._cons_mean.shape \
-                or drift.shape != self._drift_state.shape \
-                or level.shape != self._level_mean.shape:
-            raise ValueError(f"scorer state does not fit this model ({C} channels)")
-        if any(a.dtype.kind != "f" for a in (history, cons_mean, drift, level)):
-            raise ValueError("scorer state: history, consistency, drift and level must be "
-                             "floats")
-        if rows_seen.dtype.kind not in "iu" or rows_seen < 0:
-            raise ValueError("scorer state: rows_seen must be a non-negative integer")
-        if repeats.dtype.kind not in "iu" or (repeats < 0).any() or last.dtype.kind != "f" \
-                or absent.dtype.kind not in "iu":
-            raise ValueError("scorer state: repeats must be non-negative integers, absent "
-                             "integers and last floats")
-        self.model.state = hidden
-        self._forecast[:] = forecast
-        self._smoothed[:] = smoothed
-        self._rows_seen = int(rows_seen)
-        self._last[:] = last
-        self._repeats[:] = repeats
-        self._absent[:] = absent
-        self._history[:] = history
-        self._cons_mean[:] = cons_mean
-        self._drift_state[:] = drift
-        self._level_mean[:] = level
+        state = _checked_state(value, _state_fields(self), self.model.state.shape)
+        self.model.state = state["hidden"]
+        self._rows_seen = int(state["rows_seen"])
+        for name in _state_fields(self):
+            if name != "rows_seen":
+                self._state_array(name)[...] = state[name]
+
+    def _state_array(self, name):
+        """The array behind state field ``name`` (the kernels write these in place)."""
+        return getattr(self, _STATE_ATTRIBUTES[name])
 
     @property
     def fingerprint(self):
@@ -830,19 +790,11 @@ class GroupScorer:
         self.scorer = scorer
         self.keys = []                      # index -> key
         self._index = {}                    # key -> index
-        C = scorer.num_channels
-        hidden_shape = scorer.model.state.shape
-        self._hidden = np.zeros((0,) + hidden_shape, np.float32)     # (K, L*D, H)
-        self._forecast = np.zeros((0, C), np.float32)                 # (K, C)
-        self._smoothed = np.zeros((0, C), np.float64)                 # (K, C)
-        self._rows_seen = np.zeros(0, np.int64)                       # (K,)
-        self._last = np.zeros((0, C), np.float64)                     # (K, C), NaN: none yet
-        self._repeats = np.zeros((0, C), np.int64)                    # (K, C)
-        self._absent = np.zeros((0, C), np.int64)                     # (K, C)
-        self._history = np.zeros((0,) + scorer._history.shape)        # (K, lags - 1, C)
-        self._cons_mean = np.zeros((0,) + scorer._cons_mean.shape)    # (K, consistency)
-        self._drift = np.zeros((0,) + scorer._drift_state.shape)      # (K, drift, 3)
-        self._level = np.zeros((0,) + scorer._level_mean.shape)       # (K, level channels)
+        self._fields = _state_fields(scorer)
+        # one array per state field with the streams on a leading axis, grown by doubling
+        self._hidden = np.zeros((0,) + scorer.model.state.shape, np.float32)   # (K, L*D, H)
+        for name, (shape, dtype, fresh) in self._fields.items():
+            setattr(self, _STATE_ATTRIBUTES[name], np.full((0,) + shape, fresh, dtype))
 
     @property
     def threshold(self):
@@ -889,7 +841,7 @@ class GroupScorer:
             smoothed, rows_seen = self._smoothed[ks], self._rows_seen[ks]
             last, repeats, absent = self._last[ks], self._repeats[ks], self._absent[ks]
             history, cons_mean = self._history[ks], self._cons_mean[ks]
-            drift, level = self._drift[ks], self._level[ks]
+            drift, level = self._drift_state[ks], self._level_mean[ks]
             s_b = np.empty(P.shape, np.float64)
             c_b = np.empty(P.shape + (C,), np.float64)
             _score_rows_batch(s_b, c_b, Zb, F, f_prev, smoothed, rows_seen,
@@ -904,26 +856,19 @@ class GroupScorer:
             self._last[ks], self._repeats[ks] = last, repeats
             self._absent[ks] = absent
             self._history[ks], self._cons_mean[ks] = history, cons_mean
-            self._drift[ks], self._level[ks] = drift, level
+            self._drift_state[ks], self._level_mean[ks] = drift, level
             scores[P], contrib[P] = s_b, c_b
         return (scores, contrib) if explain else scores
 
     def _score_alone(self, k, X):
         sc = self.scorer
-        sc.state = {"hidden": self._hidden[k], "forecast": self._forecast[k],
-                    "smoothed": self._smoothed[k], "rows_seen": self._rows_seen[k],
-                    "last": self._last[k], "repeats": self._repeats[k],
-                    "absent": self._absent[k],
-                    "history": self._history[k], "consistency": self._cons_mean[k],
-                    "drift": self._drift[k], "level": self._level[k]}
+        sc.state = {"hidden": self._hidden[k],
+                    **{name: getattr(self, _STATE_ATTRIBUTES[name])[k] for name in self._fields}}
         result = sc.score_many(X, explain=True)
         state = sc.state
-        self._hidden[k], self._forecast[k] = state["hidden"], state["forecast"]
-        self._smoothed[k], self._rows_seen[k] = state["smoothed"], state["rows_seen"]
-        self._last[k], self._repeats[k] = state["last"], state["repeats"]
-        self._absent[k] = state["absent"]
-        self._history[k], self._cons_mean[k] = state["history"], state["consistency"]
-        self._drift[k], self._level[k] = state["drift"], state["level"]
+        self._hidden[k] = state["hidden"]
+        for name in self._fields:
+            getattr(self, _STATE_ATTRIBUTES[name])[k] = state[name]
         return result
 
     def _id(self, key):
@@ -934,16 +879,9 @@ class GroupScorer:
             if k == len(self._rows_seen):               # grow the state arrays (doubling)
                 n = max(8, 2 * k)
                 self._hidden = _grow(self._hidden, n)
-                self._forecast = _grow(self._forecast, n)
-                self._smoothed = _grow(self._smoothed, n)
-                self._rows_seen = _grow(self._rows_seen, n)
-                self._last = _grow(self._last, n, np.nan)
-                self._repeats = _grow(self._repeats, n)
-                self._absent = _grow(self._absent, n)
-                self._history = _grow(self._history, n, np.nan)
-                self._cons_mean = _grow(self._cons_mean, n)
-                self._drift = _grow(self._drift, n)
-                self._level = _grow(self._level, n)
+                for name, (_, _, fresh) in self._fields.items():
+                    attribute = _STATE_ATTRIBUTES[name]
+                    setattr(self, attribute, _grow(getattr(self, attribute), n, fresh))
         return k
 
     def reset(self):
@@ -953,67 +891,90 @@ class GroupScorer:
     @property
     def state(self):
         """All streams' states as a dict of arrays: ``keys`` (K,) str, ``hidden``
-        (K, layers, H), ``forecast``, ``smoothed``, ``last`` and ``repeats`` (K, C),
-        ``rows_seen`` (K,), ``history`` (K, lags - 1, C), ``consistency`` (K, channels of
-        the consistency model) and ``drift`` (K, drift channels, 3)."""
+        (K, layers, H), and each field of :func:`_state_fields` with K streams on a leading
+        axis (``forecast`` (K, C), ``rows_seen`` (K,), ...)."""
         K = len(self.keys)
-        return {"keys": np.array(self.keys, dtype=str).reshape(K),
-                "hidden": self._hidden[:K].copy(), "forecast": self._forecast[:K].copy(),
-                "smoothed": self._smoothed[:K].copy(), "rows_seen": self._rows_seen[:K].copy(),
-                "last": self._last[:K].copy(), "repeats": self._repeats[:K].copy(),
-                "absent": self._absent[:K].copy(),
-                "history": self._history[:K].copy(), "consistency": self._cons_mean[:K].copy(),
-                "drift": self._drift[:K].copy(), "level": self._level[:K].copy()}
+        state = {"keys": np.array(self.keys, dtype=str).reshape(K),
+                 "hidden": self._hidden[:K].copy()}
+        for name in self._fields:
+            state[name] = getattr(self, _STATE_ATTRIBUTES[name])[:K].copy()
+        return state
 
     @state.setter
     def state(self, value):
-        C = self.scorer.num_channels
         try:
             keys = [str(k) for k in np.asarray(value["keys"]).reshape(-1)]
-            K = len(keys)
-            arrays = [np.asarray(value[name]) for name in
-                      ("hidden", "forecast", "smoothed", "rows_seen")]
-            # absent in states saved before the stuck-sensor rule: no run under way
-            arrays.append(np.asarray(value.get("last", np.full((K, C), np.nan))))
-            arrays.append(np.asarray(value.get("repeats", np.zeros((K, C), np.int64))))
-            # absent in states saved before dropouts were counted: no gap under way
-            arrays.append(np.asarray(value.get("absent", np.zeros((K, C), np.int64))))
-            # absent in states saved before the consistency model: none yet
-            arrays.append(np.asarray(value.get(
-                "history", np.full((K,) + self._history.shape[1:], np.nan))))
-            arrays.append(np.asarray(value.get(
-                "consistency", np.zeros((K,) + self._cons_mean.shape[1:]))))
-            # absent in states saved before the drift test: no baseline yet
-            arrays.append(np.asarray(value.get("drift", np.zeros((K,) + self._drift.shape[1:]))))
-            # absent in states saved before the level test: at the normal mean
-            arrays.append(np.asarray(value.get("level", np.zeros((K,) + self._level.shape[1:]))))
         except (KeyError, TypeError, AttributeError) as exc:
-            raise ValueError(f"group state needs keys, hidden, forecast, smoothed, rows_seen "
-                             f"({exc})") from None
-        shapes = [(K,) + self._hidden.shape[1:], (K, C), (K, C), (K,), (K, C), (K, C), (K, C),
-                  (K,) + self._history.shape[1:], (K,) + self._cons_mean.shape[1:],
-                  (K,) + self._drift.shape[1:], (K,) + self._level.shape[1:]]
-        if [a.shape for a in arrays] != shapes or len(set(keys)) != K:
-            raise ValueError(f"group state does not fit this model ({C} channels, hidden "
-                             f"{self._hidden.shape[1:]}) or repeats a key")
-        if arrays[3].dtype.kind not in "iu" or (arrays[3] < 0).any():
-            raise ValueError("group state: rows_seen must be non-negative integers")
-        if arrays[5].dtype.kind not in "iu" or (arrays[5] < 0).any() or \
-                arrays[4].dtype.kind != "f":
-            raise ValueError("group state: repeats must be non-negative integers and last "
-                             "floats")
-        if arrays[6].dtype.kind not in "iu":
-            raise ValueError("group state: absent must be integers")
-        if any(a.dtype.kind != "f" for a in arrays[7:]):
-            raise ValueError("group state: history, consistency, drift and level must be "
-                             "floats")
+            raise ValueError(f"group state needs keys ({exc})") from None
+        K = len(keys)
+        if len(set(keys)) != K:
+            raise ValueError("group state repeats a key")
+        state = _checked_state(value, self._fields, self._hidden.shape[1:], lead=(K,))
         self.reset()
         for key in keys:
             self._id(key)
-        (self._hidden[:K], self._forecast[:K], self._smoothed[:K], self._rows_seen[:K],
-         self._last[:K], self._repeats[:K], self._absent[:K], self._history[:K],
-         self._cons_mean[:K],
-         self._drift[:K], self._level[:K]) = arrays
+        self._hidden[:K] = state["hidden"]
+        for name in self._fields:
+            getattr(self, _STATE_ATTRIBUTES[name])[:K] = state[name]
+
+
+# the attribute behind each state field, in AnomalyScorer and (with a leading stream axis) in
+# GroupScorer
+_STATE_ATTRIBUTES = {"forecast": "_forecast", "smoothed": "_smoothed", "rows_seen": "_rows_seen",
+                     "last": "_last", "repeats": "_repeats", "absent": "_absent",
+                     "history": "_history", "consistency": "_cons_mean",
+                     "drift": "_drift_state", "level": "_level_mean"}
+_REQUIRED_STATE = ("hidden", "forecast", "smoothed", "rows_seen")
+
+
+def _state_fields(scorer):
+    """A stream's scoring state beyond the GRU's: name -> (shape, dtype, value for a fresh
+    stream). A state saved before a field existed loads with that value (no run, gap, history
+    or average under way)."""
+    C = scorer.num_channels
+    return {
+        "forecast": ((C,), np.float32, 0.0),          # of the next row, normalised
+        "smoothed": ((C,), np.float64, 0.0),          # the forecast term's EWMA per channel
+        "rows_seen": ((), np.int64, 0),
+        "last": ((C,), np.float64, np.nan),           # stuck sensors: last raw value
+        "repeats": ((C,), np.int64, 0),               # ... and how many rows repeated it
+        "absent": ((C,), np.int64, 0),                # rows missing in a row (< 0: re-warming)
+        "history": ((scorer._cons_lags - 1, C), np.float64, np.nan),   # consistency: rows before
+        "consistency": ((len(scorer._cons_channel),), np.float64, 0.0),
+        "drift": ((len(scorer._drift_channel), 3), np.float64, 0.0),   # baseline, slow, fast
+        "level": ((len(scorer._level_channel),), np.float64, 0.0),
+    }
+
+
+def _checked_state(value, fields, hidden_shape, lead=()):
+    """A state dict checked against fields (see :func:`_state_fields`), each with the leading
+    axes ``lead``; absent optional fields filled in. Raises ValueError naming the field."""
+    try:
+        state = {"hidden": np.asarray(value["hidden"])}
+        for name, (shape, dtype, fresh) in fields.items():
+            if name in value:
+                state[name] = np.asarray(value[name])
+            elif name in _REQUIRED_STATE:
+                raise KeyError(name)
+            else:
+                state[name] = np.full(lead + shape, fresh, dtype)
+    except (KeyError, TypeError, AttributeError) as exc:
+        raise ValueError(f"scorer state needs {', '.join(_REQUIRED_STATE)} ({exc})") from None
+    if state["hidden"].shape != lead + tuple(hidden_shape):
+        raise ValueError(f"scorer state does not fit this model: hidden has shape "
+                         f"{state['hidden'].shape}, the model's is {lead + tuple(hidden_shape)}")
+    for name, (shape, dtype, _) in fields.items():
+        a = state[name]
+        if a.shape != lead + shape:
+            raise ValueError(f"scorer state does not fit this model: {name} has shape "
+                             f"{a.shape}, expected {lead + shape}")
+        integers = np.dtype(dtype).kind == "i"
+        if (a.dtype.kind not in "iu") if integers else (a.dtype.kind != "f"):
+            raise ValueError(f"scorer state: {name} must be "
+                             f"{'integers' if integers else 'floats'}")
+        if name in ("rows_seen", "repeats") and (a < 0).any():
+            raise ValueError(f"scorer state: {name} must be non-negative integers")
+    return state
 
 
 def _consistency(cons, columns):

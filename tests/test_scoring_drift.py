@@ -123,7 +123,7 @@ def test_missing_values_and_old_states():
     # a state saved before the drift test
     b, state = assert_scores_with_missing_values(make_scorer, X, ["drift"])
     assert (b.state["drift"] == 0.0).all() and np.isfinite(b.score_many(X)).all()
-    with pytest.raises(ValueError, match="drift and level must be floats"):
+    with pytest.raises(ValueError, match="drift must be floats"):
         b.state = dict(state, drift=np.zeros((1, 3), np.int64))
     with pytest.raises(ValueError, match="does not fit"):
         b.state = dict(state, drift=np.zeros((2, 3)))
