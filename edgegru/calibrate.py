@@ -29,7 +29,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from edgegru.errors import TrainingError
-from edgegru.scoring import AnomalyScorer, _level_update, forecasts
+from edgegru.scoring import AnomalyScorer, _level_statistic, _level_update, forecasts
 
 MAX_WARMUP = 100             # the scorer's warm-up is measured, and capped here
 RESIDUAL_STD_FLOOR = 1e-3    # in normalised units: a perfectly forecast channel still has noise
@@ -347,12 +347,13 @@ def fit_level(Z, X, names, options):
     S = S[int(round(2 / options.level_smoothing)):]          # past the averages' start-up
     cov = np.atleast_2d(np.cov(S.T))
     cov = (1 - options.level_shrinkage) * cov + options.level_shrinkage * np.diag(np.diag(cov))
-    precision = np.linalg.inv(cov)
-    t2 = np.einsum("ti,ij,tj->t", S, precision, S)
+    precision = np.ascontiguousarray(np.linalg.inv(cov))
+    present = np.zeros(Z.shape[1], np.int64)            # the scorer's "absent" counts: none
+    t2_max = max(_level_statistic(m, precision, sel, present)[0] for m in S)
     section = {"channels": [names[i] for i in sel], "smoothing": options.level_smoothing,
                "center": [_round(v, 9) for v in center],
                "precision": [[_round(v, 9) for v in row] for row in precision]}
-    return section, float(t2.max()), ratio
+    return section, float(t2_max), ratio
 
 
 def upcrossing_threshold(scores, rate, quantile=0.95):

@@ -157,13 +157,13 @@ import hashlib
 import json
 import math
 import os
-import tempfile
 
 import numpy as np
 
 from edgegru._jit import NO_NRT, njit
 from edgegru.errors import ModelFormatError
 from edgegru.formats import load as load_model
+from edgegru.formats.native import write_npz_atomically
 from edgegru.kernels import entry_point
 
 
@@ -194,8 +194,9 @@ def _score_rows(scores, contrib, Z, F, f_prev, smoothed, rows_seen, inv_residual
     drift_scale (J, 3) = 1 / the spreads of q, u and v; drift_alpha (3,) = the smoothing of
     u, v and the baseline; drift_weight; drift_state (J, 3) = baseline, u, v, updated in place.
     Level (L channels, L = 0: off): level_channel (L,), level_center (L,) their normal mean,
-    level_gain (L, L) = weight * the precision of their averages on normal data, level_alpha; level_mean (L,) the averages,
-    updated in place (see :func:`_level_update`, :func:`_level_statistic`).
+    level_gain (L, L) = weight * the precision of their averages on normal data, level_alpha;
+    level_mean (L,) the averages, updated in place (see :func:`_level_update`,
+    :func:`_level_statistic`).
     scratch (3, C): work space, so that scoring a row allocates nothing. Returns the new
     rows_seen.
     """
@@ -209,10 +210,8 @@ def _score_rows(scores, contrib, Z, F, f_prev, smoothed, rows_seen, inv_residual
     e = scratch[1]
     q = scratch[2]                          # this row's consistency residual, NaN: none
     for t in range(T):
-        gap = _dropouts(absent, X[t], warmup)
-        returning = False
+        gap, returning = _dropouts(absent, X[t], warmup)
         for c in range(C):
-            returning = returning or absent[c] < 0
             x = X[t, c]
             if x == last[c]:
                 repeats[c] += 1
@@ -307,8 +306,8 @@ def _score_rows(scores, contrib, Z, F, f_prev, smoothed, rows_seen, inv_residual
 @njit(cache=True, error_model="numpy", **NO_NRT)
 def _dropouts(absent, x, warmup):
     """Count the missing channels of raw row x (C,) in absent (C,) (see _score_rows); returns
-    whether any channel is missing in this row."""
-    gap = False
+    (whether a channel is missing in this row, whether one is re-warming after a gap)."""
+    gap = returning = False
     for c in range(x.shape[0]):
         if np.isfinite(x[c]):
             if absent[c] > 1:               # back after a gap: re-warm as long as it lasted
@@ -320,7 +319,8 @@ def _dropouts(absent, x, warmup):
         else:
             gap = True
             absent[c] = absent[c] + 1 if absent[c] > 0 else 1
-    return gap
+        returning = returning or absent[c] < 0
+    return gap, returning
 
 
 @njit(cache=True, error_model="numpy", **NO_NRT)
@@ -329,23 +329,22 @@ def _score_rows_batch(scores, contrib, Z, F, f_prev, smoothed, rows_seen, inv_re
                       stuck_level, cons_channel, cons_coef, cons_inv_std, cons_alpha, cons_gain,
                       cons_degree, drift_channel, drift_coef, drift_scale, drift_alpha,
                       drift_weight, level_channel, level_center, level_gain, level_alpha,
-                      history, cons_mean,
-                      drift_state, level_mean, scratch):
+                      history, cons_mean, drift_state, level_mean, scratch):
     """_score_rows for B independent streams: scores (B, T), contrib (B, T, C), Z, F and X
     (B, T, C), f_prev, smoothed, last and repeats (B, C), rows_seen (B,), history
-    (B, lags - 1, C), cons_mean (B, K), drift_state (B, J, 3), level_mean (B, L); all but Z,
+    (B, lags - 1, C), cons_mean (B, K), drift_state (B, J, 3), absent (B, C), level_mean
+    (B, L); all but Z,
     F and X updated in place."""
     for b in range(Z.shape[0]):
         rows_seen[b] = _score_rows(scores[b], contrib[b], Z[b], F[b], f_prev[b], smoothed[b],
                                    rows_seen[b], inv_residual_std, whitening, combine_max,
                                    alpha, warmup, X[b], last[b], repeats[b], absent[b],
-                                   stuck_rows,
-                                   stuck_level, cons_channel, cons_coef, cons_inv_std,
-                                   cons_alpha, cons_gain, cons_degree, drift_channel,
-                                   drift_coef, drift_scale, drift_alpha, drift_weight,
-                                   level_channel, level_center, level_gain, level_alpha,
-                                   history[b],
-                                   cons_mean[b], drift_state[b], level_mean[b], scratch)
+                                   stuck_rows, stuck_level, cons_channel, cons_coef,
+                                   cons_inv_std, cons_alpha, cons_gain, cons_degree,
+                                   drift_channel, drift_coef, drift_scale, drift_alpha,
+                                   drift_weight, level_channel, level_center, level_gain,
+                                   level_alpha, history[b], cons_mean[b], drift_state[b],
+                                   level_mean[b], scratch)
 
 
 @njit(cache=True, error_model="numpy", **NO_NRT)
@@ -414,6 +413,15 @@ def forecasts(output, Z, forecast):
     return output
 
 
+def _whole_rows(value, name, what="a whole number from 1"):
+    """value as an int if it is a whole number from 1 to MAX_WARMUP, else a ModelFormatError
+    naming the field (``what`` says what it must be, up to the bound)."""
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) \
+            or not 1 <= value <= MAX_WARMUP:
+        raise ModelFormatError(f"{name} must be {what} to {MAX_WARMUP}, got {value!r}")
+    return int(value)
+
+
 def valid_threshold(value, name="threshold"):
     """value as a float if it is a usable anomaly threshold (finite and positive), else a
     ModelFormatError naming it: a NaN threshold would never flag anything."""
@@ -455,26 +463,17 @@ class AnomalyScorer:
         self.smoothing = float(smoothing)
         if not 0.0 < self.smoothing <= 1.0:
             raise ModelFormatError(f"smoothing must be in (0, 1], got {self.smoothing}")
-        if isinstance(warmup, bool) or not isinstance(warmup, (int, np.integer)) \
-                or not 1 <= warmup <= MAX_WARMUP:
-            raise ModelFormatError(f"warmup must be a whole number of rows from 1 (the first "
-                                   f"row has no forecast) to {MAX_WARMUP}, got {warmup!r}")
-        self.warmup = int(warmup)
+        self.warmup = _whole_rows(warmup, "warmup", "a whole number of rows from 1 (the first "
+                                  "row has no forecast)")
         if combine not in ("sum", "max"):
             raise ModelFormatError(f"combine must be 'sum' or 'max', got {combine!r}")
         self.combine = combine
         self.whitening = None if whitening is None else _matrix(whitening, (C, C), "whitening")
-        if stuck_rows is not None and (isinstance(stuck_rows, bool)
-                                       or not isinstance(stuck_rows, (int, np.integer))
-                                       or not 1 <= stuck_rows <= MAX_WARMUP):
-            raise ModelFormatError(f"stuck_rows must be a whole number from 1 to {MAX_WARMUP}, "
-                                   f"got {stuck_rows!r}")
-        self.stuck_rows = None if stuck_rows is None else int(stuck_rows)
+        self.stuck_rows = None if stuck_rows is None else _whole_rows(stuck_rows, "stuck_rows")
         self.consistency = _consistency(consistency, self.columns)
         cons = self.consistency or {"channels": [], "lags": 1, "degree": 1,
                                     "coef": np.zeros((0, 1)), "residual_std": np.zeros(0),
                                     "smoothing": 1.0, "ewma_std": np.zeros(0), "weight": 1.0}
-        K = len(cons["channels"])
         self._cons_channel = np.array([self.columns.index(n) for n in cons["channels"]],
                                       np.int64)
         self._cons_coef = cons["coef"]
@@ -515,21 +514,12 @@ class AnomalyScorer:
         self._inv_std = (1.0 / self.std).astype(np.float32)
         self._inv_residual_std = 1.0 / self.residual_std
         self._index = {name: i for i, name in enumerate(self.columns)}
-        # scorer state beyond the GRU's: the last forecast, the EWMA, how many rows were seen,
-        # and per channel the last raw value and how many rows repeated it (stuck sensors)
-        self._forecast = np.zeros(C, np.float32)
-        self._smoothed = np.zeros(C, np.float64)
+        # the stream's state beyond the GRU's (_state_fields), made once; the kernels write the
+        # arrays in place, rows_seen comes back from them as a count
         self._rows_seen = 0
-        self._last = np.full(C, np.nan)
-        self._repeats = np.zeros(C, np.int64)
-        self._absent = np.zeros(C, np.int64)       # rows missing in a row (< 0: re-warming)
-        # consistency: the previous normalised rows (NaN: none yet) and the residuals' EWMA
-        self._history = np.full((self._cons_lags - 1, C), np.nan)
-        self._cons_mean = np.zeros(K, np.float64)
-        # drift: per drift channel its baseline and the slow and fast averages against it
-        self._drift_state = np.zeros((J, 3), np.float64)
-        # level: the averages of the level channels' normalised values
-        self._level_mean = np.zeros(len(lv["channels"]), np.float64)
+        for name, (shape, dtype, fresh) in _state_fields(self).items():
+            if name != "rows_seen":
+                setattr(self, _STATE_ATTRIBUTES[name], np.full(shape, fresh, dtype))
         # buffers for score_one, allocated once
         self._x = np.zeros((1, C), np.float64)
         self._score_one_kernel = None
@@ -590,8 +580,7 @@ class AnomalyScorer:
         args = (self._score1, self._contrib1, z, z, self._forecast, self._smoothed,
                 self._rows_seen, self._inv_residual_std, self._whitening, self._combine_max,
                 self.smoothing, self.warmup, x, self._last, self._repeats, self._absent,
-                *self._stuck,
-                *self._cons, self._history, self._cons_mean, self._drift_state,
+                *self._stuck, *self._cons, self._history, self._cons_mean, self._drift_state,
                 self._level_mean, self._scratch)
         if self._score_one_kernel is None:
             # Every array here is the scorer's own, made once and only ever written in place,
@@ -628,8 +617,8 @@ class AnomalyScorer:
                                           self._whitening, self._combine_max,
                                           self.smoothing, self.warmup, X[start:stop],
                                           self._last, self._repeats, self._absent,
-                                          *self._stuck,
-                                          *self._cons, self._history, self._cons_mean,
+                                          *self._stuck, *self._cons, self._history,
+                                          self._cons_mean,
                                           self._drift_state, self._level_mean,
                                           self._scratch)
             self._forecast[:] = F[-1]
@@ -711,18 +700,7 @@ class AnomalyScorer:
         arrays = {"format": np.array(STATE_FORMAT), "format_version": np.array(STATE_VERSION),
                   "fingerprint": np.array(self.fingerprint)}
         arrays.update({"state." + k: np.asarray(v) for k, v in self.state.items()})
-        path = os.fspath(path)
-        fd, tmp = tempfile.mkstemp(dir=os.path.dirname(os.path.abspath(path)),
-                                   prefix=f".{os.path.basename(path)}.", suffix=".tmp")
-        try:
-            with os.fdopen(fd, "wb") as f:
-                np.savez(f, **arrays)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, path)
-        except BaseException:
-            os.unlink(tmp)
-            raise
+        write_npz_atomically(path, arrays, prefix=f".{os.path.basename(os.fspath(path))}.")
 
     def load_state(self, path):
         """Resume from a file :meth:`save_state` wrote; a file of another model or calibration,
@@ -847,8 +825,8 @@ class GroupScorer:
             _score_rows_batch(s_b, c_b, Zb, F, f_prev, smoothed, rows_seen,
                               sc._inv_residual_std, sc._whitening, sc._combine_max,
                               sc.smoothing, sc.warmup, X[P], last, repeats, absent,
-                              *sc._stuck,
-                              *sc._cons, history, cons_mean, drift, level, sc._scratch)
+                              *sc._stuck, *sc._cons, history, cons_mean, drift, level,
+                              sc._scratch)
             self._hidden[ks] = h_n.transpose(1, 0, 2)
             self._forecast[ks] = F[:, -1]
             self._smoothed[ks] = smoothed

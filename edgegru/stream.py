@@ -104,6 +104,7 @@ import numpy as np
 
 from edgegru._jit import JIT, NO_NRT, njit
 from edgegru.errors import EdgeGRUError, InputError, WriteError
+from edgegru.formats.native import write_npz_atomically
 from edgegru.scoring import GroupScorer, valid_threshold
 
 READ_SIZE = 1 << 18          # bytes per read: up to ~7000 rows of a 4-channel sensor file
@@ -639,12 +640,6 @@ STATE_FORMAT = "edgegru-state"
 STATE_VERSION = 1
 
 
-def model_fingerprint(scorer):
-    """The scorer's :attr:`~edgegru.scoring.AnomalyScorer.fingerprint` (what a state file
-    must match to be resumed)."""
-    return scorer.fingerprint
-
-
 @dataclasses.dataclass
 class Position:
     """How much of the input the state has consumed."""
@@ -705,21 +700,10 @@ class StateFile:
                   "lines": np.array(pos.lines), "bytes": np.array(pos.bytes),
                   "crc32": np.array(pos.crc32), "rows": np.array(pos.rows)}
         arrays.update({"state." + k: np.asarray(v) for k, v in state.items()})
-        tmp = None
         try:
-            fd, tmp = self._mkstemp()
-            with os.fdopen(fd, "wb") as f:
-                np.savez(f, **arrays)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, self.path)
-            tmp = None
+            write_npz_atomically(self.path, arrays, prefix=self._tmp_name_prefix())
         except OSError as exc:
             raise WriteError(f"cannot save the state to {self.path}: {_why(exc)}") from None
-        finally:
-            if tmp is not None:
-                with contextlib.suppress(OSError):
-                    os.unlink(tmp)
 
     # The temporary file is named after the state file and the process writing it, so that a
     # later run with the same state path knows which leftovers (a SIGKILL during a save) are
@@ -727,8 +711,11 @@ class StateFile:
     def _tmp_prefix(self):
         return f".{os.path.basename(self.path)}.tmp-"
 
+    def _tmp_name_prefix(self):
+        return f"{self._tmp_prefix()}{os.getpid()}-"
+
     def _mkstemp(self):
-        return tempfile.mkstemp(dir=self.directory, prefix=f"{self._tmp_prefix()}{os.getpid()}-")
+        return tempfile.mkstemp(dir=self.directory, prefix=self._tmp_name_prefix())
 
     @property
     def directory(self):
@@ -975,7 +962,7 @@ class _Run:
                           else valid_threshold(threshold, "the threshold"))
         self.on_error = on_error
         self.state_file = None if state is None else \
-            StateFile(state, model_fingerprint(scorer), group_by)
+            StateFile(state, scorer.fingerprint, group_by)
         self.checkpoint_every = checkpoint_every
         self.progress = progress
         self.log = log or _note

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 import edgegru
-from edgegru.stream import StateFile, model_fingerprint, score_stream
+from edgegru.stream import StateFile, score_stream
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLE = ROOT / "examples" / "sensor.csv"
@@ -51,25 +51,24 @@ def mount_tmpfs(path, options):
         pytest.skip(f"cannot mount a tmpfs here ({done.stderr.decode().strip()})")
 
 
+def mounted_tmpfs(path, options):
+    """A tmpfs mounted at path for the test (skipped where that cannot be), unmounted after."""
+    if os.geteuid() != 0:
+        pytest.skip("mounting a tmpfs needs root")
+    mount_tmpfs(path, options)
+    yield path
+    subprocess.run(["umount", "-l", str(path)], check=False)
+
+
 @pytest.fixture
 def small_fs(tmp_path):
     """A 64 KiB file system, a real one that fills up."""
-    if os.geteuid() != 0:
-        pytest.skip("mounting a tmpfs needs root")
-    path = tmp_path / "small"
-    mount_tmpfs(path, "size=64k")
-    yield path
-    subprocess.run(["umount", "-l", str(path)], check=False)
+    yield from mounted_tmpfs(tmp_path / "small", "size=64k")
 
 
 @pytest.fixture
 def read_only_fs(tmp_path):
-    if os.geteuid() != 0:
-        pytest.skip("mounting a tmpfs needs root")
-    path = tmp_path / "ro"
-    mount_tmpfs(path, "ro,size=64k")
-    yield path
-    subprocess.run(["umount", "-l", str(path)], check=False)
+    yield from mounted_tmpfs(tmp_path / "ro", "ro,size=64k")
 
 
 def expected_output(model_path, data, **kw):
@@ -171,7 +170,7 @@ def test_a_closed_output_pipe_saves_the_state(scoring_model_path, tmp_path):
     assert proc.wait(60) == 141
     assert b"Traceback" not in proc.stderr.read()
     scorer = edgegru.AnomalyScorer.load(scoring_model_path)
-    _, pos = StateFile(state, model_fingerprint(scorer), None).load()
+    _, pos = StateFile(state, scorer.fingerprint, None).load()
     assert pos.rows == 100                   # the rows that got out, not the block that did not
 
 

@@ -65,8 +65,7 @@ def test_the_calibration_averages_are_the_scorers():
 
 
 def test_a_state_saved_under_other_level_settings_is_not_resumed():
-    from edgegru.stream import model_fingerprint
     scorer, _ = make_scorer(normal_rows(400))
     other, _ = make_scorer(normal_rows(400, seed=5))
-    assert model_fingerprint(scorer) != model_fingerprint(other)
-    assert model_fingerprint(scorer) == model_fingerprint(make_scorer(normal_rows(400))[0])
+    assert scorer.fingerprint != other.fingerprint
+    assert scorer.fingerprint == make_scorer(normal_rows(400))[0].fingerprint

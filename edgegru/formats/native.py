@@ -17,6 +17,7 @@ running it with the logistic sigmoid; every other model is still written as vers
 Unknown versions, missing or extra arrays, wrong shapes and non-finite weights are refused with a
 :class:`~edgegru.errors.ModelFormatError` that names the file and the problem.
 """
+import contextlib
 import io
 import json
 import os
@@ -58,19 +59,32 @@ def save(model, path):
     arrays = {name: np.ascontiguousarray(a, dtype=np.float32)
               for name, a in model.weights.arrays.items()}
     arrays[META_KEY] = np.array(json.dumps(meta, indent=1, sort_keys=True))
+    # mkstemp makes the file owner-only (0600); a model file is for reading by whoever runs it
+    # (a service user, say), so give it the mode open() would have: 0666 less the umask
+    umask = os.umask(0)
+    os.umask(umask)
+    write_npz_atomically(path, arrays, mode=0o666 & ~umask)
+
+
+def write_npz_atomically(path, arrays, prefix="tmp", mode=None):
+    """Write ``arrays`` as one ``.npz`` at ``path`` through a temporary file in the same
+    directory (named ``prefix...tmp``, made with ``mode`` if given, else 0600), synced and
+    renamed over it: a reader, or a power cut, sees the old file or the new one, never half of
+    one. The temporary file is removed when anything fails."""
     path = os.fspath(path)
-    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(os.path.abspath(path)), suffix=".tmp")
+    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(os.path.abspath(path)), prefix=prefix,
+                               suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as f:
             np.savez(f, **arrays)
-        # mkstemp makes the file owner-only (0600); a model file is for reading by whoever runs
-        # it (a service user, say), so give it the mode open() would have: 0666 less the umask
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)
+            f.flush()
+            os.fsync(f.fileno())
+        if mode is not None:
+            os.chmod(tmp, mode)
         os.replace(tmp, path)
     except BaseException:
-        os.unlink(tmp)
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
         raise
 
 
