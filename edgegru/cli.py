@@ -17,7 +17,10 @@ import time
 import click
 
 import edgegru
+from edgegru.calibrate import CalibrationOptions
 from edgegru.errors import EdgeGRUError, WriteError
+from edgegru.scoring import FORECASTS
+from edgegru.train import TrainingOptions
 
 
 def friendly_errors(command):
@@ -212,9 +215,18 @@ class _TypedCommand(click.Command):
         return super().parse_args(ctx, args)
 
 
-def _expert(*names, **kwargs):
+def _option(name, **kwargs):
+    """An option of `edgegru train`, its default that of the field of the same name of
+    TrainingOptions or CalibrationOptions (the defaults a Python caller gets)."""
+    field = name.lstrip("-").replace("-", "_")
+    options = TrainingOptions if field in TrainingOptions.__dataclass_fields__ else \
+        CalibrationOptions
+    return click.option(name, default=getattr(options, field), show_default=True, **kwargs)
+
+
+def _expert(name, **kwargs):
     """An option kept out of --help (every one is listed in README.md, "Training a model")."""
-    return click.option(*names, hidden=True, show_default=True, **kwargs)
+    return _option(name, hidden=True, **kwargs)
 
 
 @main.command(cls=_TypedCommand)
@@ -230,56 +242,53 @@ def _expert(*names, **kwargs):
               "(anomaly-free) and trained on (default: every row).")
 @click.option("--train-fraction", type=float, metavar="F", help="The first fraction F of the "
               "rows is normal, instead of --train-rows.")
-@click.option("--hidden-size", type=click.IntRange(min=1), default=32, show_default=True,
-              help="GRU hidden size.")
-@click.option("--steps", type=click.IntRange(min=1), default=600, show_default=True,
-              help="Optimizer steps (what training time grows with).")
-@click.option("--false-alarm-rate", type=float, default=1e-5, show_default=True,
-              help="Threshold: score crossings per row on normal data.")
-@click.option("--seed", type=int, default=0, show_default=True, help="Random seed.")
+@_option("--hidden-size", type=click.IntRange(min=1), help="GRU hidden size.")
+@_option("--steps", type=click.IntRange(min=1),
+         help="Optimizer steps (what training time grows with).")
+@_option("--false-alarm-rate", type=float,
+         help="Threshold: score crossings per row on normal data.")
+@_option("--seed", type=int, help="Random seed.")
 @click.option("-q", "--quiet", is_flag=True, help="Print nothing on stderr.")
-@_expert("--state-dict", type=click.Path(dir_okay=False), help="Where to save the PyTorch "
-         "state dict (default: OUTPUT with .pt).")
-@_expert("--calibration-fraction", type=float, default=0.3,
+@click.option("--state-dict", type=click.Path(dir_okay=False), hidden=True,
+              help="Where to save the PyTorch state dict (default: OUTPUT with .pt).")
+@_expert("--calibration-fraction", type=float,
          help="Trailing share of the normal rows kept out of training, to calibrate.")
 @_expert("--epochs", type=int, help="Passes over the training windows (default: what --steps "
          "takes, at most 200).")
-@_expert("--num-layers", type=int, default=1, help="GRU layers.")
+@_expert("--num-layers", type=int, help="GRU layers.")
 @_expert("--window", type=int, help="Rows per training window (default: 128, or half the "
          "training rows).")
-@_expert("--burn-in", type=int, default=16, help="First rows of a window that only settle "
-         "the state.")
-@_expert("--stride", type=int, default=16, help="Rows between window starts.")
-@_expert("--batch-size", type=int, default=32, help="Windows per step.")
-@_expert("--lr", type=float, default=5e-3, help="Peak learning rate (Adam).")
-@_expert("--clip", type=float, default=1.0, help="Gradient norm clip.")
-@_expert("--forecast", type=click.Choice(["delta", "absolute"]), default="delta",
+@_expert("--burn-in", type=int, help="First rows of a window that only settle the state.")
+@_expert("--stride", type=int, help="Rows between window starts.")
+@_expert("--batch-size", type=int, help="Windows per step.")
+@_expert("--lr", type=float, help="Peak learning rate (Adam).")
+@_expert("--clip", type=float, help="Gradient norm clip.")
+@_expert("--forecast", type=click.Choice(FORECASTS),
          help="What the network predicts: the next row, or its step from this one.")
-@_expert("--shift", type=float, default=3.0, help="Random per-window level shift "
-         "(normalised units); 0: off.")
-@_expert("--threads", type=int, default=1, help="Torch threads.")
-@_expert("--smoothing", type=float, default=1.0, help="Score EWMA alpha in (0, 1].")
-@_expert("--shrinkage", type=float, default=0.05, help="Whitening: shrink the residual "
+@_expert("--shift", type=float,
+         help="Random per-window level shift (normalised units); 0: off.")
+@_expert("--threads", type=int, help="Torch threads.")
+@_expert("--smoothing", type=float, help="Score EWMA alpha in (0, 1].")
+@_expert("--shrinkage", type=float, help="Whitening: shrink the residual "
          "correlation towards the identity.")
-@_expert("--whitening", type=click.Choice(["conditional", "zca"]), default="conditional",
+@_expert("--whitening", type=click.Choice(["conditional", "zca"]),
          help="How the forecast residuals are decorrelated.")
-@_expert("--consistency-r2", type=float, default=0.99, help="Consistency model for channels "
+@_expert("--consistency-r2", type=float, help="Consistency model for channels "
          "the others explain with at least this R^2 (above 1: none).")
-@_expert("--consistency-lags", type=int, default=2, help="Consistency model: rows read.")
-@_expert("--consistency-degree", type=int, default=3, help="Consistency model: degree.")
-@_expert("--consistency-smoothing", type=float, default=0.3, help="Consistency EWMA alpha.")
-@_expert("--drift-r2", type=float, default=0.95, help="Drift test for channels explained "
+@_expert("--consistency-lags", type=int, help="Consistency model: rows read.")
+@_expert("--consistency-degree", type=int, help="Consistency model: degree.")
+@_expert("--consistency-smoothing", type=float, help="Consistency EWMA alpha.")
+@_expert("--drift-r2", type=float, help="Drift test for channels explained "
          "with at least this R^2 (above 1: none).")
-@_expert("--drift-smoothing", type=float, default=0.02, help="Drift test: slow EWMA alpha.")
-@_expert("--drift-fast-smoothing", type=float, default=0.3, help="Drift test: fast alpha.")
-@_expert("--drift-baseline-smoothing", type=float, default=0.001,
-         help="Drift test: baseline alpha.")
-@_expert("--level-smoothing", type=float, default=0.1, help="Level test: EWMA alpha.")
-@_expert("--level-max-ratio", type=float, default=25.0, help="Level test for channels whose "
+@_expert("--drift-smoothing", type=float, help="Drift test: slow EWMA alpha.")
+@_expert("--drift-fast-smoothing", type=float, help="Drift test: fast alpha.")
+@_expert("--drift-baseline-smoothing", type=float, help="Drift test: baseline alpha.")
+@_expert("--level-smoothing", type=float, help="Level test: EWMA alpha.")
+@_expert("--level-max-ratio", type=float, help="Level test for channels whose "
          "variance ratio on the normal rows is below this (0: none).")
-@_expert("--level-margin", type=float, default=3.0, help="Level test: alarms above this "
+@_expert("--level-margin", type=float, help="Level test: alarms above this "
          "multiple of its largest value on the normal rows.")
-@_expert("--level-shrinkage", type=float, default=0.1, help="Level test: covariance shrinkage.")
+@_expert("--level-shrinkage", type=float, help="Level test: covariance shrinkage.")
 @friendly_errors
 def train(data, output, columns, delimiter, train_rows, train_fraction, quiet, state_dict,
           **options):
@@ -297,8 +306,7 @@ def train(data, output, columns, delimiter, train_rows, train_fraction, quiet, s
       edgegru train mine.csv -o mine.npz
       edgegru train pump.csv -o pump.npz --columns temp,current --train-rows 20000
     """
-    from edgegru.calibrate import CalibrationOptions
-    from edgegru.train import TrainingOptions, train_model
+    from edgegru.train import train_model
     if train_rows is not None and train_fraction is not None:
         raise click.UsageError("give --train-rows or --train-fraction, not both")
     delimiter = _delimiter(delimiter)
