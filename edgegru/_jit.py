@@ -45,7 +45,7 @@ else:
         BACKEND = "numba"
         # Kernels allocate nothing, so they need none of numba's reference counting: without
         # it, each array view a kernel makes or passes on is not incref'd and decref'd with an
-        # atomic instruction (~10 per time step, -10 % per step at H=16..64 here), and a call
+        # atomic instruction (about ten per time step, a measurable share of it), and a call
         # from Python does not wrap every array argument in a new meminfo. "_nrt" is numba's
         # own (private, long-standing) option; should a numba drop it, the kernels just keep
         # the reference counting.

@@ -53,7 +53,7 @@ from edgegru._jit import AOT, BACKEND, JIT, NO_NRT, njit
 FASTMATH = {"nsz", "arcp", "contract"}
 # error_model="numpy": float division by zero gives inf/NaN instead of raising. Numba's default
 # (Python's ZeroDivisionError) puts a branch in every division, and that alone stops LLVM from
-# vectorising the activations (0.54 vs 4.2 ns per tanh here).
+# vectorising the activations.
 # NO_NRT: no reference counting of arrays (see edgegru._jit); nothing here allocates.
 KERNEL = dict(fastmath=FASTMATH, error_model="numpy", cache=True, **NO_NRT)
 
@@ -128,8 +128,8 @@ def hard_sigmoid(x, alpha, beta):
 
 # Every matrix row and every array of params starts on a cache line (64 bytes, ALIGNMENT
 # floats; params itself starts on one): a row of w_hh whose start is not aligned makes every
-# vector load of it straddle two lines. Product alone, one row-major W_hh (H, 3H), here: H=52
-# 136 -> 87 ns, H=60 177 -> 120 ns, H=63 221 -> 125 ns (H=64, aligned anyway: 127 ns).
+# vector load of it straddle two lines, which costs a third of the product at sizes like
+# H=52-63 (BENCHMARKS.md and git log have the A/B figures).
 ALIGNMENT = 16
 
 if BACKEND == "numba":
@@ -286,7 +286,7 @@ def _axpy(acc, x, w, ld, c0):
 def _axpy_chain(acc, x, w, ld, c0):
     # _axpy, one row at a time: acc[j] = fma(x[i], W[i, c0 + j], acc[j]) for i in order. The
     # order of the large recurrent products (_matvec_blocked), whose register-held sums
-    # (_chain) are ~25-45 % faster in it than in _rows4's (measured below _matvec_blocked).
+    # (_chain) are faster in it than in _rows4's (see _matvec_blocked).
     n = acc.shape[0]
     for i in range(x.shape[0]):
         r = i * ld + c0
@@ -618,11 +618,9 @@ else:
 # elsewhere panels of 4, 2 and 1 vectors, then _axpy).
 PANEL_COLUMNS = 8 * PANEL_LANES
 
-# The recurrent product keeps its sums in registers (_panel) up to this many output
-# columns. Per step, whole sequence, A/B here: H=16 110-120 -> 95-106 ns, H=32 236-257 ->
-# 197-212 ns, H=96 1734 -> 1568 ns; H=64 -6 % to +2 % over three A/B runs; but at H=128
-# (384 columns) 2566 -> 2744 ns, so wider products keep _axpy's row-by-row sweep. (Since then
-# a w_hh that wide is blocked, _matvec_blocked: this applies to w_ih.)
+# A product keeps its sums in registers (_panel) up to this many output columns; wider
+# ones are faster in _axpy's row-by-row sweep (measured: git log of this constant). A w_hh
+# that wide is blocked (_matvec_blocked), so this bound applies to w_ih.
 PANEL_MAX_COLUMNS = 320
 
 # The blocks of a blocked w_hh (pack_recurrent): one widest panel each.
@@ -658,7 +656,7 @@ _masked_panel_of_width = _of_width(_panel_masked)
 
 
 # Not inlined, unlike the rest of the cell: its panel widths, inlined at the three places
-# _cell multiplies, made the step and sequence kernels take ~50 % longer to compile, for no
+# _cell multiplies, make the step and sequence kernels compile markedly longer, for no
 # measurable gain over one call per product.
 @njit(**KERNEL)
 def _matvec(acc, x, w, ld, c0, reverse):
@@ -669,17 +667,16 @@ def _matvec(acc, x, w, ld, c0, reverse):
     # independent sums). The cell alternates the order from one time step to the next, so that
     # each step starts on the panels the previous one read last, which are still in L1: past
     # H~40 (W_hh over ~20 KB) the matrix no longer fits L1 and, read in one order, every step
-    # would fetch all of it from L2 again. A/B, sequence per step: H=64 733-739 -> 616-638 ns,
-    # H=96 1545-1574 -> 1447-1497 ns. Past PANEL_MAX_COLUMNS the panels were slower than
-    # _axpy's sweep even in alternating order (H=128 2529 -> 2754 ns), and _axpy's rows
-    # cannot be reversed without changing the order of the sums.
+    # would fetch all of it from L2 again. Past PANEL_MAX_COLUMNS the panels are slower than
+    # _axpy's sweep even in alternating order, and _axpy's rows cannot be reversed without
+    # changing the order of the sums.
     n = acc.shape[0]
     if n > PANEL_MAX_COLUMNS:
         _axpy(acc, x, w, ld, c0)
         return
     if n < PANEL_COLUMNS:
-        # the loop below would do the same in one piece, but through its branch the product
-        # was slower (H=16 90 against 74-79 ns per step, Zen 4)
+        # the loop below would do the same in one piece, but its branch makes the product
+        # measurably slower at these sizes
         _matvec_rest(acc, x, w, ld, c0, 0)
         return
     n_full = n - n % PANEL_COLUMNS
@@ -697,10 +694,9 @@ def _matvec_rest(acc, x, w, ld, c0, j):
     # _matvec for the columns from j on (fewer than PANEL_COLUMNS): where they are a whole
     # number of vectors, one _panel that wide, inlined where the product is; else
     # _matvec_tail, a call. At H=16 and 32 every product is this whole panel (3H = 3 and 6
-    # vectors of 16), and _matvec_tail's call and its masked panel's set-up (masks, rows
-    # that may be loaded whole) were ~1/4 of a time step at H=16 (perf, Zen 4). A/B there,
-    # sequence per step: H=16 100-103 -> 74-79 ns, H=32 164-167 -> 137-141 ns; H=48-64 the
-    # same. The price: the sequence kernel compiles in 19.0 s, not 16.3 (step: 6.1, 5.5 s).
+    # vectors of 16), where _matvec_tail's call and its masked panel's set-up (masks, rows
+    # that may be loaded whole) would be a good part of a time step. The price is a longer
+    # compile of the kernels that inline it.
     n = acc.shape[0]
     L = PANEL_LANES
     if (n - j) % L != 0:
@@ -709,15 +705,13 @@ def _matvec_rest(acc, x, w, ld, c0, j):
     _panel_of_width(acc[j:], x, w, ld, c0 + j, (n - j) // L)
 
 
-# Not inlined: its eight panel widths, inlined where the products call it, made the sequence
-# kernel take 25 % longer to compile (10.8 -> 13.5 s here; 11.3 s as a call).
+# Not inlined: its eight panel widths, inlined where the products call it, make the sequence
+# kernel compile markedly longer for no faster step.
 @njit(**KERNEL)
 def _matvec_tail(acc, x, w, ld, c0, j):
     # _matvec for the columns from j on (fewer than PANEL_COLUMNS). Where MASKED_TAIL: one
-    # panel as wide as they are, its last vector masked. Product alone, against panels of 4, 2
-    # and 1 vectors and _axpy for the last columns, H=60 in rows of 180 (before they were
-    # aligned): 249 -> 188 ns, H=63 324 -> 225 ns (the masked vector in place of _axpy alone:
-    # 198, 232 ns).
+    # panel as wide as they are, its last vector masked: faster than panels of 4, 2 and 1
+    # vectors and _axpy for the last columns.
     n = acc.shape[0]
     L = PANEL_LANES
     if not MASKED_TAIL:             # (a constant: numba compiles one branch or the other)
@@ -773,13 +767,10 @@ def _matmul(acc, a0, xs, w, ld, c0, n):
 def _matmul_panels(acc, a0, xs, w, ld, c0, n, reverse):
     # _matmul (bitwise the same) for rows of xs that are contiguous, through _panel: one panel
     # of columns at a time for all N rows, so that its strip of w stays in L1 while the N rows
-    # go through it, and each row's sums stay in registers across all rows of w. A/B, time
-    # per step of a batch of 32: H=64 23.5 -> 19.4 us, H=32 8.2 -> 6.6 us; a 2-layer H=64
-    # sequence (whose upper layer's input projection runs here) 1792 -> 1696 ns. reverse:
-    # the strips in the other order, as in _matvec (B=4 at H=64 2534 -> 2322 ns, B=32 19.1
-    # -> 18.4 us); one call site per panel width, as each is compiled anew (written as two
-    # loops, one per order, the sequence kernel took ~30 % longer to compile: 38.5 against
-    # 27.6-29.7 s of CPU here). (The reset-before cell's second product, whose input rows
+    # go through it, and each row's sums stay in registers across all rows of w. reverse:
+    # the strips in the other order, as in _matvec; one call site per panel width, as each is
+    # compiled anew (two loops, one per order, would compile the sequence kernel markedly
+    # longer). (The reset-before cell's second product, whose input rows
     # are strided, stays on _matmul.)
     N = acc.shape[0]
     if n > PANEL_MAX_COLUMNS:
@@ -813,14 +804,12 @@ def _matvec_blocked(acc, x, w, reverse):
     # panel (_axpy_chain's order), the last, narrower one as _matvec_tail (_axpy's order).
     # reverse: the blocks in the opposite order, as in _matvec.
     #
-    # Against _matvec on a row-major W, the product alone, alternating, here (Zen 5): H=80
-    # 461 -> 387 ns, H=96 681 -> 561, H=128 1.37-1.52 -> 1.11-1.18 us, H=192 3.68 -> 2.26,
-    # H=256 5.8-6.4 -> 3.3-3.4 us (about one read of W from L2, tools/bench_floor.py). Both
-    # changes are needed: blocked but in _rows4's order, or row-major in this order, gained
-    # nothing. At H=64 (W in L1) it was 5-10 % slower, at H=16-32 slower still: there the
-    # latency of one long chain of FMAs per column shows, as it did in narrow blocks (1-4
-    # vectors: too few chains side by side; fewer columns than a vector: the sums in memory),
-    # which made H=72, 120 and 136 5-40 % slower until the last block kept _rows4's order.
+    # Against _matvec on a row-major W it brings the product close to one read of W from L2
+    # (tools/bench_floor.py; figures in BENCHMARKS.md). Both changes are needed: blocked but in
+    # _rows4's order, or row-major in this order, gains nothing. Where W fits in L1 (H <= 64)
+    # it is slower: there the latency of one long chain of FMAs per column shows, as it does
+    # in narrow blocks (1-4 vectors: too few chains side by side; fewer columns than a vector:
+    # the sums in memory), which is why the last block keeps _rows4's order.
     n = acc.shape[0]
     m = x.shape[0]
     P = RECURRENT_BLOCK_COLUMNS
@@ -842,7 +831,7 @@ def _matmul_blocked(acc, a0, xs, m, w, n, reverse):
     # memory between strips and come back exactly, so the order of the sums is unchanged.
     # The last, narrower block (_rows4's order) goes by panels while it fits in L1, else by
     # _matmul, as the row-major w_hh did past PANEL_MAX_COLUMNS (by panels, each row of the
-    # batch read it from L2: H=120, B=32 43 us per step, against 38 us row-major). Rows of xs
+    # batch would read it from L2 again). Rows of xs
     # need only be contiguous up to m: the reset-before cell's second product reads its
     # inputs, r * h, from acc itself.
     N = acc.shape[0]
@@ -876,8 +865,8 @@ def _matmul_blocked(acc, a0, xs, m, w, n, reverse):
 @njit(**KERNEL, inline="always")
 def _hidden_matvec(acc, x, w_hh, reverse):
     # acc (n,) += x @ W_hh[:, c0:c0+n], c0 = 2H for [n], else 0;  x (H,). Inlined, so that
-    # the row-major product is called from the cell directly: one call more per product cost
-    # 3-10 % per step at H=32-64.
+    # the row-major product is called from the cell directly: one call more per product is a
+    # measurable cost per step at small H.
     H = x.shape[0]
     if H <= RECURRENT_BLOCKED_ABOVE:
         _matvec(acc, x, w_hh, row_stride(H), 2 * H if acc.shape[0] == H else 0, reverse)
@@ -1039,10 +1028,8 @@ def _finish_before(h, a):
 
 # _cell, _project and _head are inlined into the kernels by numba (inline="always"), like the
 # small pieces above: one function body per kernel lets LLVM schedule a time step as a whole
-# and drops a call with ~40 exploded array fields per step. Per step, whole sequence: H=16
-# 146 -> 109-121 ns, H=64 806 -> 750 ns here. The price is compile time, about twice as long
-# (step 7.7 -> 14.6 s, sequence 11 -> 20 s here), paid once into the cache. (Before the
-# kernels dropped reference counting, this inlining was slower.)
+# and drops a call with ~40 exploded array fields per step. The price is compile time, about
+# twice as long, paid once into the cache.
 @njit(**KERNEL, inline="always")
 def _cell(h, xp, a, w_hh, b_hn, reset_after, hard_gates, alpha, beta, reverse):
     # One GRU time step of one layer and direction, in place on h (H,).
@@ -1126,7 +1113,7 @@ def _head_views(params, input_size, hidden_size, num_layers, num_directions, out
 
 # The step kernel takes the whole model as one array, so that a call from Python converts three
 # arrays and nothing else: each argument numba's entry point unboxes costs time on every call
-# (about 30 ns an array and 10 ns a scalar here, against a ~1 us step at H=64), and the sizes
+# (tens of ns an array, a noticeable share of a small model's step), and the sizes
 # and flags never change once a model is built. The array is
 #     [header (STEP_HEADER floats) | params | work]
 # with the sizes and flags in the header as float32 values (exact: all are below 2**24).

@@ -585,7 +585,8 @@ class AnomalyScorer:
         if self._score_one_kernel is None:
             # Every array here is the scorer's own, made once and only ever written in place,
             # so their types are those of the first call: the kernel for them is looked up
-            # once, not typed on each call (32 arguments: ~10 us of a ~20 us call).
+            # once, not typed on each call (with this many arguments, typing would be about
+            # half of the call).
             self._score_one_kernel = entry_point(_score_rows, args)
         self._rows_seen = self._score_one_kernel(*args)
         self.model.step(z[0], out=self._forecast)
