@@ -145,7 +145,7 @@ def run(weights, input_path, columns, no_header, delimiter, keep, group_by, thre
     Output columns: the kept columns, score (high = anomalous), anomaly (1 when
     score > threshold) and with --explain contrib_<channel>, which sensor moved. Empty fields
     and nan are missing values (imputed from the forecast). Bad rows, resuming and the score
-    formula: see README.md, section "edgegru run".
+    formula: see docs/scoring-a-stream.md.
 
     \b
     Exit codes: 0 done; 1 bad input row (with --on-error fail), bad model or state file,
@@ -225,7 +225,7 @@ def _option(name, **kwargs):
 
 
 def _expert(name, **kwargs):
-    """An option kept out of --help (every one is listed in README.md, "Training a model")."""
+    """An option kept out of --help (every one is listed in docs/training-and-detection.md)."""
     return _option(name, hidden=True, **kwargs)
 
 
@@ -299,7 +299,7 @@ def train(data, output, columns, delimiter, train_rows, train_fraction, quiet, s
     timestamp column is skipped. Every row is taken as normal unless --train-rows or
     --train-fraction says how many leading rows are; 400 rows will do, more is better. The
     same data, options and seed give the same file, byte for byte. Expert options (window,
-    learning rate, consistency, drift and level tests): README.md, "Training a model".
+    learning rate, consistency, drift and level tests): docs/training-and-detection.md.
 
     \b
     Examples:
@@ -368,7 +368,7 @@ def compile_(model_path, aot):
     (matching these kernels, this Python and this CPU) scores without loading numba, its first
     score in ~0.2 s instead of ~0.6 s here. The kernels do not depend on the model's sizes:
     MODEL (optional) is loaded as a check. Run it with the same NUMBA_CACHE_DIR, user and
-    NUMBA_CPU_NAME the program will run with (README: On a Raspberry Pi). When a matching module
+    NUMBA_CPU_NAME the program will run with (docs/raspberry-pi.md). When a matching module
     is already there, nothing is rebuilt (EDGEGRU_AOT=0 edgegru compile rebuilds it).
 
     \b

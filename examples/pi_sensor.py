@@ -14,8 +14,8 @@ With ``--state`` the scorer's state (GRU hidden state, last forecast, smoothing)
 (Ctrl-C, SIGTERM from systemd) and every ``--save-every`` readings, and loaded at start, so a
 restart carries on where the stream was instead of warming up again.
 
-Start-up: the first reading compiles the kernels unless numba's cache has them (README, "On a
-Raspberry Pi": set NUMBA_CACHE_DIR and run ``edgegru compile`` once).
+Start-up: the first reading compiles the kernels unless numba's cache has them (docs/raspberry-pi.md:
+set NUMBA_CACHE_DIR and run ``edgegru compile`` once).
 """
 import argparse
 import csv

@@ -1,4 +1,4 @@
-"""Numba's on-disk cache as a Raspberry Pi deployment uses it (README, "On a Raspberry Pi").
+"""Numba's on-disk cache as a Raspberry Pi deployment uses it (docs/raspberry-pi.md).
 
 - With NUMBA_CACHE_DIR set, the compiled kernels go there and nothing is written next to the
   package (which may be read-only), and a later process loads them instead of compiling.

@@ -200,7 +200,7 @@ run_in_root() {
         "$CHROOT" "$ROOT" "$@"
 }
 
-# the kernels first, as a Pi user would (README: On a Raspberry Pi): its timings are the emulated
+# the kernels first, as a Pi user would (docs/raspberry-pi.md): its timings are the emulated
 # compile times on a cold cache, and the cache-load times on a warm one
 if [ -f "$REPO/weights/model.npz" ] && grep -q '"compile"' "$REPO/edgegru/cli.py"; then
     say "edgegru compile weights/model.npz, emulated:"
