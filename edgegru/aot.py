@@ -187,9 +187,12 @@ def cpu_fingerprint(name, features):
 
 # -- argument types, compared without numba -------------------------------------------------
 # A value's key is what numba.typeof would make of it: arrays by dtype, dimensions, layout
-# and writeability; scalars by their numba type (a Python int is int64, a float float64).
+# and writeability; scalars by their numba type (a Python int is int64, a float float64);
+# tuples (the scorer's named tuples) by their class name and their items' keys.
 
 def _value_key(a):
+    if isinstance(a, tuple):
+        return (type(a).__name__, tuple(_value_key(v) for v in a))
     if isinstance(a, np.ndarray):
         f = a.flags
         return (a.dtype.str, a.ndim, "C" if f.c_contiguous else "F" if f.f_contiguous else "A",
@@ -207,6 +210,9 @@ def _value_key(a):
 
 def _type_key(t):
     from numba import types
+    if isinstance(t, types.BaseTuple):
+        name = t.instance_class.__name__ if isinstance(t, types.BaseNamedTuple) else "tuple"
+        return (name, tuple(_type_key(v) for v in t.types))
     if isinstance(t, types.Array):
         return (np.dtype(str(t.dtype)).str, t.ndim, t.layout, t.mutable)
     if isinstance(t, types.Boolean):
@@ -217,7 +223,8 @@ def _type_key(t):
 
 
 def _from_json(key):
-    return tuple(tuple(k) if isinstance(k, list) else k for k in key)
+    """A key read back from the manifest's JSON, its lists tuples again."""
+    return tuple(_from_json(k) if isinstance(k, list) else k for k in key)
 
 
 class Kernel:

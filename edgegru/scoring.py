@@ -157,6 +157,7 @@ import hashlib
 import json
 import math
 import os
+from collections import namedtuple
 
 import numpy as np
 
@@ -167,146 +168,96 @@ from edgegru.formats.native import write_npz_atomically
 from edgegru.kernels import entry_point
 
 
-@njit(cache=True, error_model="numpy", **NO_NRT)
-def _score_rows(scores, contrib, Z, F, f_prev, smoothed, rows_seen, inv_residual_std, whitening,
-                combine_max, alpha, warmup, X, last, repeats, absent, stuck_rows, stuck_level,
-                cons_channel, cons_coef, cons_inv_std, cons_alpha, cons_gain, cons_degree,
-                drift_channel, drift_coef, drift_scale, drift_alpha, drift_weight,
-                level_channel, level_center, level_gain, level_alpha,
-                history, cons_mean, drift_state, level_mean, scratch):
-    """Scores of rows Z (T, C) given the forecasts: f_prev (C,) before row 0, F[t] after row t.
+# -- the kernels' view of a scorer -------------------------------------------------------------
+# Read-only parameters, one named tuple per scoring term, made once from the model file's
+# scoring section (a term with no channels is off); and one stream's state, the arrays of
+# _state_fields (rows_seen aside, a count passed in and returned), written in place. GroupScorer
+# passes the same state with a leading stream axis.
+ForecastTerm = namedtuple("ForecastTerm", "inv_residual_std whitening combine_max alpha warmup")
+StuckRule = namedtuple("StuckRule", "rows level")            # rows 0: off
+ConsistencyTerm = namedtuple("ConsistencyTerm", "channel coef degree inv_std alpha gain")
+DriftTerm = namedtuple("DriftTerm", "channel coef degree scale alpha weight")
+LevelTerm = namedtuple("LevelTerm", "channel center gain alpha")
+ScoringParams = namedtuple("ScoringParams", "forecast stuck consistency drift level")
+StreamState = namedtuple("StreamState", "forecast smoothed last repeats absent history "
+                                        "consistency drift level")
 
-    scores (T,), contrib (T, C): outputs. smoothed (C,): the EWMA state, updated in place.
-    whitening (C, C), or (0, 0) for none. combine_max: score = max_c a_c instead of sum_c.
-    X (T, C): the raw rows (NaN for missing), for the stuck-sensor rule: last (C,) the last
-    finite raw value per channel and repeats (C,) how many rows in a row repeated it exactly,
-    both updated in place; a channel with repeats >= stuck_rows (0: rule off) contributes at
-    least stuck_level.
-    Dropouts: absent (C,) counts the rows in a row a channel has been missing, updated in
-    place; when a channel comes back after more than one missing row, it is set to minus the
-    rows of re-warm-up (the gap's length, at most warmup) and counts up to 0 again.
-    Consistency (K channels, K = 0: off): cons_channel (K,) which channel, cons_coef (K, P)
-    its regression on the other channels' values in this row and the history rows (powers 1 to
-    cons_degree), cons_inv_std (K,), cons_alpha, cons_gain (K,); history (lags - 1, C) the
-    previous normalised rows, newest first (NaN: none yet), and cons_mean (K,) the EWMA of the
-    standardised consistency residual, both updated in place.
-    Drift (J channels, J = 0: off): drift_channel (J,), drift_coef (J, P) the same regression,
-    drift_scale (J, 3) = 1 / the spreads of q, u and v; drift_alpha (3,) = the smoothing of
-    u, v and the baseline; drift_weight; drift_state (J, 3) = baseline, u, v, updated in place.
-    Level (L channels, L = 0: off): level_channel (L,), level_center (L,) their normal mean,
-    level_gain (L, L) = weight * the precision of their averages on normal data, level_alpha;
-    level_mean (L,) the averages, updated in place (see :func:`_level_update`,
-    :func:`_level_statistic`).
-    scratch (3, C): work space, so that scoring a row allocates nothing. Returns the new
-    rows_seen.
-    """
-    T, C = Z.shape
-    K = cons_channel.shape[0]
-    J = drift_channel.shape[0]
-    H = history.shape[0]
-    weight = 1.0 if combine_max else 1.0 / C
-    whiten = whitening.shape[0] == C
-    r = scratch[0]
-    e = scratch[1]
-    q = scratch[2]                          # this row's consistency residual, NaN: none
-    for t in range(T):
-        gap, returning = _dropouts(absent, X[t], warmup)
-        for c in range(C):
-            x = X[t, c]
-            if x == last[c]:
-                repeats[c] += 1
-            elif np.isfinite(x):            # a missing value neither repeats nor breaks a run
-                last[c] = x
-                repeats[c] = 0
-        for j in range(H):                  # no earlier row yet: this one stands in for it
-            for c in range(C):
-                if np.isnan(history[j, c]):
-                    history[j, c] = Z[t, c]
-        q[:] = np.nan
-        # the regressions read every channel: a row with a gap leaves their averages as they are
-        for k in range(0 if gap else K):    # q = (z_c - coef . features) / std, EWMA'd
-            ch = cons_channel[k]
-            pred = _regression(Z[t], history, ch, cons_coef[k], cons_degree)
-            q[ch] = (Z[t, ch] - pred) * cons_inv_std[k]
-            cons_mean[k] = (1.0 - cons_alpha) * cons_mean[k] + cons_alpha * q[ch]
-        for k in range(0 if gap else J):    # drift: q against its slow baseline, two EWMAs
-            ch = drift_channel[k]
-            pred = _regression(Z[t], history, ch, drift_coef[k], cons_degree)
-            qd = (Z[t, ch] - pred) * drift_scale[k, 0]
-            a_b = max(drift_alpha[2], 1.0 / (rows_seen + 1.0))   # the plain mean at first
-            drift_state[k, 0] = (1.0 - a_b) * drift_state[k, 0] + a_b * qd
-            d = qd - drift_state[k, 0]
-            drift_state[k, 1] = (1.0 - drift_alpha[0]) * drift_state[k, 1] + drift_alpha[0] * d
-            drift_state[k, 2] = (1.0 - drift_alpha[1]) * drift_state[k, 2] + drift_alpha[1] * d
-        _level_update(level_mean, Z[t], X[t], level_channel, level_center, level_alpha)
-        for j in range(H - 1, 0, -1):
-            for c in range(C):
-                history[j, c] = history[j - 1, c]
-        if H > 0:
-            for c in range(C):
-                history[0, c] = Z[t, c]
-        if rows_seen >= warmup:
-            for c in range(C):
-                f = f_prev[c] if t == 0 else F[t - 1, c]
-                r[c] = (Z[t, c] - f) * inv_residual_std[c]
-            if whiten:
-                for c in range(C):          # e = W r
-                    acc = 0.0
-                    for k in range(C):
-                        acc += whitening[c, k] * r[k]
-                    e[c] = acc
-            else:
-                for c in range(C):          # a loop: slice assignment may copy (allocate)
-                    e[c] = r[c]
-            for c in range(C):
-                # a channel the others explain: the surprise counts as far as it disagrees
-                # with them too (|e q|), else e^2
-                e2 = e[c] * e[c] if np.isnan(q[c]) else abs(e[c] * q[c])
-                if returning:               # the state ran on imputed values: warm up again
-                    e2 = 0.0
-                smoothed[c] = (1.0 - alpha) * smoothed[c] + alpha * e2 * weight
-                contrib[t, c] = smoothed[c]
-            for k in range(K):
-                ch = cons_channel[k]
-                contrib[t, ch] = max(contrib[t, ch], cons_gain[k] * cons_mean[k] * cons_mean[k])
-            for k in range(J):              # both averages off, the same way: the smaller
-                ch = drift_channel[k]
-                u = drift_state[k, 1] * drift_scale[k, 1]
-                v = drift_state[k, 2] * drift_scale[k, 2]
-                if u * v > 0.0:
-                    g = min(abs(u), abs(v))
-                    contrib[t, ch] = max(contrib[t, ch], drift_weight * g * g)
-            if level_channel.shape[0] > 0:  # credited to the channel with the largest share
-                stat, i = _level_statistic(level_mean, level_gain, level_channel, absent)
-                if i >= 0:
-                    ch = level_channel[i]
-                    contrib[t, ch] = max(contrib[t, ch], stat)
-            total = 0.0
-            for c in range(C):
-                a = contrib[t, c]
-                if stuck_rows > 0 and repeats[c] >= stuck_rows:
-                    a = max(a, stuck_level)
-                if absent[c] > 0:           # missing: no evidence, and the output says so
-                    contrib[t, c] = np.nan
-                    continue
-                contrib[t, c] = a
-                if combine_max:
-                    total = max(total, a)
-                else:
-                    total += a
-            scores[t] = total
-        else:
-            scores[t] = 0.0
-            for c in range(C):
-                contrib[t, c] = 0.0 if absent[c] <= 0 else np.nan
+
+@njit(cache=True, error_model="numpy", **NO_NRT)
+def _score_rows(scores, contrib, Z, F, X, rows_seen, params, state, scratch):
+    """Scores (T,) and contributions contrib (T, C) of the normalised rows Z (T, C), raw rows X
+    (T, C) (NaN: missing), given the forecasts: state.forecast (C,) before row 0, F[t] after
+    row t. params: a ScoringParams; state: a StreamState, updated in place; scratch (3, C):
+    work space, so that scoring a row allocates nothing. Returns the new rows_seen."""
+    for t in range(Z.shape[0]):
+        f = state.forecast if t == 0 else F[t - 1]
+        scores[t] = _score_row(contrib[t], Z[t], f, X[t], rows_seen, params, state, scratch)
         rows_seen += 1
     return rows_seen
 
 
 @njit(cache=True, error_model="numpy", **NO_NRT)
+def _score_rows_batch(scores, contrib, Z, F, X, rows_seen, params, state, scratch):
+    """_score_rows for B independent streams: scores (B, T), contrib, Z, F and X (B, T, C),
+    rows_seen (B,) and every state array with the streams on a leading axis; all but Z, F and
+    X updated in place."""
+    for b in range(Z.shape[0]):
+        rows_seen[b] = _score_rows(scores[b], contrib[b], Z[b], F[b], X[b], rows_seen[b],
+                                   params, _stream(state, b), scratch)
+
+
+@njit(cache=True, error_model="numpy", **NO_NRT)
+def _stream(state, b):
+    """Stream b's StreamState, views into the batched one."""
+    return StreamState(state.forecast[b], state.smoothed[b], state.last[b], state.repeats[b],
+                       state.absent[b], state.history[b], state.consistency[b], state.drift[b],
+                       state.level[b])
+
+
+@njit(cache=True, error_model="numpy", **NO_NRT)
+def _score_row(contrib, z, f, x, rows_seen, p, s, scratch):
+    """The score of one row: z (C,) normalised, f (C,) its forecast, x (C,) raw; writes its
+    contributions (C,). The state terms move on every row, the score counts from the warm-up."""
+    gap, returning = _dropouts(s.absent, x, p.forecast.warmup)
+    _count_repeats(s.last, s.repeats, x)
+    history = s.history
+    for j in range(history.shape[0]):       # no earlier row yet: this one stands in for it
+        for c in range(z.shape[0]):
+            if np.isnan(history[j, c]):
+                history[j, c] = z[c]
+    q = scratch[2]                          # this row's consistency residual, NaN: none
+    q[:] = np.nan
+    if not gap:                             # the regressions read every channel
+        _consistency_update(q, z, history, p.consistency, s.consistency)
+        _drift_update(z, history, rows_seen, p.drift, s.drift)
+    _level_update(s.level, z, x, p.level.channel, p.level.center, p.level.alpha)
+    for j in range(history.shape[0] - 1, 0, -1):
+        for c in range(z.shape[0]):
+            history[j, c] = history[j - 1, c]
+    if history.shape[0] > 0:
+        for c in range(z.shape[0]):
+            history[0, c] = z[c]
+    if rows_seen < p.forecast.warmup:
+        for c in range(z.shape[0]):
+            contrib[c] = 0.0 if s.absent[c] <= 0 else np.nan
+        return 0.0
+    _forecast_term(contrib, z, f, q, returning, p.forecast, s.smoothed, scratch)
+    _consistency_term(contrib, p.consistency, s.consistency)
+    _drift_term(contrib, p.drift, s.drift)
+    if p.level.channel.shape[0] > 0:        # credited to the channel with the largest share
+        stat, i = _level_statistic(s.level, p.level.gain, p.level.channel, s.absent)
+        if i >= 0:
+            ch = p.level.channel[i]
+            contrib[ch] = max(contrib[ch], stat)
+    return _total(contrib, p.forecast.combine_max, p.stuck, s.repeats, s.absent)
+
+
+@njit(cache=True, error_model="numpy", **NO_NRT)
 def _dropouts(absent, x, warmup):
-    """Count the missing channels of raw row x (C,) in absent (C,) (see _score_rows); returns
-    (whether a channel is missing in this row, whether one is re-warming after a gap)."""
+    """Count the missing channels of raw row x (C,) in absent (C,): the rows in a row a channel
+    has been missing; when it comes back after more than one missing row, minus the rows of
+    re-warm-up (the gap's length, at most warmup), counting up to 0 again. Returns (whether a
+    channel is missing in this row, whether one is re-warming after a gap)."""
     gap = returning = False
     for c in range(x.shape[0]):
         if np.isfinite(x[c]):
@@ -324,27 +275,112 @@ def _dropouts(absent, x, warmup):
 
 
 @njit(cache=True, error_model="numpy", **NO_NRT)
-def _score_rows_batch(scores, contrib, Z, F, f_prev, smoothed, rows_seen, inv_residual_std,
-                      whitening, combine_max, alpha, warmup, X, last, repeats, absent, stuck_rows,
-                      stuck_level, cons_channel, cons_coef, cons_inv_std, cons_alpha, cons_gain,
-                      cons_degree, drift_channel, drift_coef, drift_scale, drift_alpha,
-                      drift_weight, level_channel, level_center, level_gain, level_alpha,
-                      history, cons_mean, drift_state, level_mean, scratch):
-    """_score_rows for B independent streams: scores (B, T), contrib (B, T, C), Z, F and X
-    (B, T, C), f_prev, smoothed, last and repeats (B, C), rows_seen (B,), history
-    (B, lags - 1, C), cons_mean (B, K), drift_state (B, J, 3), absent (B, C), level_mean
-    (B, L); all but Z,
-    F and X updated in place."""
-    for b in range(Z.shape[0]):
-        rows_seen[b] = _score_rows(scores[b], contrib[b], Z[b], F[b], f_prev[b], smoothed[b],
-                                   rows_seen[b], inv_residual_std, whitening, combine_max,
-                                   alpha, warmup, X[b], last[b], repeats[b], absent[b],
-                                   stuck_rows, stuck_level, cons_channel, cons_coef,
-                                   cons_inv_std, cons_alpha, cons_gain, cons_degree,
-                                   drift_channel, drift_coef, drift_scale, drift_alpha,
-                                   drift_weight, level_channel, level_center, level_gain,
-                                   level_alpha, history[b], cons_mean[b], drift_state[b],
-                                   level_mean[b], scratch)
+def _count_repeats(last, repeats, x):
+    """The stuck-sensor counts: last (C,) the last finite raw value per channel, repeats (C,)
+    how many rows in a row repeated it exactly, from raw row x (C,)."""
+    for c in range(x.shape[0]):
+        if x[c] == last[c]:
+            repeats[c] += 1
+        elif np.isfinite(x[c]):             # a missing value neither repeats nor breaks a run
+            last[c] = x[c]
+            repeats[c] = 0
+
+
+@njit(cache=True, error_model="numpy", **NO_NRT)
+def _consistency_update(q, z, history, cons, mean):
+    """q[ch] <- channel ch's standardised consistency residual in row z (C,), for each
+    consistency channel; mean (K,) <- its EWMA."""
+    for k in range(cons.channel.shape[0]):
+        ch = cons.channel[k]
+        pred = _regression(z, history, ch, cons.coef[k], cons.degree)
+        q[ch] = (z[ch] - pred) * cons.inv_std[k]
+        mean[k] = (1.0 - cons.alpha) * mean[k] + cons.alpha * q[ch]
+
+
+@njit(cache=True, error_model="numpy", **NO_NRT)
+def _drift_update(z, history, rows_seen, drift, state):
+    """state (J, 3) <- each drift channel's residual baseline, slow and fast averages of its
+    departure from it, after row z (C,)."""
+    for k in range(drift.channel.shape[0]):
+        ch = drift.channel[k]
+        pred = _regression(z, history, ch, drift.coef[k], drift.degree)
+        qd = (z[ch] - pred) * drift.scale[k, 0]
+        a_b = max(drift.alpha[2], 1.0 / (rows_seen + 1.0))     # the plain mean at first
+        state[k, 0] = (1.0 - a_b) * state[k, 0] + a_b * qd
+        d = qd - state[k, 0]
+        state[k, 1] = (1.0 - drift.alpha[0]) * state[k, 1] + drift.alpha[0] * d
+        state[k, 2] = (1.0 - drift.alpha[1]) * state[k, 2] + drift.alpha[1] * d
+
+
+@njit(cache=True, error_model="numpy", **NO_NRT)
+def _forecast_term(contrib, z, f, q, returning, term, smoothed, scratch):
+    """contrib (C,) <- the forecast term per channel: the EWMA smoothed (C,) of the whitened
+    standardised residual of z against f, squared (|e q| on the consistency channels, q (C,)
+    not NaN); 0 while re-warming after a gap."""
+    C = z.shape[0]
+    r = scratch[0]
+    e = scratch[1]
+    weight = 1.0 if term.combine_max else 1.0 / C
+    for c in range(C):
+        r[c] = (z[c] - f[c]) * term.inv_residual_std[c]
+    if term.whitening.shape[0] == C:
+        for c in range(C):                  # e = W r
+            acc = 0.0
+            for k in range(C):
+                acc += term.whitening[c, k] * r[k]
+            e[c] = acc
+    else:
+        for c in range(C):                  # a loop: slice assignment may copy (allocate)
+            e[c] = r[c]
+    for c in range(C):
+        # a channel the others explain: the surprise counts as far as it disagrees with them
+        # too (|e q|), else e^2
+        e2 = e[c] * e[c] if np.isnan(q[c]) else abs(e[c] * q[c])
+        if returning:                       # the state ran on imputed values: warm up again
+            e2 = 0.0
+        smoothed[c] = (1.0 - term.alpha) * smoothed[c] + term.alpha * e2 * weight
+        contrib[c] = smoothed[c]
+
+
+@njit(cache=True, error_model="numpy", **NO_NRT)
+def _consistency_term(contrib, cons, mean):
+    """contrib[ch] <- at least gain * mean^2 on each consistency channel."""
+    for k in range(cons.channel.shape[0]):
+        ch = cons.channel[k]
+        contrib[ch] = max(contrib[ch], cons.gain[k] * mean[k] * mean[k])
+
+
+@njit(cache=True, error_model="numpy", **NO_NRT)
+def _drift_term(contrib, drift, state):
+    """contrib[ch] <- at least weight * the smaller standardised average squared, on each drift
+    channel whose slow and fast averages are off the same way."""
+    for k in range(drift.channel.shape[0]):
+        ch = drift.channel[k]
+        u = state[k, 1] * drift.scale[k, 1]
+        v = state[k, 2] * drift.scale[k, 2]
+        if u * v > 0.0:
+            g = min(abs(u), abs(v))
+            contrib[ch] = max(contrib[ch], drift.weight * g * g)
+
+
+@njit(cache=True, error_model="numpy", **NO_NRT)
+def _total(contrib, combine_max, stuck, repeats, absent):
+    """The score from the contributions (C,): their sum or largest, with a stuck channel raised
+    to stuck.level and a missing one left out (NaN in contrib)."""
+    total = 0.0
+    for c in range(contrib.shape[0]):
+        a = contrib[c]
+        if stuck.rows > 0 and repeats[c] >= stuck.rows:
+            a = max(a, stuck.level)
+        if absent[c] > 0:                   # missing: no evidence, and the output says so
+            contrib[c] = np.nan
+            continue
+        contrib[c] = a
+        if combine_max:
+            total = max(total, a)
+        else:
+            total += a
+    return total
 
 
 @njit(cache=True, error_model="numpy", **NO_NRT)
@@ -459,7 +495,7 @@ class AnomalyScorer:
         self.mean = _vector(mean, C, "mean")
         self.std = _vector(std, C, "std", positive=True)
         self.residual_std = _vector(residual_std, C, "residual_std", positive=True)
-        self.threshold = valid_threshold(threshold)
+        self._threshold = valid_threshold(threshold)
         self.smoothing = float(smoothing)
         if not 0.0 < self.smoothing <= 1.0:
             raise ModelFormatError(f"smoothing must be in (0, 1], got {self.smoothing}")
@@ -471,48 +507,15 @@ class AnomalyScorer:
         self.whitening = None if whitening is None else _matrix(whitening, (C, C), "whitening")
         self.stuck_rows = None if stuck_rows is None else _whole_rows(stuck_rows, "stuck_rows")
         self.consistency = _consistency(consistency, self.columns)
-        cons = self.consistency or {"channels": [], "lags": 1, "degree": 1,
-                                    "coef": np.zeros((0, 1)), "residual_std": np.zeros(0),
-                                    "smoothing": 1.0, "ewma_std": np.zeros(0), "weight": 1.0}
-        self._cons_channel = np.array([self.columns.index(n) for n in cons["channels"]],
-                                      np.int64)
-        self._cons_coef = cons["coef"]
-        self._cons_inv_std = 1.0 / cons["residual_std"]
-        self._cons_alpha = cons["smoothing"]
-        self._cons_gain = cons["weight"] / cons["ewma_std"] ** 2
-        self._cons_degree = int(cons["degree"])
-        self._cons_lags = int(cons["lags"])
-        drift = cons.get("drift") or {"channels": [], "coef": np.zeros((0, cons["coef"].shape[1])),
-                                      "residual_std": np.zeros(0), "std": np.zeros(0),
-                                      "fast_std": np.zeros(0), "smoothing": 1.0,
-                                      "fast_smoothing": 1.0, "baseline_smoothing": 1.0,
-                                      "weight": 1.0}
-        J = len(drift["channels"])
-        self._drift_channel = np.array([self.columns.index(n) for n in drift["channels"]],
-                                       np.int64)
-        self._drift_coef = drift["coef"]
-        self._drift_scale = np.ascontiguousarray(1.0 / np.column_stack(
-            [drift["residual_std"], drift["std"], drift["fast_std"]]).reshape(J, 3))
-        self._drift_alpha = np.array([drift["smoothing"], drift["fast_smoothing"],
-                                      drift["baseline_smoothing"]], np.float64)
-        self._drift_weight = float(drift["weight"])
+        self.forecast = forecast
         if forecast not in FORECASTS:
             raise ModelFormatError(f"forecast must be {' or '.join(FORECASTS)}, got "
                                    f"{forecast!r}")
-        self.forecast = forecast
         self.level = _level(level, self.columns)
-        lv = self.level or {"channels": [], "smoothing": 1.0, "precision": np.zeros((0, 0)),
-                            "center": np.zeros(0), "weight": 1.0}
-        self._level_channel = np.array([self.columns.index(n) for n in lv["channels"]],
-                                       np.int64)
-        self._level_center = lv["center"]
-        self._level_gain = np.ascontiguousarray(lv["weight"] * lv["precision"])
-        self._level_alpha = float(lv["smoothing"])
-        self._combine_max = combine == "max"
-        self._whitening = np.zeros((0, 0)) if whitening is None else self.whitening
+        self._lags = int(self.consistency["lags"]) if self.consistency else 1
+        self._params = self._scoring_params()
         self._mean32 = self.mean.astype(np.float32)
         self._inv_std = (1.0 / self.std).astype(np.float32)
-        self._inv_residual_std = 1.0 / self.residual_std
         self._index = {name: i for i, name in enumerate(self.columns)}
         # the stream's state beyond the GRU's (_state_fields), made once; the kernels write the
         # arrays in place, rows_seen comes back from them as a count
@@ -520,6 +523,7 @@ class AnomalyScorer:
         for name, (shape, dtype, fresh) in _state_fields(self).items():
             if name != "rows_seen":
                 setattr(self, _STATE_ATTRIBUTES[name], np.full(shape, fresh, dtype))
+        self._stream = _stream_state(self)
         # buffers for score_one, allocated once
         self._x = np.zeros((1, C), np.float64)
         self._score_one_kernel = None
@@ -556,19 +560,51 @@ class AnomalyScorer:
         return len(self.columns)
 
     @property
-    def _stuck(self):
-        """(stuck_rows, stuck_level) for the kernel: 0 turns the rule off."""
-        return (self.stuck_rows or 0), 2.0 * self.threshold
+    def threshold(self):
+        """Scores above it are anomalies; a stuck sensor scores at least twice it."""
+        return self._threshold
 
-    @property
-    def _cons(self):
-        """The consistency model's and the drift test's arrays for the kernel (no channel:
-        off)."""
-        return (self._cons_channel, self._cons_coef, self._cons_inv_std, self._cons_alpha,
-                self._cons_gain, self._cons_degree, self._drift_channel, self._drift_coef,
-                self._drift_scale, self._drift_alpha, self._drift_weight,
-                self._level_channel, self._level_center, self._level_gain,
-                self._level_alpha)
+    @threshold.setter
+    def threshold(self, value):
+        self._threshold = valid_threshold(value)
+        if hasattr(self, "_params"):
+            self._params = self._params._replace(stuck=StuckRule(self.stuck_rows or 0,
+                                                                 2.0 * self._threshold))
+
+    def _scoring_params(self):
+        """The kernels' ScoringParams, from the checked settings."""
+        index = self.columns.index
+        cons = self.consistency or {"channels": [], "degree": 1, "coef": np.zeros((0, 1)),
+                                    "residual_std": np.zeros(0), "smoothing": 1.0,
+                                    "ewma_std": np.zeros(0), "weight": 1.0}
+        P = cons["coef"].shape[1]
+        drift = cons.get("drift") or {"channels": [], "coef": np.zeros((0, P)),
+                                      "residual_std": np.zeros(0), "std": np.zeros(0),
+                                      "fast_std": np.zeros(0), "smoothing": 1.0,
+                                      "fast_smoothing": 1.0, "baseline_smoothing": 1.0,
+                                      "weight": 1.0}
+        level = self.level or {"channels": [], "smoothing": 1.0, "precision": np.zeros((0, 0)),
+                               "center": np.zeros(0), "weight": 1.0}
+        J = len(drift["channels"])
+        return ScoringParams(
+            ForecastTerm(1.0 / self.residual_std,
+                         np.zeros((0, 0)) if self.whitening is None else self.whitening,
+                         self.combine == "max", self.smoothing, self.warmup),
+            StuckRule(self.stuck_rows or 0, 2.0 * self.threshold),
+            ConsistencyTerm(_channels(cons["channels"], index), cons["coef"],
+                            int(cons["degree"]), 1.0 / cons["residual_std"],
+                            float(cons["smoothing"]),
+                            cons["weight"] / cons["ewma_std"] ** 2),
+            DriftTerm(_channels(drift["channels"], index), drift["coef"], int(cons["degree"]),
+                      np.ascontiguousarray(1.0 / np.column_stack(
+                          [drift["residual_std"], drift["std"], drift["fast_std"]]
+                      ).reshape(J, 3)),
+                      np.array([drift["smoothing"], drift["fast_smoothing"],
+                                drift["baseline_smoothing"]], np.float64),
+                      float(drift["weight"])),
+            LevelTerm(_channels(level["channels"], index), level["center"],
+                      np.ascontiguousarray(level["weight"] * level["precision"]),
+                      float(level["smoothing"])))
 
     # -- scoring --------------------------------------------------------------------------
     def score_one(self, row):
@@ -577,16 +613,13 @@ class AnomalyScorer:
         x[0] = self._row_array(row)
         z[0] = self._normalise(x[0])
         self._impute(z[0], self._forecast)
-        args = (self._score1, self._contrib1, z, z, self._forecast, self._smoothed,
-                self._rows_seen, self._inv_residual_std, self._whitening, self._combine_max,
-                self.smoothing, self.warmup, x, self._last, self._repeats, self._absent,
-                *self._stuck, *self._cons, self._history, self._cons_mean, self._drift_state,
-                self._level_mean, self._scratch)
+        args = (self._score1, self._contrib1, z, z, x, self._rows_seen, self._params,
+                self._stream, self._scratch)
         if self._score_one_kernel is None:
             # Every array here is the scorer's own, made once and only ever written in place,
             # so their types are those of the first call: the kernel for them is looked up
-            # once, not typed on each call (with this many arguments, typing would be about
-            # half of the call).
+            # once, not typed on each call (typing the nested tuples would be about half of
+            # the call).
             self._score_one_kernel = entry_point(_score_rows, args)
         self._rows_seen = self._score_one_kernel(*args)
         self.model.step(z[0], out=self._forecast)
@@ -613,15 +646,8 @@ class AnomalyScorer:
             self._impute(Z[start], self._forecast)
             F = forecasts(self.model.run(Z[start:stop]), Z[start:stop], self.forecast)
             self._rows_seen = _score_rows(scores[start:stop], contrib[start:stop],
-                                          Z[start:stop], F, self._forecast, self._smoothed,
-                                          self._rows_seen, self._inv_residual_std,
-                                          self._whitening, self._combine_max,
-                                          self.smoothing, self.warmup, X[start:stop],
-                                          self._last, self._repeats, self._absent,
-                                          *self._stuck, *self._cons, self._history,
-                                          self._cons_mean,
-                                          self._drift_state, self._level_mean,
-                                          self._scratch)
+                                          Z[start:stop], F, X[start:stop], self._rows_seen,
+                                          self._params, self._stream, self._scratch)
             self._forecast[:] = F[-1]
             start = stop
         if T:
@@ -823,10 +849,9 @@ class GroupScorer:
             drift, level = self._drift_state[ks], self._level_mean[ks]
             s_b = np.empty(P.shape, np.float64)
             c_b = np.empty(P.shape + (C,), np.float64)
-            _score_rows_batch(s_b, c_b, Zb, F, f_prev, smoothed, rows_seen,
-                              sc._inv_residual_std, sc._whitening, sc._combine_max,
-                              sc.smoothing, sc.warmup, X[P], last, repeats, absent,
-                              *sc._stuck, *sc._cons, history, cons_mean, drift, level,
+            state = StreamState(f_prev, smoothed, last, repeats, absent, history, cons_mean,
+                                drift, level)
+            _score_rows_batch(s_b, c_b, Zb, F, X[P], rows_seen, sc._params, state,
                               sc._scratch)
             self._hidden[ks] = h_n.transpose(1, 0, 2)
             self._forecast[ks] = F[:, -1]
@@ -910,7 +935,7 @@ def _state_fields(scorer):
     """A stream's scoring state beyond the GRU's: name -> (shape, dtype, value for a fresh
     stream). A state saved before a field existed loads with that value (no run, gap, history
     or average under way)."""
-    C = scorer.num_channels
+    C, p = scorer.num_channels, scorer._params
     return {
         "forecast": ((C,), np.float32, 0.0),          # of the next row, normalised
         "smoothed": ((C,), np.float64, 0.0),          # the forecast term's EWMA per channel
@@ -918,10 +943,10 @@ def _state_fields(scorer):
         "last": ((C,), np.float64, np.nan),           # stuck sensors: last raw value
         "repeats": ((C,), np.int64, 0),               # ... and how many rows repeated it
         "absent": ((C,), np.int64, 0),                # rows missing in a row (< 0: re-warming)
-        "history": ((scorer._cons_lags - 1, C), np.float64, np.nan),   # consistency: rows before
-        "consistency": ((len(scorer._cons_channel),), np.float64, 0.0),
-        "drift": ((len(scorer._drift_channel), 3), np.float64, 0.0),   # baseline, slow, fast
-        "level": ((len(scorer._level_channel),), np.float64, 0.0),
+        "history": ((scorer._lags - 1, C), np.float64, np.nan),   # consistency: rows before
+        "consistency": ((len(p.consistency.channel),), np.float64, 0.0),
+        "drift": ((len(p.drift.channel), 3), np.float64, 0.0),   # baseline, slow, fast
+        "level": ((len(p.level.channel),), np.float64, 0.0),
     }
 
 
@@ -954,6 +979,16 @@ def _checked_state(value, fields, hidden_shape, lead=()):
         if name in ("rows_seen", "repeats") and (a < 0).any():
             raise ValueError(f"scorer state: {name} must be non-negative integers")
     return state
+
+
+def _stream_state(scorer):
+    """The scorer's StreamState: views of its own state arrays, which the kernels write in
+    place."""
+    return StreamState(*(getattr(scorer, _STATE_ATTRIBUTES[name]) for name in StreamState._fields))
+
+
+def _channels(names, index):
+    return np.array([index(n) for n in names], np.int64)
 
 
 def _consistency(cons, columns):

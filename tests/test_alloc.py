@@ -59,10 +59,8 @@ SCRIPT = textwrap.dedent("""
     from edgegru.scoring import _score_rows
     sc = edgegru.AnomalyScorer.load(sys.argv[1])
     sc.score_one(np.ones(4))
-    args = (sc._score1, sc._contrib1, sc._z, sc._z, sc._forecast, sc._smoothed, 50,
-            sc._inv_residual_std, sc._whitening, sc._combine_max, sc.smoothing, sc.warmup,
-            sc._x, sc._last, sc._repeats, sc._absent) + sc._stuck + sc._cons + (
-                sc._history, sc._cons_mean, sc._drift_state, sc._level_mean, sc._scratch)
+    args = (sc._score1, sc._contrib1, sc._z, sc._z, sc._x, 50, sc._params, sc._stream,
+            sc._scratch)
 
     @njit
     def score_rows(n, args):

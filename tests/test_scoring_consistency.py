@@ -117,8 +117,8 @@ def test_calibration_builds_the_features_in_the_kernels_order():
     X = data(60)
     scorer = make_scorer()
     rng = np.random.default_rng(3)
-    scorer._cons_coef[:] = rng.normal(0.0, 0.3, (1, P))     # every feature counts
-    coef = scorer._cons_coef[0].copy()
+    scorer._params.consistency.coef[:] = rng.normal(0.0, 0.3, (1, P))   # every feature counts
+    coef = scorer._params.consistency.coef[0].copy()
     Z = X.astype(np.float32).astype(np.float64)
     q = (Z[:, 2] - calibrate.consistency_features(Z, 2, LAGS, DEGREE) @ coef) / 0.1
     expected = calibrate.ewma(q[:, None], 0.3)[:, 0]

@@ -86,7 +86,8 @@ def drift_part(X):
     with_test = make_scorer().score_many(X, explain=True)[1][:, 1]
     without = make_scorer()
     without.consistency = None
-    without._drift_channel = without._drift_channel[:0]
+    drift = without._params.drift
+    without._params = without._params._replace(drift=drift._replace(channel=drift.channel[:0]))
     return with_test - without.score_many(X, explain=True)[1][:, 1]
 
 
