@@ -38,6 +38,7 @@ import numpy as np
 # The kernels called from Python (everything else is compiled into them).
 ENTRY_POINTS = ("edgegru.kernels.gru_step", "edgegru.kernels.gru_sequences",
                 "edgegru.scoring._score_rows", "edgegru.scoring._score_rows_batch",
+                "edgegru.scoring._normalise_row",
                 "edgegru.stream._parse_lines")
 # The files whose code ends up in the module: any change to them makes a built module stale.
 SOURCES = ("kernels.py", "scoring.py", "stream.py", "_jit.py", "aot.py")

@@ -26,6 +26,7 @@ GATE_ACTIVATIONS = ("sigmoid", "hard_sigmoid")
 _F32 = np.dtype(np.float32)
 _ndarray = np.ndarray
 _NONE = object()
+_F32_STRIDES = (4,)             # a one-dimensional, contiguous float32 array's
 
 
 @dataclasses.dataclass(frozen=True)
@@ -226,12 +227,16 @@ class Model:
         self._h = self._work[:L * D * H].reshape(L * D, H)
         self._ws = np.zeros(0, dtype=np.float32)          # sequence workspace, grows on demand
         self._x_shape = (I,)
+        self._input_size = I
         self._out_shape = (self.output_size,)
         # step(): the kernel and its argument after (out, x); the kernel is bound on the first
         # call to its compiled entry point (see _bind_step)
         self._step_call = (self._bind_step, self._step_model)
-        # (x, out, the bound kernel call on views of both) of the last checked step() call
+        # step()'s memory of earlier calls: (x, out, the kernel call bound to views of both)
+        # of a loop over the same buffers, the last checked out and its view, the last x
         self._step_last = (_NONE, _NONE, None)
+        self._step_out = (_NONE, None)
+        self._step_x = _NONE
 
     # -- sizes ----------------------------------------------------------------------------
     input_size = property(lambda self: self.config.input_size)
@@ -276,36 +281,45 @@ class Model:
 
         With ``out`` (a float32 array of shape (output_size,)) nothing is allocated.
         """
-        # The per-call path. Streaming loops pass the same x and out buffers every time: those
-        # were checked on an earlier call, which bound the kernel to views of them made then
-        # (reshaping the arrays in place since cannot make it read or write out of bounds), as
-        # stepper() does.
+        # A loop that passes the same x and out every time runs a kernel call bound to views
+        # of both, made when they were checked (reshaping the arrays in place since cannot
+        # make it read or write out of bounds), as stepper() does.
         last = self._step_last
         if x is last[0] and out is last[1]:
             last[2]()
             return out
-        # Otherwise a float32, contiguous x of the right shape costs four cheap checks, then
-        # one call of the compiled kernel (no numba dispatch); anything else takes the slow
-        # path, which converts or explains.
-        remember = False
+        # A new x (a row of an array, a fresh reading) that is a float32 array, one-dimensional
+        # and contiguous (strides (4,)), of the right length costs these three checks; anything
+        # else takes the slow path, which converts or explains.
+        try:
+            fast = x.dtype is _F32 and x.strides == _F32_STRIDES and len(x) == self._input_size
+        except AttributeError:              # not an array
+            fast = False
+        if not fast:
+            x = self._check_step_input(x)
+        checked = self._step_out                # (out, its view) of the last checked out
         if out is None:
-            out = np.empty(self._out_shape, dtype=np.float32)
-        elif not (type(out) is _ndarray and out.dtype is _F32 and out.shape == self._out_shape
-                  and out.flags.carray):
+            out = target = np.empty(self._out_shape, _F32)
+        elif out is checked[0]:
+            target = checked[1]
+        else:
+            target = self._check_step_output(out)
+        kernel, model = self._step_call
+        kernel(target, x, model)
+        if x is self._step_x and out is checked[0]:     # the same x twice: bind the loop
+            self._step_last = (x, out, functools.partial(self._step_call[0], target, x.view(),
+                                                         model))
+        self._step_x = x
+        return out
+
+    def _check_step_output(self, out):
+        # out, checked once: later calls with the same array skip the checks
+        if not (type(out) is _ndarray and out.dtype is _F32 and out.shape == self._out_shape
+                and out.flags.carray):
             raise ValueError(f"out must be a writeable, contiguous float32 array of shape "
                              f"{self._out_shape}")
-        else:
-            remember = True
-        if not (type(x) is _ndarray and x.dtype is _F32 and x.shape == self._x_shape
-                and x.flags.c_contiguous):
-            x = self._check_step_input(x)
-            remember = False
-        kernel, model = self._step_call
-        kernel(out, x, model)
-        if remember:        # the kernel is bound now (the first call binds it)
-            self._step_last = (x, out, functools.partial(self._step_call[0], out.view(),
-                                                         x.view(), model))
-        return out
+        self._step_out = (out, out.view())
+        return self._step_out[1]
 
     def _bind_step(self, out, x, *args):
         # First step(): replace _bind_step in self._step_call by the kernel's entry point for

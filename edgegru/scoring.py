@@ -161,7 +161,7 @@ from collections import namedtuple
 
 import numpy as np
 
-from edgegru._jit import NO_NRT, njit
+from edgegru._jit import JIT, NO_NRT, njit
 from edgegru.errors import ModelFormatError
 from edgegru.formats import load as load_model
 from edgegru.formats.native import write_npz_atomically
@@ -531,7 +531,11 @@ class AnomalyScorer:
         self._z = np.zeros((1, C), np.float32)
         self._score1 = np.zeros(1, np.float64)
         self._contrib1 = np.zeros((1, C), np.float64)
-        self._contributions = np.zeros(C, np.float64)
+        self._contributions = self._contrib1[0]     # the last row's, written in place
+        self._x0, self._z0 = self._x[0], self._z[0]  # score_one's row, as the kernels see it
+        self._prepare_row = None
+        self._row_shape = (C,)
+        self._delta = forecast == "delta"
 
     @classmethod
     def load(cls, path, backend=None):
@@ -609,23 +613,32 @@ class AnomalyScorer:
     # -- scoring --------------------------------------------------------------------------
     def score_one(self, row):
         """Score one row (1-D array in column order, or {column: value}); returns a float."""
-        x, z = self._x, self._z
-        x[0] = self._row_array(row)
-        z[0] = self._normalise(x[0])
-        self._impute(z[0], self._forecast)
-        args = (self._score1, self._contrib1, z, z, x, self._rows_seen, self._params,
-                self._stream, self._scratch)
+        x0, z0, f = self._x0, self._z0, self._forecast
+        if type(row) is np.ndarray and row.shape == self._row_shape:
+            x0[:] = row
+        else:
+            x0[:] = self._row_array(row)
         if self._score_one_kernel is None:
-            # Every array here is the scorer's own, made once and only ever written in place,
-            # so their types are those of the first call: the kernel for them is looked up
-            # once, not typed on each call (typing the nested tuples would be about half of
-            # the call).
-            self._score_one_kernel = entry_point(_score_rows, args)
-        self._rows_seen = self._score_one_kernel(*args)
-        self.model.step(z[0], out=self._forecast)
-        forecasts(self._forecast, z[0], self.forecast)
-        self._contributions[:] = self._contrib1[0]
+            self._bind_score_one()
+        self._prepare_row(z0, x0, self._mean32, self._inv_std, f)
+        self._rows_seen = self._score_one_kernel(self._score1, self._contrib1, self._z,
+                                                 self._z, self._x, self._rows_seen,
+                                                 self._params, self._stream, self._scratch)
+        self.model.step(z0, out=f)
+        if self._delta:
+            np.add(f, z0, out=f)                # as forecasts() does
         return float(self._score1[0])
+
+    def _bind_score_one(self):
+        # Every array score_one passes is the scorer's own, made once and only ever written in
+        # place, so their types are those of the first call: the kernels for them are looked
+        # up once, not typed on each call (typing the nested tuples would be about half of
+        # the call). Without numba, NumPy normalises the row (a loop in Python would be slower).
+        args = (self._score1, self._contrib1, self._z, self._z, self._x, self._rows_seen,
+                self._params, self._stream, self._scratch)
+        self._score_one_kernel = entry_point(_score_rows, args)
+        self._prepare_row = _normalise_row_numpy if not JIT else entry_point(
+            _normalise_row, (self._z0, self._x0, self._mean32, self._inv_std, self._forecast))
 
     def score_many(self, rows, explain=False):
         """Scores of rows (T, C): identical to T calls of ``score_one``, much faster.
@@ -762,8 +775,7 @@ class AnomalyScorer:
         return x
 
     def _normalise(self, x):
-        with np.errstate(over="ignore"):         # beyond float32: inf, a missing value
-            return (x.astype(np.float32) - self._mean32) * self._inv_std
+        return _normalised(x, self._mean32, self._inv_std)
 
     @staticmethod
     def _impute(z, forecast):
@@ -979,6 +991,27 @@ def _checked_state(value, fields, hidden_shape, lead=()):
         if name in ("rows_seen", "repeats") and (a < 0).any():
             raise ValueError(f"scorer state: {name} must be non-negative integers")
     return state
+
+
+@njit(cache=True, error_model="numpy", **NO_NRT)
+def _normalise_row(z, x, mean, inv_std, forecast):
+    """z (C,) float32 <- the raw row x (C,) normalised with mean and inv_std (C,) float32, in
+    float32 as _normalised does; a missing (non-finite) value becomes its forecast (C,)."""
+    for c in range(x.shape[0]):
+        v = (np.float32(x[c]) - mean[c]) * inv_std[c]
+        z[c] = v if np.isfinite(v) else forecast[c]
+
+
+def _normalised(x, mean, inv_std):
+    """Rows x (..., C) normalised in float32 (a value beyond float32 becomes inf: missing)."""
+    with np.errstate(over="ignore"):
+        return (x.astype(np.float32) - mean) * inv_std
+
+
+def _normalise_row_numpy(z, x, mean, inv_std, forecast):
+    """_normalise_row without numba."""
+    z[:] = _normalised(x, mean, inv_std)
+    AnomalyScorer._impute(z, forecast)
 
 
 def _stream_state(scorer):

@@ -32,12 +32,13 @@ def test_score_many_equals_score_one(backend):
     X[80] = np.nan                                 # a whole row missing
     X[100:130, 2] = X[99, 2]                        # a stuck channel, with a gap in its run
     X[110, 2] = np.nan
+    X[60, 1], X[61, 0] = 1e39, -np.inf             # imputed: beyond float32, and -inf
     a, b = make_scorer(backend, stuck_rows=6), make_scorer(backend, stuck_rows=6)
     one = np.array([a.score_one(x) for x in X])
     many, contrib = b.score_many(X, explain=True)
     assert np.array_equal(one, many)
     assert np.allclose(np.nansum(contrib, axis=1), many)
-    assert np.array_equal(np.isnan(contrib[3:]), np.isnan(X[3:]))   # NaN: missing, after warm-up
+    assert np.array_equal(np.isnan(contrib[3:]), ~np.isfinite(X[3:]))   # missing, after warm-up
     assert np.array_equal(a.contributions, contrib[-1])
     stuck = np.delete(contrib[105:130, 2], 110 - 105)               # row 110: missing
     assert (stuck >= 2 * a.threshold).all()
@@ -232,3 +233,15 @@ def test_save_state_and_load_state_resume_exactly_and_refuse_other_models(tmp_pa
     (tmp_path / "junk.npz").write_bytes(b"not a zip")
     with pytest.raises(ValueError, match="not a scorer state file"):
         b.load_state(tmp_path / "junk.npz")
+
+
+def test_setting_the_threshold_moves_the_stuck_level_with_it():
+    X = rows(60)
+    X[20:60, 1] = X[19, 1]
+    a, b = make_scorer(stuck_rows=5), make_scorer(stuck_rows=5)
+    b.threshold = 40.0
+    assert b.threshold == 40.0
+    sa, sb = a.score_many(X), b.score_many(X)
+    assert sa[40] >= 8.0 and sb[40] >= 80.0
+    with pytest.raises(edgegru.ModelFormatError, match="finite and positive"):
+        b.threshold = float("nan")
