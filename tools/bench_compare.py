@@ -16,16 +16,27 @@ edgegru's (column "max diff"). A peer that is not installed is skipped. Each tim
 of 15 timings, taken in turns (each round times every peer once), so that a shared machine
 getting busier or quieter during the run slows every peer alike and the ratios hold.
 
+RTNeural (C++, https://github.com/jatinchowdhury18/RTNeural) joins with ``--rtneural DIR``, a
+checkout of it (with its Eigen and xsimd submodules under ``modules/``): the same model as
+``ModelT<float, 4, 1, GRULayerT, DenseT>`` from ``tools/rtneural_bench.cpp``, built here with g++
+``-O3 -march=native``, one binary per hidden size and backend (Eigen, xsimd), kept in
+``~/.cache/edgegru/rtneural``. It calls ``forward()`` once per sample from C++, so it appears in
+the sequence rows (time per step); it times itself (a separate process), in the same turns.
+
     pip install onnx onnxruntime torch==2.13.0
     python tools/bench_compare.py                 # the table in BENCHMARKS.md
+    python tools/bench_compare.py --rtneural ../shared/peers/rtneural
     python tools/bench_compare.py --sizes 16,64 --quick
     python tools/bench_compare.py --json > results.json
 """
 import argparse
+import hashlib
 import json
 import os
 import platform
+import subprocess
 import sys
+import tempfile
 import time
 
 import numpy as np
@@ -51,12 +62,26 @@ def best_of_each(timed, repeats):
     best = dict.fromkeys(timed, float("inf"))
     for _ in range(repeats):
         for name, (fn, number) in timed.items():
+            if isinstance(fn, SelfTimed):
+                best[name] = min(best[name], fn())
+                continue
             fn()
             t0 = time.perf_counter()
             for _ in range(number):
                 fn()
             best[name] = min(best[name], (time.perf_counter() - t0) / number)
     return best
+
+
+class SelfTimed:
+    """A peer's timing that the peer measures itself (a separate process): calling it returns
+    seconds per call, taken in best_of_each's turns like the others."""
+
+    def __init__(self, fn):
+        self.fn = fn
+
+    def __call__(self):
+        return self.fn()
 
 
 def calls_for(fn, seconds=0.02):
@@ -210,6 +235,84 @@ class OnnxRuntime:
         return lambda: session.run(None, feed)[0].transpose(1, 0, 2)
 
 
+class RTNeural:
+    """RTNeural's compile-time model (tools/rtneural_bench.cpp) for one hidden size and backend,
+    built from the checkout given with --rtneural."""
+    FLAGS = {"Eigen": ["-DRTNEURAL_USE_EIGEN=1", "-DRTNEURAL_DEFAULT_ALIGNMENT=32",
+                       "-I{src}/modules/Eigen"],
+             "xsimd": ["-DRTNEURAL_USE_XSIMD=1", "-DRTNEURAL_DEFAULT_ALIGNMENT=64",
+                       "-I{src}/modules/xsimd/include"]}
+    HARNESS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "rtneural_bench.cpp")
+
+    def __init__(self, config, weights, binary, backend):
+        self.name = f"RTNeural {backend}"
+        self.binary, self.H = binary, config.hidden_size
+        self.tmp = tempfile.mkdtemp(prefix="edgegru-rtn-")
+        a = weights.arrays
+        self.weights = os.path.join(self.tmp, "weights.bin")
+        np.concatenate([a[k].reshape(-1) for k in ("l0.w_ih", "l0.w_hh", "l0.b_ih", "l0.b_hh",
+                                                   "head.weight", "head.bias")]
+                       ).astype(np.float32).tofile(self.weights)
+
+    def _run(self, *args):
+        out = subprocess.run([self.binary, args[0], str(self.H), self.weights, *map(str, args[1:])],
+                             capture_output=True, text=True)
+        if out.returncode:
+            raise RuntimeError(f"{self.binary}: {out.stderr.strip() or out.returncode}")
+        return out.stdout
+
+    def sequence(self, X):
+        """(the outputs for X, T, 1), and a SelfTimed of T forward() calls."""
+        T = len(X)
+        xs, ys = os.path.join(self.tmp, "x.bin"), os.path.join(self.tmp, "y.bin")
+        np.ascontiguousarray(X, np.float32).tofile(xs)
+        self._run("check", xs, T, ys)
+        Y = np.fromfile(ys, np.float32).reshape(T, 1)
+        n = {"calls": 20000}
+
+        def timed():                    # about 50 ms of forward() calls per timing
+            ns = float(self._run("bench", n["calls"]).split()[0])
+            n["calls"] = max(20000, int(0.05e9 / max(ns, 1.0)))
+            return ns * 1e-9 * T
+        return Y, SelfTimed(timed)
+
+    @classmethod
+    def build(cls, source, hidden_sizes):
+        """{(backend, H): binary}, built now or found in ~/.cache/edgegru/rtneural."""
+        source = os.path.abspath(source)
+        if not os.path.isfile(os.path.join(source, "RTNeural", "RTNeural.h")):
+            sys.exit(f"--rtneural {source}: no RTNeural/RTNeural.h there (give the checkout's "
+                     f"top directory, with its modules/)")
+        base = ["g++", "-O3", "-march=native", "-std=c++17", "-DNDEBUG", f"-I{source}"]
+        with open(cls.HARNESS, "rb") as f:
+            key = hashlib.sha256(f.read() + " ".join(base).encode()).hexdigest()[:12]
+        cache = os.path.join(os.path.expanduser("~"), ".cache", "edgegru", "rtneural", key)
+        os.makedirs(cache, exist_ok=True)
+        binaries, jobs = {}, []
+        for H in hidden_sizes:
+            for backend, flags in cls.FLAGS.items():
+                binary = os.path.join(cache, f"rtn_{backend.lower()}_{H}")
+                binaries[backend, H] = binary
+                if not os.path.exists(binary):
+                    extra = ["-DEIGEN_STACK_ALLOCATION_LIMIT=0"] if H >= 128 else []
+                    jobs.append((binary, base + [f.format(src=source) for f in flags] + extra
+                                 + [f"-DHSIZE={H}", cls.HARNESS, "-o", binary + ".tmp"]))
+        if jobs:
+            print(f"building RTNeural for {len(jobs)} (backend, H) pairs into {cache} ...",
+                  file=sys.stderr)
+        running = []
+        for i, (binary, cmd) in enumerate(jobs):
+            running.append((binary, subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True)))
+            if len(running) == (os.cpu_count() or 1) or i == len(jobs) - 1:
+                for binary, proc in running:
+                    _, err = proc.communicate()
+                    if proc.returncode:
+                        sys.exit(f"building {os.path.basename(binary)} failed:\n{err[-2000:]}")
+                    os.replace(binary + ".tmp", binary)
+                running = []
+        return binaries
+
+
 PEERS = [EdgeGRU, OnnxRuntime, Torch]
 MODULES = {"ONNX Runtime": ("onnxruntime", "onnx"), "PyTorch": ("torch",)}
 
@@ -226,8 +329,11 @@ def available_peers():
 # -- the measurements -------------------------------------------------------------------------
 
 def measure(hidden_sizes, input_size=4, T=2000, steps=20000, batch=32, batch_hidden=64,
-            batch_T=500, repeats=15):
+            batch_T=500, repeats=15, rtneural=None):
     peers, skipped = available_peers()
+    if rtneural and input_size != 4:
+        sys.exit("--rtneural: the RTNeural harness is built for input size 4")
+    binaries = RTNeural.build(rtneural, hidden_sizes) if rtneural else {}
     rng = np.random.default_rng(0)
     rows = []
     for H in hidden_sizes:
@@ -258,12 +364,19 @@ def measure(hidden_sizes, input_size=4, T=2000, steps=20000, batch=32, batch_hid
                     reference = y
                 else:
                     row["max_diff"][p.name] = max_diff(y, reference)
+            if kind == "sequence":      # RTNeural: forward() per sample from C++
+                for backend in RTNeural.FLAGS if binaries else ():
+                    rtn = RTNeural(config, weights, binaries[backend, H], backend)
+                    y, timed[rtn.name] = rtn.sequence(X)
+                    timed[rtn.name] = (timed[rtn.name], 1)
+                    row["max_diff"][rtn.name] = max_diff(y, reference)
             if kind == "step":          # edgegru's check-free variant, for the note under the table
                 model, out = built[0].model, np.empty(1, np.float32)
                 timed["edgegru_stepper"] = (model.stepper(x, out), step_calls)
             seconds = best_of_each(timed, repeats)
             per = 1 if kind == "step" else T
-            row["times"] = {p.name: seconds[p.name] / per for p in built}
+            row["times"] = {name: seconds[name] / per for name in timed
+                            if name != "edgegru_stepper"}
             if kind == "step":
                 row["edgegru_stepper"] = seconds["edgegru_stepper"]
             rows.append(row)
@@ -320,16 +433,17 @@ def _fmt(seconds):
 
 def table(rows):
     """A markdown table: time per step for every peer, and each peer's time over edgegru's."""
-    names = list(rows[0]["times"])
+    names = list(dict.fromkeys(n for r in rows for n in r["times"]))   # every peer, in order
     others = names[1:]
     head = (["what", "H"] + names + [f"{n} / edgegru" for n in others]
             + ["max diff vs edgegru"])
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
         t = r["times"]
-        cells = [r["kind"], str(r["hidden_size"])] + [_fmt(t[n]) for n in names]
-        cells += [f"{t[n] / t['edgegru']:.1f}×" for n in others]
-        cells.append(", ".join(f"{v:.1e}" for v in r["max_diff"].values()) or "-")
+        cells = [r["kind"], str(r["hidden_size"])] + [_fmt(t[n]) if n in t else "-"
+                                                      for n in names]
+        cells += [f"{t[n] / t['edgegru']:.2f}×" if n in t else "-" for n in others]
+        cells.append(", ".join(f"{n} {v:.1e}" for n, v in r["max_diff"].items()) or "-")
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -342,10 +456,13 @@ def main(argv=None):
     parser.add_argument("--batch", type=int, default=32, help="batch size, 0 to skip")
     parser.add_argument("--quick", action="store_true", help="fewer samples (a smoke test)")
     parser.add_argument("--json", action="store_true", help="JSON instead of a table")
+    parser.add_argument("--rtneural", metavar="DIR",
+                        help="an RTNeural checkout: add it to the sequence rows (needs g++)")
     args = parser.parse_args(argv)
     sizes = [int(s) for s in args.sizes.split(",") if s]
     kwargs = dict(T=200, steps=2000, batch_T=50, repeats=3) if args.quick else {}
-    rows, skipped = measure(sizes, input_size=args.input_size, batch=args.batch, **kwargs)
+    rows, skipped = measure(sizes, input_size=args.input_size, batch=args.batch,
+                            rtneural=args.rtneural, **kwargs)
     info = machine()
     if args.json:
         print(json.dumps({"machine": info, "rows": rows, "skipped": skipped}, indent=1))
