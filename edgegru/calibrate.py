@@ -415,12 +415,57 @@ def calibrate(model, names, mean, std, Z_train, Z_cal, X_cal, options=None, log=
     ``edgegru run`` reads them); X_normal: every normal row raw (for ``stuck_rows``; default
     X_cal); options: :class:`CalibrationOptions`; log: a function taking one message line;
     forecast: what the model's output is, "absolute" (the next row) or "delta" (its step).
+
+    The terms are added one by one, and after each the threshold is fitted again on the
+    scores edgegru's own scorer gives the calibration rows from a fresh start, so that each
+    next term is put on the scale of the score so far.
     """
     options = CalibrationOptions() if options is None else options
     log = log or (lambda message: None)
-    C = len(names)
+    X_normal = X_cal if X_normal is None else X_normal
     model.meta["preprocessing"] = {"columns": list(names), "mean": [_round(v, 9) for v in mean],
                                    "std": [_round(v, 9) for v in std]}
+    warmup, residual_std, residual_rows = _fit_forecast_term(model, Z_train, Z_cal, forecast,
+                                                             options)
+    # stuck sensors: exact repeats of a noisy reading, twice the longest run on normal data
+    repeats = longest_repeat_run(X_normal)
+    stuck_rows = int(max(STUCK_MIN_ROWS, 2 * int(repeats.max())))
+    model.meta["scoring"]["stuck_rows"] = stuck_rows
+    scores, threshold, fit = _fit_threshold(model, X_cal, warmup, options)
+    fits = {}
+    for term in (_add_consistency, _add_drift, _add_level):
+        added = term(model, threshold, names, mean, std, Z_train, Z_cal, X_normal, warmup,
+                     options, fits)
+        if added:
+            scores, threshold, fit = _fit_threshold(model, X_cal, warmup, options)
+    threshold = _round(threshold, 6)
+    model.meta["scoring"]["threshold"] = threshold
+    model.meta["scoring"]["calibration"] = _calibration_notes(
+        names, options, len(X_cal), scores, residual_rows, fit, repeats, len(X_normal), fits)
+    cons = model.meta["scoring"].get("consistency")
+    drift = cons and cons.get("drift")
+    level = model.meta["scoring"].get("level")
+    log(f"calibrated on {len(X_cal)} rows: warm-up {warmup} rows, residual std "
+        f"{', '.join(f'{n} {v:.3g}' for n, v in zip(names, residual_std))} (normalised); "
+        f"score median {np.median(scores):.2f}, max {scores.max():.1f}; threshold "
+        f"{threshold:.4g} (about {options.false_alarm_rate * 1e4:g} false alarms per 10,000 "
+        f"normal rows); a channel repeating its reading {stuck_rows} rows in a row is stuck")
+    log("consistency: R^2 of each channel from the others "
+        + ", ".join(f"{n} {v:.4f}" for n, v in zip(names, fits["r2"]))
+        + (f"; accumulated for {', '.join(cons['channels'])}" if cons and cons["channels"]
+           else "; none kept")
+        + (f"; drift test for {', '.join(drift['channels'])}" if drift else ""))
+    log("level: variance ratio of each channel "
+        + ", ".join(f"{n} {v:.1f}" for n, v in zip(names, fits["ratio"]))
+        + (f"; tested (below {options.level_max_ratio:g}): {', '.join(level['channels'])}"
+           if level else f"; none below {options.level_max_ratio:g}, no level test"))
+    return model
+
+
+def _fit_forecast_term(model, Z_train, Z_cal, forecast, options):
+    """The forecast term's settings into a new ``model.meta["scoring"]`` (with a stand-in
+    threshold); returns (warm-up, residual std (C,), how many residual rows set them)."""
+    C = Z_cal.shape[1]
     R = forecast_residuals(model, Z_cal, forecast)
     cap = warmup_cap(len(Z_cal))
     rms0 = np.sqrt(np.nanmean(R[cap:] ** 2, axis=0))
@@ -438,63 +483,81 @@ def calibrate(model, names, mean, std, Z_train, Z_cal, X_cal, options=None, log=
         "threshold": 1.0}          # a stand-in (scorers need a valid one) until it is fitted
     if forecast != "absolute":
         model.meta["scoring"]["forecast"] = forecast
-    # stuck sensors: exact repeats of a noisy reading, twice the longest run on normal data
-    X_normal = X_cal if X_normal is None else X_normal
-    repeats = longest_repeat_run(X_normal)
-    stuck_rows = int(max(STUCK_MIN_ROWS, 2 * int(repeats.max())))
-    model.meta["scoring"]["stuck_rows"] = stuck_rows
-    # the threshold, on the scores users get: edgegru's own scorer, from a fresh start
-    scorer = AnomalyScorer.from_model(model)
-    scores = scorer.score_many(X_cal)[warmup:]
+    return warmup, residual_std, len(R)
+
+
+def _fit_threshold(model, X_cal, warmup, options):
+    """(scores, threshold, its fit) on the scores users get with the model's scoring section
+    as it is: edgegru's own scorer, from a fresh start, after the warm-up."""
+    scores = AnomalyScorer.from_model(model).score_many(X_cal)[warmup:]
     threshold, fit = upcrossing_threshold(scores, options.false_alarm_rate)
-    # the consistency model, its score put on the forecaster's scale: the level its own
-    # calibration scores cross as often as the threshold is mapped to the threshold
-    cons, r2, M, coefs = (fit_consistency(Z_train, Z_cal, names, warmup, options) if C > 1
-                          else (None, np.zeros(1), None, None))
-    cons_fit = None
-    if cons is not None:
-        cons_threshold, cons_fit = upcrossing_threshold((M * M).max(axis=1),
-                                                        options.false_alarm_rate)
-        cons["weight"] = _round(threshold / cons_threshold, 9)
-        model.meta["scoring"]["consistency"] = cons
-        scorer = AnomalyScorer.from_model(model)
-        scores = scorer.score_many(X_cal)[warmup:]
-        threshold, fit = upcrossing_threshold(scores, options.false_alarm_rate)
-    # the drift test, on the same scale: the level its term alone crosses as often on the
-    # normal rows is mapped to the threshold
-    drift, G = ((None, None) if C == 1 else
-                fit_drift(np.vstack([Z_train, Z_cal]), len(Z_train), names, coefs, r2, warmup,
-                          options))
-    drift_fit = None
-    if drift is not None:
-        drift_threshold, drift_fit = upcrossing_threshold(G, options.false_alarm_rate)
-        drift["weight"] = _round(threshold / drift_threshold, 9)
-        if cons is None:             # no channel for the consistency term: only the drift test
-            P = len(drift["coef"][0])
-            cons = {"channels": [], "lags": options.consistency_lags,
-                    "degree": options.consistency_degree, "coef": np.zeros((0, P)).tolist(),
-                    "residual_std": [], "smoothing": options.consistency_smoothing,
-                    "ewma_std": [], "weight": 1.0}
-        cons["drift"] = drift
-        model.meta["scoring"]["consistency"] = cons
-        scorer = AnomalyScorer.from_model(model)
-        scores = scorer.score_many(X_cal)[warmup:]
-        threshold, fit = upcrossing_threshold(scores, options.false_alarm_rate)
-    # the level test, on the same scale: margin x its largest value on the normal rows is
-    # mapped to the threshold
+    return scores, threshold, fit
+
+
+def _add_consistency(model, threshold, names, mean, std, Z_train, Z_cal, X_normal, warmup,
+                     options, fits):
+    """The consistency model, its score put on the forecaster's scale: the level its own
+    calibration scores cross as often as the threshold is mapped to the threshold. Returns
+    whether a term was added; its fit, R^2 and regressions go into ``fits``."""
+    fits["cons_fit"] = None
+    if len(names) == 1:
+        fits["r2"], fits["coefs"] = np.zeros(1), None
+        return False
+    cons, fits["r2"], M, fits["coefs"] = fit_consistency(Z_train, Z_cal, names, warmup, options)
+    if cons is None:
+        return False
+    cons_threshold, fits["cons_fit"] = upcrossing_threshold((M * M).max(axis=1),
+                                                            options.false_alarm_rate)
+    cons["weight"] = _round(threshold / cons_threshold, 9)
+    model.meta["scoring"]["consistency"] = cons
+    return True
+
+
+def _add_drift(model, threshold, names, mean, std, Z_train, Z_cal, X_normal, warmup, options,
+               fits):
+    """The drift test, on the same scale: the level its term alone crosses as often on the
+    normal rows is mapped to the threshold."""
+    fits["drift_fit"] = None
+    if len(names) == 1:
+        return False
+    drift, G = fit_drift(np.vstack([Z_train, Z_cal]), len(Z_train), names, fits["coefs"],
+                         fits["r2"], warmup, options)
+    if drift is None:
+        return False
+    drift_threshold, fits["drift_fit"] = upcrossing_threshold(G, options.false_alarm_rate)
+    drift["weight"] = _round(threshold / drift_threshold, 9)
+    cons = model.meta["scoring"].get("consistency")
+    if cons is None:                 # no channel for the consistency term: only the drift test
+        P = len(drift["coef"][0])
+        cons = {"channels": [], "lags": options.consistency_lags,
+                "degree": options.consistency_degree, "coef": np.zeros((0, P)).tolist(),
+                "residual_std": [], "smoothing": options.consistency_smoothing,
+                "ewma_std": [], "weight": 1.0}
+    cons["drift"] = drift
+    model.meta["scoring"]["consistency"] = cons
+    return True
+
+
+def _add_level(model, threshold, names, mean, std, Z_train, Z_cal, X_normal, warmup, options,
+               fits):
+    """The level test, on the same scale: margin x its largest value on the normal rows is
+    mapped to the threshold."""
     Z_normal = (X_normal - mean) / std
-    level, level_max, ratio = fit_level(Z_normal, X_normal, names, options)
-    if level is not None:
-        level["weight"] = _round(threshold / (options.level_margin * level_max), 9)
-        model.meta["scoring"]["level"] = level
-        scorer = AnomalyScorer.from_model(model)
-        scores = scorer.score_many(X_cal)[warmup:]
-        threshold, fit = upcrossing_threshold(scores, options.false_alarm_rate)
-    threshold = _round(threshold, 6)
-    model.meta["scoring"]["threshold"] = threshold
-    model.meta["scoring"]["calibration"] = {
-        "rows": int(len(X_cal)), "scored_rows": int(len(scores)),
-        "residual_rows": int(len(R)),
+    level, level_max, fits["ratio"] = fit_level(Z_normal, X_normal, names, options)
+    if level is None:
+        return False
+    level["weight"] = _round(threshold / (options.level_margin * level_max), 9)
+    model.meta["scoring"]["level"] = level
+    return True
+
+
+def _calibration_notes(names, options, n_cal, scores, residual_rows, fit, repeats, n_normal,
+                       fits):
+    """The "calibration" record of the scoring section: what each setting was fitted on, and
+    how."""
+    return {
+        "rows": int(n_cal), "scored_rows": int(len(scores)),
+        "residual_rows": int(residual_rows),
         "residual_std": "RMS of the forecast residual per channel, normalised units, after "
                         "the warm-up",
         "whitening": ("conditional: diag(P)^(-1/2) P, P the inverse of the residuals' "
@@ -508,24 +571,24 @@ def calibrate(model, names, mean, std, Z_train, Z_cal, X_cal, options=None, log=
         "score_max": _round(float(scores.max())),
         "threshold": fit,
         "stuck_rows": f"max({STUCK_MIN_ROWS}, 2 x the longest run of exactly repeated "
-                      f"readings on one channel in the {len(X_normal)} normal rows: "
+                      f"readings on one channel in the {n_normal} normal rows: "
                       f"{', '.join(f'{n} {int(r)}' for n, r in zip(names, repeats))})",
         "consistency": {
-            "r2": {n: _round(float(v), 4) for n, v in zip(names, r2)},
+            "r2": {n: _round(float(v), 4) for n, v in zip(names, fits["r2"])},
             "rule": f"channels whose value the other channels explain with R^2 >= "
                     f"{options.consistency_r2} on the calibration rows (regression fitted on "
                     f"the training rows); weight = threshold / the level the consistency "
                     f"score alone crosses --false-alarm-rate times per row",
-            "threshold": cons_fit,
+            "threshold": fits["cons_fit"],
             "drift": {
                 "rule": f"channels the consistency model leaves out whose R^2 is at least "
                         f"{options.drift_r2}; residual_std from the calibration rows, std and "
-                        f"fast_std (of the slow and fast averages) from all {len(X_normal)} "
+                        f"fast_std (of the slow and fast averages) from all {n_normal} "
                         f"normal rows after the warm-up; weight = threshold / the level the "
                         f"drift term alone crosses --false-alarm-rate times per row there",
-                "threshold": drift_fit}},
+                "threshold": fits["drift_fit"]}},
         "level": {
-            "variance_ratio": {n: _round(float(v), 4) for n, v in zip(names, ratio)},
+            "variance_ratio": {n: _round(float(v), 4) for n, v in zip(names, fits["ratio"])},
             "rule": f"channels whose variance ratio (the variance of {LEVEL_BLOCK}-row means "
                     f"times {LEVEL_BLOCK} over the variance, about 1 for a steady level) is "
                     f"below {options.level_max_ratio} on the normal rows; precision = the "
@@ -533,18 +596,3 @@ def calibrate(model, names, mean, std, Z_train, Z_cal, X_cal, options=None, log=
                     f"{options.level_shrinkage} towards its diagonal); weight = threshold / "
                     f"({options.level_margin} x the largest T^2 on the normal rows)"},
     }
-    log(f"calibrated on {len(X_cal)} rows: warm-up {warmup} rows, residual std "
-        f"{', '.join(f'{n} {v:.3g}' for n, v in zip(names, residual_std))} (normalised); "
-        f"score median {np.median(scores):.2f}, max {scores.max():.1f}; threshold "
-        f"{threshold:.4g} (about {options.false_alarm_rate * 1e4:g} false alarms per 10,000 "
-        f"normal rows); a channel repeating its reading {stuck_rows} rows in a row is stuck")
-    log("consistency: R^2 of each channel from the others "
-        + ", ".join(f"{n} {v:.4f}" for n, v in zip(names, r2))
-        + (f"; accumulated for {', '.join(cons['channels'])}" if cons and cons["channels"]
-           else "; none kept")
-        + (f"; drift test for {', '.join(drift['channels'])}" if drift else ""))
-    log("level: variance ratio of each channel "
-        + ", ".join(f"{n} {v:.1f}" for n, v in zip(names, ratio))
-        + (f"; tested (below {options.level_max_ratio:g}): {', '.join(level['channels'])}"
-           if level else f"; none below {options.level_max_ratio:g}, no level test"))
-    return model

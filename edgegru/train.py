@@ -329,7 +329,6 @@ def fit_forecaster(Z_train, Z_val, options, window, progress=None):
     Zt = torch.from_numpy(np.nan_to_num(Z_train).astype(np.float32))
     Zv = torch.from_numpy(np.nan_to_num(Z_val).astype(np.float32))[None]
     val_ok = torch.from_numpy(np.isfinite(Z_val).all(axis=1)[1:])
-    burn = options.burn_in
     offsets = torch.arange(W)
     stride = options.stride
 
@@ -340,21 +339,24 @@ def fit_forecaster(Z_train, Z_val, options, window, progress=None):
         for i in range(0, len(starts), options.batch_size):
             yield torch.from_numpy(starts[i:i + options.batch_size])
 
+    def loss_of(batch):
+        """The mean scaled squared forecast error after the burn-in."""
+        pred = net(batch[:, :-1])
+        return (((pred[:, options.burn_in:] - batch[:, 1 + options.burn_in:]) ** 2)
+                * inv_scale).mean()
+
+    def validation_loss():
+        with torch.no_grad():
+            pred = net(Zv[:, :-1])[0]
+            err = ((pred - Zv[0, 1:]) ** 2 * inv_scale)[options.burn_in:][val_ok[options.burn_in:]]
+            return float(err.mean())
+
     per_epoch = math.ceil(len(training_windows(finite, W, stride)) / options.batch_size)
     if per_epoch == 0:
         raise TrainingError(f"no stretch of {W} rows without a missing value in the training "
                             f"part; use a smaller --window")
-    if options.epochs is None:
-        epochs = min(MAX_EPOCHS, math.ceil(options.steps / per_epoch))
-        total = min(options.steps, epochs * per_epoch)
-    else:
-        epochs, total = options.epochs, options.epochs * per_epoch
-    every = math.ceil(epochs / 50)             # at most ~50 evaluations, however small an epoch
-    optimizer = torch.optim.Adam(net.parameters(), lr=options.lr)
-    # linear warm-up over the first 5% of the steps, then cosine decay to lr / 100
-    warm = max(1, total // 20)
-    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda k: min(
-        (k + 1) / warm, 0.01 + 0.99 * 0.5 * (1 + math.cos(math.pi * min(1.0, k / total)))))
+    epochs, total, every = _budget(per_epoch, options)
+    optimizer, schedule = _optimizer(torch, net, options, total)
     train_curve, val_curve = [], []
     t0 = time.perf_counter()
     done = 0
@@ -370,8 +372,7 @@ def fit_forecaster(Z_train, Z_val, options, window, progress=None):
                 # follow the level rather than memorise the training range (real data drifts)
                 shift = rng.uniform(-options.shift, options.shift, (len(starts), 1, C))
                 batch = batch + torch.from_numpy(shift.astype(np.float32))
-            pred = net(batch[:, :-1])
-            loss = (((pred[:, burn:] - batch[:, 1 + burn:]) ** 2) * inv_scale).mean()
+            loss = loss_of(batch)
             optimizer.zero_grad()
             loss.backward()
             nn.utils.clip_grad_norm_(net.parameters(), options.clip)
@@ -382,18 +383,14 @@ def fit_forecaster(Z_train, Z_val, options, window, progress=None):
             done += 1
         if (epoch + 1) % every and epoch + 1 < epochs and done < total:
             continue
-        with torch.no_grad():
-            pred = net(Zv[:, :-1])[0]
-            err = ((pred - Zv[0, 1:]) ** 2 * inv_scale)[burn:][val_ok[burn:]]
-            val = float(err.mean())
         train_curve.append(loss_sum / max(count, 1))
-        val_curve.append(val)
+        val_curve.append(validation_loss())
         loss_sum, count = 0.0, 0
         if progress:
             progress(f"epoch {epoch + 1:3d}/{epochs}  step {done}/{total}  loss "
-                     f"{train_curve[-1]:.4f}  calibration-rows loss {val:.4f}  "
+                     f"{train_curve[-1]:.4f}  calibration-rows loss {val_curve[-1]:.4f}  "
                      f"({time.perf_counter() - t0:.0f} s)")
-        if not (math.isfinite(train_curve[-1]) and math.isfinite(val)):
+        if not (math.isfinite(train_curve[-1]) and math.isfinite(val_curve[-1])):
             raise TrainingError(f"the training loss became {train_curve[-1]} at epoch "
                                 f"{epoch + 1}; try a smaller --lr")
         if done == total:
@@ -409,6 +406,27 @@ def fit_forecaster(Z_train, Z_val, options, window, progress=None):
         "calibration_loss_per_evaluation": [_round(v) for v in val_curve],
     }
     return {k: v.detach().clone() for k, v in net.state_dict().items()}, summary
+
+
+def _budget(per_epoch, options):
+    """(epochs, optimizer steps, evaluate every so many epochs): options.steps steps (a small
+    file passed over at most MAX_EPOCHS times), or options.epochs whole epochs when given."""
+    if options.epochs is None:
+        epochs = min(MAX_EPOCHS, math.ceil(options.steps / per_epoch))
+        total = min(options.steps, epochs * per_epoch)
+    else:
+        epochs, total = options.epochs, options.epochs * per_epoch
+    return epochs, total, math.ceil(epochs / 50)    # at most ~50 evaluations
+
+
+def _optimizer(torch, net, options, total):
+    """Adam, and its learning rate: a linear warm-up over the first 5 % of the steps, then a
+    cosine decay to lr / 100."""
+    optimizer = torch.optim.Adam(net.parameters(), lr=options.lr)
+    warm = max(1, total // 20)
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda k: min(
+        (k + 1) / warm, 0.01 + 0.99 * 0.5 * (1 + math.cos(math.pi * min(1.0, k / total)))))
+    return optimizer, schedule
 
 
 def _Forecaster(nn, C, hidden_size, num_layers, delta=False):
