@@ -303,7 +303,7 @@ def benchmark(model, samples=100_000, seq_len=2000, rows=100_000, cold_start=Tru
     if cold_start and model._k.__name__ == "edgegru.kernels":
         with tempfile.TemporaryDirectory(prefix="edgegru-bench-") as tmp:
             path = os.path.join(tmp, "model.npz")
-            model.save(path)
+            edgegru.save(model, path)
             results["cold_start"] = measure_cold_start(path)
     model.state = saved
     results["peak_rss"] = peak_rss()

@@ -57,7 +57,7 @@ SCRIPT = textwrap.dedent("""
     # the scorer's per-row kernel, as AnomalyScorer.score_one calls it (one row per call)
     import sys
     from edgegru.scoring import _score_rows
-    sc = edgegru.AnomalyScorer.load(sys.argv[1])
+    sc = edgegru.AnomalyScorer.from_model(edgegru.load(sys.argv[1]))
     sc.score_one(np.ones(4))
     args = (sc._score1, sc._contrib1, sc._z, sc._z, sc._forecast, sc._smoothed, 50,
             sc._inv_residual_std, sc._whitening, sc._combine_max, sc.smoothing, sc.warmup,

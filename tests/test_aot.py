@@ -53,7 +53,7 @@ OUTPUTS = textwrap.dedent("""
         out[name + "_run"] = m.run(X)
         m.reset()
         out[name + "_batch"] = m.run(np.stack([X, X[::-1]]))
-    scorer = edgegru.AnomalyScorer.load(model_path)
+    scorer = edgegru.AnomalyScorer.from_model(edgegru.load(model_path))
     with open(example, "rb") as f:
         lines = f.readlines()[:401]
     X = np.array([[float(v) for v in l.split(b",")[1:]] for l in lines[1:]])

@@ -47,7 +47,7 @@ WORKLOAD = textwrap.dedent("""
     with open("rows.csv", "wb") as f:
         f.write(b"\\n".join(lines) + b"\\n")
     main(["run", "--weights", {model!r}, "--input", "rows.csv"], standalone_mode=False)
-    scorer = edgegru.AnomalyScorer.load({model!r})
+    scorer = edgegru.AnomalyScorer.from_model(edgegru.load({model!r}))
     for line in lines[1:20]:
         scorer.score_one([float(v) for v in line.split(b",")[1:]])
 """)
