@@ -388,10 +388,10 @@ def compile_(model_path, aot):
     click.echo(f"cache: {bench.cache_dir() or 'none (numba is not available)'}")
     if not (aot and _jit.BACKEND == "numba"):
         return
-    from edgegru import aot as aot_module
+    from edgegru import build
     t = time.perf_counter()
     try:
-        path = aot_module.build()
+        path = build.build()
     except RuntimeError as e:
         click.echo(f"ahead-of-time module: not built: {e}. New processes load numba's cache "
                    f"instead (they start slower: numba's import and set-up come first)", err=True)
