@@ -11,17 +11,17 @@ Reading. Bytes are read as soon as they are available (``os.read`` on the file d
 ``select`` says there is something): a row that trickles in is scored, written and flushed at
 once, and a big file arrives in blocks of up to 256 KiB whose complete lines are parsed
 together (a compiled byte parser, :func:`edgegru.csvio.parse_lines`) and scored together
-(``score_many``, the sequence kernel). The scores are the same either way: ``score_many`` equals ``score_one`` row by row, and
-the compiled parser hands every field it is not sure of to the plain Python parser
-(:func:`edgegru.csvio.parse_line`), which defines what a row means.
+(``score_many``, the sequence kernel). The scores are the same either way: ``score_many``
+equals ``score_one`` row by row, and the compiled parser hands every field it is not sure of to
+the plain Python parser (:func:`edgegru.csvio.parse_line`), which defines what a row means.
 
 The first non-blank line is a header unless every field in it is a number (or empty); then the
 input is headerless and must have exactly the model's columns, in the model's order. With
 ``header=False`` every line is a row, its fields named in order by ``columns`` (default: the
 model's columns), as a header would name them. The field delimiter (``,``, ``;`` or tab) is
-sniffed from the first line unless given. With a header, the model's columns are picked by name (``columns`` maps other names), and the other
-columns can be passed through to the output (``keep``; by default all of them) or name the
-stream a row belongs to (``group_by``).
+sniffed from the first line unless given. With a header, the model's columns are picked by
+name (``columns`` maps other names), and the other columns can be passed through to the output
+(``keep``; by default all of them) or name the stream a row belongs to (``group_by``).
 
 What each kind of input does (a *bad row* is an error under ``on_error="fail"``: the rows before
 it are written, the state is saved, and :class:`~edgegru.errors.InputError` names the line and
@@ -399,7 +399,8 @@ def score_stream(scorer, source, out, *, columns=None, keep=None, group_by=None,
     False when the input has none (``tail -f`` of a log, a serial port). delimiter: ",", ";",
     "\\t" (default: sniffed from the first line, :func:`edgegru.csvio.sniff_delimiter`).
     keep: names of columns to pass through (default: every column the model does not read).
-    group_by: a column whose value names independent streams (one state each). threshold: overrides ``scorer.threshold``.
+    group_by: a column whose value names independent streams (one state each). threshold:
+    overrides ``scorer.threshold``.
     fmt: "csv" or "jsonl"; precision: significant digits of scores. on_error: "fail" or "skip"
     (see the module doc). state: path of the state file to resume from and checkpoint to;
     checkpoint_every: rows between checkpoints (0: only at the end and on signals).
