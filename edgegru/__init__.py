@@ -5,13 +5,16 @@ Where things are:
 - :mod:`edgegru.model`     ``Model`` (step / run / state), ``GRUConfig`` (sizes), ``GRUWeights``
 - :mod:`edgegru.kernels`   the ``@njit`` kernels: one fused GRU cell shared by step and sequence
 - :mod:`edgegru.numpy_kernels`  the same kernels in NumPy, used where Numba is not available
-- :mod:`edgegru.aot`       the same kernels compiled ahead of time (``edgegru compile``): a new
-                          process that finds them starts without importing numba
-- :mod:`edgegru.formats`   model files: native ``.npz`` (``load``, ``Model.save``), PyTorch
+- :mod:`edgegru.aot`       the same kernels compiled ahead of time: a new process that finds
+                          them starts without importing numba (:mod:`edgegru.build` builds
+                          them: ``edgegru compile``)
+- :mod:`edgegru.formats`   model files: native ``.npz`` (``load``, ``save``), PyTorch
                           ``.pt``, safetensors, ONNX, Keras, textbook arrays (``from_arrays``)
 - :mod:`edgegru.scoring`   ``AnomalyScorer``: anomaly scores from a GRU forecaster, row by row;
                           ``GroupScorer``: one stream per device key, batched
-- :mod:`edgegru.stream`    ``score_stream``: CSV rows in, one scored row out per row (``edgegru run``)
+- :mod:`edgegru.stream`    ``score_stream``: CSV rows in, one scored row out per row (``edgegru run``);
+                          :mod:`edgegru.csvio` what a row means (layout, parsers, writer)
+- :mod:`edgegru.npzfile`   the ``.npz`` files written atomically; the state files' header
 - :mod:`edgegru.calibrate` the scoring parameters (threshold, whitening, ...) fitted with NumPy
 - :mod:`edgegru.train`     ``train_model``: fit a forecaster with PyTorch, calibrate, save
                           (``edgegru train``; ``pip install 'edgegru[train]'``)
@@ -27,7 +30,7 @@ Where things are:
 """
 from edgegru._jit import JIT
 from edgegru.errors import EdgeGRUError, ModelFormatError
-from edgegru.formats import load
+from edgegru.formats import load, save
 from edgegru.formats.arrays import from_arrays
 from edgegru.formats.pytorch import from_state_dict
 from edgegru.model import GRUConfig, GRUWeights, Model
@@ -36,5 +39,5 @@ from edgegru.scoring import AnomalyScorer
 __version__ = "0.1.0"
 
 __all__ = ["Model", "AnomalyScorer", "GRUConfig", "GRUWeights", "from_state_dict", "from_arrays",
-           "load", "EdgeGRUError",
+           "load", "save", "EdgeGRUError",
            "ModelFormatError", "JIT", "__version__"]

@@ -40,18 +40,14 @@ else:
         if JIT_DISABLED_BY_USER:
             raise ImportError("EDGEGRU_NO_JIT is set")
         from numba import njit
-        from numba.core.cpu import CPUTargetOptions
         JIT = True
         BACKEND = "numba"
-        # Kernels allocate nothing, so they need none of numba's reference counting: without
-        # it, each array view a kernel makes or passes on is not incref'd and decref'd with an
-        # atomic instruction (about ten per time step, a measurable share of it), and a call
-        # from Python does not wrap every array argument in a new meminfo. "_nrt" is numba's
-        # own (private, long-standing) option; should a numba drop it, the kernels just keep
-        # the reference counting.
-        if hasattr(CPUTargetOptions, "_nrt"):
-            NO_NRT = {"_nrt": False}
-        _aot.cache_outside_site_packages()
+        from edgegru import _numba_private
+        # Kernels allocate nothing, so they need none of numba's reference counting (see
+        # _numba_private.no_nrt_options; {} where a numba lacks the option)
+        NO_NRT = _numba_private.no_nrt_options()
+        if _aot.installed_cache_dir() is not None:
+            _numba_private.cache_outside_site_packages(_aot.installed_cache_dir(), _aot.HERE)
     except ImportError:
         JIT = False
         BACKEND = "numpy"

@@ -11,9 +11,15 @@ Python, NumPy's major version and this CPU (``NUMBA_CPU_NAME``/``NUMBA_CPU_FEATU
 numba does), the process runs on the module and never imports numba; otherwise it uses numba as
 before. ``EDGEGRU_AOT=0`` turns the module off.
 
-Building needs what any C extension needs: a C compiler, Python's headers (``python3-dev`` on
-Debian and Raspberry Pi OS) and setuptools (``pip install 'edgegru[aot]'``). Without them
-``edgegru compile`` fills numba's cache only and says why.
+This module only finds and loads it, and imports nothing of edgegru: :mod:`edgegru.build`
+builds it (``edgegru compile``), which needs what any C extension needs: a C compiler, Python's
+headers (``python3-dev`` on Debian and Raspberry Pi OS), setuptools (``pip install
+'edgegru[aot]'``) and numba's pycc. Without them ``edgegru compile`` fills numba's cache only and
+says why.
+
+A module goes stale when the code compiled into it changes, not when a message elsewhere in the
+same file does: :func:`compiled_digest` keeps, of each file of :data:`COMPILED_SOURCES`, only
+what compiled code is made of (see there), and the files of :data:`BUILD_SOURCES` count whole.
 
 Where: ``$NUMBA_CACHE_DIR/edgegru-aot`` when NUMBA_CACHE_DIR is set; else, for an edgegru
 installed into site-packages, :func:`installed_cache_dir` (where numba's cache goes too); else
@@ -24,6 +30,7 @@ out of bounds. :class:`Kernel` therefore checks the argument types against the e
 signatures (a ``TypeError`` otherwise), and only :meth:`Kernel.entry`, for buffers already
 checked (the step path), hands out the bare function.
 """
+import ast
 import hashlib
 import importlib.machinery
 import importlib.util
@@ -31,7 +38,6 @@ import json
 import os
 import platform
 import sys
-import warnings
 
 import numpy as np
 
@@ -39,10 +45,14 @@ import numpy as np
 ENTRY_POINTS = ("edgegru.kernels.gru_step", "edgegru.kernels.gru_sequences",
                 "edgegru.scoring._score_rows", "edgegru.scoring._score_rows_batch",
                 "edgegru.scoring._normalise_row",
-                "edgegru.stream._parse_lines")
-# The files whose code ends up in the module: any change to them makes a built module stale.
-SOURCES = ("kernels.py", "scoring.py", "stream.py", "_jit.py", "aot.py")
-_HERE = os.path.dirname(os.path.abspath(__file__))
+                "edgegru.csvio._parse_lines")
+# The files holding compiled code: a change to what compiled code is made of (compiled_digest)
+# makes a built module stale. tests/test_aot_sources.py checks every @njit module is here.
+COMPILED_SOURCES = ("kernels.py", "scoring.py", "csvio.py")
+# The files that decide how it is compiled and loaded: any change to them makes it stale.
+BUILD_SOURCES = ("_jit.py", "_numba_private.py", "aot.py", "build.py")
+SOURCES = COMPILED_SOURCES + BUILD_SOURCES
+HERE = os.path.dirname(os.path.abspath(__file__))
 
 # Why the module is not in use in this process (None when it is); shown by `edgegru compile`.
 status = "not looked for"
@@ -56,7 +66,7 @@ def directories():
     installed = installed_cache_dir()
     if installed is not None:
         return [os.path.join(installed, "aot")]
-    return [os.path.join(_HERE, "__pycache__"), os.path.join(_user_cache(), "edgegru")]
+    return [os.path.join(HERE, "__pycache__"), os.path.join(_user_cache(), "edgegru")]
 
 
 def _user_cache():
@@ -74,51 +84,11 @@ def installed_cache_dir():
     package ``edgegru`` that shadows the next install. Keyed by the install path, so that two
     venvs never share (and fight over) one cache.
     """
-    parent = os.path.dirname(_HERE)
+    parent = os.path.dirname(HERE)
     if not _is_site_packages(parent):
         return None
     tag = hashlib.sha1(parent.encode()).hexdigest()[:12]
     return os.path.join(_user_cache(), "edgegru", f"site-packages-{tag}")
-
-
-def cache_outside_site_packages():
-    """Have numba keep the cache of an installed edgegru's kernels in
-    :func:`installed_cache_dir` instead of ``site-packages/edgegru/__pycache__`` (see there
-    why). A cache locator put in numba's list just after NUMBA_CACHE_DIR's own, for edgegru's
-    files only; numba's locator list is not a documented interface (numba/core/caching.py,
-    0.58-0.68): should a numba change it, the cache just stays where numba puts it."""
-    root = installed_cache_dir()
-    if root is None:
-        return
-    try:
-        from numba.core import caching
-        impl = getattr(caching, "CacheImpl", None) or caching._CacheImpl   # 0.68 / before
-        base = caching._CacheLocator
-        mixin = caching._SourceFileBackedLocatorMixin
-    except (ImportError, AttributeError):
-        return
-    if any(getattr(c, "edgegru", False) for c in impl._locator_classes):
-        return
-
-    class InstalledEdgeGRULocator(mixin, base):
-        edgegru = True
-
-        def __init__(self, py_func, py_file):
-            self._py_file = py_file
-            self._lineno = py_func.__code__.co_firstlineno
-            self._cache_path = os.path.join(root, "numba",
-                                            self.get_suitable_cache_subpath(py_file))
-
-        def get_cache_path(self):
-            return self._cache_path
-
-        @classmethod
-        def from_function(cls, py_func, py_file):
-            if os.path.dirname(os.path.abspath(py_file)) != _HERE:
-                return None
-            return super().from_function(py_func, py_file)
-
-    impl._locator_classes.insert(1, InstalledEdgeGRULocator)
 
 
 def _is_site_packages(path):
@@ -130,16 +100,69 @@ def _is_site_packages(path):
                for k in ("purelib", "platlib") if k in paths)
 
 
-def _manifest_name():
+def manifest_name():
     return f"aot-{sys.implementation.cache_tag}-{platform.machine()}.json"
 
 
+def _read(name):
+    with open(os.path.join(HERE, name), "rb") as f:
+        return f.read()
+
+
 def sources_sha256():
+    """sha256 of the files of SOURCES, whole: when it matches, nothing needs parsing."""
     h = hashlib.sha256()
     for name in SOURCES:
-        with open(os.path.join(_HERE, name), "rb") as f:
-            h.update(name.encode() + b"\0" + f.read() + b"\0")
+        h.update(name.encode() + b"\0" + _read(name) + b"\0")
     return h.hexdigest()
+
+
+def compiled_sha256():
+    """sha256 of what compiled code is made of: :func:`compiled_digest` of each of
+    COMPILED_SOURCES, and BUILD_SOURCES whole."""
+    h = hashlib.sha256()
+    for name in SOURCES:
+        text = _read(name)
+        h.update(name.encode() + b"\0" + (compiled_digest(text).encode()
+                                          if name in COMPILED_SOURCES else text) + b"\0")
+    return h.hexdigest()
+
+
+# Names whose mention makes a top-level function compiled code (numba's decorators, and
+# kernels.py's _jitable that stands for register_jitable).
+_JIT_NAMES = frozenset(("njit", "jit", "intrinsic", "overload", "register_jitable", "_jitable",
+                        "generated_jit", "vectorize", "guvectorize", "cfunc"))
+
+
+def compiled_digest(source):
+    """A digest of the parts of a module's source (bytes or str) that its compiled code is made
+    of, comments and layout left out (the syntax tree): every top-level statement other than a
+    function or class (imports, constants, ``if BACKEND == ...`` blocks), every top-level
+    function or class that mentions a JIT decorator, and every one these name (a helper that
+    builds a constant, a function a kernel calls). The module docstring and the functions and
+    classes nothing compiled names (the Python wrappers, their messages) are left out."""
+    body = ast.parse(source).body
+    if body and isinstance(body[0], ast.Expr) and isinstance(body[0].value, ast.Constant) \
+            and isinstance(body[0].value.value, str):
+        body = body[1:]
+    defs = {node.name: node for node in body
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef))}
+    chosen = {name for name, node in defs.items() if _names(node) & _JIT_NAMES}
+    frontier = [node for node in body if node not in defs.values()]
+    frontier += [defs[name] for name in chosen]
+    while frontier:
+        for name in _names(frontier.pop()) & (defs.keys() - chosen):
+            chosen.add(name)
+            frontier.append(defs[name])
+    kept = [node for node in body if getattr(node, "name", None) in chosen
+            or node not in defs.values()]
+    return hashlib.sha256("\n".join(map(ast.dump, kept)).encode()).hexdigest()
+
+
+def _names(node):
+    """The identifiers ``node`` mentions: names, and the last part of attributes."""
+    return {n.id if isinstance(n, ast.Name) else n.attr for n in ast.walk(node)
+            if isinstance(n, (ast.Name, ast.Attribute))}
 
 
 def target_cpu():
@@ -209,20 +232,6 @@ def _value_key(a):
     return type(a).__name__
 
 
-def _type_key(t):
-    from numba import types
-    if isinstance(t, types.BaseTuple):
-        name = t.instance_class.__name__ if isinstance(t, types.BaseNamedTuple) else "tuple"
-        return (name, tuple(_type_key(v) for v in t.types))
-    if isinstance(t, types.Array):
-        return (np.dtype(str(t.dtype)).str, t.ndim, t.layout, t.mutable)
-    if isinstance(t, types.Boolean):
-        return "b"
-    if isinstance(t, (types.Integer, types.Float)):
-        return np.dtype(str(t)).str
-    raise TypeError(f"no ahead-of-time key for argument type {t}")
-
-
 def _from_json(key):
     """A key read back from the manifest's JSON, its lists tuples again."""
     return tuple(_from_json(k) if isinstance(k, list) else k for k in key)
@@ -269,7 +278,7 @@ def load():
         status = "turned off (EDGEGRU_AOT=0)"
         return None
     for directory in directories():
-        manifest_path = os.path.join(directory, _manifest_name())
+        manifest_path = os.path.join(directory, manifest_name())
         try:
             with open(manifest_path, encoding="utf-8") as f:
                 manifest = json.load(f)
@@ -305,7 +314,8 @@ def _stale(manifest):
     try:
         if manifest.get("format") != 1 or set(manifest["kernels"]) != set(ENTRY_POINTS):
             return "made by another edgegru"
-        if manifest["sources_sha256"] != sources_sha256():
+        if manifest["sources_sha256"] != sources_sha256() and \
+                manifest.get("compiled_sha256") != compiled_sha256():
             return "built from other kernel sources (run edgegru compile again)"
         if manifest["numpy_major"] != int(np.__version__.split(".")[0]):
             return f"built for NumPy {manifest['numpy_major']}.x"
@@ -321,140 +331,3 @@ def _stale(manifest):
     except ImportError:
         return "llvmlite is not importable"
     return ""
-
-
-# -- building -------------------------------------------------------------------------------
-
-def _forwarder(kernel, n):
-    # def forward(a0, ..., an): return kernel(a0, ..., an), so that pycc compiles the kernel
-    # as numba compiled it (its own options: fastmath, error_model) and only this shim with
-    # pycc's defaults.
-    names = ", ".join(f"a{i}" for i in range(n))
-    namespace = {"kernel": kernel}
-    exec(f"def forward({names}):\n    return kernel({names})\n", namespace)
-    return namespace["forward"]
-
-
-def missing_toolchain():
-    """Why the C side of a build cannot run here ('' if it can): the C compiler setuptools
-    would use, and Python's headers."""
-    import shutil
-    import sysconfig
-    compiler = (os.environ.get("CC") or sysconfig.get_config_var("CC") or "cc").split()[0]
-    if shutil.which(compiler) is None:
-        return f"no C compiler ({compiler!r} not found; apt install gcc)"
-    if not os.path.exists(os.path.join(sysconfig.get_paths()["include"], "Python.h")):
-        return "no Python headers (Python.h; apt install python3-dev)"
-    return ""
-
-
-def build(directory=None):
-    """Build the module from the signatures the kernels are compiled for in this process (the
-    tiny scoring model of :func:`edgegru.bench.precompile` compiles every one of them; they do
-    not depend on a model's sizes). Returns its path; raises RuntimeError saying why not."""
-    import importlib
-    import shutil
-    import tempfile
-
-    from edgegru import _jit, bench     # here, not at the top: _jit imports this module
-
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            from numba.pycc import CC
-        from numba.core import codegen
-        import setuptools  # noqa: F401  (pycc drives the C compiler through it)
-    except ImportError as e:
-        raise RuntimeError(f"needs numba's pycc and setuptools ({e}); "
-                           "pip install 'edgegru[aot]'") from None
-    if not hasattr(codegen.AOTCPUCodegen, "_customize_tm_features"):
-        raise RuntimeError("this numba's pycc cannot be given the CPU features")
-    missing = missing_toolchain()       # before compiling anything (minutes on a Pi)
-    if missing:
-        raise RuntimeError(missing)
-    bench.precompile()
-    name, features = target_cpu()
-    kernels = {}
-    exports = []
-    for qualified in ENTRY_POINTS:
-        module_name, func_name = qualified.rsplit(".", 1)
-        dispatcher = getattr(importlib.import_module(module_name), func_name)
-        if not dispatcher.signatures:
-            raise RuntimeError(f"{qualified} has not been compiled in this process")
-        variants = []
-        for i, sig in enumerate(dispatcher.signatures):
-            export = f"{func_name.lstrip('_')}_{i}"
-            ret = dispatcher.overloads[sig].signature.return_type
-            exports.append((export, ret(*sig), _forwarder(dispatcher, len(sig))))
-            variants.append([[_type_key(t) for t in sig], export])
-        kernels[qualified] = variants
-    sha = sources_sha256()
-    token = hashlib.sha256(f"{sha} {name} {features} {sys.version}".encode()).hexdigest()[:16]
-    module_name = f"_edgegru_aot_{token}"
-
-    targets = [directory] if directory else directories()
-    for target in targets:
-        try:
-            os.makedirs(target, exist_ok=True)
-            tmp = tempfile.mkdtemp(prefix=".aot-build-", dir=target)
-            break
-        except OSError as e:
-            error = e
-    else:
-        raise RuntimeError(f"no writable directory among {targets} ({error})")
-    try:
-        cc = CC(module_name)
-        cc.output_dir = tmp
-        if _jit.NO_NRT:
-            # the kernels keep no reference counts (edgegru._jit.NO_NRT), so neither need the
-            # forwarders: without numba's runtime, a call unboxes its arrays without making a
-            # meminfo for each, which is a measurable part of a small model's step
-            cc.use_nrt = False
-        cc.target_cpu = name
-        for export, sig, forward in exports:
-            cc.export(export, sig)(forward)
-        # pycc compiles for the CPU's name alone; give it the exact features the JIT uses, so
-        # that the code is the JIT's (and never uses an instruction a VM has masked)
-        original = codegen.AOTCPUCodegen._customize_tm_features
-        codegen.AOTCPUCodegen._customize_tm_features = lambda self: features
-        try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                cc.compile()
-        except Exception as e:          # the C compiler or the headers missing, mostly
-            raise RuntimeError(f"the C extension could not be built ({type(e).__name__}: "
-                               f"{str(e).strip().splitlines()[-1] if str(e).strip() else e}); "
-                               "it needs a C compiler and Python's headers (python3-dev)") \
-                from None
-        finally:
-            codegen.AOTCPUCodegen._customize_tm_features = original
-        built = os.path.join(tmp, cc.output_file)
-        final = os.path.join(target, cc.output_file)
-        manifest = {"format": 1, "module": cc.output_file, "sources_sha256": sha,
-                    "numpy_major": int(np.__version__.split(".")[0]), "cpu_name": name,
-                    "cpu_features": features,
-                    "cpu_fingerprint": cpu_fingerprint(name, features),
-                    "python": sys.version, "kernels": kernels}
-        # replace, never rewrite in place: a running process may have the old file mapped
-        os.replace(built, final)
-        manifest_tmp = os.path.join(tmp, "manifest.json")
-        with open(manifest_tmp, "w", encoding="utf-8") as f:
-            json.dump(manifest, f, indent=1)
-        old = _previous_module(target)
-        os.replace(manifest_tmp, os.path.join(target, _manifest_name()))
-        if old and old != cc.output_file:
-            try:
-                os.remove(os.path.join(target, old))
-            except OSError:
-                pass
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return final
-
-
-def _previous_module(directory):
-    try:
-        with open(os.path.join(directory, _manifest_name()), encoding="utf-8") as f:
-            return os.path.basename(json.load(f)["module"])
-    except (OSError, ValueError, KeyError, TypeError):
-        return None

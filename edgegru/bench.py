@@ -90,14 +90,14 @@ def cold_kernels():
     if _jit.BACKEND != "numba":
         return []
     import importlib
-    from edgegru import aot
+
+    from edgegru import _numba_private, aot
     cold = []
     for path in aot.ENTRY_POINTS:
         module, name = path.rsplit(".", 1)
         dispatcher = getattr(importlib.import_module(module), name)
-        try:
-            index = dispatcher._cache._cache_file._index_path
-        except AttributeError:              # another numba's layout: say nothing
+        index = _numba_private.cache_index_path(dispatcher)
+        if index is None:                   # another numba's layout: say nothing
             return []
         if not os.path.exists(index):
             cold.append(path)
@@ -115,11 +115,10 @@ def tiny_scoring_model():
 
 def cache_dir():
     """Where numba keeps the compiled kernels (NUMBA_CACHE_DIR, or next to the source)."""
-    from edgegru import kernels
-    try:
-        return kernels.gru_step._cache._cache_path
-    except AttributeError:
+    from edgegru import _numba_private, kernels
+    if _jit.BACKEND != "numba":
         return None
+    return _numba_private.cache_dir(kernels.gru_step)
 
 
 def _csv(columns, rows, group=False, seed=0):
@@ -223,7 +222,7 @@ import json, sys, time
 t0 = time.perf_counter()
 import numpy as np
 import edgegru
-from edgegru import _jit, aot
+from edgegru import _jit, build
 from edgegru.bench import peak_rss, precompile
 t1 = time.perf_counter()
 model = edgegru.load(sys.argv[1])
@@ -238,7 +237,7 @@ result = {"backend": _jit.BACKEND, "import": t1 - t0, "load": t2 - t1, "kernels"
 if sys.argv[2:] == ["build"]:
     t = time.perf_counter()
     try:
-        aot.build()
+        build.build()
         result["aot_build"] = time.perf_counter() - t
     except RuntimeError as e:
         result["aot_error"] = str(e)
@@ -303,7 +302,7 @@ def benchmark(model, samples=100_000, seq_len=2000, rows=100_000, cold_start=Tru
     if cold_start and model._k.__name__ == "edgegru.kernels":
         with tempfile.TemporaryDirectory(prefix="edgegru-bench-") as tmp:
             path = os.path.join(tmp, "model.npz")
-            model.save(path)
+            edgegru.save(model, path)
             results["cold_start"] = measure_cold_start(path)
     model.state = saved
     results["peak_rss"] = peak_rss()

@@ -76,7 +76,7 @@ def convert(src, dst, head):
     """
     model = edgegru.load(src, head=False if head == "none" else head)
     model.meta.setdefault("provenance", {})["converted_by"] = f"edgegru {edgegru.__version__}"
-    model.save(dst)
+    edgegru.save(model, dst)
     click.echo(f"{src} -> {dst}: {model!r}")
 
 
@@ -165,7 +165,7 @@ def run(weights, input_path, columns, no_header, delimiter, keep, group_by, thre
     from edgegru.stream import score_stream
     if checkpoint_every and not state:
         raise click.UsageError("--checkpoint-every needs --state FILE")
-    scorer = edgegru.AnomalyScorer.load(weights)
+    scorer = edgegru.AnomalyScorer.from_model(edgegru.load(weights), source=weights)
     columns = _names(columns)
     if no_header and columns:
         missing = [c for c in scorer.columns if c not in columns]
@@ -388,10 +388,10 @@ def compile_(model_path, aot):
     click.echo(f"cache: {bench.cache_dir() or 'none (numba is not available)'}")
     if not (aot and _jit.BACKEND == "numba"):
         return
-    from edgegru import aot as aot_module
+    from edgegru import build
     t = time.perf_counter()
     try:
-        path = aot_module.build()
+        path = build.build()
     except RuntimeError as e:
         click.echo(f"ahead-of-time module: not built: {e}. New processes load numba's cache "
                    f"instead (they start slower: numba's import and set-up come first)", err=True)

@@ -448,12 +448,6 @@ class Model:
             return (Y[0], self.state) if return_state else Y[0]
         return (Y, h) if return_state else Y
 
-    # -- files ----------------------------------------------------------------------------
-    def save(self, path):
-        """Write the native ``.npz`` file (see :mod:`edgegru.formats.native`)."""
-        from edgegru.formats import native
-        native.save(self, path)
-
 
 def _aligned_zeros(n, align=64):
     """float32 zeros starting on a cache-line boundary: numpy only promises 16 bytes, and the

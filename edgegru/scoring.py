@@ -156,16 +156,14 @@ kernel; each key's scores are exactly those of its own ``AnomalyScorer``.
 import hashlib
 import json
 import math
-import os
 from collections import namedtuple
 
 import numpy as np
 
 from edgegru._jit import JIT, NO_NRT, njit
 from edgegru.errors import ModelFormatError
-from edgegru.formats import load as load_model
-from edgegru.formats.native import write_npz_atomically
 from edgegru.kernels import entry_point
+from edgegru.npzfile import SCORER_STATE, load_state, save_state
 
 
 # -- the kernels' view of a scorer -------------------------------------------------------------
@@ -435,8 +433,6 @@ def _regression(z, history, ch, coef, degree):
 
 MAX_WARMUP = 1_000_000       # rows; warm-up and stuck_rows beyond this are a corrupt file
 FORECASTS = ("absolute", "delta")
-STATE_FORMAT = "edgegru-scorer-state"    # AnomalyScorer.save_state's file
-STATE_VERSION = 1
 
 
 def forecasts(output, Z, forecast):
@@ -473,7 +469,7 @@ def valid_threshold(value, name="threshold"):
 class AnomalyScorer:
     """Score sensor rows one at a time or in bulk; high means anomalous.
 
-    >>> scorer = AnomalyScorer.load("weights/model.npz")          # doctest: +SKIP
+    >>> scorer = AnomalyScorer.from_model(edgegru.load("weights/model.npz"))  # doctest: +SKIP
     >>> s = scorer.score_one({"temperature": 41.2, "vibration": 2.1, "current": 11.0,
     ...                       "pressure": 3.9})                      # doctest: +SKIP
     >>> flag = s > scorer.threshold                                  # doctest: +SKIP
@@ -536,11 +532,6 @@ class AnomalyScorer:
         self._prepare_row = None
         self._row_shape = (C,)
         self._delta = forecast == "delta"
-
-    @classmethod
-    def load(cls, path, backend=None):
-        """A scorer from a model file with ``preprocessing`` and ``scoring`` sections."""
-        return cls.from_model(load_model(path, backend=backend), source=str(path))
 
     @classmethod
     def from_model(cls, model, source="the model"):
@@ -737,28 +728,12 @@ class AnomalyScorer:
     def save_state(self, path):
         """Write :attr:`state` to ``path`` (.npz, with a version and :attr:`fingerprint`),
         atomically: a power cut leaves the old file or the new one, never half of one."""
-        arrays = {"format": np.array(STATE_FORMAT), "format_version": np.array(STATE_VERSION),
-                  "fingerprint": np.array(self.fingerprint)}
-        arrays.update({"state." + k: np.asarray(v) for k, v in self.state.items()})
-        write_npz_atomically(path, arrays, prefix=f".{os.path.basename(os.fspath(path))}.")
+        save_state(path, SCORER_STATE, self.fingerprint, self.state)
 
     def load_state(self, path):
         """Resume from a file :meth:`save_state` wrote; a file of another model or calibration,
         another version or no state file at all raises a ValueError that says so."""
-        try:
-            with np.load(path, allow_pickle=False) as f:
-                data = {k: f[k] for k in f.files}
-        except (OSError, ValueError, EOFError) as exc:
-            raise ValueError(f"{path}: not a scorer state file ({exc})") from None
-        if str(data.get("format", "")) != STATE_FORMAT:
-            raise ValueError(f"{path}: not a scorer state file")
-        if int(data.get("format_version", -1)) != STATE_VERSION:
-            raise ValueError(f"{path}: scorer state version {data.get('format_version')} is not "
-                             f"supported (this edgegru reads version {STATE_VERSION})")
-        if str(data.get("fingerprint")) != self.fingerprint:
-            raise ValueError(f"{path}: saved with another model or calibration; delete it to "
-                             f"start afresh")
-        self.state = {k[6:]: v for k, v in data.items() if k.startswith("state.")}
+        self.state = load_state(path, SCORER_STATE, self.fingerprint)[0]
 
     # -- helpers --------------------------------------------------------------------------
     def _row_array(self, row):
@@ -793,7 +768,8 @@ class GroupScorer:
     A key seen for the first time starts from a fresh state. Keys are any hashable values;
     ``state`` stores them as strings (so give strings if you restore states).
 
-    >>> group = GroupScorer(AnomalyScorer.load("weights/model.npz"))    # doctest: +SKIP
+    >>> scorer = AnomalyScorer.from_model(edgegru.load("weights/model.npz"))  # doctest: +SKIP
+    >>> group = GroupScorer(scorer)                                  # doctest: +SKIP
     >>> scores = group.score_many(["pump-1", "pump-2", "pump-1"], rows)   # doctest: +SKIP
 
     How: the rows of one call are gathered per key; keys with the same number of rows form one

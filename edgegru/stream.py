@@ -1,25 +1,27 @@
-"""CSV sensor rows in, one scored row out per input row: ``edgegru run`` as a library.
+"""CSV sensor rows in, one scored row out per input row: ``edgegru run`` as a library: the run
+loop, reading and writing, the ``--state`` file and signals. What a line means (layout, the
+parsers, the output format) is :mod:`edgegru.csvio`.
 
 >>> import sys, edgegru
 >>> from edgegru.stream import score_stream
->>> scorer = edgegru.AnomalyScorer.load("weights/model.npz")           # doctest: +SKIP
+>>> scorer = edgegru.AnomalyScorer.from_model(edgegru.load("weights/model.npz"))  # doctest: +SKIP
 >>> result = score_stream(scorer, sys.stdin.buffer, sys.stdout.buffer)  # doctest: +SKIP
 
 Reading. Bytes are read as soon as they are available (``os.read`` on the file descriptor, after
 ``select`` says there is something): a row that trickles in is scored, written and flushed at
-once, and a big file arrives in blocks of up to 256 KiB whose complete lines are parsed together
-(a compiled byte parser, :func:`_parse_lines`) and scored together (``score_many``, the sequence
-kernel). The scores are the same either way: ``score_many`` equals ``score_one`` row by row, and
-the compiled parser hands every field it is not sure of to the plain Python parser
-(:func:`parse_line`), which defines what a row means.
+once, and a big file arrives in blocks of up to 256 KiB whose complete lines are parsed
+together (a compiled byte parser, :func:`edgegru.csvio.parse_lines`) and scored together
+(``score_many``, the sequence kernel). The scores are the same either way: ``score_many``
+equals ``score_one`` row by row, and the compiled parser hands every field it is not sure of to
+the plain Python parser (:func:`edgegru.csvio.parse_line`), which defines what a row means.
 
 The first non-blank line is a header unless every field in it is a number (or empty); then the
 input is headerless and must have exactly the model's columns, in the model's order. With
 ``header=False`` every line is a row, its fields named in order by ``columns`` (default: the
 model's columns), as a header would name them. The field delimiter (``,``, ``;`` or tab) is
-sniffed from the first line unless given. With a header, the model's columns are picked by name (``columns`` maps other names), and the other
-columns can be passed through to the output (``keep``; by default all of them) or name the
-stream a row belongs to (``group_by``).
+sniffed from the first line unless given. With a header, the model's columns are picked by
+name (``columns`` maps other names), and the other columns can be passed through to the output
+(``keep``; by default all of them) or name the stream a row belongs to (``group_by``).
 
 What each kind of input does (a *bad row* is an error under ``on_error="fail"``: the rows before
 it are written, the state is saved, and :class:`~edgegru.errors.InputError` names the line and
@@ -81,10 +83,8 @@ the rows scored since the last checkpoint (never lose one). On a pipe, a line st
 (no newline yet) when a signal arrives is not scored.
 """
 import contextlib
-import csv
 import dataclasses
 import io
-import json
 import os
 import select
 import signal
@@ -102,478 +102,14 @@ except ImportError:                      # Windows: no O_APPEND to ask about
 
 import numpy as np
 
-from edgegru._jit import JIT, NO_NRT, njit
+from edgegru.csvio import (BAD, BOM, MAX_LINE, OK, BadRow, FirstRowFieldCount, Layout, Writer,
+                           decode_line, parse_lines, sniff_delimiter, split_fields)
 from edgegru.errors import EdgeGRUError, InputError, WriteError
-from edgegru.formats.native import write_npz_atomically
+from edgegru.npzfile import RUN_STATE, StateFileError, load_state, save_state, why
 from edgegru.scoring import GroupScorer, valid_threshold
 
 READ_SIZE = 1 << 18          # bytes per read: up to ~7000 rows of a 4-channel sensor file
-MAX_LINE = 1 << 20           # a longer line is a bad row (binary garbage without newlines)
 MAX_REPORTED = 20            # skipped rows reported one by one; later ones are only counted
-BOM = b"\xef\xbb\xbf"
-
-# line status, from the compiled parser and after the Python parser has looked at the rest
-OK, BLANK, SLOW, BAD = 0, 1, 2, 3
-
-# 10**k, exact in float64 for k <= 22
-_POW10 = np.array([float(10 ** k) for k in range(16)])
-
-
-# -- parsing ---------------------------------------------------------------------------------
-
-@njit(cache=True, **NO_NRT)
-def _parse_number(buf, a, b):
-    """The number in buf[a:b] when it is plain decimal: (value, True); else (0.0, False).
-
-    Plain means [+-]digits[.digits] with at most 15 digits: the digits make an integer m
-    < 2**53 and the value is m / 10**k, both exact in float64, so the one division rounds
-    correctly, exactly as Python's float() does. Anything else (exponents, nan, spaces, more
-    digits) is left to Python. An empty field is a missing value: NaN.
-    """
-    if a == b:
-        return np.nan, True
-    neg = False
-    c = buf[a]
-    if c == 45:                 # '-'
-        neg = True
-        a += 1
-    elif c == 43:               # '+'
-        a += 1
-    m = 0
-    digits = 0
-    frac = 0
-    seen_point = False
-    for i in range(a, b):
-        c = buf[i]
-        if 48 <= c <= 57:
-            m = m * 10 + (c - 48)
-            digits += 1
-            if seen_point:
-                frac += 1
-        elif c == 46 and not seen_point:
-            seen_point = True
-        else:
-            return 0.0, False
-    if digits == 0 or digits > 15:
-        return 0.0, False
-    v = float(m) / _POW10[frac]
-    return (-v if neg else v), True
-
-
-@njit(cache=True, **NO_NRT)
-def _parse_lines(X, status, spans, ends, buf, role, slot, delimiter):
-    """Split buf into lines and fields and read the numbers of the fast, common case.
-
-    buf (n,) uint8: whole lines, each ending in LF (a CR before it is dropped).
-    delimiter: the byte between fields (44 ',', 59 ';', 9 tab).
-    role (F,): for each of the F fields of a row, the model channel it feeds, or -1.
-    slot (F,): for each field, where its span goes in ``spans``, or -1.
-    Outputs, for line i: ends[i] the offset just after its LF; X[i, c] the value of channel c
-    (NaN when empty); spans[i, k] = (start, stop) of the field in slot k; status[i] OK, BLANK
-    (empty line) or SLOW (Python must decide: a field that is not plain decimal, quotes, a NUL
-    byte, the wrong number of fields, a comma when the delimiter is another byte: a passed
-    through field holding one is quoted in the CSV output).
-    """
-    F = role.shape[0]
-    n = buf.shape[0]
-    i = 0
-    line = 0
-    while i < n:
-        start = i
-        while buf[i] != 10:
-            i += 1
-        stop = i
-        i += 1
-        ends[line] = i
-        if stop > start and buf[stop - 1] == 13:
-            stop -= 1
-        if stop == start:
-            status[line] = BLANK
-            line += 1
-            continue
-        st = OK
-        f = 0
-        a = start
-        while True:
-            b = a
-            while b < stop and buf[b] != delimiter:
-                c = buf[b]
-                if c == 34 or c == 0 or c == 13 or c == 44:     # '"', NUL, CR, ','
-                    st = SLOW
-                b += 1
-            if f < F:
-                c = role[f]
-                if c >= 0:
-                    v, ok = _parse_number(buf, a, b)
-                    if ok:
-                        X[line, c] = v
-                    else:
-                        st = SLOW
-                k = slot[f]
-                if k >= 0:
-                    spans[line, k, 0] = a
-                    spans[line, k, 1] = b
-            f += 1
-            if b >= stop:
-                break
-            a = b + 1
-        if f != F:
-            st = SLOW
-        status[line] = st
-        line += 1
-    return line
-
-
-class _Bad(Exception):
-    """A bad row, as parse_line finds it: which field (index or None) and what is wrong."""
-
-    def __init__(self, field, message):
-        super().__init__(message)
-        self.field = field
-        self.message = message
-
-
-def _split(text, delimiter=","):
-    """The fields of one line (str): plain splitting, or the csv module when quoted."""
-    if '"' not in text:
-        return text.split(delimiter)
-    try:
-        return next(csv.reader([text], delimiter=delimiter, strict=True))
-    except csv.Error as exc:
-        raise _Bad(None, f"bad quoting ({exc})") from None
-
-
-def _number(field):
-    """A field's value: NaN when empty (a missing value), else what float() reads."""
-    s = field.strip()
-    if not s:
-        return np.nan
-    try:
-        return float(s)
-    except ValueError:
-        return None
-
-
-def _decode(line, delimiter=b","):
-    """One line (bytes, no LF, no CR) as text; _Bad for binary data."""
-    nul = line.find(b"\x00")
-    if nul >= 0:
-        raise _Bad(line.count(delimiter, 0, nul), "binary data (a NUL byte)")
-    try:
-        return line.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        raise _Bad(line.count(delimiter, 0, exc.start),
-                   f"not UTF-8 text (byte 0x{line[exc.start]:02x})") from None
-
-
-def parse_line(line, layout):
-    """The reference meaning of one line (bytes, without its LF) under ``layout``.
-
-    Returns None for a blank line or one that repeats the field names (a header), else
-    ``(values, spans)``: the model's channels as floats (NaN
-    for missing) and the text of the fields ``layout.span_fields`` names. Raises ``_Bad``.
-    The compiled parser gives the same for every line it marks OK (the tests check this).
-    """
-    if line.endswith(b"\r"):
-        line = line[:-1]
-    text = _decode(line, layout.delimiter.encode())
-    if not text.strip():
-        return None
-    fields = _split(text, layout.delimiter)
-    F = layout.num_fields
-    if layout.named and len(fields) == F and [f.strip() for f in fields] == layout.names:
-        return None             # the header again (a rotated log, files concatenated): not a row
-    if len(fields) != F:
-        where = len(fields) if len(fields) < F else F
-        raise _Bad(where, f"{len(fields)} field{'s' if len(fields) != 1 else ''} where the "
-                          f"{layout.what} has {F}")
-    values = []
-    for f in layout.numeric:
-        v = _number(fields[f])
-        if v is None:
-            raise _Bad(f, f"{_short(fields[f])} is not a number")
-        values.append(v)
-    return values, [fields[f] for f in layout.span_fields]
-
-
-def _short(text, n=40):
-    return repr(text if len(text) <= n else text[:n] + "...")
-
-
-class Layout:
-    """Where a row's fields go: which feed the model (in its column order), which are passed
-    through to the output, which names the stream (``group_by``)."""
-
-    def __init__(self, names, numeric, kept, group, has_header, delimiter=",", what=None):
-        self.names = names                          # one per field
-        self.num_fields = len(names)
-        self.numeric = list(numeric)                # field index of each model channel
-        self.kept = list(kept)                      # field indices passed through
-        self.group = group                          # field index of the key, or None
-        self.has_header = has_header
-        self.named = has_header or what is not None     # the names are the user's, not "#3"
-        self.what = what or ("header" if has_header else "model")
-        self.delimiter = delimiter
-        self.delimiter_byte = ord(delimiter)
-        self.span_fields = list(dict.fromkeys(self.kept + ([group] if group is not None else [])))
-        self.kept_slots = [self.span_fields.index(f) for f in self.kept]
-        self.group_slot = None if group is None else self.span_fields.index(group)
-        self.role = np.full(self.num_fields, -1, np.int64)
-        self.role[self.numeric] = np.arange(len(self.numeric))
-        self.slot = np.full(self.num_fields, -1, np.int64)
-        self.slot[self.span_fields] = np.arange(len(self.span_fields))
-
-    @property
-    def kept_names(self):
-        return [self.names[f] for f in self.kept]
-
-    def column(self, field):
-        """How a message names field ``field`` (an index, maybe past the last column)."""
-        if field is None:
-            return None
-        if field < self.num_fields and self.named and self.names[field]:
-            return repr(self.names[field])
-        return f"#{field + 1}"
-
-    @classmethod
-    def from_first_line(cls, fields, model_columns, columns=None, keep=None, group_by=None,
-                        line=1, delimiter=","):
-        """The layout from the first non-blank line's fields; returns (layout, is_header)."""
-        if all(_number(f) is not None for f in fields):
-            return cls._headerless(fields, model_columns, columns, keep, group_by, line,
-                                   delimiter), False
-        return cls.from_names([f.strip() for f in fields], model_columns, columns, keep,
-                              group_by, line, delimiter), True
-
-    @classmethod
-    def without_header(cls, model_columns, names=None, keep=None, group_by=None, delimiter=","):
-        """The layout of an input without a header line (``--no-header``): ``names`` name its
-        fields in order, as a header line would (default: the model's columns, exactly)."""
-        what = "--columns list" if names else "model"
-        return cls.from_names(list(names or model_columns), model_columns, None, keep,
-                              group_by, None, delimiter, has_header=False, what=what)
-
-    @classmethod
-    def from_names(cls, names, model_columns, columns=None, keep=None, group_by=None, line=1,
-                   delimiter=",", has_header=True, what=None):
-        """The layout from the names of the fields (a header line's)."""
-        index = {}
-        for i, name in enumerate(names):
-            index.setdefault(name, i)
-
-        # a "header" with numbers in it is likely a data row: tail -f does not repeat the header
-        looks_like_a_row = has_header and any(_number(n) is not None and n for n in names)
-        hint = "; if that line is a data row, the input has no header: use --no-header" \
-            if looks_like_a_row else ""
-
-        def find(name, option):
-            if name not in index:
-                raise InputError(
-                    f"the input has no column {name!r} ({option}; "
-                    f"{'its header has' if has_header else 'the fields are'} "
-                    f"{', '.join(map(repr, names))}){hint}", line=line)
-            return index[name]
-
-        wanted = list(columns) if columns else list(model_columns)
-        how = "given with --columns" if columns else \
-            f"the model reads {', '.join(model_columns)}; map other names with --columns"
-        numeric = [find(name, how) for name in wanted]
-        if keep is None:
-            kept = [i for i, name in enumerate(names)
-                    if i not in numeric and name and index[name] == i]
-        else:
-            kept = [find(name, "given with --keep") for name in keep]
-        group = None if group_by is None else find(group_by, "given with --group-by")
-        return cls(names, numeric, kept, group, has_header, delimiter, what)
-
-    @classmethod
-    def _headerless(cls, fields, model_columns, columns, keep, group_by, line, delimiter):
-        named = [opt for opt, v in (("--columns", columns), ("--keep", keep),
-                                    ("--group-by", group_by)) if v]
-        if named:
-            raise InputError(f"the first line is all numbers, so the input has no header, and "
-                             f"{'/'.join(named)} need(s) column names: add a header line, or "
-                             f"use --no-header with --columns naming every field",
-                             line=line)
-        C = len(model_columns)
-        if len(fields) != C:
-            raise _FirstRowFieldCount(
-                f"the input has no header (the first line is all numbers) and {len(fields)} "
-                f"fields, but the model reads {C} columns ({', '.join(model_columns)}): give "
-                f"the input a header line naming them (a stream opened in the middle of a "
-                f"line: --on-error skip)", line=line)
-        return cls(list(model_columns), range(C), [], None, has_header=False,
-                   delimiter=delimiter)
-
-
-DELIMITERS = (",", ";", "\t")
-
-
-def sniff_delimiter(first_line, num_fields=None):
-    """The field delimiter of a CSV input, from its first line (str): ``,``, ``;`` (SKAB, Excel
-    in much of Europe) or tab, whichever the line holds most of outside quotes (a comma when
-    none or a tie). With ``num_fields``, a delimiter that splits the line into exactly that many
-    fields wins.
-
-    >>> sniff_delimiter("datetime;Accelerometer1RMS;Temperature")
-    ';'
-    >>> sniff_delimiter("timestamp,temperature")
-    ','
-    """
-    counts = {}
-    for d in DELIMITERS:
-        try:
-            counts[d] = len(_split(first_line, d)) - 1
-        except _Bad:
-            counts[d] = first_line.count(d)
-    if num_fields is not None:
-        fits = [d for d in DELIMITERS if counts[d] == num_fields - 1]
-        if fits:
-            return fits[0]
-    best = max(DELIMITERS, key=lambda d: counts[d])      # the first of a tie: ','
-    return best if counts[best] > 0 else ","
-
-
-@dataclasses.dataclass
-class Rows:
-    """One block of lines, parsed: per physical line a status; for OK lines the values."""
-    buf: bytes
-    status: np.ndarray           # (L,) OK, BLANK or BAD
-    values: np.ndarray           # (L, C) float64
-    ends: np.ndarray             # (L,) offset just after each line's LF
-    span_ix: np.ndarray          # (L, K, 2) start, stop of the span fields in buf
-    parsed_spans: dict           # line index -> span field texts, for lines Python parsed
-    errors: dict                 # line index -> (field index or None, message)
-
-    def spans(self, k, use):
-        """Span field k of lines ``use``: bytes as in the input, or str if Python parsed it."""
-        buf = self.buf
-        ix = self.span_ix[use, k]
-        col = [buf[s:e] for s, e in zip(ix[:, 0].tolist(), ix[:, 1].tolist())]
-        if self.parsed_spans:
-            for j, i in enumerate(use.tolist()):
-                if i in self.parsed_spans:
-                    col[j] = self.parsed_spans[i][k]
-        return col
-
-
-def parse_lines(buf, layout):
-    """Parse a block of whole lines (bytes, each ending in LF) under ``layout``."""
-    L = buf.count(b"\n")
-    C = len(layout.numeric)
-    K = len(layout.span_fields)
-    X = np.empty((L, C))
-    status = np.empty(L, np.int8)
-    span_ix = np.zeros((L, K, 2), np.int64)
-    ends = np.empty(L, np.int64)
-    if JIT:
-        _parse_lines(X, status, span_ix, ends, np.frombuffer(buf, np.uint8), layout.role,
-                     layout.slot, layout.delimiter_byte)
-    else:                       # without numba a byte loop is slow: Python parses every line
-        lengths = [len(line) + 1 for line in buf.split(b"\n")[:-1]]
-        ends[:] = np.cumsum(lengths)
-        status[:] = SLOW
-    starts = np.concatenate(([0], ends[:-1]))
-    if not _ascii_or_utf8(buf):
-        # bytes that are not UTF-8 somewhere: the lines holding them are for Python to judge
-        for i in np.flatnonzero(status == OK).tolist():
-            try:
-                buf[starts[i]:ends[i]].decode("utf-8")
-            except UnicodeDecodeError:
-                status[i] = SLOW
-    parsed_spans, errors = {}, {}
-    for i in np.flatnonzero(status == SLOW).tolist():
-        try:
-            parsed = parse_line(buf[starts[i]:ends[i] - 1], layout)
-        except _Bad as bad:
-            status[i] = BAD
-            errors[i] = (bad.field, bad.message)
-            continue
-        if parsed is None:
-            status[i] = BLANK
-            continue
-        status[i] = OK
-        X[i], parsed_spans[i] = parsed
-    return Rows(buf, status, X, ends, span_ix, parsed_spans, errors)
-
-
-def _ascii_or_utf8(buf):
-    if buf.isascii():
-        return True
-    try:
-        buf.decode("utf-8")
-        return True
-    except UnicodeDecodeError:
-        return False
-
-
-# -- output ----------------------------------------------------------------------------------
-
-class _Writer:
-    """Output rows as CSV or JSON lines: kept fields, score, anomaly, [contributions]."""
-
-    def __init__(self, fmt, kept_names, channels, explain, precision):
-        if fmt not in ("csv", "jsonl"):
-            raise ValueError(f"format must be 'csv' or 'jsonl', got {fmt!r}")
-        if not 1 <= precision <= 17:
-            raise ValueError(f"precision must be 1..17 significant digits, got {precision}")
-        self.fmt, self.explain = fmt, explain
-        self.num = f"%.{precision}g"
-        names = list(kept_names) + ["score", "anomaly"]
-        if explain:
-            names += [f"contrib_{c}" for c in channels]
-        self.names = names
-        K = len(kept_names)
-        if fmt == "csv":
-            fields = ["%s"] * K + [self.num, "%d"] + [self.num] * (len(channels) if explain else 0)
-        else:
-            key = lambda n: json.dumps(n).replace("%", "%%")
-            fields = [f"{key(n)}: %s" for n in kept_names] + ['"score": %s', '"anomaly": %d'] + \
-                     [f"{key(n)}: %s" for n in names[K + 2:]]
-        self.row = ((",".join(fields) if fmt == "csv" else "{" + ", ".join(fields) + "}")
-                    + "\n").encode()
-
-    def header(self):
-        if self.fmt == "jsonl":
-            return b""
-        return (",".join(_csv_quote(n) for n in self.names) + "\n").encode()
-
-    def rows(self, kept, scores, anomaly, contrib):
-        """kept: per kept column a list of bytes/str; scores (N,), anomaly (N,), contrib (N, C)."""
-        N = len(scores)
-        cols = [self._text(col) for col in kept]
-        if self.fmt == "csv":
-            cols += [scores.tolist(), anomaly.tolist()]
-            if self.explain:
-                cols += contrib.T.tolist()
-        else:
-            cols += [self._json_numbers(scores), anomaly.tolist()]
-            if self.explain:
-                cols += [self._json_numbers(c) for c in contrib.T]
-        W = len(cols)
-        flat = [None] * (N * W)
-        for j, col in enumerate(cols):
-            flat[j::W] = col
-        return (self.row * N) % tuple(flat)
-
-    def _text(self, col):
-        if self.fmt == "csv":
-            return [v if v.__class__ is bytes else _csv_quote(v).encode() for v in col]
-        return [json.dumps(v if v.__class__ is str else v.decode()).encode() for v in col]
-
-    def _json_numbers(self, x):
-        num = self.num
-        if np.isfinite(x).all():
-            return [(num % v).encode() for v in x.tolist()]
-        return [(num % v).encode() if np.isfinite(v) else b"null" for v in x.tolist()]
-
-
-def _csv_quote(text):
-    if any(ch in text for ch in ',"\r\n'):
-        return '"' + text.replace('"', '""') + '"'
-    return text
-
-
 class _Output:
     """The output, written one block of whole rows at a time. On a file descriptor the bytes go
     straight to it (``os.write``), so that a block that fails half way (a full disk) can be
@@ -612,7 +148,7 @@ class _Output:
             except BrokenPipeError:
                 raise
             except OSError as exc:
-                raise WriteError(f"cannot write {self.name()}: {_why(exc)}") from None
+                raise WriteError(f"cannot write {self.name()}: {why(exc)}") from None
             return
         start = None
         view, done = memoryview(data), 0
@@ -631,14 +167,10 @@ class _Output:
                     os.ftruncate(self.fd, start)
                     if not self.append:
                         os.lseek(self.fd, start, os.SEEK_SET)
-            raise WriteError(f"cannot write {self.name()}: {_why(exc)}") from None
+            raise WriteError(f"cannot write {self.name()}: {why(exc)}") from None
 
 
 # -- state file ------------------------------------------------------------------------------
-
-STATE_FORMAT = "edgegru-state"
-STATE_VERSION = 1
-
 
 @dataclasses.dataclass
 class Position:
@@ -664,46 +196,26 @@ class StateFile:
         """(scorer state dict, Position), or None when the file does not exist."""
         if not os.path.exists(self.path):
             return None
-        try:
-            with np.load(self.path, allow_pickle=False) as f:
-                data = {k: f[k] for k in f.files}
-        except OSError as exc:
-            raise EdgeGRUError(f"{self.path}: cannot read the state file: {_why(exc)}") \
-                from None
-        except Exception as exc:         # zip, npy and pickle errors alike: refuse the file
-            raise EdgeGRUError(f"{self.path}: not an edgegru state file "
-                               f"({_load_error(exc, self.path)})") from None
-        if str(data.get("format", "")) != STATE_FORMAT:
-            raise EdgeGRUError(f"{self.path}: not an edgegru state file")
-        if int(data.get("format_version", -1)) != STATE_VERSION:
-            raise EdgeGRUError(f"{self.path}: state format version "
-                               f"{data.get('format_version')} is not supported (this edgegru "
-                               f"reads version {STATE_VERSION})")
-        if str(data["model"]) != self.fingerprint:
-            raise EdgeGRUError(f"{self.path}: this state was saved with another model (or "
-                               f"other scaling/columns); delete it to start afresh")
+        state, data = load_state(self.path, RUN_STATE, self.fingerprint)
         if str(data["group_by"]) != self.group_by:
             was = str(data["group_by"])
-            raise EdgeGRUError(
+            raise StateFileError(
                 f"{self.path}: this state was saved "
                 + (f"with --group-by {was}" if was else "without --group-by")
                 + "; resume with the same setting, or delete it to start afresh")
         pos = Position(*(int(data[k]) for k in ("lines", "bytes", "crc32", "rows")))
-        state = {k[6:]: v for k, v in data.items() if k.startswith("state.")}
         return state, pos
 
     def save(self, state, pos):
         """Write the state atomically (a temporary file renamed over it); WriteError when the
         file system refuses (the old state file, if any, is then left as it was)."""
-        arrays = {"format": np.array(STATE_FORMAT), "format_version": np.array(STATE_VERSION),
-                  "model": np.array(self.fingerprint), "group_by": np.array(self.group_by),
-                  "lines": np.array(pos.lines), "bytes": np.array(pos.bytes),
-                  "crc32": np.array(pos.crc32), "rows": np.array(pos.rows)}
-        arrays.update({"state." + k: np.asarray(v) for k, v in state.items()})
+        position = {"group_by": self.group_by, "lines": pos.lines, "bytes": pos.bytes,
+                    "crc32": pos.crc32, "rows": pos.rows}
         try:
-            write_npz_atomically(self.path, arrays, prefix=self._tmp_name_prefix())
+            save_state(self.path, RUN_STATE, self.fingerprint, state, position,
+                       prefix=self._tmp_name_prefix())
         except OSError as exc:
-            raise WriteError(f"cannot save the state to {self.path}: {_why(exc)}") from None
+            raise WriteError(f"cannot save the state to {self.path}: {why(exc)}") from None
 
     # The temporary file is named after the state file and the process writing it, so that a
     # later run with the same state path knows which leftovers (a SIGKILL during a save) are
@@ -735,7 +247,7 @@ class StateFile:
             os.close(fd)
             os.unlink(tmp)
         except OSError as exc:
-            raise WriteError(f"cannot save the state to {self.path}: {_why(exc)}") from None
+            raise WriteError(f"cannot save the state to {self.path}: {why(exc)}") from None
 
     def _remove_leftovers(self):
         prefix = self._tmp_prefix()
@@ -761,21 +273,6 @@ class StateFile:
                 os.unlink(os.path.join(self.directory, name))
 
 
-def _load_error(exc, path):
-    """Why np.load refused a file, without numpy's advice to load it unsafely."""
-    try:
-        with open(path, "rb") as f:
-            head = f.read(6)
-    except OSError:
-        head = b""
-    if not head.startswith((b"PK\x03\x04", b"\x93NUMPY")):
-        return "not an .npz archive"
-    text = str(exc).split("\n")[0]
-    if "allow_pickle" in text or "pickle" in text.lower():
-        return "it holds pickled Python objects, which edgegru never loads"
-    return text or exc.__class__.__name__
-
-
 def _alive(pid):
     try:
         os.kill(pid, 0)
@@ -784,11 +281,6 @@ def _alive(pid):
     except OSError:
         return True                      # exists, owned by someone else
     return True
-
-
-def _why(exc):
-    """An OSError as a few words (``No space left on device``), without Python's decoration."""
-    return exc.strerror or str(exc) or exc.__class__.__name__
 
 
 # -- reading ---------------------------------------------------------------------------------
@@ -833,11 +325,6 @@ class _Signals:
                 os.close(fd)
         return False
 
-
-class _FirstRowFieldCount(InputError):
-    """A headerless input's first row has the wrong number of fields: with on_error="skip"
-    it is skipped like any bad row (a serial port opened in the middle of a line), and the
-    next line decides."""
 
 
 def _nonempty_regular_file(out):
@@ -910,9 +397,10 @@ def score_stream(scorer, source, out, *, columns=None, keep=None, group_by=None,
     names of the input's fields in order, as a header line would give them (default: the
     model's columns). header: None to tell from the first line (a header unless all numbers),
     False when the input has none (``tail -f`` of a log, a serial port). delimiter: ",", ";",
-    "\\t" (default: sniffed from the first line, :func:`sniff_delimiter`). keep: names of columns to
-    pass through (default: every column the model does not read). group_by: a column whose value
-    names independent streams (one state each). threshold: overrides ``scorer.threshold``.
+    "\\t" (default: sniffed from the first line, :func:`edgegru.csvio.sniff_delimiter`).
+    keep: names of columns to pass through (default: every column the model does not read).
+    group_by: a column whose value names independent streams (one state each). threshold:
+    overrides ``scorer.threshold``.
     fmt: "csv" or "jsonl"; precision: significant digits of scores. on_error: "fail" or "skip"
     (see the module doc). state: path of the state file to resume from and checkpoint to;
     checkpoint_every: rows between checkpoints (0: only at the end and on signals).
@@ -966,7 +454,7 @@ class _Run:
         self.checkpoint_every = checkpoint_every
         self.progress = progress
         self.log = log or _note
-        _Writer(fmt, [], scorer.columns, explain, precision)       # check the options early
+        Writer(fmt, [], scorer.columns, explain, precision)       # check the options early
         self.layout = None
         self.writer = None
         self.pos = Position()
@@ -1078,11 +566,11 @@ class _Run:
             raw = line[:-1] if line.endswith(b"\r") else line
             if not raw.strip():
                 return None
-            text = _decode(raw, (self.delimiter or ",").encode())
+            text = decode_line(raw, (self.delimiter or ",").encode())
             delimiter = self.delimiter or sniff_delimiter(
                 text, None if self.header is None else len(self.columns or self.scorer.columns))
-            fields = _split(text, delimiter)
-        except _Bad as bad:
+            fields = split_fields(text, delimiter)
+        except BadRow as bad:
             return self._unreadable_first_line(number, bad.message, quiet)
         try:
             if self.header is False:
@@ -1093,14 +581,14 @@ class _Run:
                 self.layout, is_header = Layout.from_first_line(
                     fields, self.scorer.columns, self.columns, self.keep, self.group_by,
                     line=number, delimiter=delimiter)
-        except _FirstRowFieldCount:
+        except FirstRowFieldCount:
             if self.on_error != "skip":
                 raise
             if not quiet:
                 self._bad(number, None, f"{len(fields)} fields, the model reads "
                                         f"{self.scorer.num_channels} (no header)")
             return None
-        self.writer = _Writer(self.fmt, self.layout.kept_names, self.scorer.columns,
+        self.writer = Writer(self.fmt, self.layout.kept_names, self.scorer.columns,
                               self.explain, self.precision)
         if write_header:
             self._write(self.writer.header())

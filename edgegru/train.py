@@ -53,8 +53,9 @@ import numpy as np
 
 from edgegru.calibrate import CalibrationOptions, _round, calibrate, normalisation
 from edgegru.errors import TrainingError
+from edgegru.formats import save
 from edgegru.scoring import FORECASTS
-from edgegru.stream import sniff_delimiter   # the same rule as edgegru run's
+from edgegru.csvio import sniff_delimiter    # the same rule as edgegru run's
 
 MIN_TRAIN_ROWS = 128         # complete rows: windows of 64 rows, at 16-row strides, a few of them
 MIN_CALIBRATION_ROWS = 90    # a warm-up of up to a third, and 60 scores to set the threshold on
@@ -501,7 +502,7 @@ def train_model(data, output=None, *, columns=None, delimiter=None, train_rows=N
         output = Path(output)
         pt = Path(state_dict) if state_dict else output.with_suffix(".pt")
         output.parent.mkdir(parents=True, exist_ok=True)
-        model.save(output)
+        save(model, output)
         torch.save(sd, pt)
         log(f"wrote {output} ({output.stat().st_size / 1024:.0f} KiB) and {pt}")
     return model

@@ -70,7 +70,7 @@ def make_scoring_model(seed=0, hidden_size=16, warmup=3, threshold=3.0):
 def scoring_model_path(tmp_path_factory):
     """Path of a small scoring model (.npz), saved once per test session."""
     path = tmp_path_factory.mktemp("scoring") / "model.npz"
-    make_scoring_model().save(path)
+    edgegru.save(make_scoring_model(), path)
     return path
 
 

@@ -57,7 +57,7 @@ SCRIPT = textwrap.dedent("""
     # the scorer's per-row kernel, as AnomalyScorer.score_one calls it (one row per call)
     import sys
     from edgegru.scoring import _score_rows
-    sc = edgegru.AnomalyScorer.load(sys.argv[1])
+    sc = edgegru.AnomalyScorer.from_model(edgegru.load(sys.argv[1]))
     sc.score_one(np.ones(4))
     args = (sc._score1, sc._contrib1, sc._z, sc._z, sc._x, 50, sc._params, sc._stream,
             sc._scratch)

@@ -1,6 +1,7 @@
-"""The ahead-of-time module (edgegru/aot.py): a new process that finds it runs every compiled
-path without importing numba, with bitwise the numbers the numba kernels give; a module that
-does not match the sources or the CPU is ignored; wrong argument types raise, never crash.
+"""The ahead-of-time module (edgegru/aot.py; edgegru/build.py builds it): a new process that
+finds it runs every compiled path without importing numba, with bitwise the numbers the numba
+kernels give; a module that does not match the compiled sources or the CPU is ignored, one
+whose files changed elsewhere (a message) is not; wrong argument types raise, never crash.
 
 The module is built once here, in-process, from the kernels this process compiled (~10 s).
 tests/test_cache.py builds one the user's way, with `edgegru compile` on an empty cache.
@@ -17,7 +18,7 @@ import numpy as np
 import pytest
 
 import edgegru
-from edgegru import aot
+from edgegru import aot, build
 
 ROOT = Path(__file__).resolve().parents[1]
 MODEL = ROOT / "weights" / "model.npz"
@@ -25,7 +26,7 @@ EXAMPLE = ROOT / "examples" / "sensor.csv"
 
 pytestmark = [
     pytest.mark.skipif(not edgegru.JIT, reason="needs numba"),
-    pytest.mark.skipif(bool(aot.missing_toolchain()), reason=aot.missing_toolchain()),
+    pytest.mark.skipif(bool(build.missing_toolchain()), reason=build.missing_toolchain()),
 ]
 
 # Every path that runs compiled code: step, run and a batch (the three cell variants),
@@ -53,7 +54,7 @@ OUTPUTS = textwrap.dedent("""
         out[name + "_run"] = m.run(X)
         m.reset()
         out[name + "_batch"] = m.run(np.stack([X, X[::-1]]))
-    scorer = edgegru.AnomalyScorer.load(model_path)
+    scorer = edgegru.AnomalyScorer.from_model(edgegru.load(model_path))
     with open(example, "rb") as f:
         lines = f.readlines()[:401]
     X = np.array([[float(v) for v in l.split(b",")[1:]] for l in lines[1:]])
@@ -100,7 +101,7 @@ def child(code, *args, **kwargs):
 def aot_cache(tmp_path_factory):
     """A NUMBA_CACHE_DIR holding only an ahead-of-time module."""
     cache = tmp_path_factory.mktemp("aot-cache")
-    path = aot.build(cache / "edgegru-aot")
+    path = build.build(cache / "edgegru-aot")
     assert Path(path).parent == cache / "edgegru-aot"
     return cache
 
@@ -131,7 +132,10 @@ def test_a_stale_module_is_ignored_and_says_why(aot_cache, tmp_path):
     [manifest] = (stale / "edgegru-aot").glob("aot-*.json")
     good = json.loads(manifest.read_text())
 
-    for change, why in ((dict(sources_sha256="0" * 64), "other kernel sources"),
+    for change, why in ((dict(sources_sha256="0" * 64, compiled_sha256="0" * 64),
+                         "other kernel sources"),
+                        (dict(sources_sha256="0" * 64, compiled_sha256=None),
+                         "other kernel sources"),
                         (dict(cpu_name="generic", cpu_features=""), "built for CPU 'generic'"),
                         (dict(cpu_name="generic", cpu_features="", cpu_fingerprint=None),
                          "built for CPU 'generic'"),
@@ -145,6 +149,9 @@ def test_a_stale_module_is_ignored_and_says_why(aot_cache, tmp_path):
     assert child(STATUS, cache=stale)[0] == "numba"
 
     manifest.write_text(json.dumps(good))                 # as built: used
+    assert child(STATUS, cache=stale) == ["aot", None]
+    # files edited outside their compiled code (a message): the compiled digest still matches
+    manifest.write_text(json.dumps(dict(good, sources_sha256="0" * 64)))
     assert child(STATUS, cache=stale) == ["aot", None]
     # a CPU fingerprint that does not match (another machine) falls back to asking LLVM,
     # which here says it is the same CPU

@@ -26,7 +26,7 @@ def test_bench_json_has_every_measurement():
 
 def test_bench_table_for_a_model_file(tmp_path):
     path = tmp_path / "m.npz"
-    bench.tiny_scoring_model().save(path)
+    edgegru.save(bench.tiny_scoring_model(), path)
     result = CliRunner().invoke(main, ["bench", "--weights", str(path), "--samples", "200",
                                        "--rows", "200", "--no-cold-start"])
     assert result.exit_code == 0, result.output
@@ -57,7 +57,7 @@ def test_benchmark_leaves_the_state_alone():
 @pytest.mark.skipif(not edgegru.JIT, reason="needs numba")
 def test_compile_command_with_and_without_a_model(tmp_path):
     path = tmp_path / "m.npz"
-    bench.tiny_scoring_model().save(path)
+    edgegru.save(bench.tiny_scoring_model(), path)
     for args in (["compile", "--no-aot"], ["compile", str(path), "--no-aot"]):
         result = CliRunner().invoke(main, args)
         assert result.exit_code == 0, result.output

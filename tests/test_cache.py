@@ -47,7 +47,7 @@ WORKLOAD = textwrap.dedent("""
     with open("rows.csv", "wb") as f:
         f.write(b"\\n".join(lines) + b"\\n")
     main(["run", "--weights", {model!r}, "--input", "rows.csv"], standalone_mode=False)
-    scorer = edgegru.AnomalyScorer.load({model!r})
+    scorer = edgegru.AnomalyScorer.from_model(edgegru.load({model!r}))
     for line in lines[1:20]:
         scorer.score_one([float(v) for v in line.split(b",")[1:]])
 """)
@@ -160,8 +160,8 @@ def test_an_installed_package_keeps_numbas_cache_out_of_site_packages(tmp_path):
            if not k.startswith(("NUMBA_", "EDGEGRU_", "PYTHON", "XDG_"))}
     env.update(PYTHONPATH=str(site), PYTHONDONTWRITEBYTECODE="1", NUMBA_DEBUG_CACHE="1",
                EDGEGRU_AOT="0", XDG_CACHE_HOME=str(home))
-    code = ("import numpy as np\nfrom edgegru import aot, stream\n"
-            "print(stream._parse_number(np.frombuffer(b'1.5', np.uint8), 0, 3))\n"
+    code = ("import numpy as np\nfrom edgegru import aot, csvio\n"
+            "print(csvio._parse_number(np.frombuffer(b'1.5', np.uint8), 0, 3))\n"
             "print(aot.directories()[0])\n")               # a small kernel: compiles in ~1 s
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env,
                           cwd=str(tmp_path), timeout=600)

@@ -203,7 +203,7 @@ def test_broken_state_dicts_are_refused(state_dict, change, message):
 
 def test_unknown_native_version_is_refused(tmp_path):
     model = edgegru.load(path("grucell.pt"))
-    model.save(tmp_path / "m.npz")
+    edgegru.save(model, tmp_path / "m.npz")
     with zipfile.ZipFile(tmp_path / "m.npz") as z:
         entries = {n: z.read(n) for n in z.namelist()}
     meta = np.load(io.BytesIO(entries["__meta__.npy"]))

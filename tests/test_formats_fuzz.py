@@ -76,7 +76,7 @@ def test_mutated_files_load_or_raise_model_format_error(file, entries, needs, tm
     if needs:
         pytest.importorskip(needs)
     if file == "native":
-        edgegru.load(os.path.join(DATA, "gru2_linear.pt")).save(tmp_path / "m.npz")
+        edgegru.save(edgegru.load(os.path.join(DATA, "gru2_linear.pt")), tmp_path / "m.npz")
         data = (tmp_path / "m.npz").read_bytes()
     else:
         data = open(os.path.join(DATA, file), "rb").read()

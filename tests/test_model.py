@@ -96,7 +96,7 @@ def test_batched_run_leaves_state_alone(model):
 def test_save_load_round_trip(tmp_path, model):
     model.meta["scoring"] = {"threshold": 3.5}
     path = tmp_path / "m.npz"
-    model.save(path)
+    edgegru.save(model, path)
     loaded = edgegru.load(path)
     X = np.random.default_rng(0).standard_normal((50, 3))
     model.reset()
@@ -109,8 +109,8 @@ def test_hard_sigmoid_gates_round_trip_as_format_version_2(tmp_path, model):
     older edgegru refuses it rather than run the logistic sigmoid); others stay version 1."""
     config = dataclasses.replace(model.config, gate_activation="hard_sigmoid", gate_alpha=1 / 6)
     hard = edgegru.Model(config, model.weights)
-    hard.save(tmp_path / "hard.npz")
-    model.save(tmp_path / "plain.npz")
+    edgegru.save(hard, tmp_path / "hard.npz")
+    edgegru.save(model, tmp_path / "plain.npz")
     loaded = edgegru.load(tmp_path / "hard.npz")
     assert loaded.config == config
     X = np.random.default_rng(0).standard_normal((50, 3))
@@ -153,7 +153,7 @@ def _rewrite(path, meta=None, drop=None, replace=None):
 ])
 def test_load_refuses_bad_files(tmp_path, model, change, match):
     path = tmp_path / "m.npz"
-    model.save(path)
+    edgegru.save(model, path)
     _rewrite(path, **change)
     with pytest.raises(edgegru.ModelFormatError, match=match) as err:
         edgegru.load(path)
@@ -162,7 +162,7 @@ def test_load_refuses_bad_files(tmp_path, model, change, match):
 
 def test_load_refuses_pickles_truncation_and_garbage(tmp_path, model):
     path = tmp_path / "m.npz"
-    model.save(path)
+    edgegru.save(model, path)
     data = path.read_bytes()
     (tmp_path / "trunc.npz").write_bytes(data[:len(data) // 2])
     (tmp_path / "junk.npz").write_bytes(b"\x00garbage" * 100)
@@ -177,15 +177,15 @@ def test_load_refuses_pickles_truncation_and_garbage(tmp_path, model):
 
 
 def test_save_is_atomic_and_leaves_no_temp_files(tmp_path, model):
-    model.save(tmp_path / "m.npz")
-    model.save(tmp_path / "m.npz")
+    edgegru.save(model, tmp_path / "m.npz")
+    edgegru.save(model, tmp_path / "m.npz")
     assert [p.name for p in tmp_path.iterdir()] == ["m.npz"]
 
 
 def test_saved_file_is_readable_by_others_as_the_umask_allows(tmp_path, model):
     old = os.umask(0o022)
     try:
-        model.save(tmp_path / "m.npz")
+        edgegru.save(model, tmp_path / "m.npz")
     finally:
         os.umask(old)
     assert stat.S_IMODE((tmp_path / "m.npz").stat().st_mode) == 0o644

@@ -64,7 +64,7 @@ SCRIPT = textwrap.dedent("""
     # the command on the example data: one row out per row in
     from conftest import make_scoring_model
     from edgegru.cli import main
-    make_scoring_model().save("model.npz")
+    edgegru.save(make_scoring_model(), "model.npz")
     with open("sensor.csv", "wb") as f:
         f.write(b"\\n".join(open(EXAMPLE, "rb").read().split(b"\\n")[:51]) + b"\\n")
     main(["run", "--weights", "model.npz", "--input", "sensor.csv"], standalone_mode=False)

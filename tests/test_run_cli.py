@@ -35,7 +35,7 @@ def example():
 
 
 def expected_scores(model_path, X):
-    return edgegru.AnomalyScorer.load(model_path).score_many(X)
+    return edgegru.AnomalyScorer.from_model(edgegru.load(model_path)).score_many(X)
 
 
 def invoke(*args, input=None):
@@ -105,7 +105,7 @@ def test_model_and_column_problems_exit_1_without_traceback(tmp_path, scoring_mo
     junk = tmp_path / "junk.npz"
     junk.write_bytes(b"junk")
     plain = tmp_path / "plain.npz"
-    make_model(input_size=4, hidden_size=4, output_size=4).save(plain)
+    edgegru.save(make_model(input_size=4, hidden_size=4, output_size=4), plain)
     for weights, data, message in [
             (junk, b"", "not a model file"), (plain, b"", "not a scoring model"),
             (scoring_model_path, b"time,temperature\n1,2\n", "no column 'vibration'")]:

@@ -73,7 +73,8 @@ def read_only_fs(tmp_path):
 
 def expected_output(model_path, data, **kw):
     out = io.BytesIO()
-    score_stream(edgegru.AnomalyScorer.load(model_path), io.BytesIO(data), out,
+    scorer = edgegru.AnomalyScorer.from_model(edgegru.load(model_path))
+    score_stream(scorer, io.BytesIO(data), out,
                  handle_signals=False, log=lambda msg: None, **kw)
     return out.getvalue()
 
@@ -169,7 +170,7 @@ def test_a_closed_output_pipe_saves_the_state(scoring_model_path, tmp_path):
     proc.stdin.close()
     assert proc.wait(60) == 141
     assert b"Traceback" not in proc.stderr.read()
-    scorer = edgegru.AnomalyScorer.load(scoring_model_path)
+    scorer = edgegru.AnomalyScorer.from_model(edgegru.load(scoring_model_path))
     _, pos = StateFile(state, scorer.fingerprint, None).load()
     assert pos.rows == 100                   # the rows that got out, not the block that did not
 

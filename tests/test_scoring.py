@@ -145,15 +145,15 @@ def test_a_spike_scores_high_and_reset_forgets():
 
 def test_model_without_scoring_metadata_is_refused(tmp_path):
     model = make_model(input_size=3, hidden_size=8, output_size=3)
-    model.save(tmp_path / "plain.npz")
+    edgegru.save(model, tmp_path / "plain.npz")
     with pytest.raises(edgegru.ModelFormatError, match="not a scoring model"):
-        edgegru.AnomalyScorer.load(tmp_path / "plain.npz")
+        edgegru.AnomalyScorer.from_model(edgegru.load(tmp_path / "plain.npz"))
 
 
 def test_load_from_file(tmp_path):
     scorer = make_scorer()
-    scorer.model.save(tmp_path / "m.npz")
-    loaded = edgegru.AnomalyScorer.load(tmp_path / "m.npz")
+    edgegru.save(scorer.model, tmp_path / "m.npz")
+    loaded = edgegru.AnomalyScorer.from_model(edgegru.load(tmp_path / "m.npz"))
     X = rows(50)
     assert np.array_equal(loaded.score_many(X), scorer.score_many(X))
     assert loaded.columns == COLUMNS and loaded.threshold == 4.0

@@ -20,7 +20,7 @@ DOC = (ROOT / "weights" / "README.md").read_text()
 
 @pytest.fixture(scope="module")
 def scorer():
-    return edgegru.AnomalyScorer.load(MODEL)
+    return edgegru.AnomalyScorer.from_model(edgegru.load(MODEL))
 
 
 def test_the_model_file_has_its_sections(scorer):

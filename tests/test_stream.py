@@ -1,5 +1,5 @@
-"""edgegru.stream: the compiled parser agrees with the Python reference, every bad-input policy,
-chunked == trickled == score_many, group-by == each group alone, state files, and fuzzing."""
+"""edgegru.stream: every bad-input policy, chunked == trickled == score_many, group-by == each
+group alone, state files, and fuzzing (the parsers themselves: tests/test_csvio.py)."""
 import csv
 import io
 import json
@@ -12,6 +12,7 @@ import pytest
 import edgegru
 from conftest import SENSOR_COLUMNS, make_scoring_model
 from edgegru import stream
+from test_csvio import mutate
 from edgegru.errors import EdgeGRUError, InputError
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "sensor.csv"
@@ -194,15 +195,6 @@ def test_semicolon_and_tab_input_are_sniffed_or_given(example, delimiter):
     assert table(text)[1] == [[r[0].replace("T00:0", "T00,0")] + r[1:]
                               for r in table(whole)[1]]
 
-
-def test_sniff_delimiter_prefers_the_count_that_fits():
-    assert stream.sniff_delimiter("a;b;c;d") == ";"
-    assert stream.sniff_delimiter("a,b") == ","
-    assert stream.sniff_delimiter("nothing") == ","
-    assert stream.sniff_delimiter("a\tb,c\td") == "\t"
-    # a headerless row with decimal commas: as many ',' as ';', and the field count decides
-    assert stream.sniff_delimiter("1,5;2,5;3;4", num_fields=4) == ";"
-    assert stream.sniff_delimiter('"x;y";1;2,0', num_fields=3) == ";"
 
 
 # -- bad input: each case under --on-error fail and skip -------------------------------------------
@@ -501,85 +493,7 @@ def test_state_file_is_refused_when_it_does_not_fit(example, tmp_path):
         run(data, state=pickled)
 
 
-# -- the compiled parser against the reference, and fuzzing -----------------------------------------
-
-ALPHABET = b'0123456789.,-+eE"  \t\r\x00\xff\xc3\xa9nanif_x;'
-
-
-def mutate(line, rng):
-    """One random edit of a line: replace, insert or delete bytes, drop or add fields, quote."""
-    b = bytearray(line)
-    for _ in range(rng.integers(1, 4)):
-        op = rng.integers(0, 8)
-        at = int(rng.integers(0, len(b) + 1))
-        ch = ALPHABET[rng.integers(0, len(ALPHABET))]
-        if op == 0 and b:
-            b[min(at, len(b) - 1)] = ch
-        elif op == 1:
-            b.insert(at, ch)
-        elif op == 2 and b:
-            del b[min(at, len(b) - 1)]
-        elif op == 3:
-            b = bytearray(b",".join(b.split(b",")[:-1]))
-        elif op == 4:
-            b += b"," + bytes(rng.choice(list(b"0123456789."), rng.integers(0, 20)))
-        elif op == 5:
-            b.insert(at, 34)
-            b.insert(min(len(b), at + int(rng.integers(1, 10))), 34)
-        elif op == 6:
-            digits = bytes(rng.choice(list(b"0123456789"), rng.integers(10, 25)))
-            fields = b.split(b",")
-            fields[int(rng.integers(0, len(fields)))] = b"-" + digits[:5] + b"." + digits[5:]
-            b = bytearray(b",".join(fields))
-        else:
-            b = bytearray(rng.bytes(int(rng.integers(0, 30))))
-    return bytes(b).replace(b"\n", b"")
-
-
-def layouts():
-    sensor, _ = stream.Layout.from_first_line(HEADER[:-1].decode().split(","), SENSOR_COLUMNS)
-    bare, _ = stream.Layout.from_first_line(["1", "2", "3", "4"], SENSOR_COLUMNS)
-    semicolon, _ = stream.Layout.from_first_line(NAMES, SENSOR_COLUMNS, delimiter=";")
-    tab = stream.Layout.without_header(SENSOR_COLUMNS, NAMES, delimiter="\t")
-    return sensor, bare, semicolon, tab
-
-
-def test_compiled_parser_equals_the_python_reference_on_10000_mutated_rows(example):
-    base = example[0].split(b"\n")[1:201]
-    base += [b",".join(l.split(b",")[1:]) for l in base]             # headerless rows too
-    rng = np.random.default_rng(7)
-    seen = set()
-    for layout in layouts():
-        # the sensor lines in this layout's delimiter; mutations still cut at commas and insert
-        # every delimiter
-        ours = [l.replace(b",", layout.delimiter.encode()) for l in base]
-        for start in range(0, 5000 if layout.delimiter == "," else 2500, 250):
-            lines = [mutate(ours[rng.integers(0, len(ours))], rng) if rng.random() < 0.8
-                     else ours[rng.integers(0, len(ours))] for _ in range(250)]
-            block = b"\n".join(lines) + b"\n"
-            rows = stream.parse_lines(block, layout)
-            for i, line in enumerate(lines):
-                try:
-                    ref = stream.parse_line(line, layout)
-                except stream._Bad as bad:
-                    assert rows.status[i] == stream.BAD and rows.errors[i] == (bad.field,
-                                                                              bad.message)
-                    seen.add("bad")
-                    continue
-                if ref is None:
-                    assert rows.status[i] == stream.BLANK
-                    continue
-                assert rows.status[i] == stream.OK, line
-                got = rows.values[i]
-                assert np.array_equal(got, ref[0], equal_nan=True), line
-                assert np.array_equal(np.signbit(got), np.signbit(ref[0])), line
-                spans = [s if isinstance(s, str) else s.decode()
-                         for s in (rows.spans(k, np.array([i]))[0]
-                                   for k in range(len(layout.span_fields)))]
-                assert spans == ref[1], line
-                seen.add("fast" if i not in rows.parsed_spans else "python")
-    assert seen == ({"bad", "fast", "python"} if edgegru.JIT else {"bad", "python"})
-
+# -- fuzzing ---------------------------------------------------------------------------------
 
 def mutate_stream(data, rng):
     """Stream-level damage: cut anywhere, CRLF, BOM, garbage, dropped newlines, mutated lines."""

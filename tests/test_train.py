@@ -231,7 +231,7 @@ def test_tiny_training_writes_a_scoring_model_and_its_state_dict(tiny_model):
         assert np.array_equal(pt.weights.arrays[name], a)
     # the scorer runs on the data: the missing value is imputed, scores are finite and a spike
     # scores above the threshold
-    scorer = edgegru.AnomalyScorer.load(out)
+    scorer = edgegru.AnomalyScorer.from_model(edgegru.load(out))
     X = np.array([[float(r.split(",")[1] or "nan")] for r in data.read_text().split("\n")[1:-1]])
     scores = scorer.score_many(X)
     assert np.isfinite(scores).all() and (scores[:scorer.warmup] == 0).all()
@@ -275,7 +275,7 @@ def test_thirty_two_channels_any_names_tab_separated(tmp_path):
     code, output = run_cli([data, "-o", out, "--delimiter", "\\t", "--steps", "5",
                             "--hidden-size", "8", "-q"])
     assert code == 0, output
-    scorer = edgegru.AnomalyScorer.load(out)
+    scorer = edgegru.AnomalyScorer.from_model(edgegru.load(out))
     assert scorer.columns == names and scorer.model.input_size == 32
     assert scorer.model.meta["provenance"]["data"]["timestamp_column"] == "epoch"
     assert np.isfinite(scorer.score_many(X)).all()

@@ -42,7 +42,8 @@ STAMP="edgegru-arm64 root v1: bookworm arm64 debs=$DEBS wheels=$WHEELS"
 #   test_formats     the other loaders (torch-free .pt, safetensors, ...; ONNX and Keras skip:
 #                    no onnx or h5py in the root)
 #   test_scoring     AnomalyScorer
-#   test_stream      the compiled CSV parser (exact floats) and bad-row policies
+#   test_csvio       the compiled CSV parser against the Python one (exact floats)
+#   test_stream      bad-row policies, chunking, state files
 #   test_run_cli     `edgegru run` on the example data, in-process and as real processes on
 #                    pipes (three emulated subprocesses: they load the numba cache)
 # Left out: test_alloc (a fresh process compiling an uncached function: ~1 min emulated; the
@@ -50,7 +51,7 @@ STAMP="edgegru-arm64 root v1: bookworm arm64 debs=$DEBS wheels=$WHEELS"
 # processes; they run natively), test_formats_fuzz (10,000 mutated files: parsing robustness, not
 # platform-specific, ~40 s emulated) and tests of tools/ (scripts for x86 development machines).
 SUBSET="tests/test_reference.py tests/test_kernels.py tests/test_model.py tests/test_formats.py
-        tests/test_scoring.py tests/test_stream.py tests/test_run_cli.py"
+        tests/test_scoring.py tests/test_csvio.py tests/test_stream.py tests/test_run_cli.py"
 
 say() { echo "check_arm64: $*"; }
 die() { echo "check_arm64: FAILED: $*" >&2; exit 2; }

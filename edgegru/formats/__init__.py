@@ -1,6 +1,6 @@
 """Model files in and out. One module per format, each turning a file into the same Model.
 
-- :mod:`edgegru.formats.native`: edgegru's own ``.npz`` (what ``Model.save`` writes)
+- :mod:`edgegru.formats.native`: edgegru's own ``.npz`` (what :func:`save` writes)
 - :mod:`edgegru.formats.pytorch`: PyTorch state dicts (``from_state_dict``)
 - :mod:`edgegru.formats.torch_pt`: ``.pt`` / ``.pth`` files of a state dict, read without torch
 - :mod:`edgegru.formats.safetensors`: ``.safetensors`` of a state dict
@@ -9,7 +9,8 @@
 - :mod:`edgegru.formats.keras`: Keras ``.keras`` / ``.weights.h5`` / legacy ``.h5`` (needs ``h5py``)
 
 :func:`load` recognises the format from the file's content (the extension only breaks ties)
-and takes a path or the file's bytes.
+and takes a path or the file's bytes; :func:`save` writes edgegru's own file (the only format
+written).
 """
 import hashlib
 import io
@@ -52,6 +53,20 @@ def load(source, backend=None, format=None, head=None):
     source_info.update({"format": source_info.get("format", fmt),
                         "file": os.path.basename(name), "sha256": sha256(data)})
     return model
+
+
+def save(model, path):
+    """Write ``model`` to ``path`` as edgegru's own ``.npz``, atomically (a reader never sees
+    half a file); :func:`load` reads it back.
+
+    >>> import edgegru, tempfile, os
+    >>> cfg = edgegru.GRUConfig(input_size=2, hidden_size=3)
+    >>> path = os.path.join(tempfile.mkdtemp(), "m.npz")
+    >>> edgegru.save(edgegru.Model(cfg, edgegru.GRUWeights.random(cfg)), path)
+    >>> edgegru.load(path).config == cfg
+    True
+    """
+    native.save(model, path)
 
 
 def _load_foreign(fmt, data, name, backend, head):

@@ -17,11 +17,9 @@ running it with the logistic sigmoid; every other model is still written as vers
 Unknown versions, missing or extra arrays, wrong shapes and non-finite weights are refused with a
 :class:`~edgegru.errors.ModelFormatError` that names the file and the problem.
 """
-import contextlib
 import io
 import json
 import os
-import tempfile
 import zipfile
 
 import numpy as np
@@ -29,6 +27,7 @@ import numpy as np
 from edgegru.errors import ModelFormatError
 from edgegru.formats.arrays import Allowance
 from edgegru.model import GRUConfig, GRUWeights, Model
+from edgegru.npzfile import write_npz_atomically
 
 FORMAT = "edgegru"
 FORMAT_VERSION = 2              # the newest version this edgegru reads and writes
@@ -64,28 +63,6 @@ def save(model, path):
     umask = os.umask(0)
     os.umask(umask)
     write_npz_atomically(path, arrays, mode=0o666 & ~umask)
-
-
-def write_npz_atomically(path, arrays, prefix="tmp", mode=None):
-    """Write ``arrays`` as one ``.npz`` at ``path`` through a temporary file in the same
-    directory (named ``prefix...tmp``, made with ``mode`` if given, else 0600), synced and
-    renamed over it: a reader, or a power cut, sees the old file or the new one, never half of
-    one. The temporary file is removed when anything fails."""
-    path = os.fspath(path)
-    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(os.path.abspath(path)), prefix=prefix,
-                               suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.savez(f, **arrays)
-            f.flush()
-            os.fsync(f.fileno())
-        if mode is not None:
-            os.chmod(tmp, mode)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
 
 
 def is_native(path):
