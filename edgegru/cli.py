@@ -207,6 +207,75 @@ def run(weights, input_path, columns, no_header, delimiter, keep, group_by, thre
         sys.exit(128 + result.signal)
 
 
+@main.command()
+@click.option("--weights", required=True, type=click.Path(dir_okay=False),
+              help="The scoring model (.npz with preprocessing and scoring metadata).")
+@click.option("--broker", default="mqtt://localhost:1883", show_default=True,
+              help="mqtt://HOST[:PORT], or mqtts://HOST[:PORT] for TLS (see --cafile).")
+@click.option("--subscribe", multiple=True, required=True, metavar="TOPIC",
+              help="Topic filter of the readings, e.g. 'plant/+/telemetry' (repeatable).")
+@click.option("--publish", default="{topic}/anomaly", show_default=True, metavar="TEMPLATE",
+              help="Result topic; {device} and {topic} are the reading's.")
+@click.option("--device-from-topic", type=click.IntRange(min=1), metavar="N",
+              help="Topic level N (from 1) names the device (default: the whole topic).")
+@click.option("--device-key", metavar="FIELD", help="Or a field of the reading does.")
+@click.option("--columns", help="The fields of CSV payloads, in order, comma-separated "
+              "(default: the model's columns). JSON payloads use the model's column names.")
+@click.option("--timestamp-key", default="timestamp", show_default=True, metavar="FIELD",
+              help="The reading's time, echoed in the result (default there: arrival time).")
+@click.option("--explain", is_flag=True, help="Add each channel's contribution (contrib).")
+@click.option("--on-change", is_flag=True, help="Publish only alarms and all-clears.")
+@click.option("--threshold", type=float, help="Anomaly threshold (default: the model's).")
+@click.option("--client-id", help="MQTT client id of the persistent session [default: "
+              "edgegru-<hostname>].")
+@click.option("--state", type=click.Path(dir_okay=False), help="State file of every device: "
+              "resumed from if it exists, saved on stop and every --checkpoint-every readings.")
+@click.option("--checkpoint-every", type=click.IntRange(min=0), default=0, metavar="N",
+              help="Also save the state every N readings (needs --state).")
+@click.option("--max-devices", type=click.IntRange(min=1), default=10_000, show_default=True,
+              help="Readings of more devices are dropped as bad payloads.")
+@click.option("--cafile", type=click.Path(exists=True, dir_okay=False),
+              help="CA certificates for mqtts:// (default: the system's).")
+@click.option("--username", help="User name on the broker.")
+@click.option("--password-file", type=click.Path(exists=True, dir_okay=False),
+              help="A file whose first line is the password (never on the command line).")
+@click.option("-q", "--quiet", is_flag=True, help="No note that the kernels are compiling.")
+@friendly_errors
+def mqtt(weights, subscribe, columns, password_file, quiet, **options):
+    """Score MQTT sensor readings: one result per reading, published back (needs paho-mqtt:
+    pip install 'edgegru[mqtt]').
+
+    A reading is a JSON object of the model's columns ({"temperature": 71.2, ...}; a
+    missing key is a missing value) or a CSV line. QoS 1 both ways and a persistent session:
+    readings sent while edgegru restarts are scored when it is back, in order. Delivery,
+    results and broker settings: docs/mqtt.md. Exit codes: 0, 1 (bad model, state file or
+    broker), 2 bad usage, 74 --state not writable, 129/130/143 stopped by a signal, state saved.
+
+    \b
+    Example:
+      edgegru mqtt --weights weights/model.npz --broker mqtt://localhost:1883 \\
+          --subscribe 'plant/+/telemetry' --device-from-topic 2 \\
+          --publish 'plant/{device}/anomaly' --state mqtt.state --checkpoint-every 1000
+    """
+    from edgegru.mqtt import MqttOptions, paho, serve
+    paho()
+    if options["checkpoint_every"] and not options["state"]:
+        raise click.UsageError("--checkpoint-every needs --state FILE")
+    if password_file:
+        with open(password_file, encoding="utf-8") as f:
+            options["password"] = f.readline().rstrip("\r\n")
+    scorer = edgegru.AnomalyScorer.load(weights)
+    if not quiet and _isatty(sys.stderr):
+        _say_if_compiling()
+    result = serve(scorer, MqttOptions(subscribe=list(subscribe), columns=_names(columns),
+                                       **options))
+    click.echo(f"edgegru mqtt: {result.scored} readings scored, {result.published} results "
+               f"published, {result.bad} bad payloads, {result.repeats} repeats dropped",
+               err=True)
+    if result.signal is not None:
+        sys.exit(128 + result.signal)
+
+
 class _TypedCommand(click.Command):
     """A command that keeps its arguments as typed (ctx.meta["argv"]), for the provenance."""
 
