@@ -276,6 +276,43 @@ def mqtt(weights, subscribe, columns, password_file, quiet, **options):
         sys.exit(128 + result.signal)
 
 
+@main.command()
+@click.argument("data", type=click.Path(exists=True, dir_okay=False))
+@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False),
+              help="The picture to write: .png, .svg or .pdf.")
+@click.option("--weights", type=click.Path(dir_okay=False), help="Score DATA with this model.")
+@click.option("--scores", type=click.Path(exists=True, dir_okay=False),
+              help="Or read the scores: edgegru run's CSV output for DATA.")
+@click.option("--threshold", type=float, help="Anomaly threshold (default: the model's).")
+@click.option("--explain", is_flag=True, help="Add the channels' contributions, stacked.")
+@click.option("--per-channel", is_flag=True, help="One panel per channel.")
+@click.option("--from", "start", metavar="ROW|TIME", help="First row shown: a row number "
+              "(from 1) or a time of the time column.")
+@click.option("--to", "stop", metavar="ROW|TIME", help="Last row shown.")
+@click.option("--delimiter", help="Field separator of DATA (default: sniffed).")
+@friendly_errors
+def plot(data, output, weights, scores, threshold, explain, per_channel, start, stop,
+         delimiter):
+    """Plot a sensor CSV with its anomaly scores: the channels (normalised), the score on a
+    log axis with the threshold, alarms shaded (needs matplotlib: pip install
+    'edgegru[plot]').
+
+    \b
+    Examples:
+      edgegru plot examples/sensor_heldout.csv --weights weights/model.npz -o scores.png
+      edgegru plot pump.csv --scores scores.csv --explain --from 2026-01-03 -o pump.svg
+    """
+    from edgegru.plot import plot_csv, pyplot
+    pyplot()
+    if bool(weights) == bool(scores):
+        raise click.UsageError("give --weights (to score DATA) or --scores, one of them")
+    scorer = edgegru.AnomalyScorer.load(weights) if weights else None
+    n = plot_csv(output, data, scorer, scores, threshold=threshold, explain=explain,
+                 per_channel=per_channel, start=start, stop=stop,
+                 delimiter=_delimiter(delimiter))
+    click.echo(f"{output}: {n} rows", err=True)
+
+
 class _TypedCommand(click.Command):
     """A command that keeps its arguments as typed (ctx.meta["argv"]), for the provenance."""
 
@@ -318,6 +355,8 @@ def _expert(name, **kwargs):
          help="Threshold: score crossings per row on normal data.")
 @_option("--seed", type=int, help="Random seed.")
 @click.option("-q", "--quiet", is_flag=True, help="Print nothing on stderr.")
+@click.option("--plot", type=click.Path(dir_okay=False), help="Also draw the calibration rows "
+              "with their scores (.png/.svg, as edgegru plot does; needs matplotlib).")
 @click.option("--state-dict", type=click.Path(dir_okay=False), hidden=True,
               help="Where to save the PyTorch state dict (default: OUTPUT with .pt).")
 @_expert("--calibration-fraction", type=float,
@@ -359,7 +398,7 @@ def _expert(name, **kwargs):
          "multiple of its largest value on the normal rows.")
 @_expert("--level-shrinkage", type=float, help="Level test: covariance shrinkage.")
 @friendly_errors
-def train(data, output, columns, delimiter, train_rows, train_fraction, quiet, state_dict,
+def train(data, output, columns, delimiter, train_rows, train_fraction, quiet, plot, state_dict,
           **options):
     """Train a GRU forecaster on the normal rows of a sensor CSV and calibrate its anomaly
     score: writes a model for `edgegru run` (needs PyTorch: pip install 'edgegru[train]').
@@ -384,14 +423,35 @@ def train(data, output, columns, delimiter, train_rows, train_fraction, quiet, s
     fields = TrainingOptions.__dataclass_fields__
     argv = click.get_current_context().meta.get("argv", [])
     log = (lambda line: None) if quiet else (lambda line: click.echo(line, err=True))
-    train_model(
+    if plot:
+        from edgegru.plot import pyplot
+        pyplot()                             # matplotlib missing: say so before training
+    model = train_model(
         data, output, columns=_names(columns), delimiter=delimiter, train_rows=train_rows,
         train_fraction=train_fraction, state_dict=state_dict,
         options=TrainingOptions(**{k: v for k, v in options.items() if k in fields}),
         calibration=CalibrationOptions(**{k: v for k, v in options.items() if k not in fields}),
         # as typed, less -q (which does not change the file)
-        command=" ".join(["edgegru", "train"] + [a for a in argv if a not in ("-q", "--quiet")]),
+        command=" ".join(["edgegru", "train"] + _as_typed(argv)),
         log=log, progress=log if not quiet and sys.stderr.isatty() else None)
+    if plot:
+        from edgegru.plot import plot_csv
+        a, b = model.meta["provenance"]["split"]["calibration_rows"]
+        plot_csv(plot, data, edgegru.AnomalyScorer.from_model(model), start=a, stop=b,
+                 delimiter=delimiter, title=f"{data}: the {b - a} calibration rows")
+
+
+def _as_typed(argv):
+    """The arguments of `edgegru train` as typed, less those that do not change the file it
+    writes (-q, --plot FILE), so that the file does not depend on them."""
+    typed, skip = [], False
+    for a in argv:
+        if not skip and a not in ("-q", "--quiet") and not a.startswith("--plot="):
+            skip = a == "--plot"
+            typed += [] if skip else [a]
+        else:
+            skip = False
+    return typed
 
 
 def _delimiter(value):
