@@ -47,7 +47,7 @@ from datetime import datetime, timezone
 
 import numpy as np
 
-from edgegru.errors import EdgeGRUError
+from edgegru.errors import EdgeGRUError, WriteError
 from edgegru.scoring import GroupScorer, valid_threshold
 from edgegru.stream import Layout, Position, StateFile, _Bad, _Signals, parse_line
 
@@ -409,6 +409,14 @@ class _Bridge:
         self.state.save(state, Position(rows=self.rows))
         self.since_checkpoint = 0
 
+    def _checkpoint(self):
+        """A periodic save; one that fails is a note, the scoring goes on (as in edgegru run)."""
+        try:
+            self.save()
+        except WriteError as exc:
+            self.log(f"edgegru mqtt: checkpoint failed, scoring goes on: {exc}")
+            self.since_checkpoint = 0
+
     # -- the connection -------------------------------------------------------------------
     def connect(self):
         o = self.options
@@ -474,7 +482,7 @@ class _Bridge:
             if batch:
                 self._handle(batch)
                 if self.state is not None and every and self.since_checkpoint >= every:
-                    self.save()
+                    self._checkpoint()
             self.notes.flush()
 
     def _take(self, wait=0.25):

@@ -10,7 +10,7 @@ import time
 
 CONFIG = """\
 listener {port} 127.0.0.1
-allow_anonymous true
+allow_anonymous {anonymous}
 user {user}
 persistence true
 persistence_location {dir}/
@@ -37,7 +37,7 @@ def why_no_broker():
 class Mosquitto:
     """``start()``, ``stop(sig)`` and ``start()`` again on the same port and files."""
 
-    def __init__(self, directory, max_queued=1_000_000, max_inflight=20):
+    def __init__(self, directory, max_queued=1_000_000, max_inflight=20, anonymous=True):
         self.dir = os.fspath(directory)
         self.port = free_port()
         self.url = f"mqtt://127.0.0.1:{self.port}"
@@ -46,7 +46,8 @@ class Mosquitto:
         import getpass
         with open(self.config, "w") as f:
             f.write(CONFIG.format(port=self.port, dir=self.dir, user=getpass.getuser(),
-                                  max_queued=max_queued, max_inflight=max_inflight))
+                                  max_queued=max_queued, max_inflight=max_inflight,
+                                  anonymous=str(anonymous).lower()))
 
     def start(self, timeout=10.0):
         binary = shutil.which("mosquitto") or "/usr/sbin/mosquitto"

@@ -377,3 +377,27 @@ def test_without_paho_the_error_names_the_extra():
                          cwd=ROOT, env=dict(os.environ, PYTHONPATH=str(ROOT))).stdout
     assert out.startswith("1 Error: edgegru mqtt needs paho-mqtt 2: pip install "
                           "'edgegru[mqtt]'")
+
+
+@needs_broker
+def test_no_broker_or_a_refusal_is_a_one_line_error(tmp_path):
+    from click.testing import CliRunner
+    from broker import free_port
+    from edgegru.cli import main
+    args = ["mqtt", "--weights", WEIGHTS, "--subscribe", "t", "-q", "--broker"]
+    result = CliRunner().invoke(main, args + [f"mqtt://127.0.0.1:{free_port()}"])
+    assert result.exit_code == 1
+    assert "cannot connect to mqtt://127.0.0.1:" in result.output
+    assert "Connection refused" in result.output
+    broker = Mosquitto(tmp_path, anonymous=False)
+    try:
+        broker.start()
+    except (OSError, RuntimeError) as exc:
+        pytest.skip(f"no MQTT broker could start: {exc}")
+    try:
+        result = CliRunner().invoke(main, args + [broker.url])
+        assert result.exit_code == 1
+        assert result.output.strip() == (f"Error: {broker.url}: the broker did not accept the "
+                                         f"connection: Not authorized")
+    finally:
+        broker.stop()
