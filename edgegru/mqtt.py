@@ -65,7 +65,7 @@ STATE_MARK = "mqtt"          # StateFile's group_by: a state of `edgegru run` is
 class MqttOptions:
     """What ``edgegru mqtt`` is told; the defaults are the command's."""
     broker: str = "mqtt://localhost:1883"
-    subscribe: list = dataclasses.field(default_factory=lambda: ["#"])
+    subscribe: list = dataclasses.field(default_factory=list)    # topic filters
     publish: str = "{topic}/anomaly"        # {device}, {topic}: those of the reading
     client_id: str = None                   # default: edgegru-<hostname>
     device_from_topic: int = None           # 1-based topic level naming the device
@@ -90,7 +90,7 @@ class MqttResult:
     scored: int = 0
     published: int = 0
     bad: int = 0                 # bad payloads, dropped
-    repeats: int = 0             # second copies (timestamp not after the device's last)
+    repeats: int = 0             # second copies (a recent timestamp of the device again)
     signal: int = None           # the signal that stopped it
 
 
@@ -354,6 +354,8 @@ class _Bridge:
 
     def __init__(self, scorer, options, log):
         mqtt = paho()
+        if not options.subscribe:
+            raise EdgeGRUError("nothing to subscribe to: give a topic filter (--subscribe)")
         self.mqtt = mqtt
         self.options = options
         self.log = log

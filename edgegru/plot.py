@@ -104,7 +104,7 @@ def plot_csv(out, data, scorer=None, scores_path=None, *, threshold=None, explai
     anomaly = scores > threshold if threshold is not None else anomaly
     a = start if isinstance(start, int) else row_index(start, times, len(X), "--from")
     b = stop if isinstance(stop, int) else row_index(stop, times, len(X), "--to")
-    shown = slice(a or 0, len(X) if b is None else b + (not isinstance(stop, int)))
+    shown = slice(a or 0, len(X) if b is None else min(b + (not isinstance(stop, int)), len(X)))
     if shown.stop - shown.start < 2:
         raise EdgeGRUError(f"--from/--to leave {max(shown.stop - shown.start, 0)} row(s) to "
                            f"plot; they are row numbers from 1 to {len(X)} or times")

@@ -330,7 +330,7 @@ def test_broker_urls():
 
 def test_max_devices_and_second_copies():
     bridge = _Bridge(edgegru.AnomalyScorer.load(WEIGHTS),
-                     MqttOptions(max_devices=2, device_from_topic=1), log=lambda m: None)
+                     MqttOptions(subscribe=["t"], max_devices=2), log=lambda m: None)
     bridge._check_new("a", "t1")
     bridge._check_new("b", None)
     bridge._check_new("b", None)                 # no timestamp: never a copy

@@ -90,6 +90,9 @@ def test_mistakes_are_one_line_errors(tmp_path):
     code, output = plot(HELDOUT, "--weights", WEIGHTS, "-o", out, "--from", "20000")
     assert code == 1 and "leave 1 row(s) to plot" in output
     assert not out.exists()
+    code, output = plot(HELDOUT, "--weights", WEIGHTS, "-o", out, "--from", "19991", "--to",
+                        "2027-01-01")                   # after the last row: up to it
+    assert code == 0 and output.strip() == f"{out}: 10 rows"
 
 
 def test_from_and_to_as_row_numbers_or_times():
