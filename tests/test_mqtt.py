@@ -1,4 +1,5 @@
-"""edgegru mqtt against a real broker: Mosquitto over TCP on 127.0.0.1 (tests/broker.py).
+"""edgegru mqtt against a real broker: Mosquitto (else amqtt) over TCP on 127.0.0.1
+(tests/broker.py).
 
 One edgegru process serves the module's tests (each on devices of its own); the restart test
 has a broker and processes of its own, since it kills them."""
@@ -22,7 +23,7 @@ from edgegru.stream import score_stream
 
 mqtt = pytest.importorskip("paho.mqtt.client", reason="paho-mqtt is not installed "
                            "(pip install 'edgegru[mqtt]')")
-from broker import Mosquitto, why_no_broker  # noqa: E402
+from broker import broker as make_broker, free_port, why_no_broker  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 WEIGHTS = str(ROOT / "weights" / "model.npz")
@@ -112,9 +113,9 @@ class Client:
         self.client.loop_stop()
 
 
-def start_broker(directory):
+def start_broker(directory, **options):
     try:
-        return Mosquitto(directory).start()
+        return make_broker(directory, **options).start()
     except (OSError, RuntimeError) as exc:
         pytest.skip(f"no MQTT broker could start: {exc}")
 
@@ -225,6 +226,8 @@ def test_broker_and_edgegru_restarts_lose_and_repeat_nothing(tmp_path):
     """The broker stopped (SIGTERM) with readings in flight and started again, then edgegru
     stopped mid-stream and started again: every reading is scored once, with the scores of one
     unbroken run, and the saved state has seen every reading once."""
+    if not make_broker(tmp_path).keeps_sessions:
+        pytest.skip("amqtt keeps no sessions across its restarts: this needs Mosquitto")
     broker = start_broker(tmp_path)
     header, rows = example_rows(3000)
     state = tmp_path / "mqtt.state"
@@ -382,22 +385,18 @@ def test_without_paho_the_error_names_the_extra():
 @needs_broker
 def test_no_broker_or_a_refusal_is_a_one_line_error(tmp_path):
     from click.testing import CliRunner
-    from broker import free_port
     from edgegru.cli import main
     args = ["mqtt", "--weights", WEIGHTS, "--subscribe", "t", "-q", "--broker"]
     result = CliRunner().invoke(main, args + [f"mqtt://127.0.0.1:{free_port()}"])
     assert result.exit_code == 1
     assert "cannot connect to mqtt://127.0.0.1:" in result.output
     assert "Connection refused" in result.output
-    broker = Mosquitto(tmp_path, anonymous=False)
-    try:
-        broker.start()
-    except (OSError, RuntimeError) as exc:
-        pytest.skip(f"no MQTT broker could start: {exc}")
+    broker = start_broker(tmp_path, anonymous=False)
     try:
         result = CliRunner().invoke(main, args + [broker.url])
         assert result.exit_code == 1
-        assert result.output.strip() == (f"Error: {broker.url}: the broker did not accept the "
-                                         f"connection: Not authorized")
+        assert result.output.startswith(f"Error: {broker.url}: the broker did not accept the "
+                                        f"connection: ")
+        assert len(result.output.strip().splitlines()) == 1
     finally:
         broker.stop()
