@@ -270,7 +270,8 @@ def mqtt(weights, subscribe, columns, password_file, quiet, **options):
     result = serve(scorer, MqttOptions(subscribe=list(subscribe), columns=_names(columns),
                                        **options))
     click.echo(f"edgegru mqtt: {result.scored} readings scored, {result.published} results "
-               f"published, {result.bad} bad payloads, {result.repeats} repeats dropped",
+               f"published, {result.bad} bad payloads, {result.repeats} repeats dropped, "
+               f"{result.late} late",
                err=True)
     if result.signal is not None:
         sys.exit(128 + result.signal)

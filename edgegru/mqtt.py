@@ -23,7 +23,8 @@ with the timestamp of one of its device's last ``RECENT`` readings is a second c
 dropped (counted, and noted on stderr), so that no reading moves a state twice. Readings
 without a timestamp cannot be told from their copies: they are all scored. The order is the
 broker's: Mosquitto 2.0 can deliver a reading that arrives just as a session resumes before
-the readings it had queued (docs/mqtt.md); such a reading is scored where it arrives.
+the readings it had queued (docs/mqtt.md); such a reading is scored where it arrives, and the
+readings after it that are older are counted as late and noted.
 
 Stopping. SIGTERM, SIGHUP and SIGINT stop the reading, score and publish what was received,
 save the state, acknowledge, and disconnect (the session stays on the broker). A SIGKILL loses
@@ -91,6 +92,7 @@ class MqttResult:
     published: int = 0
     bad: int = 0                 # bad payloads, dropped
     repeats: int = 0             # second copies (a recent timestamp of the device again)
+    late: int = 0                # readings older than one scored before them (scored)
     signal: int = None           # the signal that stopped it
 
 
@@ -224,6 +226,20 @@ class _Recent:
         self.ring = np.zeros(RECENT, np.uint64) if ring is None else np.array(ring, np.uint64)
         self.filled = int(filled)
         self.at = int(at)
+        self.newest = None                  # the latest timestamp taken (not saved)
+
+    def late(self, stamp):
+        """The newest timestamp when ``stamp`` comes before it (both text, or both numbers:
+        ISO 8601 in one format sorts as text), else None."""
+        newest = self.newest
+        if newest is None or type(newest) is not type(stamp) and not (
+                isinstance(stamp, (int, float)) and isinstance(newest, (int, float))):
+            self.newest = stamp
+            return None
+        if stamp < newest:
+            return newest
+        self.newest = stamp
+        return None
 
     def add(self, stamp):
         """False (and nothing changes) when ``stamp`` is a recent reading's."""
@@ -535,6 +551,11 @@ class _Bridge:
             recent = self.recent[device] = _Recent()
         if stamp is not None and not recent.add(stamp):
             raise Repeat(f"a second copy of the reading at {stamp} of {device!r}, dropped")
+        newer = None if stamp is None else recent.late(stamp)
+        if newer is not None:
+            self.result.late += 1
+            self.notes(device, f"the reading at {stamp} came after the one at {newer}: the "
+                               f"broker delivered out of order; scored as it came")
 
     def _ack(self, acks):
         for mid, qos in acks:

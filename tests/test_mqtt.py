@@ -267,6 +267,7 @@ def test_broker_and_edgegru_restarts_lose_and_repeat_nothing(tmp_path):
         assert [by_time[r["timestamp"]] for r in rows] == scorer.score_many(
             [[r[k] for k in header[1:]] for r in rows]).tolist()
         assert e.stop() == 128 + signal.SIGTERM
+        assert e.stderr().count(" 0 late") == 2          # in order, in both runs
         with np.load(state) as saved:
             assert saved["state.rows_seen"].tolist() == [len(rows)]
             assert int(saved["rows"]) == len(rows)
@@ -400,3 +401,16 @@ def test_no_broker_or_a_refusal_is_a_one_line_error(tmp_path):
         assert len(result.output.strip().splitlines()) == 1
     finally:
         broker.stop()
+
+
+def test_late_readings_are_scored_and_counted():
+    bridge = _Bridge(edgegru.AnomalyScorer.load(WEIGHTS), MqttOptions(subscribe=["t"]),
+                     log=lambda m: None)
+    for stamp in ("t3", "t1", "t2", "t4"):
+        bridge._check_new("a", stamp)
+    assert bridge.result.late == 2            # t1 and t2 after t3
+    for stamp in (5, 7.5):
+        bridge._check_new("a", stamp)         # text then numbers: no order between them
+    assert bridge.result.late == 2
+    bridge._check_new("a", 6)
+    assert bridge.result.late == 3
