@@ -93,6 +93,7 @@ class MqttResult:
     bad: int = 0                 # bad payloads, dropped
     repeats: int = 0             # second copies (a recent timestamp of the device again)
     late: int = 0                # readings older than one scored before them (scored)
+    retained: int = 0            # retained messages (sent on subscribing), not scored
     signal: int = None           # the signal that stopped it
 
 
@@ -386,7 +387,8 @@ class _Bridge:
             if options.state else None
         self.rows = 0                        # scored over all runs of this state
         self.since_checkpoint = 0
-        self.inbox = queue.Queue()           # (topic, payload, mid, qos, arrival time)
+        self.inbox = queue.Queue()           # (topic, payload, mid, qos, arrival time or
+        #                                      None for a retained message)
         self.notes = _Notes(log)
         self.result = MqttResult()
         self.accepting = True
@@ -489,8 +491,12 @@ class _Bridge:
             self.log(f"edgegru mqtt: disconnected ({reason_code}); reconnecting")
 
     def _on_message(self, client, userdata, msg):
-        if self.accepting:      # after a stop signal, left unacknowledged: delivered again
-            self.inbox.put((msg.topic, msg.payload, msg.mid, msg.qos, time.time()))
+        if not self.accepting:  # after a stop signal, left unacknowledged: delivered again
+            return
+        # a retained message comes on subscribing: the broker's copy of a value published
+        # before, not a new reading (on every reconnect, it would be scored again)
+        arrived = None if msg.retain else time.time()
+        self.inbox.put((msg.topic, msg.payload, msg.mid, msg.qos, arrived))
 
     # -- the loop -------------------------------------------------------------------------
     def loop(self, signals):
@@ -520,6 +526,9 @@ class _Bridge:
         (or return the acknowledgements, to send after a save)."""
         keys, rows, readings = [], [], []
         for topic, payload, _, _, arrived in batch:
+            if arrived is None:
+                self.result.retained += 1
+                continue
             try:
                 device, values, stamp = self.readings.parse(topic, payload)
                 self._check_new(device, stamp)

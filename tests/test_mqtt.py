@@ -414,3 +414,31 @@ def test_late_readings_are_scored_and_counted():
     assert bridge.result.late == 2
     bridge._check_new("a", 6)
     assert bridge.result.late == 3
+
+
+class StubClient:
+    """What _Bridge asks of paho's client once connected: publish and ack, recorded."""
+
+    def __init__(self):
+        self.published, self.acked = [], []
+
+    def publish(self, topic, payload, qos):
+        self.published.append((topic, json.loads(payload)))
+
+    def ack(self, mid, qos):
+        self.acked.append(mid)
+
+
+def test_retained_messages_are_acknowledged_not_scored():
+    """A retained message comes on every subscription (the broker's copy of an old value):
+    scoring it would score that reading again at each reconnect."""
+    bridge = _Bridge(edgegru.AnomalyScorer.load(WEIGHTS),
+                     MqttOptions(subscribe=["p/+"], device_from_topic=2, publish="r/{device}"),
+                     log=lambda m: None)
+    bridge.client = StubClient()
+    reading = b'{"temperature": 20, "timestamp": 1}'
+    bridge._handle([("p/a", reading, 1, 1, None), ("p/a", b"junk", 2, 1, 1e9),
+                    ("p/a", reading.replace(b"1}", b"2}"), 3, 1, 1e9)])
+    assert bridge.client.acked == [1, 2, 3]
+    assert [(t, r["timestamp"]) for t, r in bridge.client.published] == [("r/a", 2)]
+    assert (bridge.result.retained, bridge.result.bad, bridge.result.scored) == (1, 1, 1)
