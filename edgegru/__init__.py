@@ -14,6 +14,10 @@ Where things are:
                           ``GroupScorer``: one stream per device key, batched
 - :mod:`edgegru.stream`    ``score_stream``: CSV rows in, one scored row out per row (``edgegru run``);
                           :mod:`edgegru.csvio` what a row means (layout, parsers, writer)
+- :mod:`edgegru.mqtt`      ``serve``: MQTT readings in, one result per reading published back
+                          (``edgegru mqtt``; ``pip install 'edgegru[mqtt]'``)
+- :mod:`edgegru.plot`      ``plot_csv``: a sensor file with its scores as a picture
+                          (``edgegru plot``; ``pip install 'edgegru[plot]'``)
 - :mod:`edgegru.npzfile`   the ``.npz`` files written atomically; the state files' header
 - :mod:`edgegru.calibrate` the scoring parameters (threshold, whitening, ...) fitted with NumPy
 - :mod:`edgegru.train`     ``train_model``: fit a forecaster with PyTorch, calibrate, save

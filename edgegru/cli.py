@@ -207,6 +207,113 @@ def run(weights, input_path, columns, no_header, delimiter, keep, group_by, thre
         sys.exit(128 + result.signal)
 
 
+@main.command()
+@click.option("--weights", required=True, type=click.Path(dir_okay=False),
+              help="The scoring model (.npz with preprocessing and scoring metadata).")
+@click.option("--broker", default="mqtt://localhost:1883", show_default=True,
+              help="mqtt://HOST[:PORT], or mqtts://HOST[:PORT] for TLS (see --cafile).")
+@click.option("--subscribe", multiple=True, required=True, metavar="TOPIC",
+              help="Topic filter of the readings, e.g. 'plant/+/telemetry' (repeatable).")
+@click.option("--publish", default="{topic}/anomaly", show_default=True, metavar="TEMPLATE",
+              help="Result topic; {device} and {topic} are the reading's.")
+@click.option("--device-from-topic", type=click.IntRange(min=1), metavar="N",
+              help="Topic level N (from 1) names the device (default: the whole topic).")
+@click.option("--device-key", metavar="FIELD", help="Or a field of the reading does.")
+@click.option("--columns", help="The fields of CSV payloads, in order, comma-separated "
+              "(default: the model's columns). JSON payloads use the model's column names.")
+@click.option("--timestamp-key", default="timestamp", show_default=True, metavar="FIELD",
+              help="The reading's time, echoed in the result (default there: arrival time).")
+@click.option("--explain", is_flag=True, help="Add each channel's contribution (contrib).")
+@click.option("--on-change", is_flag=True, help="Publish only alarms and all-clears.")
+@click.option("--threshold", type=float, help="Anomaly threshold (default: the model's).")
+@click.option("--client-id", help="MQTT client id of the persistent session [default: "
+              "edgegru-<hostname>].")
+@click.option("--state", type=click.Path(dir_okay=False), help="State file of every device: "
+              "resumed from if it exists, saved on stop and every --checkpoint-every readings.")
+@click.option("--checkpoint-every", type=click.IntRange(min=0), default=0, metavar="N",
+              help="Also save the state every N readings (needs --state).")
+@click.option("--max-devices", type=click.IntRange(min=1), default=10_000, show_default=True,
+              help="Readings of more devices are dropped as bad payloads.")
+@click.option("--cafile", type=click.Path(exists=True, dir_okay=False),
+              help="CA certificates for mqtts:// (default: the system's).")
+@click.option("--username", help="User name on the broker.")
+@click.option("--password-file", type=click.Path(exists=True, dir_okay=False),
+              help="A file whose first line is the password (never on the command line).")
+@click.option("-q", "--quiet", is_flag=True, help="No note that the kernels are compiling.")
+@friendly_errors
+def mqtt(weights, subscribe, columns, password_file, quiet, **options):
+    """Score MQTT sensor readings: one result per reading, published back (needs paho-mqtt:
+    pip install 'edgegru[mqtt]').
+
+    A reading is a JSON object of the model's columns ({"temperature": 71.2, ...}; a
+    missing key is a missing value) or a CSV line. QoS 1 both ways and a persistent session:
+    readings sent while edgegru restarts are scored when it is back, in order. Delivery,
+    results and broker settings: docs/mqtt.md. Exit codes: 0, 1 (bad model, state file or
+    broker), 2 bad usage, 74 --state not writable, 129/130/143 stopped by a signal, state saved.
+
+    \b
+    Example:
+      edgegru mqtt --weights weights/model.npz --broker mqtt://localhost:1883 \\
+          --subscribe 'plant/+/telemetry' --device-from-topic 2 \\
+          --publish 'plant/{device}/anomaly' --state mqtt.state --checkpoint-every 1000
+    """
+    from edgegru.mqtt import MqttOptions, paho, serve
+    paho()
+    if options["checkpoint_every"] and not options["state"]:
+        raise click.UsageError("--checkpoint-every needs --state FILE")
+    if password_file:
+        with open(password_file, encoding="utf-8") as f:
+            options["password"] = f.readline().rstrip("\r\n")
+    scorer = edgegru.AnomalyScorer.load(weights)
+    if not quiet and _isatty(sys.stderr):
+        _say_if_compiling()
+    result = serve(scorer, MqttOptions(subscribe=list(subscribe), columns=_names(columns),
+                                       **options))
+    click.echo(f"edgegru mqtt: {result.scored} readings scored, {result.published} results "
+               f"published, {result.bad} bad payloads, {result.repeats} repeats dropped, "
+               f"{result.late} late",
+               err=True)
+    if result.signal is not None:
+        sys.exit(128 + result.signal)
+
+
+@main.command()
+@click.argument("data", type=click.Path(exists=True, dir_okay=False))
+@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False),
+              help="The picture to write: .png, .svg or .pdf.")
+@click.option("--weights", type=click.Path(dir_okay=False), help="Score DATA with this model.")
+@click.option("--scores", type=click.Path(exists=True, dir_okay=False),
+              help="Or read the scores: edgegru run's CSV output for DATA.")
+@click.option("--threshold", type=float, help="Anomaly threshold (default: the model's).")
+@click.option("--explain", is_flag=True, help="Add the channels' contributions, stacked.")
+@click.option("--per-channel", is_flag=True, help="One panel per channel.")
+@click.option("--from", "start", metavar="ROW|TIME", help="First row shown: a row number "
+              "(from 1) or a time of the time column.")
+@click.option("--to", "stop", metavar="ROW|TIME", help="Last row shown.")
+@click.option("--delimiter", help="Field separator of DATA (default: sniffed).")
+@friendly_errors
+def plot(data, output, weights, scores, threshold, explain, per_channel, start, stop,
+         delimiter):
+    """Plot a sensor CSV with its anomaly scores: the channels (normalised), the score on a
+    log axis with the threshold, alarms shaded (needs matplotlib: pip install
+    'edgegru[plot]').
+
+    \b
+    Examples:
+      edgegru plot examples/sensor_heldout.csv --weights weights/model.npz -o scores.png
+      edgegru plot pump.csv --scores scores.csv --explain --from 2026-01-03 -o pump.svg
+    """
+    from edgegru.plot import plot_csv, pyplot
+    pyplot()
+    if bool(weights) == bool(scores):
+        raise click.UsageError("give --weights (to score DATA) or --scores, one of them")
+    scorer = edgegru.AnomalyScorer.load(weights) if weights else None
+    n = plot_csv(output, data, scorer, scores, threshold=threshold, explain=explain,
+                 per_channel=per_channel, start=start, stop=stop,
+                 delimiter=_delimiter(delimiter))
+    click.echo(f"{output}: {n} rows", err=True)
+
+
 class _TypedCommand(click.Command):
     """A command that keeps its arguments as typed (ctx.meta["argv"]), for the provenance."""
 
@@ -249,6 +356,8 @@ def _expert(name, **kwargs):
          help="Threshold: score crossings per row on normal data.")
 @_option("--seed", type=int, help="Random seed.")
 @click.option("-q", "--quiet", is_flag=True, help="Print nothing on stderr.")
+@click.option("--plot", type=click.Path(dir_okay=False), help="Also draw the calibration rows "
+              "with their scores (.png/.svg, as edgegru plot does; needs matplotlib).")
 @click.option("--state-dict", type=click.Path(dir_okay=False), hidden=True,
               help="Where to save the PyTorch state dict (default: OUTPUT with .pt).")
 @_expert("--calibration-fraction", type=float,
@@ -290,7 +399,7 @@ def _expert(name, **kwargs):
          "multiple of its largest value on the normal rows.")
 @_expert("--level-shrinkage", type=float, help="Level test: covariance shrinkage.")
 @friendly_errors
-def train(data, output, columns, delimiter, train_rows, train_fraction, quiet, state_dict,
+def train(data, output, columns, delimiter, train_rows, train_fraction, quiet, plot, state_dict,
           **options):
     """Train a GRU forecaster on the normal rows of a sensor CSV and calibrate its anomaly
     score: writes a model for `edgegru run` (needs PyTorch: pip install 'edgegru[train]').
@@ -315,14 +424,35 @@ def train(data, output, columns, delimiter, train_rows, train_fraction, quiet, s
     fields = TrainingOptions.__dataclass_fields__
     argv = click.get_current_context().meta.get("argv", [])
     log = (lambda line: None) if quiet else (lambda line: click.echo(line, err=True))
-    train_model(
+    if plot:
+        from edgegru.plot import pyplot
+        pyplot()                             # matplotlib missing: say so before training
+    model = train_model(
         data, output, columns=_names(columns), delimiter=delimiter, train_rows=train_rows,
         train_fraction=train_fraction, state_dict=state_dict,
         options=TrainingOptions(**{k: v for k, v in options.items() if k in fields}),
         calibration=CalibrationOptions(**{k: v for k, v in options.items() if k not in fields}),
         # as typed, less -q (which does not change the file)
-        command=" ".join(["edgegru", "train"] + [a for a in argv if a not in ("-q", "--quiet")]),
+        command=" ".join(["edgegru", "train"] + _as_typed(argv)),
         log=log, progress=log if not quiet and sys.stderr.isatty() else None)
+    if plot:
+        from edgegru.plot import plot_csv
+        a, b = model.meta["provenance"]["split"]["calibration_rows"]
+        plot_csv(plot, data, edgegru.AnomalyScorer.from_model(model), start=a, stop=b,
+                 delimiter=delimiter, title=f"{data}: the {b - a} calibration rows")
+
+
+def _as_typed(argv):
+    """The arguments of `edgegru train` as typed, less those that do not change the file it
+    writes (-q, --plot FILE), so that the file does not depend on them."""
+    typed, skip = [], False
+    for a in argv:
+        if not skip and a not in ("-q", "--quiet") and not a.startswith("--plot="):
+            skip = a == "--plot"
+            typed += [] if skip else [a]
+        else:
+            skip = False
+    return typed
 
 
 def _delimiter(value):

@@ -469,7 +469,7 @@ def valid_threshold(value, name="threshold"):
 class AnomalyScorer:
     """Score sensor rows one at a time or in bulk; high means anomalous.
 
-    >>> scorer = AnomalyScorer.from_model(edgegru.load("weights/model.npz"))  # doctest: +SKIP
+    >>> scorer = AnomalyScorer.load("weights/model.npz")  # doctest: +SKIP
     >>> s = scorer.score_one({"temperature": 41.2, "vibration": 2.1, "current": 11.0,
     ...                       "pressure": 3.9})                      # doctest: +SKIP
     >>> flag = s > scorer.threshold                                  # doctest: +SKIP
@@ -532,6 +532,12 @@ class AnomalyScorer:
         self._prepare_row = None
         self._row_shape = (C,)
         self._delta = forecast == "delta"
+
+    @classmethod
+    def load(cls, path, backend=None):
+        """A scorer from a model file: ``from_model(edgegru.load(path), source=path)``."""
+        from edgegru.formats import load     # formats reads files into models; it never scores
+        return cls.from_model(load(path, backend=backend), source=str(path))
 
     @classmethod
     def from_model(cls, model, source="the model"):
@@ -768,7 +774,7 @@ class GroupScorer:
     A key seen for the first time starts from a fresh state. Keys are any hashable values;
     ``state`` stores them as strings (so give strings if you restore states).
 
-    >>> scorer = AnomalyScorer.from_model(edgegru.load("weights/model.npz"))  # doctest: +SKIP
+    >>> scorer = AnomalyScorer.load("weights/model.npz")  # doctest: +SKIP
     >>> group = GroupScorer(scorer)                                  # doctest: +SKIP
     >>> scores = group.score_many(["pump-1", "pump-2", "pump-1"], rows)   # doctest: +SKIP
 

@@ -4,7 +4,7 @@ parsers, the output format) is :mod:`edgegru.csvio`.
 
 >>> import sys, edgegru
 >>> from edgegru.stream import score_stream
->>> scorer = edgegru.AnomalyScorer.from_model(edgegru.load("weights/model.npz"))  # doctest: +SKIP
+>>> scorer = edgegru.AnomalyScorer.load("weights/model.npz")  # doctest: +SKIP
 >>> result = score_stream(scorer, sys.stdin.buffer, sys.stdout.buffer)  # doctest: +SKIP
 
 Reading. Bytes are read as soon as they are available (``os.read`` on the file descriptor, after

@@ -114,7 +114,7 @@ def main(argv=None):
     p.add_argument("--verbose", action="store_true", help="print every reading's score")
     args = p.parse_args(argv)
 
-    scorer = edgegru.AnomalyScorer.from_model(edgegru.load(args.weights), source=args.weights)
+    scorer = edgegru.AnomalyScorer.load(args.weights)
     load_state(scorer, args.state)
     led = Led(args.gpio)
     simulated = read_hardware() is None
