@@ -1,4 +1,4 @@
-"""A GRU stack with an optional linear head: sizes (GRUConfig), weights (GRUWeights), run state.
+"""A GRU stack with an optional head: sizes (GRUConfig), weights (GRUWeights), run state.
 
 The weights arrive here in one layout, whatever format they came from (the format modules do the
 translating): per layer and direction, PyTorch-shaped matrices with the gate blocks in the order
@@ -17,11 +17,14 @@ import time
 
 import numpy as np
 
-from edgegru import kernels
+from edgegru import heads, kernels
 from edgegru._jit import JIT
 from edgegru.errors import ModelFormatError
 
-HEAD_ACTIVATIONS = {"linear": kernels.HEAD_LINEAR, "sigmoid": kernels.HEAD_SIGMOID}
+# what a head layer may apply (edgegru.heads); the first two run fused into the GRU kernels
+HEAD_ACTIVATIONS = tuple(heads.ACTIVATIONS)
+_FUSED_HEAD = {"linear": kernels.HEAD_LINEAR, "sigmoid": kernels.HEAD_SIGMOID}
+HEAD_ON = ("all", "last")
 GATE_ACTIVATIONS = ("sigmoid", "hard_sigmoid")
 _F32 = np.dtype(np.float32)
 _ndarray = np.ndarray
@@ -32,6 +35,12 @@ _F32_STRIDES = (4,)             # a one-dimensional, contiguous float32 array's
 @dataclasses.dataclass(frozen=True)
 class GRUConfig:
     """Sizes and variant. ``output_size == 0`` means no head (the output is the top hidden state).
+
+    The head: ``head_hidden`` dense layers ``((units, activation), ...)``, then the output layer
+    of ``output_size`` units and ``head_activation``; activations are those of
+    :data:`HEAD_ACTIVATIONS` (a head ``hard_sigmoid`` is ``clip(head_alpha * x + head_beta, 0,
+    1)``: alpha 1/6 in PyTorch and Keras 3, 0.2 in Keras 2 and ONNX). ``head_on="last"`` makes a
+    sequence-to-one model: :meth:`Model.run` returns the head's output for the last step only.
 
     ``gate_activation`` is what the reset and update gates apply: the logistic ``"sigmoid"``
     (PyTorch, ONNX and Keras' default), or ``"hard_sigmoid"``, ``clip(gate_alpha * x +
@@ -50,6 +59,10 @@ class GRUConfig:
     gate_activation: str = "sigmoid"
     gate_alpha: float = 0.2
     gate_beta: float = 0.5
+    head_on: str = "all"            # "last": run() returns the last step's output
+    head_hidden: tuple = ()         # ((units, activation), ...) before the output layer
+    head_alpha: float = 1 / 6
+    head_beta: float = 0.5
 
     def __post_init__(self):
         for name in ("input_size", "hidden_size", "num_layers"):
@@ -64,11 +77,44 @@ class GRUConfig:
         if self.gate_activation not in GATE_ACTIVATIONS:
             raise ValueError(f"gate_activation must be one of {list(GATE_ACTIVATIONS)}, "
                              f"got {self.gate_activation!r}")
-        for name in ("gate_alpha", "gate_beta"):
+        if self.head_on not in HEAD_ON:
+            raise ValueError(f"head_on must be one of {list(HEAD_ON)}, got {self.head_on!r}")
+        self._check_head_hidden()
+        for name in ("gate_alpha", "gate_beta", "head_alpha", "head_beta"):
             value = getattr(self, name)
             if not isinstance(value, (int, float, np.floating, np.integer)) \
                     or isinstance(value, bool) or not np.isfinite(value):
                 raise ValueError(f"{name} must be a finite number, got {value!r}")
+
+    def _check_head_hidden(self):
+        try:
+            layers = tuple((int(u), str(a)) for u, a in self.head_hidden)
+        except (TypeError, ValueError):
+            raise ValueError(f"head_hidden must be ((units, activation), ...), "
+                             f"got {self.head_hidden!r}") from None
+        for (units, act), (u0, _) in zip(layers, self.head_hidden):
+            if isinstance(u0, bool) or units != u0 or units < 1:
+                raise ValueError(f"head_hidden: units must be positive integers, got {u0!r}")
+            if act not in HEAD_ACTIVATIONS:
+                raise ValueError(f"head_hidden: activation must be one of "
+                                 f"{list(HEAD_ACTIVATIONS)}, got {act!r}")
+        if layers and not self.output_size:
+            raise ValueError("head_hidden needs an output layer: set output_size")
+        object.__setattr__(self, "head_hidden", layers)        # hashable, comparable
+
+    @property
+    def fused_head(self):
+        """True when the head (if any) is one linear layer, + sigmoid or not: the GRU kernels
+        compute it; any other head runs after them (edgegru.heads)."""
+        return not self.head_hidden and self.head_activation in _FUSED_HEAD
+
+    @property
+    def head_layers(self):
+        """[(name prefix, units, activation)] of every dense layer of the head, in order."""
+        if not self.output_size:
+            return []
+        return [(f"head{i}.", u, a) for i, (u, a) in enumerate(self.head_hidden)] \
+            + [("head.", self.output_size, self.head_activation)]
 
     @property
     def gate_args(self):
@@ -94,9 +140,11 @@ class GRUConfig:
                 shapes[p + "w_hh"] = (G, H)
                 shapes[p + "b_ih"] = (G,)
                 shapes[p + "b_hh"] = (G,)
-        if self.output_size:
-            shapes["head.weight"] = (self.output_size, H * self.num_directions)
-            shapes["head.bias"] = (self.output_size,)
+        width = H * self.num_directions
+        for prefix, units, _ in self.head_layers:
+            shapes[prefix + "weight"] = (units, width)
+            shapes[prefix + "bias"] = (units,)
+            width = units
         return shapes
 
 
@@ -116,7 +164,7 @@ class GRUWeights:
         rng = np.random.default_rng(seed)
         arrays = {}
         for name, shape in config.expected_shapes().items():
-            fan = config.hidden_size * config.num_directions if name.startswith("head.") \
+            fan = config.hidden_size * config.num_directions if name.startswith("head") \
                 else config.hidden_size
             arrays[name] = rng.uniform(-fan ** -0.5, fan ** -0.5, size=shape).astype(np.float32)
             if not config.bias and name.endswith(("b_ih", "b_hh")):
@@ -147,7 +195,8 @@ def pack_params(config, weights, block_columns=0):
     blocked for kernels with blocks of block_columns (kernels.RECURRENT_BLOCK_COLUMNS; the
     NumPy fallback's 0: never)."""
     I, H, L, D = config.input_size, config.hidden_size, config.num_layers, config.num_directions
-    params = np.zeros(kernels.params_size(I, H, L, D, config.output_size), dtype=np.float32)
+    O = config.output_size if config.fused_head else 0          # the other heads: edgegru.heads
+    params = np.zeros(kernels.params_size(I, H, L, D, O), dtype=np.float32)
     a = weights.arrays
     for l in range(L):
         for d in range(D):
@@ -164,7 +213,7 @@ def pack_params(config, weights, block_columns=0):
             params[b_x:b_x + 3 * H] = bx
             w = kernels.pack_recurrent(a[name + "w_hh"].T, block_columns)
             params[w_hh:w_hh + w.size] = w
-    if config.output_size:
+    if O:
         w_head = kernels.head_offset(I, H, L, D)
         n = config.output_size * H * D
         params[w_head:w_head + n] = a["head.weight"].ravel()
@@ -194,7 +243,7 @@ def _kernel_module(backend):
 
 
 class Model:
-    """A GRU stack (+ optional linear head) with its own state, for streaming and sequences.
+    """A GRU stack (+ optional head) with its own state, for streaming and sequences.
 
     >>> import numpy as np, edgegru
     >>> cfg = edgegru.GRUConfig(input_size=2, hidden_size=4)
@@ -213,13 +262,22 @@ class Model:
         self._k = _kernel_module(backend)
         params = pack_params(config, weights, self._k.RECURRENT_BLOCK_COLUMNS)
         I, H, L, D = config.input_size, config.hidden_size, config.num_layers, config.num_directions
-        self._head_act = HEAD_ACTIVATIONS[config.head_activation]
+        # The GRU kernels compute a one-layer linear (+ sigmoid) head themselves; with any
+        # other head they output the top layer (gru_out 0, width K) and edgegru.heads goes on.
+        self._gru_out = config.output_size if config.fused_head else 0
+        self._gru_width = self._gru_out or H * D
+        self._head_act = _FUSED_HEAD.get(config.head_activation, kernels.HEAD_LINEAR)
+        self._chain = None
+        if not config.fused_head and config.output_size:
+            self._chain, self._top = _chain_args(config, weights)
+            self._head_step, self._head_rows = (heads.head_step, heads.head_rows) \
+                if self._k is kernels else (heads.numpy_head_step, heads.numpy_head_rows)
         # Everything in one array, allocated once: the step kernel's [header | params | work],
         # the work being the run state [h (L*D, H) | step scratch (6H)]. The sequence kernel
         # gets views of params and h.
         P, W = params.size, L * D * H + 6 * H
         self._step_model = _aligned_zeros(kernels.step_model_size(P, W))
-        kernels.write_step_header(self._step_model, I, H, L, config.output_size,
+        kernels.write_step_header(self._step_model, I, H, L, self._gru_out,
                                   config.reset_after, *config.gate_args, self._head_act, P)
         self._params = self._step_model[kernels.STEP_HEADER:kernels.STEP_HEADER + P]
         self._params[:] = params
@@ -255,7 +313,8 @@ class Model:
                 f"num_layers={c.num_layers}{' bidirectional' if c.bidirectional else ''} "
                 f"{'reset_after' if c.reset_after else 'reset_before'} "
                 f"{'hard_sigmoid gates ' if c.gate_activation == 'hard_sigmoid' else ''}"
-                f"output_size={self.output_size}>")
+                f"output_size={self.output_size}"
+                f"{' sequence-to-one' if c.head_on == 'last' else ''}>")
 
     # -- state ----------------------------------------------------------------------------
     @property
@@ -334,9 +393,24 @@ class Model:
             raise ValueError("step() needs a unidirectional model: a bidirectional layer reads "
                              "the whole sequence, so use run() on the sequence instead")
         args = self._step_call[1:]
-        kernel = self._k.entry_point(self._k.gru_step, (out, x) + args)
+        if self._chain is None:
+            kernel = self._k.entry_point(self._k.gru_step, (out, x) + args)
+        else:
+            kernel = self._chained_step(out, x, args)
         self._step_call = (kernel,) + args
         return kernel
+
+    def _chained_step(self, out, x, args):
+        # A head past the fused one: the GRU step into the top layer's buffer, then the head
+        # on it, each through its compiled entry point.
+        top, chain = self._top, self._chain
+        gru = self._k.entry_point(self._k.gru_step, (top, x) + args)
+        head = self._k.entry_point(self._head_step, (out, top) + chain)
+
+        def step(out, x, model):
+            gru(top, x, model)
+            head(out, top, *chain)
+        return step
 
     def stepper(self, x, out):
         """A function of no arguments that does ``step(x, out=out)`` with these two buffers,
@@ -384,12 +458,21 @@ class Model:
             times["step"] = time.perf_counter() - t
             t = time.perf_counter()
         L, D, H = c.num_layers, c.num_directions, c.hidden_size
-        args = (np.empty((1, 1, self.output_size), np.float32),
+        args = (np.empty((1, 1, self._gru_width), np.float32),
                 np.empty((1, 1, c.input_size), np.float32), np.empty((L * D, 1, H), np.float32),
-                self._params, self._ws, c.input_size, H, L, D, c.output_size, c.reset_after) \
+                self._params, self._ws, c.input_size, H, L, D, self._gru_out, c.reset_after) \
             + c.gate_args + (self._head_act,)
         kernels.entry_point(kernels.gru_sequences, args)       # run() then finds it compiled
         times["sequence"] = time.perf_counter() - t
+        # the deeper heads' kernels, for every model: edgegru compile builds the ahead-of-time
+        # module from what this process compiled, and the next model may need them
+        t = time.perf_counter()
+        chain = self._chain or (np.zeros(2, np.float32), np.array([[1, 1, 0]], np.int64),
+                                np.float32(0), np.float32(0), np.zeros(2, np.float32))
+        one = np.zeros(1, np.float32)
+        kernels.entry_point(heads.head_step, (one, one) + chain)
+        kernels.entry_point(heads.head_rows, (one.reshape(1, 1), one.reshape(1, 1)) + chain)
+        times["head"] = time.perf_counter() - t
         return times
 
     def _check_step_input(self, x):
@@ -403,7 +486,7 @@ class Model:
                              f"use run()")
         return x
 
-    def run(self, X, h0=None, return_state=False):
+    def run(self, X, h0=None, return_state=False, all_steps=None):
         """A whole sequence, or a batch of independent sequences.
 
         - X (T, input_size) -> Y (T, output_size): continues from ``state`` and updates it.
@@ -411,6 +494,10 @@ class Model:
           ``batch_first=True``), each starting from ``h0`` (num_layers * num_directions, B,
           hidden_size), zeros by default; ``state`` is left alone. With ``return_state=True``
           the final states come back too, as ``(Y, h_n)`` with h_n shaped like h0.
+
+        A sequence-to-one model (``config.head_on == "last"``) returns the last step's output
+        only: (output_size,), or (B, output_size) for a batch; ``all_steps=True`` returns every
+        step's, as above (and ``all_steps=False`` the last step's, whatever the model).
         """
         X = _as_float32(X, "X")
         c = self.config
@@ -437,16 +524,46 @@ class Model:
                                      f"got {h0.shape}")
                 h = h0.copy()
         B, T = Xb.shape[:2]
+        all_steps = c.head_on == "all" if all_steps is None else bool(all_steps)
+        if not all_steps and T == 0:
+            raise ValueError("X has no time steps: the last step's output needs one at least")
         need = kernels.sequence_workspace_size(B, T, H, D)
         if self._ws.size < need:
             self._ws = _aligned_zeros(need)
-        Y = np.empty((B, T, self.output_size), dtype=np.float32)
+        Y = np.empty((B, T, self._gru_width), dtype=np.float32)
         if T and B:
             self._k.gru_sequences(Y, Xb, h, self._params, self._ws, c.input_size, H, L, D,
-                                  c.output_size, c.reset_after, *c.gate_args, self._head_act)
+                                  self._gru_out, c.reset_after, *c.gate_args, self._head_act)
+        Y = self._apply_head(Y, all_steps)
         if X.ndim == 2:
             return (Y[0], self.state) if return_state else Y[0]
         return (Y, h) if return_state else Y
+
+
+    def _apply_head(self, Y, all_steps):
+        # Y (B, T, gru width) from the GRU kernels -> (B, T, O), or (B, O) for the last step
+        if not all_steps:
+            Y = np.ascontiguousarray(Y[:, -1])
+        if self._chain is None:
+            return Y
+        out = np.empty(Y.shape[:-1] + (self.output_size,), np.float32)
+        if out.size:
+            self._head_rows(out.reshape(-1, self.output_size), Y.reshape(-1, Y.shape[-1]),
+                            *self._chain)
+        return out
+
+
+def _chain_args(config, weights):
+    """The head kernels' arguments after (y, x): (weights, layers, alpha, beta, scratch), and
+    the buffer of the top layer's output that step() runs the head on."""
+    a = weights.arrays
+    layers = config.head_layers
+    flat, table, scratch = heads.pack([a[p + "weight"] for p, _, _ in layers],
+                                      [a[p + "bias"] for p, _, _ in layers],
+                                      [act for _, _, act in layers])
+    top = _aligned_zeros(config.hidden_size * config.num_directions)
+    return (flat, table, np.float32(config.head_alpha), np.float32(config.head_beta),
+            np.zeros(scratch, np.float32)), top
 
 
 def _aligned_zeros(n, align=64):

@@ -56,8 +56,20 @@ def gru(config, arrays, X, h0=None):
                 out[t, d * H:(d + 1) * H] = h
             h_n[l * D + d] = h
         seq = out
-    if config.output_size:
-        seq = seq @ a["head.weight"].T + a["head.bias"]
-        if config.head_activation == "sigmoid":
-            seq = sigmoid(seq)
+    for prefix, _, act in config.head_layers:        # dense layers, then the activation
+        seq = activation(seq @ a[prefix + "weight"].T + a[prefix + "bias"], act, config)
+    if config.head_on == "last":
+        seq = seq[-1]
     return seq, h_n
+
+
+def activation(v, name, config):
+    if name == "relu":
+        return np.maximum(v, 0.0)
+    if name == "tanh":
+        return np.tanh(v)
+    if name == "sigmoid":
+        return sigmoid(v)
+    if name == "hard_sigmoid":
+        return hard_sigmoid(v, config.head_alpha, config.head_beta)
+    return v

@@ -12,6 +12,7 @@
 and takes a path or the file's bytes; :func:`save` writes edgegru's own file (the only format
 written).
 """
+import dataclasses
 import hashlib
 import io
 import os
@@ -29,11 +30,13 @@ _EXTENSIONS = {".pt": "pytorch", ".pth": "pytorch", ".bin": "pytorch", ".onnx": 
                ".hdf5": "keras"}
 
 
-def load(source, backend=None, format=None, head=None):
+def load(source, backend=None, format=None, head=None, head_on=None):
     """A :class:`~edgegru.Model` from a model file (a path, or its bytes).
 
     format: one of :data:`FORMATS` to skip detection. head: for state-dict formats, which
-    ``nn.Linear`` is the head (see :func:`edgegru.from_state_dict`).
+    ``nn.Linear`` is the head, or a list naming a deeper one (see
+    :func:`edgegru.from_state_dict`). head_on: ``"last"`` or ``"all"`` to override what the
+    file says (a state dict says nothing: ``"all"``); None keeps it.
     """
     data, name = _read(source)
     try:
@@ -44,6 +47,8 @@ def load(source, backend=None, format=None, head=None):
         if fmt == "native":
             return native.load(name, backend=backend, data=data)
         model = _load_foreign(fmt, data, name, backend, head)
+        if head_on is not None and head_on != model.config.head_on:
+            model = _with_head_on(model, head_on, backend)
     except ModelFormatError as exc:
         message = " ".join(str(exc).split())            # one line, and short: parsers' own
         if len(message) > 300:                          # messages can quote whole headers
@@ -67,6 +72,15 @@ def save(model, path):
     True
     """
     native.save(model, path)
+
+
+def _with_head_on(model, head_on, backend):
+    from edgegru.model import Model
+    try:
+        config = dataclasses.replace(model.config, head_on=head_on)
+    except ValueError as exc:
+        raise ModelFormatError(str(exc)) from None
+    return Model(config, model.weights, meta=model.meta, backend=backend)
 
 
 def _load_foreign(fmt, data, name, backend, head):
@@ -168,9 +182,13 @@ def describe(model):
     c = model.config
     count = sum(int(a.size) for name, a in model.weights.arrays.items()
                 if c.bias or not name.endswith(("b_ih", "b_hh")))     # bias=False: zeros
-    head = (f"linear {c.hidden_size * c.num_directions} -> {c.output_size}"
-            + (" + sigmoid" if c.head_activation == "sigmoid" else "")) if c.output_size \
-        else "none (output = top hidden state)"
+    width, layers = c.hidden_size * c.num_directions, []
+    for _, units, act in c.head_layers:
+        layers.append(f"linear {width} -> {units}" + ("" if act == "linear" else f" + {act}"))
+        width = units
+    head = ", ".join(layers) or "none (output = top hidden state)"
+    if any(act == "hard_sigmoid" for _, _, act in c.head_layers):
+        head += f" (hard_sigmoid: clip({c.head_alpha:.6g} x + {c.head_beta:.6g}, 0, 1))"
     source = model.meta.get("provenance", {}).get("source", {})
     return {
         "variant": "reset_after (PyTorch)" if c.reset_after else "reset_before (Cho 2014)",
@@ -179,6 +197,8 @@ def describe(model):
         "input_size": c.input_size, "hidden_size": c.hidden_size, "num_layers": c.num_layers,
         "directions": "bidirectional" if c.bidirectional else "unidirectional",
         "bias": c.bias, "head": head, "output_size": model.output_size,
+        "head_on": "last step (sequence-to-one: run() returns the last step's output)"
+                   if c.head_on == "last" else "every step",
         "parameters": count,
         "source": ", ".join(f"{k}={v}" for k, v in source.items() if v is not None) or "-",
         "weights_sha256": weights_sha256(model),
