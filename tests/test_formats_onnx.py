@@ -257,7 +257,10 @@ def test_unsupported_ops_and_inputs_are_named():
     gru = helper.make_node("GRU", ["x", "W", "R", "B"], ["Y", ""], hidden_size=5)
     _refused([helper.make_node("LSTM", ["x", "W", "R"], ["y"], hidden_size=5)], init,
              r"node \(unnamed\) \(LSTM\): op LSTM is not supported")
-    _refused([gru, helper.make_node("Relu", ["Y"], ["y"])], init, "op Relu is not supported")
+    _refused([gru, helper.make_node("Softsign", ["Y"], ["y"])], init,
+             "op Softsign is not supported")
+    _refused([gru, helper.make_node("Relu", ["Y"], ["y"])], init,
+             "Relu is read only as a head layer's activation, after its MatMul/Gemm")
     h0 = {**init, "h0": np.ones((1, 1, 5), np.float32)}
     _refused([helper.make_node("GRU", ["x", "W", "R", "B", "", "h0"], ["y", ""],
                                hidden_size=5)], h0, "initial_h is not constant zeros")

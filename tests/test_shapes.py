@@ -1,0 +1,126 @@
+"""The model shapes people export (tools/make_shape_fixtures.py wrote the files and what PyTorch,
+onnxruntime and Keras 3 compute on T=1000 steps): sequence-to-one, heads deeper than one linear
+layer, each file against its framework within 1e-5, and step() against run() bitwise."""
+import os
+
+import numpy as np
+import pytest
+
+import edgegru
+
+DATA = os.path.join(os.path.dirname(__file__), "data", "shapes")
+TOL = 1e-5
+SIMPLE = {"head_on": "last"}
+MLP2 = {"head": ["head.0", "relu", "head.2"]}
+MLP3 = {"head": ["head.0", "tanh", "head.2", "hardsigmoid", "head.4", "sigmoid"],
+        "head_on": "last"}
+BIDIR = {"head": ["head.0", "relu", "head.2"], "head_on": "last"}
+# file: (expected key, load() arguments, head_on, head layers (units, activation))
+FILES = {
+    "simple_gru.pt": ("simple_gru", SIMPLE, "last", [(1, "linear")]),
+    "simple_gru.onnx": ("simple_gru", {}, "last", [(1, "linear")]),
+    "simple_gru_dynamo.onnx": ("simple_gru", {}, "last", [(1, "linear")]),
+    "mlp2.pt": ("mlp2", MLP2, "all", [(8, "relu"), (2, "linear")]),
+    "mlp2.onnx": ("mlp2", {}, "all", [(8, "relu"), (2, "linear")]),
+    "mlp2_dynamo.onnx": ("mlp2", {}, "all", [(8, "relu"), (2, "linear")]),
+    "mlp3_last.pt": ("mlp3_last", MLP3, "last",
+                     [(16, "tanh"), (8, "hard_sigmoid"), (1, "sigmoid")]),
+    "mlp3_last.onnx": ("mlp3_last", {}, "last",
+                       [(16, "tanh"), (8, "hard_sigmoid"), (1, "sigmoid")]),
+    "mlp3_last_dynamo.onnx": ("mlp3_last", {}, "last",
+                              [(16, "tanh"), (8, "hard_sigmoid"), (1, "sigmoid")]),
+    "bidir_mlp_last.pt": ("bidir_mlp_last", BIDIR, "last", [(5, "relu"), (3, "linear")]),
+    "bidir_mlp_last.onnx": ("bidir_mlp_last", {}, "last", [(5, "relu"), (3, "linear")]),
+    "bidir_mlp_last_dynamo.onnx": ("bidir_mlp_last", {}, "last", [(5, "relu"), (3, "linear")]),
+    "keras_gru32_sigmoid.keras": ("keras_gru32_sigmoid", {}, "all", [(1, "sigmoid")]),
+    "keras_gru32_sigmoid.h5": ("keras_gru32_sigmoid", {}, "all", [(1, "sigmoid")]),
+    "keras_last_mlp.keras": ("keras_last_mlp", {}, "last",
+                             [(32, "relu"), (8, "tanh"), (1, "linear")]),
+    "keras_last_mlp.h5": ("keras_last_mlp", {}, "last",
+                          [(32, "relu"), (8, "tanh"), (1, "linear")]),
+    "keras_hard_sigmoid_head.keras": ("keras_hard_sigmoid_head", {}, "all",
+                                      [(6, "hard_sigmoid"), (2, "linear")]),
+}
+
+
+@pytest.fixture(scope="module")
+def expected():
+    with np.load(os.path.join(DATA, "expected.npz")) as z:
+        return dict(z)
+
+
+def _load(file):
+    if file.endswith(".onnx"):
+        pytest.importorskip("onnx")
+    if file.endswith((".keras", ".h5")):
+        pytest.importorskip("h5py")
+    return edgegru.load(os.path.join(DATA, file), **FILES[file][1])
+
+
+@pytest.mark.parametrize("file", sorted(FILES))
+def test_matches_the_framework(file, expected):
+    key, _, head_on, layers = FILES[file]
+    model = _load(file)
+    c = model.config
+    assert c.head_on == head_on
+    assert [(units, act) for _, units, act in c.head_layers] == layers
+    assert c.fused_head == (len(layers) == 1 and layers[0][1] in ("linear", "sigmoid"))
+    X = expected[f"X{model.input_size}"]
+    Y = model.run(X)
+    assert Y.shape == expected[key].shape
+    assert np.abs(Y - expected[key]).max() <= TOL
+
+
+@pytest.mark.parametrize("file", sorted(f for f in FILES if "bidir" not in f))
+def test_step_equals_run_bitwise(file, expected):
+    model = _load(file)
+    X = expected[f"X{model.input_size}"][0]
+    every = model.run(X, all_steps=True)
+    model.reset()
+    out = np.empty(model.output_size, np.float32)
+    steps = np.array([model.step(x, out=out).copy() for x in X])
+    assert np.array_equal(steps, every)
+    model.reset()
+    last = model.run(X)
+    assert np.array_equal(last, every[-1] if model.config.head_on == "last" else every)
+
+
+def test_sequence_to_one_survives_the_native_file(expected, tmp_path):
+    for file in ("simple_gru.onnx", "mlp3_last.pt", "keras_last_mlp.keras"):
+        model = _load(file)
+        edgegru.save(model, tmp_path / "m.npz")
+        back = edgegru.load(tmp_path / "m.npz")
+        assert back.config == model.config
+        X = expected[f"X{model.input_size}"]
+        assert np.array_equal(back.run(X), model.run(X))
+
+
+def test_a_state_dict_says_nothing_of_the_last_step(expected):
+    # without head_on="last" the state dict's model returns every step; its last is PyTorch's
+    model = edgegru.load(os.path.join(DATA, "simple_gru.pt"))
+    Y = model.run(expected["X10"])
+    assert Y.shape == (2, 1000, 1)
+    assert np.abs(Y[:, -1] - expected["simple_gru"]).max() <= TOL
+
+
+def test_convert_and_info_on_the_command_line(expected, tmp_path):
+    from click.testing import CliRunner
+
+    from edgegru.cli import main
+    out = tmp_path / "m.npz"
+    result = CliRunner().invoke(main, ["convert", os.path.join(DATA, "mlp3_last.pt"), "--head",
+                                       "head.0,tanh,head.2,hardsigmoid,head.4,sigmoid",
+                                       "--head-on", "last", "-o", str(out)])
+    assert result.exit_code == 0, result.output
+    assert "sequence-to-one" in result.output
+    model = edgegru.load(out)
+    assert np.abs(model.run(expected["X4"]) - expected["mlp3_last"]).max() <= TOL
+    info = CliRunner().invoke(main, ["info", str(out)])
+    assert info.exit_code == 0, info.output
+    assert "linear 12 -> 16 + tanh, linear 16 -> 8 + hard_sigmoid, linear 8 -> 1 + sigmoid " \
+           "(hard_sigmoid: clip(0.166667 x + 0.5, 0, 1))" in info.output
+    assert "head_on:        last step" in info.output
+    refused = CliRunner().invoke(main, ["convert", os.path.join(DATA, "mlp2.pt"), "-o",
+                                        str(tmp_path / "x.npz")])
+    assert refused.exit_code != 0 and "Traceback" not in refused.output
+    assert "head=['head.0', '<activation>', 'head.2']" in refused.output
