@@ -52,6 +52,7 @@ class GRUConfig:
     hidden_size: int
     num_layers: int = 1
     bidirectional: bool = False
+    reverse: bool = False           # the stack reads the sequence from its end (ONNX "reverse")
     reset_after: bool = True        # PyTorch / cuDNN / Keras reset_after=True / ONNX lbr=1
     bias: bool = True
     output_size: int = 0            # size of the linear head, 0 for none
@@ -77,6 +78,9 @@ class GRUConfig:
         if self.gate_activation not in GATE_ACTIVATIONS:
             raise ValueError(f"gate_activation must be one of {list(GATE_ACTIVATIONS)}, "
                              f"got {self.gate_activation!r}")
+        if self.reverse and self.bidirectional:
+            raise ValueError("reverse is for unidirectional stacks (a bidirectional layer has "
+                             "its own reverse direction)")
         if self.head_on not in HEAD_ON:
             raise ValueError(f"head_on must be one of {list(HEAD_ON)}, got {self.head_on!r}")
         self._check_head_hidden()
@@ -310,7 +314,8 @@ class Model:
     def __repr__(self):
         c = self.config
         return (f"<edgegru.Model input_size={c.input_size} hidden_size={c.hidden_size} "
-                f"num_layers={c.num_layers}{' bidirectional' if c.bidirectional else ''} "
+                f"num_layers={c.num_layers}{' bidirectional' if c.bidirectional else ''}"
+                f"{' reverse' if c.reverse else ''} "
                 f"{'reset_after' if c.reset_after else 'reset_before'} "
                 f"{'hard_sigmoid gates ' if c.gate_activation == 'hard_sigmoid' else ''}"
                 f"output_size={self.output_size}"
@@ -389,9 +394,7 @@ class Model:
 
     def _step_entry(self, out, x):
         # The compiled gru_step for arrays like out and x, bound into self._step_call.
-        if self.config.bidirectional:
-            raise ValueError("step() needs a unidirectional model: a bidirectional layer reads "
-                             "the whole sequence, so use run() on the sequence instead")
+        self._refuse_step()
         args = self._step_call[1:]
         if self._chain is None:
             kernel = self._k.entry_point(self._k.gru_step, (out, x) + args)
@@ -411,6 +414,14 @@ class Model:
             gru(top, x, model)
             head(out, top, *chain)
         return step
+
+    def _refuse_step(self):
+        if self.config.bidirectional:
+            raise ValueError("step() needs a unidirectional model: a bidirectional layer reads "
+                             "the whole sequence, so use run() on the sequence instead")
+        if self.config.reverse:
+            raise ValueError("step() needs a forward model: a reverse GRU reads the sequence "
+                             "from its end, so use run() on the whole sequence instead")
 
     def stepper(self, x, out):
         """A function of no arguments that does ``step(x, out=out)`` with these two buffers,
@@ -452,7 +463,7 @@ class Model:
         c = self.config
         times = {}
         t = time.perf_counter()
-        if not c.bidirectional:
+        if not (c.bidirectional or c.reverse):
             self._step_entry(np.empty(self._out_shape, np.float32),
                              np.empty(self._x_shape, np.float32))
             times["step"] = time.perf_counter() - t
@@ -476,9 +487,7 @@ class Model:
         return times
 
     def _check_step_input(self, x):
-        if self.config.bidirectional:
-            raise ValueError("step() needs a unidirectional model: a bidirectional layer reads "
-                             "the whole sequence, so use run() on the sequence instead")
+        self._refuse_step()
         x = _as_float32(x, "x")
         if x.shape != self._x_shape:
             raise ValueError(f"x must have shape ({self.input_size},) (input_size), "
@@ -486,7 +495,7 @@ class Model:
                              f"use run()")
         return x
 
-    def run(self, X, h0=None, return_state=False, all_steps=None):
+    def run(self, X, h0=None, return_state=False, all_steps=None, lengths=None):
         """A whole sequence, or a batch of independent sequences.
 
         - X (T, input_size) -> Y (T, output_size): continues from ``state`` and updates it.
@@ -498,6 +507,11 @@ class Model:
         A sequence-to-one model (``config.head_on == "last"``) returns the last step's output
         only: (output_size,), or (B, output_size) for a batch; ``all_steps=True`` returns every
         step's, as above (and ``all_steps=False`` the last step's, whatever the model).
+
+        ``lengths`` (B,) runs each sequence of a batch over its first ``lengths[b]`` steps only
+        (ONNX's ``sequence_lens``): Y is zero past them, h_n is the state after them, and the
+        last step's output is each sequence's own last (zeros for an empty one). A reverse
+        model (``config.reverse``) reads each sequence from its end (its own end with lengths).
         """
         X = _as_float32(X, "X")
         c = self.config
@@ -525,8 +539,13 @@ class Model:
                 h = h0.copy()
         B, T = Xb.shape[:2]
         all_steps = c.head_on == "all" if all_steps is None else bool(all_steps)
+        if lengths is not None and not _full_lengths(lengths, B, T, X.ndim, c.input_size):
+            Y = self._run_ragged(Xb, h, np.asarray(lengths), all_steps)
+            return (Y, h) if return_state else Y
         if not all_steps and T == 0:
             raise ValueError("X has no time steps: the last step's output needs one at least")
+        if c.reverse:                   # a forward GRU on the time-reversed sequence
+            Xb = np.ascontiguousarray(Xb[:, ::-1])
         need = kernels.sequence_workspace_size(B, T, H, D)
         if self._ws.size < need:
             self._ws = _aligned_zeros(need)
@@ -534,11 +553,28 @@ class Model:
         if T and B:
             self._k.gru_sequences(Y, Xb, h, self._params, self._ws, c.input_size, H, L, D,
                                   self._gru_out, c.reset_after, *c.gate_args, self._head_act)
+        if c.reverse:
+            Y = np.ascontiguousarray(Y[:, ::-1])
         Y = self._apply_head(Y, all_steps)
         if X.ndim == 2:
             return (Y[0], self.state) if return_state else Y[0]
         return (Y, h) if return_state else Y
 
+    def _run_ragged(self, X, h, lengths, all_steps):
+        # run() with lengths: each sequence alone over its own steps; h (L*D, B, H) in and out
+        B, T = X.shape[:2]
+        Y = np.zeros((B, T, self.output_size) if all_steps else (B, self.output_size),
+                     np.float32)
+        for b, n in enumerate(lengths):
+            if n:
+                y, h_n = self.run(X[b:b + 1, :n], h0=h[:, b:b + 1], return_state=True,
+                                  all_steps=True)
+                if all_steps:
+                    Y[b, :n] = y[0]
+                else:
+                    Y[b] = y[0, -1]
+                h[:, b] = h_n[:, 0]
+        return Y
 
     def _apply_head(self, Y, all_steps):
         # Y (B, T, gru width) from the GRU kernels -> (B, T, O), or (B, O) for the last step
@@ -551,6 +587,16 @@ class Model:
             self._head_rows(out.reshape(-1, self.output_size), Y.reshape(-1, Y.shape[-1]),
                             *self._chain)
         return out
+
+
+def _full_lengths(lengths, B, T, ndim, I):
+    """Check run()'s lengths; True when every sequence runs over all T steps."""
+    lengths = np.asarray(lengths)
+    if ndim != 3 or lengths.shape != (B,) or lengths.dtype.kind not in "iu" \
+            or ((lengths < 0) | (lengths > T)).any():
+        raise ValueError(f"lengths must be {B} integers in 0..{T}, one per sequence of a "
+                         f"batch X (B, T, {I}), got {lengths!r}")
+    return bool((lengths == T).all())
 
 
 def _chain_args(config, weights):

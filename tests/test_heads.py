@@ -150,3 +150,34 @@ def test_scoring_refuses_a_sequence_to_one_model():
     model = Model(cfg, GRUWeights.random(cfg))
     with pytest.raises(edgegru.ModelFormatError, match="last step only"):
         edgegru.AnomalyScorer(model, ["a", "b", "c"], [0] * 3, [1] * 3, [1] * 3, 1.0)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_reverse_is_the_forward_stack_on_the_reversed_sequence(backend):
+    cfg = GRUConfig(input_size=3, hidden_size=6, num_layers=2, output_size=2, reverse=True,
+                    head_hidden=((4, "tanh"),))
+    model = Model(cfg, GRUWeights.random(cfg, seed=3), backend=backend)
+    X = sequence(I=3)
+    ref, _ = naive.gru(cfg, model.weights.arrays, X[::-1])
+    assert np.abs(model.run(X) - ref[::-1]).max() <= 1e-5
+    with pytest.raises(ValueError, match="reverse"):
+        model.stepper(np.zeros(3, np.float32), np.zeros(2, np.float32))
+    with pytest.raises(ValueError, match="reverse is for unidirectional"):
+        GRUConfig(input_size=3, hidden_size=6, reverse=True, bidirectional=True)
+
+
+@pytest.mark.parametrize("reverse", [False, True])
+def test_lengths_run_each_sequence_over_its_own_steps(reverse):
+    cfg = GRUConfig(input_size=3, hidden_size=5, output_size=2, reverse=reverse)
+    model = Model(cfg, GRUWeights.random(cfg, seed=4))
+    Xb = np.stack([sequence(30, 3, seed=s) for s in range(3)])
+    h0 = np.random.default_rng(5).standard_normal((1, 3, 5)).astype(np.float32)
+    Y, h_n = model.run(Xb, h0=h0, lengths=[30, 12, 0], return_state=True)
+    y1, h1 = model.run(Xb[1:2, :12], h0=h0[:, 1:2], return_state=True)
+    assert np.array_equal(Y[1, :12], y1[0]) and not Y[1, 12:].any() and not Y[2].any()
+    assert np.array_equal(h_n[:, 1], h1[:, 0]) and np.array_equal(h_n[:, 2], h0[:, 2])
+    assert np.array_equal(Y[0], model.run(Xb[:1], h0=h0[:, :1])[0])
+    last = model.run(Xb, h0=h0, lengths=[30, 12, 0], all_steps=False)
+    assert np.array_equal(last[1], y1[0, -1]) and not last[2].any()
+    with pytest.raises(ValueError, match="lengths must be 3 integers in 0..30"):
+        model.run(Xb, lengths=[31, 1, 1])

@@ -1,6 +1,7 @@
 """The model shapes people export (tools/make_shape_fixtures.py wrote the files and what PyTorch,
 onnxruntime and Keras 3 compute on T=1000 steps): sequence-to-one, heads deeper than one linear
-layer, each file against its framework within 1e-5, and step() against run() bitwise."""
+layer, reverse-only ONNX GRUs, each file against its framework within 1e-5, and step() against
+run() bitwise."""
 import os
 
 import numpy as np
@@ -40,6 +41,7 @@ FILES = {
                           [(32, "relu"), (8, "tanh"), (1, "linear")]),
     "keras_hard_sigmoid_head.keras": ("keras_hard_sigmoid_head", {}, "all",
                                       [(6, "hard_sigmoid"), (2, "linear")]),
+    "reverse_stack.onnx": ("reverse_stack", {}, "all", [(2, "linear")]),
 }
 
 
@@ -71,7 +73,8 @@ def test_matches_the_framework(file, expected):
     assert np.abs(Y - expected[key]).max() <= TOL
 
 
-@pytest.mark.parametrize("file", sorted(f for f in FILES if "bidir" not in f))
+@pytest.mark.parametrize("file", sorted(f for f in FILES if "bidir" not in f
+                                         and "reverse" not in f))
 def test_step_equals_run_bitwise(file, expected):
     model = _load(file)
     X = expected[f"X{model.input_size}"][0]
@@ -124,3 +127,29 @@ def test_convert_and_info_on_the_command_line(expected, tmp_path):
                                         str(tmp_path / "x.npz")])
     assert refused.exit_code != 0 and "Traceback" not in refused.output
     assert "head=['head.0', '<activation>', 'head.2']" in refused.output
+
+
+def test_reverse_onnx_stack(expected, tmp_path):
+    model = _load("reverse_stack.onnx")
+    assert model.config.reverse and model.num_layers == 2
+    X = expected["X4"]
+    with pytest.raises(ValueError, match="reverse GRU reads the sequence from its end"):
+        model.step(X[0, 0])
+    # one sequence at a time: the same numbers as the batch
+    assert np.array_equal(model.run(X[1]), model.run(X)[1])
+    edgegru.save(model, tmp_path / "m.npz")
+    back = edgegru.load(tmp_path / "m.npz")
+    assert back.config.reverse and np.array_equal(back.run(X), model.run(X))
+
+
+def test_reverse_onnx_node_with_sequence_lens_and_initial_h(expected):
+    onnx = pytest.importorskip("onnx")
+    from edgegru.formats.onnx import GRUNode
+    proto = onnx.load(os.path.join(DATA, "reverse_node.onnx"))
+    init = {i.name: onnx.numpy_helper.to_array(i) for i in proto.graph.initializer}
+    node = GRUNode(proto.graph.node[0], init["W2"], init["R2"], init["B2"])
+    X = expected["X4"].transpose(1, 0, 2)                       # (T, B, I), time-major
+    Y, Y_h = node.run(X, expected["reverse_node.lens"], expected["reverse_node.h0"])
+    assert np.abs(Y - expected["reverse_node"]).max() <= TOL
+    assert np.abs(Y_h - expected["reverse_node.Y_h"]).max() <= TOL
+    assert not Y[613:, :, 1].any()                  # zero past the second sequence's length

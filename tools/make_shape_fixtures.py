@@ -144,11 +144,69 @@ def keras_fixtures():
     record("keras_hard_sigmoid_head", X5, m.predict(X5, verbose=0))
 
 
+def onnx_fixtures():
+    """Reverse-only GRUs, which PyTorch and Keras do not export: graphs written with
+    onnx.helper, their outputs from onnxruntime."""
+    import onnxruntime as ort
+    from onnx import TensorProto, helper, numpy_helper
+    rng = np.random.default_rng(7)
+    X4 = inputs(4)
+    H = 6
+
+    def gru(i, I):
+        return {f"W{i}": rng.uniform(-0.7, 0.7, (1, 3 * H, I)).astype(np.float32),
+                f"R{i}": rng.uniform(-0.7, 0.7, (1, 3 * H, H)).astype(np.float32),
+                f"B{i}": rng.uniform(-0.5, 0.5, (1, 6 * H)).astype(np.float32)}
+
+    def save(nodes, init, inputs_, stem):
+        graph = helper.make_graph(
+            nodes, stem, [helper.make_tensor_value_info(n, t, s) for n, t, s in inputs_],
+            [helper.make_tensor_value_info(o, TensorProto.FLOAT, None) for o in nodes[-1].output
+             if o],
+            [numpy_helper.from_array(v, k) for k, v in init.items()])
+        model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 14)])
+        model.ir_version = 8
+        with open(f"{OUT}/{stem}.onnx", "wb") as f:
+            f.write(model.SerializeToString())
+        return ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+
+    # x (T, B, 4) -> GRU reverse -> Squeeze -> GRU reverse -> Squeeze -> MatMul + Add: (T, B, 2)
+    init = {**gru(0, 4), **gru(1, H), "axis": np.array([1], np.int64),
+            "fc_w": rng.uniform(-1, 1, (H, 2)).astype(np.float32),
+            "fc_b": rng.uniform(-1, 1, 2).astype(np.float32)}
+    nodes = [helper.make_node("GRU", ["x", "W0", "R0", "B0"], ["y0", ""], hidden_size=H,
+                              direction="reverse", linear_before_reset=1),
+             helper.make_node("Squeeze", ["y0", "axis"], ["s0"]),
+             helper.make_node("GRU", ["s0", "W1", "R1", "B1"], ["y1", ""], hidden_size=H,
+                              direction="reverse", linear_before_reset=1),
+             helper.make_node("Squeeze", ["y1", "axis"], ["s1"]),
+             helper.make_node("MatMul", ["s1", "fc_w"], ["m"]),
+             helper.make_node("Add", ["m", "fc_b"], ["y"])]
+    sess = save(nodes, init, [("x", TensorProto.FLOAT, ["T", "B", 4])], "reverse_stack")
+    Y = sess.run(None, {"x": X4.transpose(1, 0, 2)})[0]
+    record("reverse_stack", X4, Y.transpose(1, 0, 2))
+
+    # one reverse node (reset-before) with its run-time inputs: sequence_lens and initial_h
+    init = gru(2, 4)
+    node = helper.make_node("GRU", ["x", "W2", "R2", "B2", "lens", "h0"], ["Y", "Y_h"],
+                            hidden_size=H, direction="reverse")
+    sess = save([node], init, [("x", TensorProto.FLOAT, ["T", "B", 4]),
+                               ("lens", TensorProto.INT32, ["B"]),
+                               ("h0", TensorProto.FLOAT, [1, "B", H])], "reverse_node")
+    lens = np.array([T, 613], np.int32)
+    h0 = rng.standard_normal((1, B, H)).astype(np.float32)
+    Y, Y_h = sess.run(None, {"x": X4.transpose(1, 0, 2), "lens": lens, "h0": h0})
+    expected.update({"reverse_node.lens": lens, "reverse_node.h0": h0,
+                     "reverse_node.Y_h": Y_h})
+    record("reverse_node", X4, Y)                      # (T, 1, B, H), as the node gives it
+
+
 def main():
     torch.set_num_threads(1)
     os.makedirs(OUT, exist_ok=True)
     torch_fixtures()
     keras_fixtures()
+    onnx_fixtures()
     expected["versions"] = np.array(json.dumps({
         "torch": torch.__version__, "keras": __import__("keras").__version__,
         "onnx": __import__("onnx").__version__}))

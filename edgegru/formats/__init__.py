@@ -195,7 +195,9 @@ def describe(model):
         "gates": "sigmoid" if c.gate_activation == "sigmoid" else
                  f"hard_sigmoid: clip({c.gate_alpha:.6g} x + {c.gate_beta:.6g}, 0, 1)",
         "input_size": c.input_size, "hidden_size": c.hidden_size, "num_layers": c.num_layers,
-        "directions": "bidirectional" if c.bidirectional else "unidirectional",
+        "directions": "bidirectional" if c.bidirectional else
+                      "reverse (each sequence read from its end; run() only)" if c.reverse
+                      else "unidirectional",
         "bias": c.bias, "head": head, "output_size": model.output_size,
         "head_on": "last step (sequence-to-one: run() returns the last step's output)"
                    if c.head_on == "last" else "every step",

@@ -18,8 +18,9 @@ A model whose head is more than one linear (+ sigmoid) layer, or that returns th
 only (see :class:`edgegru.GRUConfig`), adds ``"head_on": "last"``, ``"head_hidden": [[32,
 "relu"], ...]`` (the arrays ``head0.weight``, ``head0.bias``, ... of those layers), a
 ``head_activation`` among relu, tanh and hard_sigmoid, and ``"head_alpha"``, ``"head_beta"``
-(the head's hard sigmoid), as it needs, and is written as format_version 3, which an edgegru
-from before would refuse rather than run it as a sequence-to-sequence model with another head.
+(the head's hard sigmoid), and a stack that reads the sequence backwards (ONNX
+``direction="reverse"``) ``"reverse": true``, as it needs, and is written as format_version 3,
+which an edgegru from before refuses rather than running it with another head or direction.
 
 Unknown versions, missing or extra arrays, wrong shapes and non-finite weights are refused with a
 :class:`~edgegru.errors.ModelFormatError` that names the file and the problem.
@@ -45,7 +46,7 @@ _CONFIG_KEYS = {  # key: (type, required)
     "bidirectional": (bool, True), "reset_after": (bool, True), "bias": (bool, False),
     "output_size": (int, True), "head_activation": (str, False),
     "gate_activation": (str, False), "gate_alpha": (float, False), "gate_beta": (float, False),
-    "head_on": (str, False), "head_hidden": (list, False), "head_alpha": (float, False),
+    "reverse": (bool, False), "head_on": (str, False), "head_hidden": (list, False), "head_alpha": (float, False),
     "head_beta": (float, False),
 }
 
@@ -62,9 +63,10 @@ def save(model, path):
         config.update(gate_activation=c.gate_activation, gate_alpha=float(c.gate_alpha),
                       gate_beta=float(c.gate_beta))
         version = 2
-    if c.head_on != "all" or not c.fused_head:
+    if c.head_on != "all" or not c.fused_head or c.reverse:
         config.update(head_on=c.head_on, head_hidden=[list(layer) for layer in c.head_hidden],
-                      head_alpha=float(c.head_alpha), head_beta=float(c.head_beta))
+                      head_alpha=float(c.head_alpha), head_beta=float(c.head_beta),
+                      reverse=c.reverse)
         version = 3
     meta = {"format": FORMAT, "format_version": version, "config": config}
     meta.update({k: v for k, v in model.meta.items() if k not in meta})

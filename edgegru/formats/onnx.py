@@ -28,8 +28,9 @@ them (``Transpose``, ``Squeeze``, ``Unsqueeze``, ``Reshape`` of the directions i
 ``Constant``, ``Identity``, ``Cast``) is followed by what it does to each tensor's axes, not by
 node names. Any other computing op, or an attribute edgegru cannot honour, is refused with the
 node and the op named. The converted model takes ``(B, T, I)`` (or ``(T, I)``) whatever the
-graph's layout. A ``direction="reverse"`` GRU on its own (with no forward half) is refused: it
-is a forward GRU run on the time-reversed sequence.
+graph's layout. A ``direction="reverse"`` GRU is a forward GRU run on the time-reversed
+sequence, its output reversed back: a stack of them (``GRUConfig(reverse=True)``) runs
+whole sequences, and ``step`` refuses it as it refuses bidirectional ones.
 
 **Run-time inputs.** ``initial_h`` and ``sequence_lens`` are inputs of the node, not weights:
 in a graph, ``initial_h`` must be absent or constant zeros (edgegru starts from zeros, or from
@@ -141,9 +142,9 @@ class GRUNode:
     """One ONNX GRU node with its weights, run with the node's own run-time inputs.
 
     ``run(X, sequence_lens, initial_h)`` returns ``(Y, Y_h)`` shaped as the node's outputs
-    (see the module docstring); ``initial_h`` becomes ``h0``, and with ``sequence_lens`` each
-    batch element runs over its own length, ``Y`` being zero past it. A reverse-only node runs
-    its forward weights on the time-reversed sequence.
+    (see the module docstring): ``initial_h`` becomes ``h0`` and ``sequence_lens`` the
+    ``lengths`` of :meth:`edgegru.Model.run`, each batch element running over its own length,
+    ``Y`` being zero past it; a reverse-only node reads each from its own end.
     """
 
     def __init__(self, node, W, R, B=None, backend=None):
@@ -151,31 +152,20 @@ class GRUNode:
         arrays, I, H = gru_layer(W, R, B, 0, self.attrs, f"node {node.name or '(unnamed)'}")
         D = self.attrs["D"]
         config = GRUConfig(input_size=I, hidden_size=H, bidirectional=D == 2,
+                           reverse=self.attrs["direction"] == "reverse",
                            reset_after=self.attrs["reset_after"], **self.attrs["gate"])
         self.model = Model(config, GRUWeights(arrays), backend=backend)
-        self.reverse = self.attrs["direction"] == "reverse"
 
     def run(self, X, sequence_lens=None, initial_h=None):
         layout, D, H = self.attrs["layout"], self.attrs["D"], self.model.hidden_size
         X = np.asarray(X, np.float32)
         Xb = X if layout else X.transpose(1, 0, 2)                  # (B, T, I)
         Bn, T = Xb.shape[:2]
-        h0 = np.zeros((D, Bn, H), np.float32) if initial_h is None \
-            else np.asarray(initial_h, np.float32)
+        h0 = None if initial_h is None else np.asarray(initial_h, np.float32)
         if layout and initial_h is not None:
             h0 = h0.transpose(1, 0, 2)                                # (B, D, H) -> (D, B, H)
         lens = np.full(Bn, T) if sequence_lens is None else np.asarray(sequence_lens)
-        Y = np.zeros((Bn, T, D * H), np.float32)
-        Y_h = np.zeros((D, Bn, H), np.float32)
-        for b in range(Bn):
-            n = int(lens[b])
-            if not 0 <= n <= T:
-                raise ValueError(f"sequence_lens[{b}] = {n} is outside 0..{T}")
-            x = Xb[b:b + 1, :n]
-            x = x[:, ::-1] if self.reverse else x
-            y, h = self.model.run(np.ascontiguousarray(x), h0=h0[:, b:b + 1], return_state=True)
-            Y[b, :n] = y[0, ::-1] if self.reverse else y[0]
-            Y_h[:, b] = h[:, 0] if n else h0[:, b]
+        Y, Y_h = self.model.run(Xb, h0=h0, lengths=lens, return_state=True, all_steps=True)
         Y = Y.reshape(Bn, T, D, H)
         if layout:
             return Y, Y_h.transpose(1, 0, 2)
@@ -271,15 +261,17 @@ class _Graph:
             raise ModelFormatError(f"{self.name}: the GRU nodes' gate activations differ "
                                    f"({[layer['gate'] for layer in self.layers]}); edgegru runs "
                                    f"one per model")
-        if len({layer["D"] for layer in self.layers}) > 1:
+        if len({(layer["D"], layer["reverse"]) for layer in self.layers}) > 1:
             raise ModelFormatError(f"{self.name}: the GRU nodes mix directions; edgegru stacks "
-                                   f"layers that are all unidirectional or all bidirectional")
+                                   f"layers that are all forward, all reverse or all "
+                                   f"bidirectional")
         if len({layer["H"] for layer in self.layers}) > 1:
             raise ModelFormatError(f"{self.name}: the GRU nodes have different hidden sizes "
                                    f"{[layer['H'] for layer in self.layers]}")
         arrays = dict(self.arrays)
         config = GRUConfig(input_size=first["I"], hidden_size=first["H"],
                            num_layers=len(self.layers), bidirectional=first["D"] == 2,
+                           reverse=first["reverse"],
                            reset_after=reset_after.pop(), **first["gate"],
                            head_on="last" if self.last_step else "all",
                            **self._head_config(arrays))
@@ -347,9 +339,6 @@ class _Graph:
         ins = ins + [None] * (6 - len(ins))
         X, W, R, B, seq_lens, h0 = ins[:6]
         attrs = gru_attributes(node)
-        if attrs["direction"] == "reverse":
-            raise ModelFormatError(f"{where}: a reverse-only GRU has no edgegru equivalent "
-                                   f"(edgegru runs forward or bidirectional layers)")
         for arg, label in ((W, "W"), (R, "R"), (B, "B")):
             if arg is not None and not isinstance(arg, np.ndarray):
                 raise ModelFormatError(f"{where}: {label} must be a constant (an initializer), "
@@ -374,6 +363,7 @@ class _Graph:
         arrays, I, H = gru_layer(W, R, B, k, attrs, where)
         self.arrays.update(arrays)
         self.layers.append({"D": attrs["D"], "H": H, "I": I, "layout": attrs["layout"],
+                            "reverse": attrs["direction"] == "reverse",
                             "reset_after": attrs["reset_after"], "gate": attrs["gate"]})
         if k == 0:                                  # the graph input's layout, for the record
             self.input_layout = "BTF" if X.axes[:2] == ("a", "b")[::1 if attrs["layout"]
