@@ -1,4 +1,4 @@
-"""Keras files: GRU layers and an optional Dense head. Needs h5py.
+"""Keras files: GRU layers and optional Dense layers after them. Needs h5py.
 
 Read: the ``.keras`` zip (Keras 3, and Keras 2.13+ / tf_keras), the bare ``.weights.h5`` of Keras
 3, and the legacy HDF5 files of Keras 2 / tf.keras / standalone Keras (``model.save("m.h5")``,
@@ -17,7 +17,7 @@ All knowledge of Keras' GRU layout is in :func:`gru_arrays`. A Keras GRU with ``
     h = z * h_prev + (1 - z) * hh                the same update as PyTorch and edgegru
 
 so ``w_ih = kernel.T``, ``w_hh = recurrent_kernel.T`` with the blocks reordered to r | z | n,
-``b_ih`` / ``b_hh`` the two bias rows (``b_hh = 0`` for reset_after=False). A ``Dense`` head
+``b_ih`` / ``b_hh`` the two bias rows (``b_hh = 0`` for reset_after=False). A ``Dense`` layer
 stores ``kernel (K, O)`` and ``bias (O,)``: ``head.weight = kernel.T``.
 
 Inside the ``.keras`` zip, ``config.json`` describes the layers and ``model.weights.h5`` holds
@@ -33,10 +33,11 @@ the backward three), and the full-model file has the configuration as JSON in th
 ``model_config``. Layer groups are named by the layers' own names.
 
 Read: a chain of ``GRU`` / ``Bidirectional(GRU, merge_mode="concat")`` layers, all with the same
-units and variant, then optionally one ``Dense`` with a linear or sigmoid activation;
-``InputLayer`` and ``Dropout`` (a no-op at inference) are skipped. Refused with a message:
-other activations, ``go_backwards``, other layers. A last GRU with ``return_sequences=False`` is
-read too: edgegru returns every step, and Keras' output is the last one.
+units and variant, then optionally ``Dense`` layers (linear, relu, tanh, sigmoid or hard_sigmoid
+activations: the head); ``InputLayer`` and ``Dropout`` (a no-op at inference) are skipped.
+Refused with a message: other activations, ``go_backwards``, other layers, Dense layers between
+GRUs. A last GRU with ``return_sequences=False`` makes a sequence-to-one model
+(``head_on="last"``): the Dense layers then read its last step, as in Keras.
 
 ``recurrent_activation="hard_sigmoid"`` (the gates; standalone Keras' default before 2.3) is read
 as the Keras version that saved the file defines it (``keras_version`` in the file): Keras 1 and

@@ -1,4 +1,4 @@
-"""ONNX: ``GRU`` nodes (stacked, any direction) and one linear head -> Model. Needs ``onnx``.
+"""ONNX: ``GRU`` nodes (stacked, any direction) and a head of dense layers -> Model. Needs ``onnx``.
 
 All knowledge of ONNX's GRU is in :func:`gru_layer`. An ONNX GRU node (opset 1-22) has inputs
 ``X, W, R, B, sequence_lens, initial_h`` and outputs ``Y, Y_h``, with D = num_directions::
@@ -21,12 +21,15 @@ bidirectional node must use for both directions); any other activation and ``cli
 refused.
 
 **Whole graphs** (:func:`load_model`): the graph must be one sequence input -> GRU nodes in a
-chain -> optionally one linear head (``MatMul`` or ``Gemm`` by a constant, optional ``Add`` of
-a constant bias, optional ``Sigmoid``) -> one output. The shape plumbing exporters write around
+chain -> optionally the last time step (``Gather`` index -1 or ``Slice [-1:]`` on the time
+axis: a sequence-to-one model, ``head_on="last"``) -> optionally a head of dense layers, each a
+``MatMul`` or ``Gemm`` by a constant, an optional ``Add`` of a constant bias and an optional
+``Relu``, ``Tanh``, ``Sigmoid`` or ``HardSigmoid`` -> one output. The shape plumbing exporters write around
 them (``Transpose``, ``Squeeze``, ``Unsqueeze``, ``Reshape`` of the directions into features,
 ``Shape``/``Gather``/``Concat``/``ConstantOfShape``/``Slice`` making a zero ``initial_h``,
-``Constant``, ``Identity``, ``Cast``) is followed by what it does to each tensor's axes, not by
-node names. Any other computing op, or an attribute edgegru cannot honour, is refused with the
+``Constant``, ``Identity``, ``Cast``, and ``Mul``/``Add``/``Sub`` of shapes) is followed by what
+it does to each tensor's axes, not by node names; shapes computed from the sequence's keep the
+sizes edgegru knows (directions, widths) and mark the batch and time as known at run time only. Any other computing op, or an attribute edgegru cannot honour, is refused with the
 node and the op named. The converted model takes ``(B, T, I)`` (or ``(T, I)``) whatever the
 graph's layout. A ``direction="reverse"`` GRU is a forward GRU run on the time-reversed
 sequence, its output reversed back: a stack of them (``GRUConfig(reverse=True)``) runs
