@@ -42,6 +42,10 @@ class GRUConfig:
     1)``: alpha 1/6 in PyTorch and Keras 3, 0.2 in Keras 2 and ONNX). ``head_on="last"`` makes a
     sequence-to-one model: :meth:`Model.run` returns the head's output for the last step only.
 
+    ``hidden_sizes`` gives each layer's width, bottom first, when they differ (``hidden_size``
+    is then the top layer's): such a Model runs each run of equal widths as a uniform stack.
+    ``reverse`` makes the stack read each sequence from its end (ONNX ``direction="reverse"``).
+
     ``gate_activation`` is what the reset and update gates apply: the logistic ``"sigmoid"``
     (PyTorch, ONNX and Keras' default), or ``"hard_sigmoid"``, ``clip(gate_alpha * x +
     gate_beta, 0, 1)``: Keras' ``recurrent_activation="hard_sigmoid"`` (alpha 0.2 in Keras 2 and
@@ -60,6 +64,7 @@ class GRUConfig:
     gate_activation: str = "sigmoid"
     gate_alpha: float = 0.2
     gate_beta: float = 0.5
+    hidden_sizes: tuple = ()        # per layer, bottom first, when they differ (hidden_size: the top's)
     head_on: str = "all"            # "last": run() returns the last step's output
     head_hidden: tuple = ()         # ((units, activation), ...) before the output layer
     head_alpha: float = 1 / 6
@@ -78,6 +83,7 @@ class GRUConfig:
         if self.gate_activation not in GATE_ACTIVATIONS:
             raise ValueError(f"gate_activation must be one of {list(GATE_ACTIVATIONS)}, "
                              f"got {self.gate_activation!r}")
+        self._check_hidden_sizes()
         if self.reverse and self.bidirectional:
             raise ValueError("reverse is for unidirectional stacks (a bidirectional layer has "
                              "its own reverse direction)")
@@ -89,6 +95,34 @@ class GRUConfig:
             if not isinstance(value, (int, float, np.floating, np.integer)) \
                     or isinstance(value, bool) or not np.isfinite(value):
                 raise ValueError(f"{name} must be a finite number, got {value!r}")
+
+    def _check_hidden_sizes(self):
+        sizes = tuple(self.hidden_sizes)
+        if any(isinstance(h, bool) or not isinstance(h, (int, np.integer)) or h < 1
+               for h in sizes):
+            raise ValueError(f"hidden_sizes must be positive integers, got {sizes!r}")
+        sizes = tuple(int(h) for h in sizes)
+        if sizes and (len(sizes) != self.num_layers or sizes[-1] != self.hidden_size):
+            raise ValueError(f"hidden_sizes {sizes} must give num_layers ({self.num_layers}) "
+                             f"sizes, the last one hidden_size ({self.hidden_size})")
+        if len(set(sizes)) == 1:
+            sizes = ()                       # uniform: the one way to say it
+        object.__setattr__(self, "hidden_sizes", sizes)
+
+    @property
+    def layer_sizes(self):
+        """The hidden size of each layer, bottom first."""
+        return self.hidden_sizes or (self.hidden_size,) * self.num_layers
+
+    def segments(self):
+        """[(first layer, number of layers, hidden size)] of the runs of equal sizes."""
+        out = []
+        for l, H in enumerate(self.layer_sizes):
+            if out and out[-1][2] == H:
+                out[-1] = (out[-1][0], out[-1][1] + 1, H)
+            else:
+                out.append((l, 1, H))
+        return out
 
     def _check_head_hidden(self):
         try:
@@ -131,20 +165,21 @@ class GRUConfig:
         return 2 if self.bidirectional else 1
 
     def layer_input_size(self, layer):
-        return self.input_size if layer == 0 else self.hidden_size * self.num_directions
+        return self.input_size if layer == 0 \
+            else self.layer_sizes[layer - 1] * self.num_directions
 
     def expected_shapes(self):
         """{array name: shape} of every weight this config needs (the native file's arrays)."""
-        H, G = self.hidden_size, 3 * self.hidden_size
         shapes = {}
-        for l in range(self.num_layers):
+        for l, H in enumerate(self.layer_sizes):
+            G = 3 * H
             for d in range(self.num_directions):
                 p = block_name(l, d)
                 shapes[p + "w_ih"] = (G, self.layer_input_size(l))
                 shapes[p + "w_hh"] = (G, H)
                 shapes[p + "b_ih"] = (G,)
                 shapes[p + "b_hh"] = (G,)
-        width = H * self.num_directions
+        width = self.hidden_size * self.num_directions
         for prefix, units, _ in self.head_layers:
             shapes[prefix + "weight"] = (units, width)
             shapes[prefix + "bias"] = (units,)
@@ -169,7 +204,7 @@ class GRUWeights:
         arrays = {}
         for name, shape in config.expected_shapes().items():
             fan = config.hidden_size * config.num_directions if name.startswith("head") \
-                else config.hidden_size
+                else shape[0] // 3
             arrays[name] = rng.uniform(-fan ** -0.5, fan ** -0.5, size=shape).astype(np.float32)
             if not config.bias and name.endswith(("b_ih", "b_hh")):
                 arrays[name][...] = 0.0
@@ -258,6 +293,10 @@ class Model:
     (10, 4)
     """
 
+    def __new__(cls, config, *args, **kwargs):
+        # layers of different widths: a chain of uniform stacks (_Tapered)
+        return super().__new__(_Tapered if cls is Model and config.hidden_sizes else cls)
+
     def __init__(self, config, weights, meta=None, backend=None):
         weights.check(config)
         self.config = config
@@ -313,7 +352,9 @@ class Model:
 
     def __repr__(self):
         c = self.config
-        return (f"<edgegru.Model input_size={c.input_size} hidden_size={c.hidden_size} "
+        sizes = ",".join(map(str, c.hidden_sizes))
+        return (f"<edgegru.Model input_size={c.input_size} "
+                f"{f'hidden_sizes={sizes}' if sizes else f'hidden_size={c.hidden_size}'} "
                 f"num_layers={c.num_layers}{' bidirectional' if c.bidirectional else ''}"
                 f"{' reverse' if c.reverse else ''} "
                 f"{'reset_after' if c.reset_after else 'reset_before'} "
@@ -587,6 +628,85 @@ class Model:
             self._head_rows(out.reshape(-1, self.output_size), Y.reshape(-1, Y.shape[-1]),
                             *self._chain)
         return out
+
+
+class _Tapered(Model):
+    """A stack whose layers differ in width (``config.hidden_sizes``): each run of layers of one
+    width is a uniform Model on the fused kernels (a segment), the top one with the head, and
+    each segment's output is the next one's input. ``state`` and ``h0`` are lists, one array
+    per segment, shaped as a uniform model's."""
+
+    def __init__(self, config, weights, meta=None, backend=None):
+        weights.check(config)
+        self.config, self.weights, self.meta = config, weights, dict(meta or {})
+        segments = config.segments()
+        D = config.num_directions
+        self._segments = []
+        for i, (first, n, H) in enumerate(segments):
+            top = i == len(segments) - 1
+            below = {} if top else dict(output_size=0, head_hidden=(), head_activation="linear",
+                                        head_on="all")
+            cfg = dataclasses.replace(config, input_size=config.layer_input_size(first),
+                                      hidden_size=H, num_layers=n, hidden_sizes=(), **below)
+            arrays = {block_name(l - first, d) + kind: weights.arrays[block_name(l, d) + kind]
+                      for l in range(first, first + n) for d in range(D)
+                      for kind in ("w_ih", "w_hh", "b_ih", "b_hh")}
+            if top:
+                arrays.update({k: a for k, a in weights.arrays.items() if k.startswith("head")})
+            self._segments.append(Model(cfg, GRUWeights(arrays), backend=backend))
+        self._k = self._segments[0]._k
+        self._bufs = [np.zeros(seg.output_size, np.float32) for seg in self._segments[:-1]]
+
+    @property
+    def state(self):
+        """A copy of the hidden state: [(layers * directions, hidden size)] per segment."""
+        return [seg.state for seg in self._segments]
+
+    @state.setter
+    def state(self, value):
+        if not isinstance(value, (list, tuple)) or len(value) != len(self._segments):
+            raise ValueError(f"state must be a list of {len(self._segments)} arrays, one per "
+                             f"run of layers of one width, as model.state gives")
+        for seg, v in zip(self._segments, value):
+            seg.state = v
+
+    def reset(self):
+        for seg in self._segments:
+            seg.reset()
+
+    def step(self, x, out=None):
+        for seg, buf in zip(self._segments, self._bufs):
+            x = seg.step(x, out=buf)
+        return self._segments[-1].step(x, out=out)
+
+    def stepper(self, x, out):
+        steps = [seg.stepper(a, b) for seg, a, b in zip(
+            self._segments, [x] + self._bufs, self._bufs + [out])]
+
+        def step():
+            for s in steps:
+                s()
+        return step
+
+    def compile(self):
+        times = {}
+        for seg in self._segments:
+            for what, seconds in seg.compile().items():
+                times[what] = times.get(what, 0.0) + seconds
+        return times
+
+    def run(self, X, h0=None, return_state=False, all_steps=None, lengths=None):
+        n = len(self._segments)
+        if h0 is not None and (not isinstance(h0, (list, tuple)) or len(h0) != n):
+            raise ValueError(f"h0 must be a list of {n} arrays, one per run of layers of one "
+                             f"width: (layers * directions, B, hidden size) each")
+        states = []
+        for i, seg in enumerate(self._segments):
+            top = i == n - 1
+            X, h = seg.run(X, h0=None if h0 is None else h0[i], return_state=True,
+                           all_steps=all_steps if top else True, lengths=lengths)
+            states.append(h)
+        return (X, states) if return_state else X
 
 
 def _full_lengths(lengths, B, T, ndim, I):

@@ -26,6 +26,7 @@ FILES = [
     ("native", ["__meta__.npy", "l0.w_ih.npy"], None),
     # sequence-to-one with a 3-layer head: head_on, head_hidden, head_alpha in the metadata
     ("native_mlp_last", ["__meta__.npy", "head0.weight.npy"], "onnx"),
+    ("native_tapered", ["__meta__.npy", "l2.w_ih.npy"], None),           # hidden_sizes
     ("../shapes/mlp3_last.onnx", None, "onnx"),
     ("../shapes/keras_last_mlp.keras", ["config.json"], "h5py"),
     ("gru2_linear.onnx", None, "onnx"),
@@ -80,7 +81,8 @@ def test_mutated_files_load_or_raise_model_format_error(file, entries, needs, tm
     if needs:
         pytest.importorskip(needs)
     if file.startswith("native"):
-        source = "gru2_linear.pt" if file == "native" else "../shapes/mlp3_last.onnx"
+        source = {"native": "gru2_linear.pt", "native_mlp_last": "../shapes/mlp3_last.onnx",
+                  "native_tapered": "../shapes/tapered.pt"}[file]
         edgegru.save(edgegru.load(os.path.join(DATA, source)), tmp_path / "m.npz")
         data = (tmp_path / "m.npz").read_bytes()
     else:

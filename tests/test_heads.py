@@ -131,6 +131,8 @@ def test_plain_models_keep_their_file_version(tmp_path):
     ({"head_hidden": [[0, "relu"]]}, "head_hidden"),
     ({"head_hidden": [[4, "gelu"]]}, "activation"),
     ({"head_hidden": "relu"}, "head_hidden"),
+    ({"hidden_sizes": [16, "x"]}, "hidden_sizes"),
+    ({"hidden_sizes": [5, 8]}, r"array l0.w_ih has shape \(24, 3\), expected \(15, 3\)"),
 ])
 def test_native_file_refuses_bad_head_fields(bad, match, tmp_path):
     model = make("mlp2", BACKENDS[0])
@@ -181,3 +183,32 @@ def test_lengths_run_each_sequence_over_its_own_steps(reverse):
     assert np.array_equal(last[1], y1[0, -1]) and not last[2].any()
     with pytest.raises(ValueError, match="lengths must be 3 integers in 0..30"):
         model.run(Xb, lengths=[31, 1, 1])
+
+
+TAPERED = [dict(hidden_sizes=(16, 16, 8), hidden_size=8, num_layers=3),
+           dict(hidden_sizes=(6, 4), hidden_size=4, num_layers=2, bidirectional=True),
+           dict(hidden_sizes=(6, 4), hidden_size=4, num_layers=2, reverse=True)]
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("sizes", TAPERED, ids=["3-layers", "bidirectional", "reverse"])
+def test_tapered_stacks_match_the_float64_reference(sizes, backend):
+    cfg = GRUConfig(input_size=3, output_size=2, head_hidden=((5, "relu"),), **sizes)
+    model = Model(cfg, GRUWeights.random(cfg, seed=6), backend=backend)
+    X = sequence(I=3)
+    ref, _ = naive.gru(cfg, model.weights.arrays, X[::-1] if cfg.reverse else X)
+    Y = model.run(X)
+    assert np.abs(Y - (ref[::-1] if cfg.reverse else ref)).max() <= 1e-5
+    if not (cfg.bidirectional or cfg.reverse):
+        model.reset()
+        out = np.empty(2, np.float32)
+        assert np.array_equal(np.array([model.step(x, out=out).copy() for x in X]), Y)
+
+
+def test_hidden_sizes_are_checked():
+    assert GRUConfig(input_size=2, hidden_size=4, num_layers=2, hidden_sizes=(4, 4)) \
+        == GRUConfig(input_size=2, hidden_size=4, num_layers=2)          # uniform: one way
+    with pytest.raises(ValueError, match="the last one hidden_size"):
+        GRUConfig(input_size=2, hidden_size=4, num_layers=2, hidden_sizes=(8, 2))
+    with pytest.raises(ValueError, match="positive integers"):
+        GRUConfig(input_size=2, hidden_size=4, num_layers=2, hidden_sizes=(0, 4))

@@ -1,7 +1,7 @@
 """The model shapes people export (tools/make_shape_fixtures.py wrote the files and what PyTorch,
 onnxruntime and Keras 3 compute on T=1000 steps): sequence-to-one, heads deeper than one linear
-layer, reverse-only ONNX GRUs, each file against its framework within 1e-5, and step() against
-run() bitwise."""
+layer, reverse-only ONNX GRUs, layers of different widths, each file against its framework
+within 1e-5, and step() against run() bitwise."""
 import os
 
 import numpy as np
@@ -42,7 +42,13 @@ FILES = {
     "keras_hard_sigmoid_head.keras": ("keras_hard_sigmoid_head", {}, "all",
                                       [(6, "hard_sigmoid"), (2, "linear")]),
     "reverse_stack.onnx": ("reverse_stack", {}, "all", [(2, "linear")]),
+    "tapered.pt": ("tapered", {}, "all", [(2, "linear")]),
+    "tapered.onnx": ("tapered", {}, "all", [(2, "linear")]),
+    "tapered_dynamo.onnx": ("tapered", {}, "all", [(2, "linear")]),
+    "keras_tapered_last.keras": ("keras_tapered_last", {}, "last", [(1, "linear")]),
+    "keras_tapered3.keras": ("keras_tapered3", {}, "all", [(2, "linear")]),
 }
+SIZES = {"tapered": (16, 16, 8), "keras_tapered_last": (16, 8), "keras_tapered3": (12, 8, 4)}
 
 
 @pytest.fixture(scope="module")
@@ -65,6 +71,7 @@ def test_matches_the_framework(file, expected):
     model = _load(file)
     c = model.config
     assert c.head_on == head_on
+    assert c.hidden_sizes == SIZES.get(key, ())
     assert [(units, act) for _, units, act in c.head_layers] == layers
     assert c.fused_head == (len(layers) == 1 and layers[0][1] in ("linear", "sigmoid"))
     X = expected[f"X{model.input_size}"]
@@ -153,3 +160,45 @@ def test_reverse_onnx_node_with_sequence_lens_and_initial_h(expected):
     assert np.abs(Y - expected["reverse_node"]).max() <= TOL
     assert np.abs(Y_h - expected["reverse_node.Y_h"]).max() <= TOL
     assert not Y[613:, :, 1].any()                  # zero past the second sequence's length
+
+
+def test_tapered_stacks_run_as_uniform_segments(expected, tmp_path):
+    model = _load("tapered.pt")
+    assert [seg.config.hidden_size for seg in model._segments] == [16, 8]
+    assert [seg.num_layers for seg in model._segments] == [2, 1]
+    X = expected["X5"]
+    Y, h_n = model.run(X, return_state=True)
+    assert [h.shape for h in h_n] == [(2, 2, 16), (1, 2, 8)]
+    assert np.array_equal(model.run(X, h0=[np.zeros_like(h) for h in h_n]), Y)
+    assert not np.array_equal(model.run(X, h0=h_n), Y)
+    with pytest.raises(ValueError, match="h0 must be a list of 2 arrays"):
+        model.run(X, h0=h_n[0])
+    model.reset()
+    Y1 = model.run(X[0, :500])
+    assert [h.shape for h in model.state] == [(2, 16), (1, 8)]
+    assert np.array_equal(np.concatenate([Y1, model.run(X[0, 500:])]), Y[0])
+    edgegru.save(model, tmp_path / "m.npz")
+    back = edgegru.load(tmp_path / "m.npz")
+    assert back.config == model.config and np.array_equal(back.run(X), Y)
+    x, y = np.zeros(5, np.float32), np.zeros(2, np.float32)
+    back.reset()
+    step = back.stepper(x, y)
+    for row in X[0]:
+        x[:] = row
+        step()
+    assert np.array_equal(y, Y[0, -1])
+
+
+def test_several_gru_modules_stack_in_key_order_or_as_named(expected):
+    from edgegru.formats.pytorch import from_state_dict
+    from edgegru.formats.torch_pt import read_state_dict
+    sd = read_state_dict(open(os.path.join(DATA, "tapered.pt"), "rb").read())
+    named = from_state_dict(sd, layers=["gru1", "gru2"])
+    assert np.array_equal(named.run(expected["X5"]), _load("tapered.pt").run(expected["X5"]))
+    backwards = dict(reversed(list(sd.items())))       # the sizes no longer chain
+    with pytest.raises(edgegru.ModelFormatError, match="do not stack in the order of their "
+                                                       "keys; name the stack"):
+        from_state_dict(backwards)
+    with pytest.raises(edgegru.ModelFormatError, match="GRU 'gru1.' takes 5 inputs"):
+        from_state_dict(sd, layers=["gru2", "gru1"])
+    assert from_state_dict(sd, prefix="gru2", head=False).config.hidden_size == 8

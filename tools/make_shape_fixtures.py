@@ -1,5 +1,5 @@
 """Write tests/data/shapes/: models of the shapes people export (sequence-to-one, heads deeper
-than one linear layer, reverse-only ONNX GRUs), made by the real tools, and what those tools
+than one linear layer, reverse-only ONNX GRUs, layers of different widths), made by the real tools, and what those tools
 compute on a seeded input of T=1000 steps (expected.npz), so the tests need none of them.
 
     pip install torch==2.13.0 onnx onnxruntime onnxscript keras==3.15.1 h5py
@@ -62,6 +62,21 @@ class MLPHead(torch.nn.Module):
         return self.head(out[:, -1] if self.last else out)
 
 
+class Tapered(torch.nn.Module):
+    """Two nn.GRU modules of different sizes in sequence (5 -> 16, 2 layers; 16 -> 8), then a
+    Linear on every step."""
+    def __init__(self):
+        super().__init__()
+        self.gru1 = torch.nn.GRU(5, 16, num_layers=2, batch_first=True)
+        self.gru2 = torch.nn.GRU(16, 8, batch_first=True)
+        self.fc = torch.nn.Linear(8, 2)
+
+    def forward(self, x):
+        out, _ = self.gru1(x)
+        out, _ = self.gru2(out)
+        return self.fc(out)
+
+
 def export_onnx(model, X, stem):
     """Both exporters: the TorchScript one (dynamo=False) and torch.export's (needs onnxscript),
     batch and time dynamic in both, traced on the first steps only (tracing all T is slow)."""
@@ -104,6 +119,13 @@ def torch_fixtures():
         torch.save(model.state_dict(), f"{OUT}/{name}.pt")
         export_onnx(model, X4, name)
 
+    X5 = inputs(5)
+    m = Tapered().eval()
+    with torch.no_grad():
+        record("tapered", X5, m(torch.from_numpy(X5)))
+    torch.save(m.state_dict(), f"{OUT}/tapered.pt")
+    export_onnx(m, X5, "tapered")
+
 
 def keras_fixtures():
     import keras
@@ -134,6 +156,22 @@ def keras_fixtures():
     m.save(f"{OUT}/keras_last_mlp.keras")
     m.save(f"{OUT}/keras_last_mlp.h5")
     record("keras_last_mlp", X5, m.predict(X5, verbose=0))
+
+    # a tapering stack, the issue's: GRU(16, return_sequences=True), GRU(8), Dense(1); and three
+    # layers, 12 -> 8 -> 4, every step
+    m = keras.Sequential([keras.Input((None, 5)), keras.layers.GRU(16, return_sequences=True),
+                          keras.layers.GRU(8), keras.layers.Dense(1)])
+    bias_noise(m)
+    m.save(f"{OUT}/keras_tapered_last.keras")
+    record("keras_tapered_last", X5, m.predict(X5, verbose=0))
+    m = keras.Sequential([keras.Input((None, 5)),
+                          keras.layers.GRU(12, return_sequences=True, reset_after=False),
+                          keras.layers.GRU(8, return_sequences=True, reset_after=False),
+                          keras.layers.GRU(4, return_sequences=True, reset_after=False),
+                          keras.layers.Dense(2)])
+    bias_noise(m)
+    m.save(f"{OUT}/keras_tapered3.keras")
+    record("keras_tapered3", X5, m.predict(X5, verbose=0))
 
     # every step, Dense(6, hard_sigmoid) (Keras 3: relu6(x + 3) / 6) then Dense(2)
     m = keras.Sequential([keras.Input((None, 5)), keras.layers.GRU(8, return_sequences=True),

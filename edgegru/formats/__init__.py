@@ -30,13 +30,14 @@ _EXTENSIONS = {".pt": "pytorch", ".pth": "pytorch", ".bin": "pytorch", ".onnx": 
                ".hdf5": "keras"}
 
 
-def load(source, backend=None, format=None, head=None, head_on=None):
+def load(source, backend=None, format=None, head=None, head_on=None, layers=None):
     """A :class:`~edgegru.Model` from a model file (a path, or its bytes).
 
     format: one of :data:`FORMATS` to skip detection. head: for state-dict formats, which
     ``nn.Linear`` is the head, or a list naming a deeper one (see
     :func:`edgegru.from_state_dict`). head_on: ``"last"`` or ``"all"`` to override what the
-    file says (a state dict says nothing: ``"all"``); None keeps it.
+    file says (a state dict says nothing: ``"all"``); None keeps it. layers: for state dicts
+    with several GRU modules making one stack, their prefixes bottom first.
     """
     data, name = _read(source)
     try:
@@ -46,7 +47,7 @@ def load(source, backend=None, format=None, head=None, head_on=None):
                                    f"{', '.join(FORMATS)}")
         if fmt == "native":
             return native.load(name, backend=backend, data=data)
-        model = _load_foreign(fmt, data, name, backend, head)
+        model = _load_foreign(fmt, data, name, backend, head, layers)
         if head_on is not None and head_on != model.config.head_on:
             model = _with_head_on(model, head_on, backend)
     except ModelFormatError as exc:
@@ -83,7 +84,7 @@ def _with_head_on(model, head_on, backend):
     return Model(config, model.weights, meta=model.meta, backend=backend)
 
 
-def _load_foreign(fmt, data, name, backend, head):
+def _load_foreign(fmt, data, name, backend, head, layers=None):
     from edgegru.formats.pytorch import from_state_dict
     if fmt == "onnx":
         from edgegru.formats import onnx
@@ -101,7 +102,7 @@ def _load_foreign(fmt, data, name, backend, head):
         from edgegru.formats import arrays
         state_dict, label = arrays.read_npz_state_dict(data, name), "npz-state-dict"
     try:
-        model = from_state_dict(state_dict, head=head, backend=backend)
+        model = from_state_dict(state_dict, head=head, backend=backend, layers=layers)
     except ModelFormatError as exc:
         raise ModelFormatError(f"{name}: {exc}") from None
     model.meta["provenance"]["source"]["format"] = label
@@ -194,7 +195,9 @@ def describe(model):
         "variant": "reset_after (PyTorch)" if c.reset_after else "reset_before (Cho 2014)",
         "gates": "sigmoid" if c.gate_activation == "sigmoid" else
                  f"hard_sigmoid: clip({c.gate_alpha:.6g} x + {c.gate_beta:.6g}, 0, 1)",
-        "input_size": c.input_size, "hidden_size": c.hidden_size, "num_layers": c.num_layers,
+        "input_size": c.input_size,
+        "hidden_size": ", ".join(map(str, c.hidden_sizes)) + " (per layer, bottom first)"
+                       if c.hidden_sizes else c.hidden_size, "num_layers": c.num_layers,
         "directions": "bidirectional" if c.bidirectional else
                       "reverse (each sequence read from its end; run() only)" if c.reverse
                       else "unidirectional",

@@ -32,8 +32,8 @@ listed in order by the attribute ``layer_names``; each layer's group lists its a
 the backward three), and the full-model file has the configuration as JSON in the attribute
 ``model_config``. Layer groups are named by the layers' own names.
 
-Read: a chain of ``GRU`` / ``Bidirectional(GRU, merge_mode="concat")`` layers, all with the same
-units and variant, then optionally ``Dense`` layers (linear, relu, tanh, sigmoid or hard_sigmoid
+Read: a chain of ``GRU`` / ``Bidirectional(GRU, merge_mode="concat")`` layers, all of one variant
+(their units may differ: ``GRU(16, return_sequences=True), GRU(8)``), then optionally ``Dense`` layers (linear, relu, tanh, sigmoid or hard_sigmoid
 activations: the head); ``InputLayer`` and ``Dropout`` (a no-op at inference) are skipped.
 Refused with a message: other activations, ``go_backwards``, other layers, Dense layers between
 GRUs. A last GRU with ``return_sequences=False`` makes a sequence-to-one model
@@ -288,11 +288,12 @@ def _read(read_vars, layers, name, version):
         spec["H"] = arrays[block_name(k, 0) + "w_hh"].shape[1]
         spec["I"] = arrays[block_name(k, 0) + "w_ih"].shape[1]
         specs.append(spec)
-    for key in ("H", "D", "reset_after", "use_bias", "gate"):
+    for key in ("D", "reset_after", "use_bias", "gate"):
         if len({s[key] for s in specs}) > 1:
             raise ModelFormatError(f"{name}: the GRU layers differ in {key} "
-                                   f"({[s[key] for s in specs]}); edgegru stacks equal layers")
-    head = _dense_head(read_vars, dense, specs[0]["H"] * specs[0]["D"], arrays, name, version)
+                                   f"({[s[key] for s in specs]}); edgegru stacks layers that "
+                                   f"differ in units only")
+    head = _dense_head(read_vars, dense, specs[-1]["H"] * specs[-1]["D"], arrays, name, version)
     s = specs[0]
     gate = {}
     if s["gate"] == "hard_sigmoid":
@@ -305,7 +306,8 @@ def _read(read_vars, layers, name, version):
         gate = dict(gate_activation="hard_sigmoid", gate_alpha=alpha, gate_beta=0.5)
         notes.append(f"hard_sigmoid gates as Keras {version} defines them: "
                      f"clip({'0.2 x' if major < 3 else 'x / 6'} + 0.5, 0, 1)")
-    config = GRUConfig(input_size=s["I"], hidden_size=s["H"], num_layers=len(specs),
+    config = GRUConfig(input_size=s["I"], hidden_size=specs[-1]["H"], num_layers=len(specs),
+                       hidden_sizes=tuple(spec["H"] for spec in specs),
                        bidirectional=s["D"] == 2, reset_after=s["reset_after"],
                        bias=s["use_bias"], head_on="last" if specs[-1]["last"] else "all",
                        **gate, **head)

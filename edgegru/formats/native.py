@@ -18,8 +18,9 @@ A model whose head is more than one linear (+ sigmoid) layer, or that returns th
 only (see :class:`edgegru.GRUConfig`), adds ``"head_on": "last"``, ``"head_hidden": [[32,
 "relu"], ...]`` (the arrays ``head0.weight``, ``head0.bias``, ... of those layers), a
 ``head_activation`` among relu, tanh and hard_sigmoid, and ``"head_alpha"``, ``"head_beta"``
-(the head's hard sigmoid), and a stack that reads the sequence backwards (ONNX
-``direction="reverse"``) ``"reverse": true``, as it needs, and is written as format_version 3,
+(the head's hard sigmoid), a stack that reads the sequence backwards (ONNX
+``direction="reverse"``) ``"reverse": true``, and layers of different widths ``"hidden_sizes":
+[16, 8]`` (bottom first; ``hidden_size`` is the top's), as it needs, and is written as format_version 3,
 which an edgegru from before refuses rather than running it with another head or direction.
 
 Unknown versions, missing or extra arrays, wrong shapes and non-finite weights are refused with a
@@ -46,7 +47,7 @@ _CONFIG_KEYS = {  # key: (type, required)
     "bidirectional": (bool, True), "reset_after": (bool, True), "bias": (bool, False),
     "output_size": (int, True), "head_activation": (str, False),
     "gate_activation": (str, False), "gate_alpha": (float, False), "gate_beta": (float, False),
-    "reverse": (bool, False), "head_on": (str, False), "head_hidden": (list, False), "head_alpha": (float, False),
+    "reverse": (bool, False), "hidden_sizes": (list, False), "head_on": (str, False), "head_hidden": (list, False), "head_alpha": (float, False),
     "head_beta": (float, False),
 }
 
@@ -63,10 +64,10 @@ def save(model, path):
         config.update(gate_activation=c.gate_activation, gate_alpha=float(c.gate_alpha),
                       gate_beta=float(c.gate_beta))
         version = 2
-    if c.head_on != "all" or not c.fused_head or c.reverse:
+    if c.head_on != "all" or not c.fused_head or c.reverse or c.hidden_sizes:
         config.update(head_on=c.head_on, head_hidden=[list(layer) for layer in c.head_hidden],
                       head_alpha=float(c.head_alpha), head_beta=float(c.head_beta),
-                      reverse=c.reverse)
+                      reverse=c.reverse, hidden_sizes=list(c.hidden_sizes))
         version = 3
     meta = {"format": FORMAT, "format_version": version, "config": config}
     meta.update({k: v for k, v in model.meta.items() if k not in meta})
@@ -186,6 +187,12 @@ def _parse_config(raw, name):
             raise ModelFormatError(f"{name}: config 'head_hidden' must be a list of "
                                    f"[units, activation], got {str(hidden)[:80]}")
         kwargs["head_hidden"] = tuple(tuple(layer) for layer in hidden)
+    if "hidden_sizes" in kwargs:
+        sizes = kwargs["hidden_sizes"]
+        if len(sizes) > 1024 or not all(type(h) is int and 0 < h <= 1 << 20 for h in sizes):
+            raise ModelFormatError(f"{name}: config 'hidden_sizes' must be a list of sizes, "
+                                   f"got {str(sizes)[:80]}")
+        kwargs["hidden_sizes"] = tuple(sizes)
     if raw.get("gate_order", "rzn") != "rzn":
         raise ModelFormatError(f"{name}: gate_order {raw['gate_order']!r} is not 'rzn'")
     for key in ("input_size", "hidden_size", "num_layers", "output_size"):

@@ -268,11 +268,9 @@ class _Graph:
             raise ModelFormatError(f"{self.name}: the GRU nodes mix directions; edgegru stacks "
                                    f"layers that are all forward, all reverse or all "
                                    f"bidirectional")
-        if len({layer["H"] for layer in self.layers}) > 1:
-            raise ModelFormatError(f"{self.name}: the GRU nodes have different hidden sizes "
-                                   f"{[layer['H'] for layer in self.layers]}")
         arrays = dict(self.arrays)
-        config = GRUConfig(input_size=first["I"], hidden_size=first["H"],
+        config = GRUConfig(input_size=first["I"], hidden_size=self.layers[-1]["H"],
+                           hidden_sizes=tuple(layer["H"] for layer in self.layers),
                            num_layers=len(self.layers), bidirectional=first["D"] == 2,
                            reverse=first["reverse"],
                            reset_after=reset_after.pop(), **first["gate"],

@@ -44,15 +44,19 @@ def to_numpy(value, key="array"):
     return np.ascontiguousarray(arr, dtype=np.float32)
 
 
-def from_state_dict(state_dict, head=None, prefix=None, meta=None, backend=None, head_on="all"):
+def from_state_dict(state_dict, head=None, prefix=None, meta=None, backend=None, head_on="all",
+                    layers=None):
     """A :class:`~edgegru.Model` from a PyTorch ``state_dict`` (torch tensors or numpy arrays).
 
     head: None finds a lone ``nn.Linear`` of the right shape; a key prefix (``"fc"`` or
     ``"fc."``) picks one; False means no head; a list names a deeper head in order, Linear
     prefixes and activations (``["fc1", "relu", "fc2"]``, ``["mlp.0", "tanh", "mlp.2",
     "sigmoid"]``; activations: relu, tanh, sigmoid, hardsigmoid, identity). prefix: which GRU,
-    when the dict holds several. head_on: ``"last"`` for a model whose head reads the last
-    step only (``fc(out[:, -1])``), which a state dict cannot say: ``run`` then returns that.
+    when the dict holds several that are not one stack. layers: the GRU modules' prefixes,
+    bottom first, when several make one stack (``["gru1", "gru2"]``; without it, several GRUs
+    are stacked in the order of their keys, if their sizes chain so). head_on: ``"last"`` for a
+    model whose head reads the last step only (``fc(out[:, -1])``), which a state dict cannot
+    say: ``run`` then returns that.
     """
     if not hasattr(state_dict, "keys"):
         raise ModelFormatError(f"expected a state dict (a mapping of names to tensors), "
@@ -74,11 +78,8 @@ def from_state_dict(state_dict, head=None, prefix=None, meta=None, backend=None,
         raise ModelFormatError("no GRU weights in the state dict: expected keys such as "
                                "'weight_ih_l0', 'weight_hh_l0', 'bias_ih_l0', 'bias_hh_l0' "
                                "(any prefix, '_reverse' for a backward direction)")
-    if len(found) > 1:
-        raise ModelFormatError(f"the state dict holds several GRUs ({_prefix_list(found)}): "
-                               f"pick one with prefix=")
-    gru_prefix, entries = next(iter(found.items()))
-    config, arrays = _gru_arrays(state_dict, gru_prefix, entries)
+    config, arrays, order = _stack(state_dict, found, layers)
+    gru_prefix = order[-1]
     width = config.hidden_size * config.num_directions
     if isinstance(head, (list, tuple)):
         chain = _chain(head)
@@ -94,9 +95,46 @@ def from_state_dict(state_dict, head=None, prefix=None, meta=None, backend=None,
                                                                           width, arrays))
     weights = GRUWeights(arrays)
     weights.check(config, source="state dict")
-    info = {"source": {"format": "pytorch-state-dict", "gru_prefix": gru_prefix,
+    info = {"source": {"format": "pytorch-state-dict",
+                       "gru_prefix": gru_prefix if len(order) == 1 else order,
                        "head_prefix": head_prefix}}
     return Model(config, weights, meta={"provenance": info, **(meta or {})}, backend=backend)
+
+
+def _stack(sd, found, layers):
+    """(config, arrays, prefixes bottom first) of the GRU modules making the stack: the one
+    found, those named by ``layers``, or all in the order of their keys if their sizes chain."""
+    if layers is not None:
+        order = [p if p == "" or p.endswith(".") else p + "." for p in layers]
+        missing = [p for p in order if p not in found]
+        if missing or not order:
+            raise ModelFormatError(f"layers: no GRU weights under {missing or 'no prefix'}; "
+                                   f"found: {_prefix_list(found)}")
+    else:
+        order = list(found)                     # the order of the keys: of the modules
+    parts = [_gru_arrays(sd, p, found[p]) for p in order]
+    first = parts[0][0]
+    for (below, _), (above, _), p in zip(parts, parts[1:], order[1:]):
+        if above.input_size != below.hidden_size * below.num_directions \
+                or above.bidirectional != first.bidirectional:
+            if layers is None:
+                raise ModelFormatError(
+                    f"the state dict holds several GRUs ({_prefix_list(found)}) that do not "
+                    f"stack in the order of their keys; name the stack, bottom first, with "
+                    f"layers=[...] (edgegru convert --layers a,b), or pick one with prefix=")
+            raise ModelFormatError(f"layers: GRU {p!r} takes {above.input_size} inputs"
+                                   f"{', bidirectional' if above.bidirectional else ''}, the "
+                                   f"layer below gives {below.hidden_size * below.num_directions}")
+    arrays, sizes = {}, []
+    for config, part in parts:
+        for name, a in part.items():            # l{k}. -> l{k + layers below}.
+            layer, rest = name[1:].split(".", 1)
+            arrays[f"l{int(layer) + len(sizes)}.{rest}"] = a
+        sizes += [config.hidden_size] * config.num_layers
+    config = dataclasses.replace(first, num_layers=len(sizes), hidden_size=sizes[-1],
+                                 hidden_sizes=tuple(sizes),
+                                 bias=any(c.bias for c, _ in parts))
+    return config, arrays, order
 
 
 def _gru_arrays(sd, prefix, entries):
