@@ -55,11 +55,9 @@ def test_run_matches_the_float64_reference(name, backend):
     assert np.abs(model.state - h_ref).max() <= 1e-5
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
-@pytest.mark.parametrize("name", [n for n in sorted(CONFIGS) if "bidir" not in n])
-def test_step_equals_run_bitwise(name, backend):
-    model = make(name, backend)
-    X = sequence(I=model.input_size)
+def check_step_equals_run(model, X):
+    """step() over X (T, I) gives run(X, all_steps=True) bitwise, and run(X) its last row for
+    a sequence-to-one model; returns every step's output."""
     every = model.run(X, all_steps=True)
     model.reset()
     out = np.empty(model.output_size, np.float32)
@@ -67,6 +65,15 @@ def test_step_equals_run_bitwise(name, backend):
     assert np.array_equal(steps, every)
     model.reset()
     assert np.array_equal(model.run(X), every[-1] if model.config.head_on == "last" else every)
+    return every
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("name", [n for n in sorted(CONFIGS) if "bidir" not in n])
+def test_step_equals_run_bitwise(name, backend):
+    model = make(name, backend)
+    X = sequence(I=model.input_size)
+    every = check_step_equals_run(model, X)
     model.reset()
     x, y = np.zeros(model.input_size, np.float32), np.zeros(model.output_size, np.float32)
     step = model.stepper(x, y)

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 import edgegru
+from test_heads import check_step_equals_run
 
 DATA = os.path.join(os.path.dirname(__file__), "data", "shapes")
 TOL = 1e-5
@@ -84,15 +85,7 @@ def test_matches_the_framework(file, expected):
                                          and "reverse" not in f))
 def test_step_equals_run_bitwise(file, expected):
     model = _load(file)
-    X = expected[f"X{model.input_size}"][0]
-    every = model.run(X, all_steps=True)
-    model.reset()
-    out = np.empty(model.output_size, np.float32)
-    steps = np.array([model.step(x, out=out).copy() for x in X])
-    assert np.array_equal(steps, every)
-    model.reset()
-    last = model.run(X)
-    assert np.array_equal(last, every[-1] if model.config.head_on == "last" else every)
+    check_step_equals_run(model, expected[f"X{model.input_size}"][0])
 
 
 def test_sequence_to_one_survives_the_native_file(expected, tmp_path):

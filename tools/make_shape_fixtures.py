@@ -8,7 +8,6 @@ compute on a seeded input of T=1000 steps (expected.npz), so the tests need none
 Keras runs on its PyTorch backend (KERAS_BACKEND=torch), so TensorFlow is not needed. Every
 weight comes from torch.manual_seed / np.random.default_rng, so the files are reproducible.
 """
-import json
 import os
 import sys
 
@@ -16,6 +15,7 @@ os.environ.setdefault("KERAS_BACKEND", "torch")
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
+from make_format_fixtures import write_expected  # noqa: E402  (tools/, the script's folder)
 
 OUT = os.path.join(os.path.dirname(__file__), "..", "tests", "data", "shapes")
 T, B = 1000, 2
@@ -245,12 +245,7 @@ def main():
     torch_fixtures()
     keras_fixtures()
     onnx_fixtures()
-    expected["versions"] = np.array(json.dumps({
-        "torch": torch.__version__, "keras": __import__("keras").__version__,
-        "onnx": __import__("onnx").__version__}))
-    np.savez_compressed(f"{OUT}/expected.npz", **expected)
-    total = sum(os.path.getsize(os.path.join(OUT, f)) for f in os.listdir(OUT))
-    print(f"wrote {len(os.listdir(OUT))} files to {OUT} ({total / 1024:.0f} KiB)")
+    write_expected(OUT, expected)
 
 
 if __name__ == "__main__":
