@@ -62,9 +62,15 @@ def main():
 @click.option("-o", "--output", "dst", required=True, type=click.Path(dir_okay=False),
               help="The edgegru .npz to write.")
 @click.option("--head", default=None, help="For state dicts: the key prefix of the nn.Linear "
-              "head (e.g. 'fc'), or 'none'.")
+              "head (e.g. 'fc'), 'none', or a deeper head in order, Linear prefixes and "
+              "activations (e.g. 'fc1,relu,fc2').")
+@click.option("--head-on", type=click.Choice(["all", "last"]), default=None,
+              help="'last': the model's output is the head on the last step only (a state "
+                   "dict cannot say so; ONNX and Keras files do). Default: as the file says.")
+@click.option("--layers", default=None, help="For state dicts with several nn.GRU modules "
+              "making one stack: their key prefixes, bottom first (e.g. 'gru1,gru2').")
 @friendly_errors
-def convert(src, dst, head):
+def convert(src, dst, head, head_on, layers):
     """Convert a trained model to edgegru's .npz (format recognised from the content).
 
     Reads PyTorch .pt/.pth state dicts (without torch), .safetensors, .npz of state-dict
@@ -73,8 +79,13 @@ def convert(src, dst, head):
     \b
     Example:
       edgegru convert model.pt -o model.npz
+      edgegru convert model.pt --head fc1,relu,fc2 --head-on last -o model.npz
     """
-    model = edgegru.load(src, head=False if head == "none" else head)
+    if head is not None and "," in head:
+        head = [part.strip() for part in head.split(",")]
+    layers = None if layers is None else [part.strip() for part in layers.split(",")]
+    model = edgegru.load(src, head=False if head == "none" else head, head_on=head_on,
+                         layers=layers)
     model.meta.setdefault("provenance", {})["converted_by"] = f"edgegru {edgegru.__version__}"
     edgegru.save(model, dst)
     click.echo(f"{src} -> {dst}: {model!r}")

@@ -1,4 +1,4 @@
-"""A GRU stack with an optional linear head: sizes (GRUConfig), weights (GRUWeights), run state.
+"""A GRU stack with an optional head: sizes (GRUConfig), weights (GRUWeights), run state.
 
 The weights arrive here in one layout, whatever format they came from (the format modules do the
 translating): per layer and direction, PyTorch-shaped matrices with the gate blocks in the order
@@ -17,11 +17,14 @@ import time
 
 import numpy as np
 
-from edgegru import kernels
+from edgegru import heads, kernels
 from edgegru._jit import JIT
 from edgegru.errors import ModelFormatError
 
-HEAD_ACTIVATIONS = {"linear": kernels.HEAD_LINEAR, "sigmoid": kernels.HEAD_SIGMOID}
+# what a head layer may apply (edgegru.heads); the first two run fused into the GRU kernels
+HEAD_ACTIVATIONS = tuple(heads.ACTIVATIONS)
+_FUSED_HEAD = {"linear": kernels.HEAD_LINEAR, "sigmoid": kernels.HEAD_SIGMOID}
+HEAD_ON = ("all", "last")
 GATE_ACTIVATIONS = ("sigmoid", "hard_sigmoid")
 _F32 = np.dtype(np.float32)
 _ndarray = np.ndarray
@@ -33,6 +36,16 @@ _F32_STRIDES = (4,)             # a one-dimensional, contiguous float32 array's
 class GRUConfig:
     """Sizes and variant. ``output_size == 0`` means no head (the output is the top hidden state).
 
+    The head: ``head_hidden`` dense layers ``((units, activation), ...)``, then the output layer
+    of ``output_size`` units and ``head_activation``; activations are those of
+    :data:`HEAD_ACTIVATIONS` (a head ``hard_sigmoid`` is ``clip(head_alpha * x + head_beta, 0,
+    1)``: alpha 1/6 in PyTorch and Keras 3, 0.2 in Keras 2 and ONNX). ``head_on="last"`` makes a
+    sequence-to-one model: :meth:`Model.run` returns the head's output for the last step only.
+
+    ``hidden_sizes`` gives each layer's width, bottom first, when they differ (``hidden_size``
+    is then the top layer's): such a Model runs each run of equal widths as a uniform stack.
+    ``reverse`` makes the stack read each sequence from its end (ONNX ``direction="reverse"``).
+
     ``gate_activation`` is what the reset and update gates apply: the logistic ``"sigmoid"``
     (PyTorch, ONNX and Keras' default), or ``"hard_sigmoid"``, ``clip(gate_alpha * x +
     gate_beta, 0, 1)``: Keras' ``recurrent_activation="hard_sigmoid"`` (alpha 0.2 in Keras 2 and
@@ -43,6 +56,7 @@ class GRUConfig:
     hidden_size: int
     num_layers: int = 1
     bidirectional: bool = False
+    reverse: bool = False           # the stack reads the sequence from its end (ONNX "reverse")
     reset_after: bool = True        # PyTorch / cuDNN / Keras reset_after=True / ONNX lbr=1
     bias: bool = True
     output_size: int = 0            # size of the linear head, 0 for none
@@ -50,6 +64,11 @@ class GRUConfig:
     gate_activation: str = "sigmoid"
     gate_alpha: float = 0.2
     gate_beta: float = 0.5
+    hidden_sizes: tuple = ()        # per layer, bottom first, when they differ (hidden_size: the top's)
+    head_on: str = "all"            # "last": run() returns the last step's output
+    head_hidden: tuple = ()         # ((units, activation), ...) before the output layer
+    head_alpha: float = 1 / 6
+    head_beta: float = 0.5
 
     def __post_init__(self):
         for name in ("input_size", "hidden_size", "num_layers"):
@@ -64,11 +83,76 @@ class GRUConfig:
         if self.gate_activation not in GATE_ACTIVATIONS:
             raise ValueError(f"gate_activation must be one of {list(GATE_ACTIVATIONS)}, "
                              f"got {self.gate_activation!r}")
-        for name in ("gate_alpha", "gate_beta"):
+        self._check_hidden_sizes()
+        if self.reverse and self.bidirectional:
+            raise ValueError("reverse is for unidirectional stacks (a bidirectional layer has "
+                             "its own reverse direction)")
+        if self.head_on not in HEAD_ON:
+            raise ValueError(f"head_on must be one of {list(HEAD_ON)}, got {self.head_on!r}")
+        self._check_head_hidden()
+        for name in ("gate_alpha", "gate_beta", "head_alpha", "head_beta"):
             value = getattr(self, name)
             if not isinstance(value, (int, float, np.floating, np.integer)) \
                     or isinstance(value, bool) or not np.isfinite(value):
                 raise ValueError(f"{name} must be a finite number, got {value!r}")
+
+    def _check_hidden_sizes(self):
+        sizes = tuple(self.hidden_sizes)
+        if any(isinstance(h, bool) or not isinstance(h, (int, np.integer)) or h < 1
+               for h in sizes):
+            raise ValueError(f"hidden_sizes must be positive integers, got {sizes!r}")
+        sizes = tuple(int(h) for h in sizes)
+        if sizes and (len(sizes) != self.num_layers or sizes[-1] != self.hidden_size):
+            raise ValueError(f"hidden_sizes {sizes} must give num_layers ({self.num_layers}) "
+                             f"sizes, the last one hidden_size ({self.hidden_size})")
+        if len(set(sizes)) == 1:
+            sizes = ()                       # uniform: the one way to say it
+        object.__setattr__(self, "hidden_sizes", sizes)
+
+    @property
+    def layer_sizes(self):
+        """The hidden size of each layer, bottom first."""
+        return self.hidden_sizes or (self.hidden_size,) * self.num_layers
+
+    def segments(self):
+        """[(first layer, number of layers, hidden size)] of the runs of equal sizes."""
+        out = []
+        for l, H in enumerate(self.layer_sizes):
+            if out and out[-1][2] == H:
+                out[-1] = (out[-1][0], out[-1][1] + 1, H)
+            else:
+                out.append((l, 1, H))
+        return out
+
+    def _check_head_hidden(self):
+        try:
+            layers = tuple((int(u), str(a)) for u, a in self.head_hidden)
+        except (TypeError, ValueError):
+            raise ValueError(f"head_hidden must be ((units, activation), ...), "
+                             f"got {self.head_hidden!r}") from None
+        for (units, act), (u0, _) in zip(layers, self.head_hidden):
+            if isinstance(u0, bool) or units != u0 or units < 1:
+                raise ValueError(f"head_hidden: units must be positive integers, got {u0!r}")
+            if act not in HEAD_ACTIVATIONS:
+                raise ValueError(f"head_hidden: activation must be one of "
+                                 f"{list(HEAD_ACTIVATIONS)}, got {act!r}")
+        if layers and not self.output_size:
+            raise ValueError("head_hidden needs an output layer: set output_size")
+        object.__setattr__(self, "head_hidden", layers)        # hashable, comparable
+
+    @property
+    def fused_head(self):
+        """True when the head (if any) is one linear layer, + sigmoid or not: the GRU kernels
+        compute it; any other head runs after them (edgegru.heads)."""
+        return not self.head_hidden and self.head_activation in _FUSED_HEAD
+
+    @property
+    def head_layers(self):
+        """[(name prefix, units, activation)] of every dense layer of the head, in order."""
+        if not self.output_size:
+            return []
+        return [(f"head{i}.", u, a) for i, (u, a) in enumerate(self.head_hidden)] \
+            + [("head.", self.output_size, self.head_activation)]
 
     @property
     def gate_args(self):
@@ -81,22 +165,25 @@ class GRUConfig:
         return 2 if self.bidirectional else 1
 
     def layer_input_size(self, layer):
-        return self.input_size if layer == 0 else self.hidden_size * self.num_directions
+        return self.input_size if layer == 0 \
+            else self.layer_sizes[layer - 1] * self.num_directions
 
     def expected_shapes(self):
         """{array name: shape} of every weight this config needs (the native file's arrays)."""
-        H, G = self.hidden_size, 3 * self.hidden_size
         shapes = {}
-        for l in range(self.num_layers):
+        for l, H in enumerate(self.layer_sizes):
+            G = 3 * H
             for d in range(self.num_directions):
                 p = block_name(l, d)
                 shapes[p + "w_ih"] = (G, self.layer_input_size(l))
                 shapes[p + "w_hh"] = (G, H)
                 shapes[p + "b_ih"] = (G,)
                 shapes[p + "b_hh"] = (G,)
-        if self.output_size:
-            shapes["head.weight"] = (self.output_size, H * self.num_directions)
-            shapes["head.bias"] = (self.output_size,)
+        width = self.hidden_size * self.num_directions
+        for prefix, units, _ in self.head_layers:
+            shapes[prefix + "weight"] = (units, width)
+            shapes[prefix + "bias"] = (units,)
+            width = units
         return shapes
 
 
@@ -116,8 +203,8 @@ class GRUWeights:
         rng = np.random.default_rng(seed)
         arrays = {}
         for name, shape in config.expected_shapes().items():
-            fan = config.hidden_size * config.num_directions if name.startswith("head.") \
-                else config.hidden_size
+            fan = config.hidden_size * config.num_directions if name.startswith("head") \
+                else shape[0] // 3
             arrays[name] = rng.uniform(-fan ** -0.5, fan ** -0.5, size=shape).astype(np.float32)
             if not config.bias and name.endswith(("b_ih", "b_hh")):
                 arrays[name][...] = 0.0
@@ -147,7 +234,8 @@ def pack_params(config, weights, block_columns=0):
     blocked for kernels with blocks of block_columns (kernels.RECURRENT_BLOCK_COLUMNS; the
     NumPy fallback's 0: never)."""
     I, H, L, D = config.input_size, config.hidden_size, config.num_layers, config.num_directions
-    params = np.zeros(kernels.params_size(I, H, L, D, config.output_size), dtype=np.float32)
+    O = config.output_size if config.fused_head else 0          # the other heads: edgegru.heads
+    params = np.zeros(kernels.params_size(I, H, L, D, O), dtype=np.float32)
     a = weights.arrays
     for l in range(L):
         for d in range(D):
@@ -164,7 +252,7 @@ def pack_params(config, weights, block_columns=0):
             params[b_x:b_x + 3 * H] = bx
             w = kernels.pack_recurrent(a[name + "w_hh"].T, block_columns)
             params[w_hh:w_hh + w.size] = w
-    if config.output_size:
+    if O:
         w_head = kernels.head_offset(I, H, L, D)
         n = config.output_size * H * D
         params[w_head:w_head + n] = a["head.weight"].ravel()
@@ -194,7 +282,7 @@ def _kernel_module(backend):
 
 
 class Model:
-    """A GRU stack (+ optional linear head) with its own state, for streaming and sequences.
+    """A GRU stack (+ optional head) with its own state, for streaming and sequences.
 
     >>> import numpy as np, edgegru
     >>> cfg = edgegru.GRUConfig(input_size=2, hidden_size=4)
@@ -205,6 +293,10 @@ class Model:
     (10, 4)
     """
 
+    def __new__(cls, config, *args, **kwargs):
+        # layers of different widths: a chain of uniform stacks (_Tapered)
+        return super().__new__(_Tapered if cls is Model and config.hidden_sizes else cls)
+
     def __init__(self, config, weights, meta=None, backend=None):
         weights.check(config)
         self.config = config
@@ -213,13 +305,22 @@ class Model:
         self._k = _kernel_module(backend)
         params = pack_params(config, weights, self._k.RECURRENT_BLOCK_COLUMNS)
         I, H, L, D = config.input_size, config.hidden_size, config.num_layers, config.num_directions
-        self._head_act = HEAD_ACTIVATIONS[config.head_activation]
+        # The GRU kernels compute a one-layer linear (+ sigmoid) head themselves; with any
+        # other head they output the top layer (gru_out 0, width K) and edgegru.heads goes on.
+        self._gru_out = config.output_size if config.fused_head else 0
+        self._gru_width = self._gru_out or H * D
+        self._head_act = _FUSED_HEAD.get(config.head_activation, kernels.HEAD_LINEAR)
+        self._chain = None
+        if not config.fused_head and config.output_size:
+            self._chain, self._top = _chain_args(config, weights)
+            self._head_step, self._head_rows = (heads.head_step, heads.head_rows) \
+                if self._k is kernels else (heads.numpy_head_step, heads.numpy_head_rows)
         # Everything in one array, allocated once: the step kernel's [header | params | work],
         # the work being the run state [h (L*D, H) | step scratch (6H)]. The sequence kernel
         # gets views of params and h.
         P, W = params.size, L * D * H + 6 * H
         self._step_model = _aligned_zeros(kernels.step_model_size(P, W))
-        kernels.write_step_header(self._step_model, I, H, L, config.output_size,
+        kernels.write_step_header(self._step_model, I, H, L, self._gru_out,
                                   config.reset_after, *config.gate_args, self._head_act, P)
         self._params = self._step_model[kernels.STEP_HEADER:kernels.STEP_HEADER + P]
         self._params[:] = params
@@ -251,11 +352,15 @@ class Model:
 
     def __repr__(self):
         c = self.config
-        return (f"<edgegru.Model input_size={c.input_size} hidden_size={c.hidden_size} "
-                f"num_layers={c.num_layers}{' bidirectional' if c.bidirectional else ''} "
+        sizes = ",".join(map(str, c.hidden_sizes))
+        return (f"<edgegru.Model input_size={c.input_size} "
+                f"{f'hidden_sizes={sizes}' if sizes else f'hidden_size={c.hidden_size}'} "
+                f"num_layers={c.num_layers}{' bidirectional' if c.bidirectional else ''}"
+                f"{' reverse' if c.reverse else ''} "
                 f"{'reset_after' if c.reset_after else 'reset_before'} "
                 f"{'hard_sigmoid gates ' if c.gate_activation == 'hard_sigmoid' else ''}"
-                f"output_size={self.output_size}>")
+                f"output_size={self.output_size}"
+                f"{' sequence-to-one' if c.head_on == 'last' else ''}>")
 
     # -- state ----------------------------------------------------------------------------
     @property
@@ -330,13 +435,34 @@ class Model:
 
     def _step_entry(self, out, x):
         # The compiled gru_step for arrays like out and x, bound into self._step_call.
+        self._refuse_step()
+        args = self._step_call[1:]
+        if self._chain is None:
+            kernel = self._k.entry_point(self._k.gru_step, (out, x) + args)
+        else:
+            kernel = self._chained_step(out, x, args)
+        self._step_call = (kernel,) + args
+        return kernel
+
+    def _chained_step(self, out, x, args):
+        # A head past the fused one: the GRU step into the top layer's buffer, then the head
+        # on it, each through its compiled entry point.
+        top, chain = self._top, self._chain
+        gru = self._k.entry_point(self._k.gru_step, (top, x) + args)
+        head = self._k.entry_point(self._head_step, (out, top) + chain)
+
+        def step(out, x, model):
+            gru(top, x, model)
+            head(out, top, *chain)
+        return step
+
+    def _refuse_step(self):
         if self.config.bidirectional:
             raise ValueError("step() needs a unidirectional model: a bidirectional layer reads "
                              "the whole sequence, so use run() on the sequence instead")
-        args = self._step_call[1:]
-        kernel = self._k.entry_point(self._k.gru_step, (out, x) + args)
-        self._step_call = (kernel,) + args
-        return kernel
+        if self.config.reverse:
+            raise ValueError("step() needs a forward model: a reverse GRU reads the sequence "
+                             "from its end, so use run() on the whole sequence instead")
 
     def stepper(self, x, out):
         """A function of no arguments that does ``step(x, out=out)`` with these two buffers,
@@ -378,24 +504,31 @@ class Model:
         c = self.config
         times = {}
         t = time.perf_counter()
-        if not c.bidirectional:
+        if not (c.bidirectional or c.reverse):
             self._step_entry(np.empty(self._out_shape, np.float32),
                              np.empty(self._x_shape, np.float32))
             times["step"] = time.perf_counter() - t
             t = time.perf_counter()
         L, D, H = c.num_layers, c.num_directions, c.hidden_size
-        args = (np.empty((1, 1, self.output_size), np.float32),
+        args = (np.empty((1, 1, self._gru_width), np.float32),
                 np.empty((1, 1, c.input_size), np.float32), np.empty((L * D, 1, H), np.float32),
-                self._params, self._ws, c.input_size, H, L, D, c.output_size, c.reset_after) \
+                self._params, self._ws, c.input_size, H, L, D, self._gru_out, c.reset_after) \
             + c.gate_args + (self._head_act,)
         kernels.entry_point(kernels.gru_sequences, args)       # run() then finds it compiled
         times["sequence"] = time.perf_counter() - t
+        # the deeper heads' kernels, for every model: edgegru compile builds the ahead-of-time
+        # module from what this process compiled, and the next model may need them
+        t = time.perf_counter()
+        chain = self._chain or (np.zeros(2, np.float32), np.array([[1, 1, 0]], np.int64),
+                                np.float32(0), np.float32(0), np.zeros(2, np.float32))
+        one = np.zeros(1, np.float32)
+        kernels.entry_point(heads.head_step, (one, one) + chain)
+        kernels.entry_point(heads.head_rows, (one.reshape(1, 1), one.reshape(1, 1)) + chain)
+        times["head"] = time.perf_counter() - t
         return times
 
     def _check_step_input(self, x):
-        if self.config.bidirectional:
-            raise ValueError("step() needs a unidirectional model: a bidirectional layer reads "
-                             "the whole sequence, so use run() on the sequence instead")
+        self._refuse_step()
         x = _as_float32(x, "x")
         if x.shape != self._x_shape:
             raise ValueError(f"x must have shape ({self.input_size},) (input_size), "
@@ -403,7 +536,7 @@ class Model:
                              f"use run()")
         return x
 
-    def run(self, X, h0=None, return_state=False):
+    def run(self, X, h0=None, return_state=False, all_steps=None, lengths=None):
         """A whole sequence, or a batch of independent sequences.
 
         - X (T, input_size) -> Y (T, output_size): continues from ``state`` and updates it.
@@ -411,6 +544,15 @@ class Model:
           ``batch_first=True``), each starting from ``h0`` (num_layers * num_directions, B,
           hidden_size), zeros by default; ``state`` is left alone. With ``return_state=True``
           the final states come back too, as ``(Y, h_n)`` with h_n shaped like h0.
+
+        A sequence-to-one model (``config.head_on == "last"``) returns the last step's output
+        only: (output_size,), or (B, output_size) for a batch; ``all_steps=True`` returns every
+        step's, as above (and ``all_steps=False`` the last step's, whatever the model).
+
+        ``lengths`` (B,) runs each sequence of a batch over its first ``lengths[b]`` steps only
+        (ONNX's ``sequence_lens``): Y is zero past them, h_n is the state after them, and the
+        last step's output is each sequence's own last (zeros for an empty one). A reverse
+        model (``config.reverse``) reads each sequence from its end (its own end with lengths).
         """
         X = _as_float32(X, "X")
         c = self.config
@@ -437,16 +579,157 @@ class Model:
                                      f"got {h0.shape}")
                 h = h0.copy()
         B, T = Xb.shape[:2]
+        all_steps = c.head_on == "all" if all_steps is None else bool(all_steps)
+        if lengths is not None and not _full_lengths(lengths, B, T, X.ndim, c.input_size):
+            Y = self._run_ragged(Xb, h, np.asarray(lengths), all_steps)
+            return (Y, h) if return_state else Y
+        if not all_steps and T == 0:
+            raise ValueError("X has no time steps: the last step's output needs one at least")
+        if c.reverse:                   # a forward GRU on the time-reversed sequence
+            Xb = np.ascontiguousarray(Xb[:, ::-1])
         need = kernels.sequence_workspace_size(B, T, H, D)
         if self._ws.size < need:
             self._ws = _aligned_zeros(need)
-        Y = np.empty((B, T, self.output_size), dtype=np.float32)
+        Y = np.empty((B, T, self._gru_width), dtype=np.float32)
         if T and B:
             self._k.gru_sequences(Y, Xb, h, self._params, self._ws, c.input_size, H, L, D,
-                                  c.output_size, c.reset_after, *c.gate_args, self._head_act)
+                                  self._gru_out, c.reset_after, *c.gate_args, self._head_act)
+        if c.reverse:
+            Y = np.ascontiguousarray(Y[:, ::-1])
+        Y = self._apply_head(Y, all_steps)
         if X.ndim == 2:
             return (Y[0], self.state) if return_state else Y[0]
         return (Y, h) if return_state else Y
+
+    def _run_ragged(self, X, h, lengths, all_steps):
+        # run() with lengths: each sequence alone over its own steps; h (L*D, B, H) in and out
+        B, T = X.shape[:2]
+        Y = np.zeros((B, T, self.output_size) if all_steps else (B, self.output_size),
+                     np.float32)
+        for b, n in enumerate(lengths):
+            if n:
+                y, h_n = self.run(X[b:b + 1, :n], h0=h[:, b:b + 1], return_state=True,
+                                  all_steps=True)
+                if all_steps:
+                    Y[b, :n] = y[0]
+                else:
+                    Y[b] = y[0, -1]
+                h[:, b] = h_n[:, 0]
+        return Y
+
+    def _apply_head(self, Y, all_steps):
+        # Y (B, T, gru width) from the GRU kernels -> (B, T, O), or (B, O) for the last step
+        if not all_steps:
+            Y = np.ascontiguousarray(Y[:, -1])
+        if self._chain is None:
+            return Y
+        out = np.empty(Y.shape[:-1] + (self.output_size,), np.float32)
+        if out.size:
+            self._head_rows(out.reshape(-1, self.output_size), Y.reshape(-1, Y.shape[-1]),
+                            *self._chain)
+        return out
+
+
+class _Tapered(Model):
+    """A stack whose layers differ in width (``config.hidden_sizes``): each run of layers of one
+    width is a uniform Model on the fused kernels (a segment), the top one with the head, and
+    each segment's output is the next one's input. ``state`` and ``h0`` are lists, one array
+    per segment, shaped as a uniform model's."""
+
+    def __init__(self, config, weights, meta=None, backend=None):
+        weights.check(config)
+        self.config, self.weights, self.meta = config, weights, dict(meta or {})
+        segments = config.segments()
+        D = config.num_directions
+        self._segments = []
+        for i, (first, n, H) in enumerate(segments):
+            top = i == len(segments) - 1
+            below = {} if top else dict(output_size=0, head_hidden=(), head_activation="linear",
+                                        head_on="all")
+            cfg = dataclasses.replace(config, input_size=config.layer_input_size(first),
+                                      hidden_size=H, num_layers=n, hidden_sizes=(), **below)
+            arrays = {block_name(l - first, d) + kind: weights.arrays[block_name(l, d) + kind]
+                      for l in range(first, first + n) for d in range(D)
+                      for kind in ("w_ih", "w_hh", "b_ih", "b_hh")}
+            if top:
+                arrays.update({k: a for k, a in weights.arrays.items() if k.startswith("head")})
+            self._segments.append(Model(cfg, GRUWeights(arrays), backend=backend))
+        self._k = self._segments[0]._k
+        self._bufs = [np.zeros(seg.output_size, np.float32) for seg in self._segments[:-1]]
+
+    @property
+    def state(self):
+        """A copy of the hidden state: [(layers * directions, hidden size)] per segment."""
+        return [seg.state for seg in self._segments]
+
+    @state.setter
+    def state(self, value):
+        if not isinstance(value, (list, tuple)) or len(value) != len(self._segments):
+            raise ValueError(f"state must be a list of {len(self._segments)} arrays, one per "
+                             f"run of layers of one width, as model.state gives")
+        for seg, v in zip(self._segments, value):
+            seg.state = v
+
+    def reset(self):
+        for seg in self._segments:
+            seg.reset()
+
+    def step(self, x, out=None):
+        for seg, buf in zip(self._segments, self._bufs):
+            x = seg.step(x, out=buf)
+        return self._segments[-1].step(x, out=out)
+
+    def stepper(self, x, out):
+        steps = [seg.stepper(a, b) for seg, a, b in zip(
+            self._segments, [x] + self._bufs, self._bufs + [out])]
+
+        def step():
+            for s in steps:
+                s()
+        return step
+
+    def compile(self):
+        times = {}
+        for seg in self._segments:
+            for what, seconds in seg.compile().items():
+                times[what] = times.get(what, 0.0) + seconds
+        return times
+
+    def run(self, X, h0=None, return_state=False, all_steps=None, lengths=None):
+        n = len(self._segments)
+        if h0 is not None and (not isinstance(h0, (list, tuple)) or len(h0) != n):
+            raise ValueError(f"h0 must be a list of {n} arrays, one per run of layers of one "
+                             f"width: (layers * directions, B, hidden size) each")
+        states = []
+        for i, seg in enumerate(self._segments):
+            top = i == n - 1
+            X, h = seg.run(X, h0=None if h0 is None else h0[i], return_state=True,
+                           all_steps=all_steps if top else True, lengths=lengths)
+            states.append(h)
+        return (X, states) if return_state else X
+
+
+def _full_lengths(lengths, B, T, ndim, I):
+    """Check run()'s lengths; True when every sequence runs over all T steps."""
+    lengths = np.asarray(lengths)
+    if ndim != 3 or lengths.shape != (B,) or lengths.dtype.kind not in "iu" \
+            or ((lengths < 0) | (lengths > T)).any():
+        raise ValueError(f"lengths must be {B} integers in 0..{T}, one per sequence of a "
+                         f"batch X (B, T, {I}), got {lengths!r}")
+    return bool((lengths == T).all())
+
+
+def _chain_args(config, weights):
+    """The head kernels' arguments after (y, x): (weights, layers, alpha, beta, scratch), and
+    the buffer of the top layer's output that step() runs the head on."""
+    a = weights.arrays
+    layers = config.head_layers
+    flat, table, scratch = heads.pack([a[p + "weight"] for p, _, _ in layers],
+                                      [a[p + "bias"] for p, _, _ in layers],
+                                      [act for _, _, act in layers])
+    top = _aligned_zeros(config.hidden_size * config.num_directions)
+    return (flat, table, np.float32(config.head_alpha), np.float32(config.head_beta),
+            np.zeros(scratch, np.float32)), top
 
 
 def _aligned_zeros(n, align=64):

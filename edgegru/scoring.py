@@ -486,6 +486,12 @@ class AnomalyScorer:
         if model.config.bidirectional:
             raise ModelFormatError("a forecaster cannot be bidirectional: it must not see the "
                                    "future")
+        if model.config.hidden_sizes:
+            raise ModelFormatError("a forecaster's layers must have one width (this model's "
+                                   f"are {list(model.config.hidden_sizes)})")
+        if model.config.head_on != "all":
+            raise ModelFormatError("a forecaster forecasts every step: this model's head reads "
+                                   "the last step only (head_on='last')")
         self.model = model
         self.columns = list(columns)
         self.mean = _vector(mean, C, "mean")

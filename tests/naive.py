@@ -37,15 +37,17 @@ def cell(x, h, w_ih, w_hh, b_ih, b_hh, reset_after, gate=sigmoid):
 def gru(config, arrays, X, h0=None):
     """Y (T, output_size), h_n (L*D, H) for one sequence X (T, I), in float64."""
     a = {k: v.astype(np.float64) for k, v in arrays.items()}
-    L, D, H = config.num_layers, config.num_directions, config.hidden_size
-    h_n = np.zeros((L * D, H)) if h0 is None else np.array(h0, dtype=np.float64)
+    L, D = config.num_layers, config.num_directions
+    # h_n: one row per layer and direction (rows of different lengths when the layers differ)
+    h_n = [np.zeros(config.layer_sizes[k // D]) for k in range(L * D)] if h0 is None \
+        else list(np.array(h0, dtype=np.float64))
     seq = np.asarray(X, dtype=np.float64)
     T = seq.shape[0]
     gate = sigmoid
     if config.gate_activation == "hard_sigmoid":
         def gate(v):
             return hard_sigmoid(v, config.gate_alpha, config.gate_beta)
-    for l in range(L):
+    for l, H in enumerate(config.layer_sizes):
         out = np.zeros((T, D * H))
         for d in range(D):
             p = f"l{l}." + ("reverse." if d else "")
@@ -56,8 +58,20 @@ def gru(config, arrays, X, h0=None):
                 out[t, d * H:(d + 1) * H] = h
             h_n[l * D + d] = h
         seq = out
-    if config.output_size:
-        seq = seq @ a["head.weight"].T + a["head.bias"]
-        if config.head_activation == "sigmoid":
-            seq = sigmoid(seq)
-    return seq, h_n
+    for prefix, _, act in config.head_layers:        # dense layers, then the activation
+        seq = activation(seq @ a[prefix + "weight"].T + a[prefix + "bias"], act, config)
+    if config.head_on == "last":
+        seq = seq[-1]
+    return seq, h_n if config.hidden_sizes else np.array(h_n)
+
+
+def activation(v, name, config):
+    if name == "relu":
+        return np.maximum(v, 0.0)
+    if name == "tanh":
+        return np.tanh(v)
+    if name == "sigmoid":
+        return sigmoid(v)
+    if name == "hard_sigmoid":
+        return hard_sigmoid(v, config.head_alpha, config.head_beta)
+    return v

@@ -54,6 +54,21 @@ SCRIPT = textwrap.dedent("""
     grown = [s for s in after.compare_to(before, "lineno") if s.size_diff > 0 and s.count_diff > 0]
     result["tracemalloc_grown"] = sum(s.size_diff for s in grown)
 
+    # a head deeper than one linear layer: the GRU step, then edgegru.heads' kernel
+    cfg = edgegru.GRUConfig(input_size=4, hidden_size=32, output_size=4,
+                            head_hidden=((16, "relu"), (8, "tanh")))
+    deep = edgegru.Model(cfg, edgegru.GRUWeights.random(cfg))
+    for _ in range(100): deep.step(x, out=out)
+    a = counts()
+    for _ in range(1000): deep.step(x, out=out)
+    b = counts()
+    result["deep_python_loop"] = [b[i] - a[i] for i in range(4)]
+    before = tracemalloc.take_snapshot()
+    for _ in range(10000): deep.step(x, out=out)
+    after = tracemalloc.take_snapshot()
+    grown = [s for s in after.compare_to(before, "lineno") if s.size_diff > 0 and s.count_diff > 0]
+    result["deep_tracemalloc_grown"] = sum(s.size_diff for s in grown)
+
     # the scorer's per-row kernel, as AnomalyScorer.score_one calls it (one row per call)
     import sys
     from edgegru.scoring import _score_rows
@@ -92,6 +107,10 @@ def test_streaming_allocates_nothing_per_step(tmp_path):
     assert alloc == free and mi_alloc == mi_free
     # step(x, out=buf) creates no new numpy array: memory does not grow over 10,000 calls.
     assert result["tracemalloc_grown"] < 2048
+    # nor with a deeper head (its layers' outputs go to the model's scratch)
+    alloc, free, mi_alloc, mi_free = result["deep_python_loop"]
+    assert alloc == free and mi_alloc == mi_free
+    assert result["deep_tracemalloc_grown"] < 2048
     # The scorer's kernel (shipped model: whitening, consistency model, drift test, stuck sensors)
     # allocates nothing per call either: its work space is the scorer's. (What 10 calls
     # allocate is the records of the arrays passed into the loop, all freed.)

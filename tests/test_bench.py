@@ -72,14 +72,22 @@ def test_compile_refuses_a_missing_model(tmp_path):
 
 @pytest.mark.skipif(not edgegru.JIT, reason="needs numba")
 def test_model_compile_binds_what_step_and_run_use():
-    from edgegru import kernels
+    from edgegru import heads, kernels
     model = bench.tiny_scoring_model()
-    assert set(model.compile()) == {"step", "sequence"}
+    # the deeper heads' kernels too, whatever the model: edgegru compile builds the AOT module
+    assert set(model.compile()) == {"step", "sequence", "head"}
     before = len(kernels.gru_sequences.signatures)
     model.run(np.zeros((3, 2)))
     model.run(np.zeros((2, 3, 2)))
     assert len(kernels.gru_sequences.signatures) == before     # found compiled, not recompiled
     assert model._step_call[0] != model._bind_step
+    compiled = len(heads.head_rows.signatures), len(heads.head_step.signatures)
+    cfg = edgegru.GRUConfig(input_size=2, hidden_size=4, output_size=1,
+                            head_hidden=((3, "relu"),))
+    deep = edgegru.Model(cfg, edgegru.GRUWeights.random(cfg))
+    deep.run(np.zeros((3, 2)))
+    deep.step(np.zeros(2))
+    assert (len(heads.head_rows.signatures), len(heads.head_step.signatures)) == compiled
 
 
 def test_a_childs_peak_memory_is_its_own_not_its_parents():

@@ -24,6 +24,11 @@ FILES = [
     ("gru2_linear.safetensors", None, None),
     ("gru2_linear_state_dict.npz", ["gru.weight_ih_l0.npy", "fc.bias.npy"], None),
     ("native", ["__meta__.npy", "l0.w_ih.npy"], None),
+    # sequence-to-one with a 3-layer head: head_on, head_hidden, head_alpha in the metadata
+    ("native_mlp_last", ["__meta__.npy", "head0.weight.npy"], "onnx"),
+    ("native_tapered", ["__meta__.npy", "l2.w_ih.npy"], None),           # hidden_sizes
+    ("../shapes/mlp3_last.onnx", None, "onnx"),
+    ("../shapes/keras_last_mlp.keras", ["config.json"], "h5py"),
     ("gru2_linear.onnx", None, "onnx"),
     ("gru_bidir.onnx", None, "onnx"),
     ("keras_gru2.keras", ["config.json", "model.weights.h5"], "h5py"),
@@ -75,8 +80,10 @@ def _timeout(signum, frame):
 def test_mutated_files_load_or_raise_model_format_error(file, entries, needs, tmp_path):
     if needs:
         pytest.importorskip(needs)
-    if file == "native":
-        edgegru.save(edgegru.load(os.path.join(DATA, "gru2_linear.pt")), tmp_path / "m.npz")
+    if file.startswith("native"):
+        source = {"native": "gru2_linear.pt", "native_mlp_last": "../shapes/mlp3_last.onnx",
+                  "native_tapered": "../shapes/tapered.pt"}[file]
+        edgegru.save(edgegru.load(os.path.join(DATA, source)), tmp_path / "m.npz")
         data = (tmp_path / "m.npz").read_bytes()
     else:
         data = open(os.path.join(DATA, file), "rb").read()

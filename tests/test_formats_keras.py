@@ -121,8 +121,9 @@ def _with_config(change):
 
 
 @pytest.mark.parametrize("change,match", [
-    (lambda layers: layers[-1]["config"].update(activation="relu"),
-     "Dense activation 'relu' is not supported"),
+    (lambda layers: layers[-1]["config"].update(activation="gelu"),
+     "activation 'gelu' is not supported"),
+    (lambda layers: layers.insert(2, layers.pop()), "Dense layers after the GRU layers"),
     (lambda layers: layers[1].update(class_name="LSTM"), r"\(LSTM\) is not supported"),
     (lambda layers: layers[1]["config"].update(go_backwards=True), "go_backwards"),
     (lambda layers: layers[1]["config"].update(reset_after=False),

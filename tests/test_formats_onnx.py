@@ -243,7 +243,6 @@ def _refused(nodes, init, match, **kwargs):
     ({"activations": ["Relu", "Tanh"]}, r"activations \['Relu', 'Tanh'\] are not supported"),
     ({"activations": ["HardSigmoid", "Relu"]}, "are not supported"),
     ({"activations": ["Sigmoid", "Tanh"], "activation_alpha": [0.3]}, "no activation of this"),
-    ({"direction": "reverse"}, "reverse-only GRU"),
     ({"hidden_size": 7}, "hidden_size=7 but R has shape"),
 ])
 def test_unsupported_gru_attributes_are_named(attrs, match):
@@ -252,12 +251,27 @@ def test_unsupported_gru_attributes_are_named(attrs, match):
     _refused([node], _gru_weights(1, 5, 3, seed=1), match)
 
 
+def test_forward_and_reverse_nodes_in_one_stack_are_refused():
+    init = {**_gru_weights(1, 5, 3, seed=1),
+            **{k + "1": v for k, v in _gru_weights(1, 5, 5, seed=2).items()},
+            "axis": np.array([1], np.int64)}
+    nodes = [helper.make_node("GRU", ["x", "W", "R", "B"], ["y0", ""], hidden_size=5),
+             helper.make_node("Squeeze", ["y0", "axis"], ["s0"]),
+             helper.make_node("GRU", ["s0", "W1", "R1", "B1"], ["y", ""], hidden_size=5,
+                              direction="reverse")]
+    _refused(nodes, init, "mix directions; edgegru stacks layers that are all forward, all "
+                          "reverse or all bidirectional")
+
+
 def test_unsupported_ops_and_inputs_are_named():
     init = _gru_weights(1, 5, 3, seed=1)
     gru = helper.make_node("GRU", ["x", "W", "R", "B"], ["Y", ""], hidden_size=5)
     _refused([helper.make_node("LSTM", ["x", "W", "R"], ["y"], hidden_size=5)], init,
              r"node \(unnamed\) \(LSTM\): op LSTM is not supported")
-    _refused([gru, helper.make_node("Relu", ["Y"], ["y"])], init, "op Relu is not supported")
+    _refused([gru, helper.make_node("Softsign", ["Y"], ["y"])], init,
+             "op Softsign is not supported")
+    _refused([gru, helper.make_node("Relu", ["Y"], ["y"])], init,
+             "Relu is read only as a head layer's activation, after its MatMul/Gemm")
     h0 = {**init, "h0": np.ones((1, 1, 5), np.float32)}
     _refused([helper.make_node("GRU", ["x", "W", "R", "B", "", "h0"], ["y", ""],
                                hidden_size=5)], h0, "initial_h is not constant zeros")

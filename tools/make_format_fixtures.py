@@ -198,17 +198,22 @@ def keras_fixtures():
     record("keras3_legacy_hard_sigmoid", X, m.predict(X, verbose=0))
 
 
+def write_expected(out, expected):
+    """expected.npz in ``out``, with the versions of the tools that computed it."""
+    expected["versions"] = np.array(json.dumps({
+        "torch": torch.__version__, "keras": __import__("keras").__version__,
+        "onnx": __import__("onnx").__version__}))
+    np.savez_compressed(f"{out}/expected.npz", **expected)
+    total = sum(os.path.getsize(os.path.join(out, f)) for f in os.listdir(out))
+    print(f"wrote {len(os.listdir(out))} files to {out} ({total / 1024:.0f} KiB)")
+
+
 def main():
     torch.set_num_threads(1)
     os.makedirs(OUT, exist_ok=True)
     torch_fixtures()
     keras_fixtures()
-    expected["versions"] = np.array(json.dumps({
-        "torch": torch.__version__, "keras": __import__("keras").__version__,
-        "onnx": __import__("onnx").__version__}))
-    np.savez_compressed(f"{OUT}/expected.npz", **expected)
-    total = sum(os.path.getsize(os.path.join(OUT, f)) for f in os.listdir(OUT))
-    print(f"wrote {len(os.listdir(OUT))} files to {OUT} ({total / 1024:.0f} KiB)")
+    write_expected(OUT, expected)
 
 
 if __name__ == "__main__":

@@ -12,6 +12,7 @@
 and takes a path or the file's bytes; :func:`save` writes edgegru's own file (the only format
 written).
 """
+import dataclasses
 import hashlib
 import io
 import os
@@ -29,11 +30,14 @@ _EXTENSIONS = {".pt": "pytorch", ".pth": "pytorch", ".bin": "pytorch", ".onnx": 
                ".hdf5": "keras"}
 
 
-def load(source, backend=None, format=None, head=None):
+def load(source, backend=None, format=None, head=None, head_on=None, layers=None):
     """A :class:`~edgegru.Model` from a model file (a path, or its bytes).
 
     format: one of :data:`FORMATS` to skip detection. head: for state-dict formats, which
-    ``nn.Linear`` is the head (see :func:`edgegru.from_state_dict`).
+    ``nn.Linear`` is the head, or a list naming a deeper one (see
+    :func:`edgegru.from_state_dict`). head_on: ``"last"`` or ``"all"`` to override what the
+    file says (a state dict says nothing: ``"all"``); None keeps it. layers: for state dicts
+    with several GRU modules making one stack, their prefixes bottom first.
     """
     data, name = _read(source)
     try:
@@ -43,7 +47,9 @@ def load(source, backend=None, format=None, head=None):
                                    f"{', '.join(FORMATS)}")
         if fmt == "native":
             return native.load(name, backend=backend, data=data)
-        model = _load_foreign(fmt, data, name, backend, head)
+        model = _load_foreign(fmt, data, name, backend, head, layers)
+        if head_on is not None and head_on != model.config.head_on:
+            model = _with_head_on(model, head_on, backend)
     except ModelFormatError as exc:
         message = " ".join(str(exc).split())            # one line, and short: parsers' own
         if len(message) > 300:                          # messages can quote whole headers
@@ -69,7 +75,16 @@ def save(model, path):
     native.save(model, path)
 
 
-def _load_foreign(fmt, data, name, backend, head):
+def _with_head_on(model, head_on, backend):
+    from edgegru.model import Model
+    try:
+        config = dataclasses.replace(model.config, head_on=head_on)
+    except ValueError as exc:
+        raise ModelFormatError(str(exc)) from None
+    return Model(config, model.weights, meta=model.meta, backend=backend)
+
+
+def _load_foreign(fmt, data, name, backend, head, layers=None):
     from edgegru.formats.pytorch import from_state_dict
     if fmt == "onnx":
         from edgegru.formats import onnx
@@ -87,7 +102,7 @@ def _load_foreign(fmt, data, name, backend, head):
         from edgegru.formats import arrays
         state_dict, label = arrays.read_npz_state_dict(data, name), "npz-state-dict"
     try:
-        model = from_state_dict(state_dict, head=head, backend=backend)
+        model = from_state_dict(state_dict, head=head, backend=backend, layers=layers)
     except ModelFormatError as exc:
         raise ModelFormatError(f"{name}: {exc}") from None
     model.meta["provenance"]["source"]["format"] = label
@@ -168,17 +183,27 @@ def describe(model):
     c = model.config
     count = sum(int(a.size) for name, a in model.weights.arrays.items()
                 if c.bias or not name.endswith(("b_ih", "b_hh")))     # bias=False: zeros
-    head = (f"linear {c.hidden_size * c.num_directions} -> {c.output_size}"
-            + (" + sigmoid" if c.head_activation == "sigmoid" else "")) if c.output_size \
-        else "none (output = top hidden state)"
+    width, layers = c.hidden_size * c.num_directions, []
+    for _, units, act in c.head_layers:
+        layers.append(f"linear {width} -> {units}" + ("" if act == "linear" else f" + {act}"))
+        width = units
+    head = ", ".join(layers) or "none (output = top hidden state)"
+    if any(act == "hard_sigmoid" for _, _, act in c.head_layers):
+        head += f" (hard_sigmoid: clip({c.head_alpha:.6g} x + {c.head_beta:.6g}, 0, 1))"
     source = model.meta.get("provenance", {}).get("source", {})
     return {
         "variant": "reset_after (PyTorch)" if c.reset_after else "reset_before (Cho 2014)",
         "gates": "sigmoid" if c.gate_activation == "sigmoid" else
                  f"hard_sigmoid: clip({c.gate_alpha:.6g} x + {c.gate_beta:.6g}, 0, 1)",
-        "input_size": c.input_size, "hidden_size": c.hidden_size, "num_layers": c.num_layers,
-        "directions": "bidirectional" if c.bidirectional else "unidirectional",
+        "input_size": c.input_size,
+        "hidden_size": ", ".join(map(str, c.hidden_sizes)) + " (per layer, bottom first)"
+                       if c.hidden_sizes else c.hidden_size, "num_layers": c.num_layers,
+        "directions": "bidirectional" if c.bidirectional else
+                      "reverse (each sequence read from its end; run() only)" if c.reverse
+                      else "unidirectional",
         "bias": c.bias, "head": head, "output_size": model.output_size,
+        "head_on": "last step (sequence-to-one: run() returns the last step's output)"
+                   if c.head_on == "last" else "every step",
         "parameters": count,
         "source": ", ".join(f"{k}={v}" for k, v in source.items() if v is not None) or "-",
         "weights_sha256": weights_sha256(model),

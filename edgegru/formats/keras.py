@@ -1,4 +1,4 @@
-"""Keras files: GRU layers and an optional Dense head. Needs h5py.
+"""Keras files: GRU layers and optional Dense layers after them. Needs h5py.
 
 Read: the ``.keras`` zip (Keras 3, and Keras 2.13+ / tf_keras), the bare ``.weights.h5`` of Keras
 3, and the legacy HDF5 files of Keras 2 / tf.keras / standalone Keras (``model.save("m.h5")``,
@@ -17,7 +17,7 @@ All knowledge of Keras' GRU layout is in :func:`gru_arrays`. A Keras GRU with ``
     h = z * h_prev + (1 - z) * hh                the same update as PyTorch and edgegru
 
 so ``w_ih = kernel.T``, ``w_hh = recurrent_kernel.T`` with the blocks reordered to r | z | n,
-``b_ih`` / ``b_hh`` the two bias rows (``b_hh = 0`` for reset_after=False). A ``Dense`` head
+``b_ih`` / ``b_hh`` the two bias rows (``b_hh = 0`` for reset_after=False). A ``Dense`` layer
 stores ``kernel (K, O)`` and ``bias (O,)``: ``head.weight = kernel.T``.
 
 Inside the ``.keras`` zip, ``config.json`` describes the layers and ``model.weights.h5`` holds
@@ -32,11 +32,12 @@ listed in order by the attribute ``layer_names``; each layer's group lists its a
 the backward three), and the full-model file has the configuration as JSON in the attribute
 ``model_config``. Layer groups are named by the layers' own names.
 
-Read: a chain of ``GRU`` / ``Bidirectional(GRU, merge_mode="concat")`` layers, all with the same
-units and variant, then optionally one ``Dense`` with a linear or sigmoid activation;
-``InputLayer`` and ``Dropout`` (a no-op at inference) are skipped. Refused with a message:
-other activations, ``go_backwards``, other layers. A last GRU with ``return_sequences=False`` is
-read too: edgegru returns every step, and Keras' output is the last one.
+Read: a chain of ``GRU`` / ``Bidirectional(GRU, merge_mode="concat")`` layers, all of one variant
+(their units may differ: ``GRU(16, return_sequences=True), GRU(8)``), then optionally ``Dense`` layers (linear, relu, tanh, sigmoid or hard_sigmoid
+activations: the head); ``InputLayer`` and ``Dropout`` (a no-op at inference) are skipped.
+Refused with a message: other activations, ``go_backwards``, other layers, Dense layers between
+GRUs. A last GRU with ``return_sequences=False`` makes a sequence-to-one model
+(``head_on="last"``): the Dense layers then read its last step, as in Keras.
 
 ``recurrent_activation="hard_sigmoid"`` (the gates; standalone Keras' default before 2.3) is read
 as the Keras version that saved the file defines it (``keras_version`` in the file): Keras 1 and
@@ -252,14 +253,14 @@ def _read(read_vars, layers, name, version):
     """read_vars(where, part) -> {"0": array, ...}: one layer's variables; version: the
     keras_version that wrote the file (None: unknown)."""
     notes = [] if layers and layers[0][2] is not None else [_ASSUMED]
-    arrays, specs, head = {}, [], None
+    arrays, specs = {}, []
     recurrent = [item for item in layers if item[0] != "Dense"]
     if not recurrent:
         raise ModelFormatError(f"{name}: no GRU layer in the Keras model")
-    if layers[-1][0] == "Dense" and sum(k == "Dense" for k, _, _ in layers) == 1:
-        head = layers[-1]
-    if any(k == "Dense" for k, _, _ in layers) and (head is None or layers[:-1] != recurrent):
-        raise ModelFormatError(f"{name}: edgegru reads one Dense layer, after the GRU layers")
+    dense = [item for item in layers if item[0] == "Dense"]
+    if layers != recurrent + dense:
+        raise ModelFormatError(f"{name}: edgegru reads Dense layers after the GRU layers, not "
+                               f"between them")
     for k, (kind, path, cfg) in enumerate(recurrent):
         last = k == len(recurrent) - 1
         if kind == "GRU":
@@ -287,30 +288,12 @@ def _read(read_vars, layers, name, version):
         spec["H"] = arrays[block_name(k, 0) + "w_hh"].shape[1]
         spec["I"] = arrays[block_name(k, 0) + "w_ih"].shape[1]
         specs.append(spec)
-    for key in ("H", "D", "reset_after", "use_bias", "gate"):
+    for key in ("D", "reset_after", "use_bias", "gate"):
         if len({s[key] for s in specs}) > 1:
             raise ModelFormatError(f"{name}: the GRU layers differ in {key} "
-                                   f"({[s[key] for s in specs]}); edgegru stacks equal layers")
-    output_size, activation = 0, "linear"
-    if head is not None:
-        _, path, cfg = head
-        activation = "linear" if cfg is None else cfg.get("activation", "linear")
-        if activation not in ("linear", "sigmoid"):
-            raise ModelFormatError(f"{name}: Dense activation {activation!r} is not supported "
-                                   f"(linear or sigmoid)")
-        vars_ = read_vars(path, "dense")
-        kernel = _array(vars_, "0", f"{name}: {path} kernel")
-        K = specs[0]["H"] * specs[0]["D"]
-        if kernel.ndim != 2 or kernel.shape[0] != K:
-            raise ModelFormatError(f"{name}: {path} kernel has shape {kernel.shape}, expected "
-                                   f"({K}, units)")
-        output_size = kernel.shape[1]
-        bias = _array(vars_, "1", f"{name}: {path} bias") if "1" in vars_ \
-            else np.zeros(output_size, np.float32)
-        if bias.shape != (output_size,):
-            raise ModelFormatError(f"{name}: {path} bias has shape {bias.shape}, expected "
-                                   f"({output_size},)")
-        arrays["head.weight"], arrays["head.bias"] = np.ascontiguousarray(kernel.T), bias
+                                   f"({[s[key] for s in specs]}); edgegru stacks layers that "
+                                   f"differ in units only")
+    head = _dense_head(read_vars, dense, specs[-1]["H"] * specs[-1]["D"], arrays, name, version)
     s = specs[0]
     gate = {}
     if s["gate"] == "hard_sigmoid":
@@ -323,11 +306,53 @@ def _read(read_vars, layers, name, version):
         gate = dict(gate_activation="hard_sigmoid", gate_alpha=alpha, gate_beta=0.5)
         notes.append(f"hard_sigmoid gates as Keras {version} defines them: "
                      f"clip({'0.2 x' if major < 3 else 'x / 6'} + 0.5, 0, 1)")
-    config = GRUConfig(input_size=s["I"], hidden_size=s["H"], num_layers=len(specs),
+    config = GRUConfig(input_size=s["I"], hidden_size=specs[-1]["H"], num_layers=len(specs),
+                       hidden_sizes=tuple(spec["H"] for spec in specs),
                        bidirectional=s["D"] == 2, reset_after=s["reset_after"],
-                       bias=s["use_bias"], output_size=output_size, head_activation=activation,
-                       **gate)
+                       bias=s["use_bias"], head_on="last" if specs[-1]["last"] else "all",
+                       **gate, **head)
     return config, arrays, notes
+
+
+_DENSE_ACTIVATIONS = ("linear", "relu", "tanh", "sigmoid", "hard_sigmoid")
+
+
+def _dense_head(read_vars, dense, width, arrays, name, version):
+    """The Dense layers' arrays into ``arrays`` (head0., ..., head.); the GRUConfig fields.
+    A Dense layer stores ``kernel (K, units)`` and ``bias (units,)``."""
+    units = []
+    for i, (_, path, cfg) in enumerate(dense):
+        activation = "linear" if cfg is None else cfg.get("activation", "linear")
+        if activation not in _DENSE_ACTIVATIONS:
+            raise ModelFormatError(f"{name}: Dense layer {cfg.get('name')} activation "
+                                   f"{activation!r} is not supported (edgegru runs "
+                                   f"{', '.join(_DENSE_ACTIVATIONS)})")
+        vars_ = read_vars(path, "dense")
+        kernel = _array(vars_, "0", f"{name}: {path} kernel")
+        if kernel.ndim != 2 or kernel.shape[0] != width:
+            raise ModelFormatError(f"{name}: {path} kernel has shape {kernel.shape}, expected "
+                                   f"({width}, units)")
+        width = kernel.shape[1]
+        bias = _array(vars_, "1", f"{name}: {path} bias") if "1" in vars_ \
+            else np.zeros(width, np.float32)
+        if bias.shape != (width,):
+            raise ModelFormatError(f"{name}: {path} bias has shape {bias.shape}, expected "
+                                   f"({width},)")
+        prefix = "head." if i == len(dense) - 1 else f"head{i}."
+        arrays[prefix + "weight"], arrays[prefix + "bias"] = np.ascontiguousarray(kernel.T), bias
+        units.append((width, activation))
+    if not units:
+        return {}
+    head = {"output_size": width, "head_activation": units[-1][1],
+            "head_hidden": tuple(units[:-1])}
+    if any(act == "hard_sigmoid" for _, act in units):
+        major = _major(version)
+        if major is None:
+            raise ModelFormatError(f"{name}: a Dense activation 'hard_sigmoid', but the file "
+                                   f"does not say which Keras version wrote it, and Keras 2 and "
+                                   f"3 define hard_sigmoid differently")
+        head["head_alpha"] = 0.2 if major < 3 else 1 / 6
+    return head
 
 
 def _major(version):
@@ -339,7 +364,7 @@ def _gru_config(cfg, name, last, notes, backward=False):
     """Check one GRU layer's config; {reset_after, use_bias} (None cfg: the defaults)."""
     if cfg is None:
         return {"reset_after": None, "use_bias": None,       # decided from the bias shape
-                "gate": "sigmoid"}
+                "gate": "sigmoid", "last": False}
     where = f"{name}: GRU layer {cfg.get('name')}"
     gate = cfg.get("recurrent_activation", "sigmoid")
     if gate not in ("sigmoid", "hard_sigmoid"):
@@ -351,18 +376,15 @@ def _gru_config(cfg, name, last, notes, backward=False):
     if cfg.get("go_backwards", False) and not backward:
         raise ModelFormatError(f"{where}: go_backwards=True on its own is not supported (wrap "
                                f"the GRU in Bidirectional)")
-    if not cfg.get("return_sequences", False):
-        if not last:
-            raise ModelFormatError(f"{where}: return_sequences=False on a GRU that feeds "
-                                   f"another GRU")
-        if not backward and "last step" not in " ".join(notes):
-            notes.append("Keras returns the last step only (return_sequences=False); "
-                         "edgegru returns every step, the last one is Keras' output")
+    if not cfg.get("return_sequences", False) and not last:
+        raise ModelFormatError(f"{where}: return_sequences=False on a GRU that feeds "
+                               f"another GRU")
     # Keras versions from before reset_after existed (the reset came first) do not write it:
     # the bias shape decides then
     reset_after = cfg.get("reset_after")
     return {"reset_after": None if reset_after is None else bool(reset_after),
-            "use_bias": bool(cfg.get("use_bias", True)), "gate": gate}
+            "use_bias": bool(cfg.get("use_bias", True)), "gate": gate,
+            "last": not cfg.get("return_sequences", False)}   # sequence-to-one
 
 
 def gru_arrays(vars_, layer, direction, spec, where):

@@ -14,6 +14,15 @@ A model whose gates use ``hard_sigmoid`` (see :class:`edgegru.GRUConfig`) adds
 written as format_version 2, so that an edgegru from before version 2 refuses the file instead of
 running it with the logistic sigmoid; every other model is still written as version 1.
 
+A model whose head is more than one linear (+ sigmoid) layer, or that returns the last step
+only (see :class:`edgegru.GRUConfig`), adds ``"head_on": "last"``, ``"head_hidden": [[32,
+"relu"], ...]`` (the arrays ``head0.weight``, ``head0.bias``, ... of those layers), a
+``head_activation`` among relu, tanh and hard_sigmoid, and ``"head_alpha"``, ``"head_beta"``
+(the head's hard sigmoid), a stack that reads the sequence backwards (ONNX
+``direction="reverse"``) ``"reverse": true``, and layers of different widths ``"hidden_sizes":
+[16, 8]`` (bottom first; ``hidden_size`` is the top's), as it needs, and is written as format_version 3,
+which an edgegru from before refuses rather than running it with another head or direction.
+
 Unknown versions, missing or extra arrays, wrong shapes and non-finite weights are refused with a
 :class:`~edgegru.errors.ModelFormatError` that names the file and the problem.
 """
@@ -30,14 +39,16 @@ from edgegru.model import GRUConfig, GRUWeights, Model
 from edgegru.npzfile import write_npz_atomically
 
 FORMAT = "edgegru"
-FORMAT_VERSION = 2              # the newest version this edgegru reads and writes
-_READS = (1, 2)
+FORMAT_VERSION = 3              # the newest version this edgegru reads and writes
+_READS = (1, 2, 3)
 META_KEY = "__meta__"
 _CONFIG_KEYS = {  # key: (type, required)
     "input_size": (int, True), "hidden_size": (int, True), "num_layers": (int, True),
     "bidirectional": (bool, True), "reset_after": (bool, True), "bias": (bool, False),
     "output_size": (int, True), "head_activation": (str, False),
     "gate_activation": (str, False), "gate_alpha": (float, False), "gate_beta": (float, False),
+    "reverse": (bool, False), "hidden_sizes": (list, False), "head_on": (str, False), "head_hidden": (list, False), "head_alpha": (float, False),
+    "head_beta": (float, False),
 }
 
 
@@ -53,6 +64,11 @@ def save(model, path):
         config.update(gate_activation=c.gate_activation, gate_alpha=float(c.gate_alpha),
                       gate_beta=float(c.gate_beta))
         version = 2
+    if c.head_on != "all" or not c.fused_head or c.reverse or c.hidden_sizes:
+        config.update(head_on=c.head_on, head_hidden=[list(layer) for layer in c.head_hidden],
+                      head_alpha=float(c.head_alpha), head_beta=float(c.head_beta),
+                      reverse=c.reverse, hidden_sizes=list(c.hidden_sizes))
+        version = 3
     meta = {"format": FORMAT, "format_version": version, "config": config}
     meta.update({k: v for k, v in model.meta.items() if k not in meta})
     arrays = {name: np.ascontiguousarray(a, dtype=np.float32)
@@ -163,6 +179,20 @@ def _parse_config(raw, name):
             raise ModelFormatError(f"{name}: config '{key}' must be {kind.__name__}, "
                                    f"got {value!r}")
         kwargs[key] = value
+    if "head_hidden" in kwargs:
+        hidden = kwargs["head_hidden"]
+        if len(hidden) > 64 or not all(isinstance(layer, list) and len(layer) == 2
+                                       and type(layer[0]) is int and 0 < layer[0] <= 1 << 20
+                                       for layer in hidden):
+            raise ModelFormatError(f"{name}: config 'head_hidden' must be a list of "
+                                   f"[units, activation], got {str(hidden)[:80]}")
+        kwargs["head_hidden"] = tuple(tuple(layer) for layer in hidden)
+    if "hidden_sizes" in kwargs:
+        sizes = kwargs["hidden_sizes"]
+        if len(sizes) > 1024 or not all(type(h) is int and 0 < h <= 1 << 20 for h in sizes):
+            raise ModelFormatError(f"{name}: config 'hidden_sizes' must be a list of sizes, "
+                                   f"got {str(sizes)[:80]}")
+        kwargs["hidden_sizes"] = tuple(sizes)
     if raw.get("gate_order", "rzn") != "rzn":
         raise ModelFormatError(f"{name}: gate_order {raw['gate_order']!r} is not 'rzn'")
     for key in ("input_size", "hidden_size", "num_layers", "output_size"):

@@ -1,4 +1,4 @@
-"""ONNX: ``GRU`` nodes (stacked, any direction) and one linear head -> Model. Needs ``onnx``.
+"""ONNX: ``GRU`` nodes (stacked, any direction) and a head of dense layers -> Model. Needs ``onnx``.
 
 All knowledge of ONNX's GRU is in :func:`gru_layer`. An ONNX GRU node (opset 1-22) has inputs
 ``X, W, R, B, sequence_lens, initial_h`` and outputs ``Y, Y_h``, with D = num_directions::
@@ -21,15 +21,19 @@ bidirectional node must use for both directions); any other activation and ``cli
 refused.
 
 **Whole graphs** (:func:`load_model`): the graph must be one sequence input -> GRU nodes in a
-chain -> optionally one linear head (``MatMul`` or ``Gemm`` by a constant, optional ``Add`` of
-a constant bias, optional ``Sigmoid``) -> one output. The shape plumbing exporters write around
+chain -> optionally the last time step (``Gather`` index -1 or ``Slice [-1:]`` on the time
+axis: a sequence-to-one model, ``head_on="last"``) -> optionally a head of dense layers, each a
+``MatMul`` or ``Gemm`` by a constant, an optional ``Add`` of a constant bias and an optional
+``Relu``, ``Tanh``, ``Sigmoid`` or ``HardSigmoid`` -> one output. The shape plumbing exporters write around
 them (``Transpose``, ``Squeeze``, ``Unsqueeze``, ``Reshape`` of the directions into features,
 ``Shape``/``Gather``/``Concat``/``ConstantOfShape``/``Slice`` making a zero ``initial_h``,
-``Constant``, ``Identity``, ``Cast``) is followed by what it does to each tensor's axes, not by
-node names. Any other computing op, or an attribute edgegru cannot honour, is refused with the
+``Constant``, ``Identity``, ``Cast``, and ``Mul``/``Add``/``Sub`` of shapes) is followed by what
+it does to each tensor's axes, not by node names; shapes computed from the sequence's keep the
+sizes edgegru knows (directions, widths) and mark the batch and time as known at run time only. Any other computing op, or an attribute edgegru cannot honour, is refused with the
 node and the op named. The converted model takes ``(B, T, I)`` (or ``(T, I)``) whatever the
-graph's layout. A ``direction="reverse"`` GRU on its own (with no forward half) is refused: it
-is a forward GRU run on the time-reversed sequence.
+graph's layout. A ``direction="reverse"`` GRU is a forward GRU run on the time-reversed
+sequence, its output reversed back: a stack of them (``GRUConfig(reverse=True)``) runs
+whole sequences, and ``step`` refuses it as it refuses bidirectional ones.
 
 **Run-time inputs.** ``initial_h`` and ``sequence_lens`` are inputs of the node, not weights:
 in a graph, ``initial_h`` must be absent or constant zeros (edgegru starts from zeros, or from
@@ -45,8 +49,12 @@ from edgegru.model import GRUConfig, GRUWeights, Model, block_name
 
 _GRU_ATTRIBUTES = {"hidden_size", "direction", "layout", "linear_before_reset", "activations",
                    "activation_alpha", "activation_beta", "clip", "output_sequence"}
+_HEAD_OPS = {"MatMul", "Gemm", "Add", "Relu", "Tanh", "Sigmoid", "HardSigmoid"}
 _PLUMBING = {"Constant", "Identity", "Cast", "Shape", "Gather", "Unsqueeze", "Squeeze", "Concat",
-             "Slice", "Transpose", "Reshape", "ConstantOfShape", "Expand"}
+             "Slice", "Transpose", "Reshape", "ConstantOfShape", "Expand", "Mul", "Add", "Sub"}
+# A size only known at run time (batch, time) inside a shape computed from the sequence's
+# (Shape, Slice, Mul, Concat): exporters compute Reshape targets such as [T, B, D * H] so.
+_UNKNOWN = np.int64(-(1 << 62))
 
 
 def _onnx(name=None):
@@ -137,9 +145,9 @@ class GRUNode:
     """One ONNX GRU node with its weights, run with the node's own run-time inputs.
 
     ``run(X, sequence_lens, initial_h)`` returns ``(Y, Y_h)`` shaped as the node's outputs
-    (see the module docstring); ``initial_h`` becomes ``h0``, and with ``sequence_lens`` each
-    batch element runs over its own length, ``Y`` being zero past it. A reverse-only node runs
-    its forward weights on the time-reversed sequence.
+    (see the module docstring): ``initial_h`` becomes ``h0`` and ``sequence_lens`` the
+    ``lengths`` of :meth:`edgegru.Model.run`, each batch element running over its own length,
+    ``Y`` being zero past it; a reverse-only node reads each from its own end.
     """
 
     def __init__(self, node, W, R, B=None, backend=None):
@@ -147,31 +155,20 @@ class GRUNode:
         arrays, I, H = gru_layer(W, R, B, 0, self.attrs, f"node {node.name or '(unnamed)'}")
         D = self.attrs["D"]
         config = GRUConfig(input_size=I, hidden_size=H, bidirectional=D == 2,
+                           reverse=self.attrs["direction"] == "reverse",
                            reset_after=self.attrs["reset_after"], **self.attrs["gate"])
         self.model = Model(config, GRUWeights(arrays), backend=backend)
-        self.reverse = self.attrs["direction"] == "reverse"
 
     def run(self, X, sequence_lens=None, initial_h=None):
         layout, D, H = self.attrs["layout"], self.attrs["D"], self.model.hidden_size
         X = np.asarray(X, np.float32)
         Xb = X if layout else X.transpose(1, 0, 2)                  # (B, T, I)
         Bn, T = Xb.shape[:2]
-        h0 = np.zeros((D, Bn, H), np.float32) if initial_h is None \
-            else np.asarray(initial_h, np.float32)
+        h0 = None if initial_h is None else np.asarray(initial_h, np.float32)
         if layout and initial_h is not None:
             h0 = h0.transpose(1, 0, 2)                                # (B, D, H) -> (D, B, H)
         lens = np.full(Bn, T) if sequence_lens is None else np.asarray(sequence_lens)
-        Y = np.zeros((Bn, T, D * H), np.float32)
-        Y_h = np.zeros((D, Bn, H), np.float32)
-        for b in range(Bn):
-            n = int(lens[b])
-            if not 0 <= n <= T:
-                raise ValueError(f"sequence_lens[{b}] = {n} is outside 0..{T}")
-            x = Xb[b:b + 1, :n]
-            x = x[:, ::-1] if self.reverse else x
-            y, h = self.model.run(np.ascontiguousarray(x), h0=h0[:, b:b + 1], return_state=True)
-            Y[b, :n] = y[0, ::-1] if self.reverse else y[0]
-            Y_h[:, b] = h[:, 0] if n else h0[:, b]
+        Y, Y_h = self.model.run(Xb, h0=h0, lengths=lens, return_state=True, all_steps=True)
         Y = Y.reshape(Bn, T, D, H)
         if layout:
             return Y, Y_h.transpose(1, 0, 2)
@@ -181,6 +178,10 @@ class GRUNode:
 # -- whole graphs ----------------------------------------------------------------------------
 class _Dyn:
     """A value computed from the input's shape (Shape and what follows): unknown here."""
+
+
+class _FinalState(_Dyn):
+    """A GRU node's Y_h: shape plumbing may carry it, a head may not read it."""
 
 
 class _Fill:
@@ -237,7 +238,8 @@ class _Graph:
         self.values[self.input_name] = _Seq(("a", "b", "F"), 0)
         self.input_layout = None
         self.layers, self.arrays, self.layouts = [], {}, []
-        self.head = {}
+        self.head = []                  # the head's layers: {weight, bias, activation}
+        self.last_step = False          # the sequence was cut to its last step (Gather/Slice)
         for node in graph.node:
             self._node(node)
         self.outputs = [o.name for o in graph.output]
@@ -250,7 +252,7 @@ class _Graph:
         if not self.layers:
             raise ModelFormatError(f"{self.name}: the graph has no GRU node")
         out = self.values[seqs[0]]
-        if out.stage not in (len(self.layers), "matmul", "bias", "sigmoid"):
+        if out.stage not in (len(self.layers), "matmul", "bias", "act"):
             raise ModelFormatError(f"{self.name}: output {seqs[0]} is computed by GRU layer "
                                    f"{out.stage} of {len(self.layers)}: the graph is not a chain")
         first = self.layers[0]
@@ -262,30 +264,43 @@ class _Graph:
             raise ModelFormatError(f"{self.name}: the GRU nodes' gate activations differ "
                                    f"({[layer['gate'] for layer in self.layers]}); edgegru runs "
                                    f"one per model")
-        if len({layer["D"] for layer in self.layers}) > 1:
+        if len({(layer["D"], layer["reverse"]) for layer in self.layers}) > 1:
             raise ModelFormatError(f"{self.name}: the GRU nodes mix directions; edgegru stacks "
-                                   f"layers that are all unidirectional or all bidirectional")
-        if len({layer["H"] for layer in self.layers}) > 1:
-            raise ModelFormatError(f"{self.name}: the GRU nodes have different hidden sizes "
-                                   f"{[layer['H'] for layer in self.layers]}")
+                                   f"layers that are all forward, all reverse or all "
+                                   f"bidirectional")
         arrays = dict(self.arrays)
-        output_size = 0
-        if "weight" in self.head:
-            arrays["head.weight"] = self.head["weight"]
-            arrays["head.bias"] = self.head.get("bias", np.zeros(len(self.head["weight"]),
-                                                                 np.float32))
-            output_size = len(self.head["weight"])
-        config = GRUConfig(input_size=first["I"], hidden_size=first["H"],
+        config = GRUConfig(input_size=first["I"], hidden_size=self.layers[-1]["H"],
+                           hidden_sizes=tuple(layer["H"] for layer in self.layers),
                            num_layers=len(self.layers), bidirectional=first["D"] == 2,
-                           reset_after=reset_after.pop(), output_size=output_size,
-                           head_activation=self.head.get("activation", "linear"),
-                           **first["gate"])
+                           reverse=first["reverse"],
+                           reset_after=reset_after.pop(), **first["gate"],
+                           head_on="last" if self.last_step else "all",
+                           **self._head_config(arrays))
         weights = GRUWeights(arrays)
         weights.check(config, source=self.name)
         source = {"format": "onnx", "input_axes": self.input_layout,
                   "output": seqs[0], "output_axes": "".join(out.axes),
                   "ignored_outputs": [o for o in self.outputs if o != seqs[0]] or None}
         return Model(config, weights, meta={"provenance": {"source": source}}, backend=backend)
+
+    def _head_config(self, arrays):
+        """Put the head's arrays into ``arrays``; its GRUConfig fields."""
+        if not self.head:
+            return {}
+        hard = {layer["alpha_beta"] for layer in self.head if "alpha_beta" in layer}
+        if len(hard) > 1:
+            raise ModelFormatError(f"{self.name}: the head's HardSigmoid nodes differ in alpha "
+                                   f"and beta {sorted(hard)}; edgegru runs one per head")
+        units = []
+        for i, layer in enumerate(self.head):
+            name = "head." if i == len(self.head) - 1 else f"head{i}."
+            O = len(layer["weight"])
+            arrays[name + "weight"] = layer["weight"]
+            arrays[name + "bias"] = layer.get("bias", np.zeros(O, np.float32))
+            units.append((O, layer.get("activation", "linear")))
+        alpha, beta = hard.pop() if hard else (1 / 6, 0.5)
+        return {"output_size": units[-1][0], "head_activation": units[-1][1],
+                "head_hidden": tuple(units[:-1]), "head_alpha": alpha, "head_beta": beta}
 
     # -- one node at a time, in the graph's (topological) order -----------------------------
     def _node(self, node):
@@ -304,15 +319,19 @@ class _Graph:
         attrs = {a.name: self.helper.get_attribute_value(a) for a in node.attribute}
         if node.op_type == "GRU":
             outs = self._gru(node, ins, where)
-        elif node.op_type in ("MatMul", "Gemm", "Add", "Sigmoid") \
-                and any(isinstance(v, _Seq) for v in ins):
+        elif node.op_type in _HEAD_OPS and any(isinstance(v, _FinalState) for v in ins):
+            raise ModelFormatError(f"{where}: reads a GRU's final state (Y_h); edgegru's head "
+                                   f"reads the sequence output Y: write fc(out[:, -1]) rather "
+                                   f"than fc(h_n[-1]) (the same numbers for a forward GRU)")
+        elif node.op_type in _HEAD_OPS and any(isinstance(v, _Seq) for v in ins):
             outs = [self._head(node.op_type, ins, attrs, where)]
         elif node.op_type in _PLUMBING:
             outs = [self._plumbing(node.op_type, ins, attrs, where)]
         else:
             raise ModelFormatError(f"{where}: op {node.op_type} is not supported; edgegru reads "
-                                   f"GRU nodes, one linear head (MatMul/Gemm, Add, Sigmoid) and "
-                                   f"shape plumbing")
+                                   f"GRU nodes, a head of dense layers (MatMul/Gemm, Add, "
+                                   f"Relu/Tanh/Sigmoid/HardSigmoid), the last step (Gather/Slice) "
+                                   f"and shape plumbing")
         for name, value in zip(node.output, outs):
             if name:
                 self.values[name] = value
@@ -321,9 +340,6 @@ class _Graph:
         ins = ins + [None] * (6 - len(ins))
         X, W, R, B, seq_lens, h0 = ins[:6]
         attrs = gru_attributes(node)
-        if attrs["direction"] == "reverse":
-            raise ModelFormatError(f"{where}: a reverse-only GRU has no edgegru equivalent "
-                                   f"(edgegru runs forward or bidirectional layers)")
         for arg, label in ((W, "W"), (R, "R"), (B, "B")):
             if arg is not None and not isinstance(arg, np.ndarray):
                 raise ModelFormatError(f"{where}: {label} must be a constant (an initializer), "
@@ -348,19 +364,23 @@ class _Graph:
         arrays, I, H = gru_layer(W, R, B, k, attrs, where)
         self.arrays.update(arrays)
         self.layers.append({"D": attrs["D"], "H": H, "I": I, "layout": attrs["layout"],
+                            "reverse": attrs["direction"] == "reverse",
                             "reset_after": attrs["reset_after"], "gate": attrs["gate"]})
         if k == 0:                                  # the graph input's layout, for the record
             self.input_layout = "BTF" if X.axes[:2] == ("a", "b")[::1 if attrs["layout"]
                                                                  else -1] else "TBF"
         Y = _Seq(("B", "T", "D", "H") if attrs["layout"] else ("T", "D", "B", "H"), k + 1)
-        return [Y, _Dyn()]                                     # Y_h: not followed further
+        return [Y, _FinalState()]                              # Y_h: not followed further
 
     def _head(self, op, ins, attrs, where):
+        """The head: layers of MatMul/Gemm by a constant, an optional Add of a constant bias
+        and an optional activation, one after another on the last GRU layer's output."""
         seq = next(v for v in ins if isinstance(v, _Seq))
         other = [v for v in ins if v is not seq]
         top = len(self.layers)
         if op in ("MatMul", "Gemm"):
-            if seq.stage != top or not top or seq.axes[-1] != "F" or seq is not ins[0]:
+            if not (seq.stage == top and top or seq.stage in ("matmul", "bias", "act")) \
+                    or seq.axes[-1] != "F" or seq is not ins[0]:
                 raise ModelFormatError(f"{where}: a head must multiply the last GRU layer's "
                                        f"output (features last) by a constant matrix")
             w = other[0] if other else None
@@ -373,27 +393,44 @@ class _Graph:
                     raise ModelFormatError(f"{where}: Gemm with transA=1 is not supported")
                 w = w.T if attrs.get("transB", 0) else w
                 w = w * np.float32(attrs.get("alpha", 1.0))
-            self.head["weight"] = np.ascontiguousarray(w.T)            # (O, F)
+            width = self._width(seq)
+            if w.shape[0] != width:
+                raise ModelFormatError(f"{where}: the head's matrix has shape {w.shape}, "
+                                       f"expected ({width}, units)")
+            self.head.append({"weight": np.ascontiguousarray(w.T)})     # (O, F)
             if op == "Gemm" and len(other) > 1 and other[1] is not None:
                 self._head_bias(other[1] * np.float32(attrs.get("beta", 1.0)), where)
             return _Seq(seq.axes, "matmul")
         if op == "Add":
-            if seq.stage != "matmul" or len(other) != 1 or "bias" in self.head:
-                raise ModelFormatError(f"{where}: Add is read only as the head's bias, right "
-                                       f"after its MatMul")
+            if seq.stage != "matmul" or len(other) != 1:
+                raise ModelFormatError(f"{where}: Add is read only as a head layer's bias, "
+                                       f"right after its MatMul")
             self._head_bias(other[0], where)
             return _Seq(seq.axes, "bias")
-        if seq.stage not in ("matmul", "bias"):                        # Sigmoid
-            raise ModelFormatError(f"{where}: Sigmoid is read only as the head's activation")
-        self.head["activation"] = "sigmoid"
-        return _Seq(seq.axes, "sigmoid")
+        if seq.stage not in ("matmul", "bias"):
+            raise ModelFormatError(f"{where}: {op} is read only as a head layer's activation, "
+                                   f"after its MatMul/Gemm (edgegru's heads are dense layers, "
+                                   f"each with an activation)")
+        layer = self.head[-1]
+        layer["activation"] = {"Relu": "relu", "Tanh": "tanh", "Sigmoid": "sigmoid",
+                               "HardSigmoid": "hard_sigmoid"}[op]
+        if op == "HardSigmoid":
+            layer["alpha_beta"] = (float(attrs.get("alpha", 0.2)), float(attrs.get("beta", 0.5)))
+        return _Seq(seq.axes, "act")
+
+    def _width(self, seq):
+        # the feature width of a tensor on the chain: a GRU layer's D * H, or a head layer's
+        if isinstance(seq.stage, int):
+            layer = self.layers[seq.stage - 1]
+            return layer["D"] * layer["H"]
+        return len(self.head[-1]["weight"])
 
     def _head_bias(self, b, where):
-        O = len(self.head["weight"])
+        O = len(self.head[-1]["weight"])
         if not isinstance(b, np.ndarray) or b.size != O or b.ndim > 1 and b.shape[-1] != O:
             raise ModelFormatError(f"{where}: the head's bias must be a constant of {O} "
                                    f"values")
-        self.head["bias"] = _float32(b, where).reshape(O)
+        self.head[-1]["bias"] = _float32(b, where).reshape(O)
 
     def _plumbing(self, op, ins, attrs, where):
         if op == "Constant":
@@ -401,18 +438,20 @@ class _Graph:
         x = ins[0] if ins else None
         consts = ins[1:]
         if any(isinstance(c, (_Seq, _Dyn, _Fill)) for c in consts) and op not in (
-                "Concat", "ConstantOfShape", "Expand"):
+                "Concat", "ConstantOfShape", "Expand", "Mul", "Add", "Sub"):
             raise ModelFormatError(f"{where}: {op} with input-dependent parameters is not "
                                    f"supported")
         if isinstance(x, _Seq):
             return self._seq_plumbing(op, x, consts, attrs, where)
         if op == "Shape":
             return _Dyn()
+        if op in ("Mul", "Add", "Sub") and any(isinstance(v, (_Dyn, _Fill)) for v in ins):
+            return _Dyn()
         if op == "ConstantOfShape":
             value = attrs.get("value")
             v = float(self.numpy_helper.to_array(value).reshape(-1)[0]) if value is not None \
                 else 0.0
-            if isinstance(x, _Dyn):
+            if isinstance(x, _Dyn) or _unknown(x):
                 return _Fill(v)
             shape = _shape(x)
             self.allowance.take(4 * np.prod(shape, dtype=np.float64), f"{where}: "
@@ -424,7 +463,8 @@ class _Graph:
             if any(isinstance(v, (_Dyn, _Fill)) for v in ins):
                 return _Dyn()
             return np.concatenate([np.atleast_1d(v) for v in ins], axis=attrs.get("axis", 0))
-        if op == "Expand" and isinstance(x, np.ndarray) and isinstance(ins[1], _Dyn):
+        if op == "Expand" and isinstance(x, np.ndarray) and (isinstance(ins[1], _Dyn)
+                                                              or _unknown(ins[1])):
             if x.size and np.all(x == x.reshape(-1)[0]):
                 return _Fill(float(x.reshape(-1)[0]))
             return _Dyn()
@@ -460,7 +500,7 @@ class _Graph:
                 raise ModelFormatError(f"{where}: Cast of the sequence to a non-float type")
             return _Seq(axes, x.stage)
         if op == "Shape":
-            return _Dyn()
+            return self._shape_of(x, attrs)
         if op == "Transpose":
             perm = attrs.get("perm", list(range(len(axes)))[::-1])
             if sorted(perm) != list(range(len(axes))):
@@ -487,7 +527,50 @@ class _Graph:
             return _Seq(axes, x.stage)
         if op == "Reshape":
             return self._reshape(x, [int(s) for s in np.asarray(consts[0]).reshape(-1)], where)
+        if op in ("Gather", "Slice"):
+            return self._last_step(op, x, consts, attrs, where)
         raise ModelFormatError(f"{where}: {op} of the sequence is not supported")
+
+    def _last_step(self, op, x, consts, attrs, where):
+        """Gather index -1, or Slice [-1:], on the time axis: a sequence-to-one model
+        (``fc(out[:, -1])``). Gather drops the axis, [-1] and Slice keep it with length 1."""
+        axes = list(x.axes)
+        if op == "Gather":
+            index = np.asarray(consts[0])
+            which = [attrs.get("axis", 0) % len(axes)]
+            last = index.size == 1 and int(index.reshape(-1)[0]) == -1
+        else:
+            c = [None if v is None else np.asarray(v).reshape(-1) for v in consts]
+            which = [int(a) % len(axes) for a in (c[2] if len(c) > 2 and c[2] is not None
+                                                  else range(len(c[0])))]
+            steps = c[3] if len(c) > 3 and c[3] is not None else [1] * len(which)
+            last = len(which) == 1 and int(c[0][0]) == -1 and int(c[1][0]) >= 1 << 30 \
+                and int(steps[0]) == 1
+        if not (last and axes[which[0]] == "T" and isinstance(x.stage, int) and x.stage) \
+                or self.last_step:
+            picked = "".join(axes[a] for a in which if a < len(axes))
+            raise ModelFormatError(f"{where}: {op} of the sequence (axes {''.join(axes)}, "
+                                   f"taking axis {picked}) is not supported; edgegru reads "
+                                   f"the last time step of a GRU's output (out[:, -1]) only")
+        self.last_step = True
+        if op == "Gather" and index.ndim == 0:
+            del axes[which[0]]
+        else:
+            axes[which[0]] = "1"
+        return _Seq(axes, x.stage)
+
+    def _shape_of(self, x, attrs):
+        """Shape of a tensor on the chain: the sizes edgegru knows (directions, hidden and
+        feature widths, unit axes), _UNKNOWN for the batch and time."""
+        sizes = {"1": 1}
+        if isinstance(x.stage, int) and x.stage:
+            layer = self.layers[x.stage - 1]
+            sizes.update(D=layer["D"], H=layer["H"], F=self._width(x))
+        elif x.stage:
+            sizes["F"] = self._width(x)
+        shape = np.array([sizes.get(a, _UNKNOWN) for a in x.axes], np.int64)
+        start, end = attrs.get("start", 0), attrs.get("end", len(shape))
+        return shape[start:end]
 
     def _reshape(self, x, shape, where):
         """Reshapes that only drop unit axes and merge directions into features, (D, H) -> F,
@@ -498,13 +581,11 @@ class _Graph:
         if axes[-2:] == ["D", "H"]:
             axes = axes[:-2] + ["F"]
         axes = ["F" if a == "H" and "D" not in axes else a for a in axes]
-        if isinstance(x.stage, int):
-            width = D * self.layers[x.stage - 1]["H"] if x.stage else None
-        else:
-            width = len(self.head["weight"])
+        width = self._width(x) if x.stage else None
         if len(shape) == len(axes) and axes[-1] == "F" and "D" not in axes \
                 and (shape[-1] in (-1, width) or shape[-1] == 0 and x.axes[-1] == "F") \
-                and sum(s == -1 for s in shape) <= 1 and all(s >= -1 for s in shape):
+                and sum(s == -1 for s in shape) <= 1 \
+                and all(s >= -1 or s == _UNKNOWN for s in shape):
             return _Seq(axes, x.stage)
         raise ModelFormatError(f"{where}: Reshape of the sequence (axes {''.join(x.axes)}) to "
                                f"{shape} is not supported (only dropping unit axes and "
@@ -527,15 +608,28 @@ class _Graph:
                                    f"({type(exc).__name__}: {str(exc)[:80]})") from None
 
 
+def _unknown(shape):
+    """True for a shape computed from the sequence's holding a run-time size."""
+    return isinstance(shape, np.ndarray) and shape.dtype == np.int64 \
+        and bool((shape == _UNKNOWN).any())
+
+
 def _eval_constant(op, x, consts, attrs, where):
     """Shape plumbing on constants, in NumPy (the ops of :data:`_PLUMBING`)."""
     c = [np.asarray(v) if v is not None else None for v in consts]
+    if op in ("Mul", "Add", "Sub"):
+        a, b = np.asarray(x), c[0]
+        with np.errstate(over="ignore"):
+            value = {"Mul": np.multiply, "Add": np.add, "Sub": np.subtract}[op](a, b)
+        if value.dtype == np.int64:           # a run-time size in, a run-time size out
+            value = np.where((a == _UNKNOWN) | (b == _UNKNOWN), _UNKNOWN, value)
+        return value
     if op in ("Identity", "Cast"):
         return x
     if op == "Shape":
         return np.array(x.shape, np.int64)
     if op == "Gather":
-        return np.take(x, c[0].astype(np.int64), axis=attrs.get("axis", 0))
+        return np.asarray(np.take(x, c[0].astype(np.int64), axis=attrs.get("axis", 0)))
     if op == "Transpose":
         return np.transpose(x, attrs.get("perm"))
     if op == "Unsqueeze":
