@@ -647,8 +647,9 @@ def _vector_intrinsics(lanes):
     last, where _axpy loads and stores its accumulator every four rows and checks at run time
     that it does not overlap the weights. Numba cannot say "keep this in registers" (its arrays
     live in memory, and LLVM cannot prove that the accumulator and the weights, views of one
-    model array, do not overlap), hence LLVM IR, written here rather than in a module of its own
-    so that numba's cache, which watches this file, sees any change to it.
+    model array, do not overlap), hence LLVM IR, written in this file rather than in a module
+    of its own so that numba's cache, which watches the file a kernel is defined in, sees any
+    change to it.
 
     Portable: plain ``<L x float>`` vectors, which LLVM maps onto whatever registers the target
     has (``<8 x float>``: one AVX register on x86, two NEON registers on ARM; ``<16 x float>``:
@@ -669,218 +670,264 @@ def _vector_intrinsics(lanes):
 
     ``dot8(a, b)``: the first part of :func:`_dot` for len(a) a multiple of 8, in one
     ``<8 x float>`` register: lane l sums a[k] * b[k] for k = l mod 8, in order, exactly as the
-    eight scalar sums of :func:`_dot8_lanes` below, then the same fixed tree. LLVM did
-    not vectorise those eight scalar chains by itself (32 scalar FMAs for K=32).
+    eight scalar sums of :func:`_dot8_lanes` below, then the same fixed tree. LLVM does
+    not vectorise those eight scalar chains by itself.
     """
-    from llvmlite import ir
     from numba import types
     from numba.extending import intrinsic
 
-    LANES = lanes                   # floats per vector of the panels
-    MAX_VECTORS = 8                 # sums per panel: 8 (+4 broadcasts, 2 temporaries) of 16
-    DOT_LANES = 8                   # dot8's, whatever the panels' (its order of sums is fixed)
-    FLAGS = tuple(sorted(FASTMATH))     # as the kernels, so both contract alike
-    I64, I32 = ir.IntType(64), ir.IntType(32)
-    VECTOR = ir.VectorType(ir.FloatType(), LANES)
-    DOT_VECTOR = ir.VectorType(ir.FloatType(), DOT_LANES)
-
-    def float32_vectors(*arrays):   # the code below assumes 1-d float32 with unit strides
-        return all(isinstance(a, types.Array) and a.ndim == 1 and a.layout == "C"
-                   and a.dtype == types.float32 for a in arrays)
-
-    def const(v):
-        return ir.Constant(I64, v)
-
-    def vector_at(builder, base, offset, vector=VECTOR):    # base[offset:] as one vector
-        ptr = builder.gep(base, [offset], inbounds=True)
-        return builder.bitcast(ptr, vector.as_pointer())
-
-    def loop(builder, name, start, stop, stride, body, sums):
-        # for i in range(start, stop, stride): sums = body(i, sums), the sums in phi nodes;
-        # returns the sums after the loop
-        before = builder.block
-        loop_block = builder.append_basic_block(name)
-        after = builder.append_basic_block(name + ".end")
-        builder.cbranch(builder.icmp_signed("<", start, stop), loop_block, after)
-        builder.position_at_end(loop_block)
-        i = builder.phi(I64)
-        i.add_incoming(start, before)
-        carried = []
-        for s in sums:
-            phi = builder.phi(s.type)
-            phi.add_incoming(s, before)
-            carried.append(phi)
-        new = body(i, carried)
-        i_next = builder.add(i, const(stride))
-        last = builder.block
-        i.add_incoming(i_next, last)
-        for phi, s in zip(carried, new):
-            phi.add_incoming(s, last)
-        builder.cbranch(builder.icmp_signed("<", i_next, stop), loop_block, after)
-        builder.position_at_end(after)
-        out = []
-        for s, s_new in zip(sums, new):
-            phi = builder.phi(s.type)
-            phi.add_incoming(s, before)
-            phi.add_incoming(s_new, last)
-            out.append(phi)
-        return out
-
-    def masked_memory(builder, name, vector, types_):     # llvm.masked.load/store, declared
-        module = builder.module
-        mangled = "llvm.masked.%s.v%df32.p0" % (name, vector.count)
-        if mangled in module.globals:
-            return module.globals[mangled]
-        returns = vector if name == "load" else ir.VoidType()
-        return ir.Function(module, ir.FunctionType(returns, types_), mangled)
-
-    def product(typingctx, acc, x, w, ld, c0, nvec, rows_per_group, masked=False):
+    def product(acc, x, w, ld, c0, nvec, rows_per_group, masked=False):
         if not (isinstance(nvec, types.IntegerLiteral)
-                and 1 <= nvec.literal_value <= MAX_VECTORS and float32_vectors(acc, x, w)):
+                and 1 <= nvec.literal_value <= _MAX_VECTORS and _float32_vectors(acc, x, w)):
             return None
-        Q = nvec.literal_value
-        MASK = ir.VectorType(ir.IntType(1), LANES)
-
-        def codegen(context, builder, signature, args):
-            acc_a, x_a, w_a = (context.make_array(t)(context, builder, value=v)
-                               for t, v in zip(signature.args[:3], args[:3]))
-            ld_v, c0_v = args[3], args[4]
-            m = builder.extract_value(x_a.shape, 0)
-
-            def splat(value, vector):       # value in every lane
-                undef = ir.Constant(vector, ir.Undefined)
-                v = builder.insert_element(undef, value, ir.Constant(I32, 0))
-                return builder.shuffle_vector(v, undef,
-                                              ir.Constant(ir.VectorType(I32, LANES), [0] * LANES))
-
-            def smaller(a, b):
-                return builder.select(builder.icmp_signed("<", a, b), a, b)
-
-            def larger(a, b):
-                return builder.select(builder.icmp_signed("<", a, b), b, a)
-
-            if masked:
-                # the last vector holds n - L (Q - 1) columns: a mask of its first lanes
-                n = builder.extract_value(acc_a.shape, 0)
-                valid = builder.sub(n, const(LANES * (Q - 1)))
-                lanes = ir.Constant(ir.VectorType(I64, LANES), list(range(LANES)))
-                mask = builder.icmp_signed("<", lanes, splat(valid, ir.VectorType(I64, LANES)))
-                zeros = ir.Constant(VECTOR, [0.0] * LANES)
-                load = masked_memory(builder, "load", VECTOR,
-                                     [VECTOR.as_pointer(), I32, MASK, VECTOR])
-                store = masked_memory(builder, "store", VECTOR,
-                                      [VECTOR, VECTOR.as_pointer(), I32, MASK])
-                # Rows whose whole last vector lies inside w (its lanes past n read the columns
-                # after, or the next row) load it in full: a masked load costs one branch per
-                # lane where the target has none (NEON). Only the rows from `safe` on, whose
-                # last vector would reach past the end of w, are masked.
-                length = builder.extract_value(w_a.shape, 0)
-                room = builder.sub(builder.sub(length, c0_v), const(LANES * Q))
-                safe = builder.select(builder.icmp_signed("<", room, const(0)), const(0),
-                                      builder.add(builder.sdiv(room, ld_v), const(1)))
-                safe = smaller(safe, m)
-
-            def broadcast(i):               # x[i] in every lane
-                return splat(builder.load(builder.gep(x_a.data, [i], inbounds=True), align=4),
-                             VECTOR)
-
-            def weights(i, q, whole=True):    # W[i, c0 + Lq : c0 + Lq + L]
-                offset = builder.add(builder.add(builder.mul(i, ld_v), c0_v), const(LANES * q))
-                if whole or q < Q - 1:
-                    return builder.load(vector_at(builder, w_a.data, offset), align=4)
-                return builder.call(load, [vector_at(builder, w_a.data, offset),
-                                           ir.Constant(I32, 4), mask, zeros])
-
-            def mul(a, b):
-                return builder.fmul(a, b, flags=FLAGS)
-
-            def add(a, b):
-                return builder.fadd(a, b, flags=FLAGS)
-
-            def rows4(whole):             # as _rows4: acc += (x0 w0 + x1 w1) + (x2 w2 + x3 w3)
-                def body(i, sums):
-                    i1, i2, i3 = (builder.add(i, const(k)) for k in (1, 2, 3))
-                    x0, x1, x2, x3 = broadcast(i), broadcast(i1), broadcast(i2), broadcast(i3)
-                    return [add(s, add(add(mul(x0, weights(i, q, whole)),
-                                           mul(x1, weights(i1, q, whole))),
-                                       add(mul(x2, weights(i2, q, whole)),
-                                           mul(x3, weights(i3, q, whole)))))
-                            for q, s in enumerate(sums)]
-                return body
-
-            def rows1(whole):             # as _rows1: acc += x0 w0
-                def body(i, sums):
-                    x0 = broadcast(i)
-                    return [add(s, mul(x0, weights(i, q, whole))) for q, s in enumerate(sums)]
-                return body
-
-            def acc_vector(q):
-                return vector_at(builder, acc_a.data, const(LANES * q))
-
-            sums = [builder.load(acc_vector(q), align=4) if not masked or q < Q - 1
-                    else builder.call(load, [acc_vector(q), ir.Constant(I32, 4), mask, zeros])
-                    for q in range(Q)]
-            if rows_per_group == 4:
-                m4 = builder.mul(builder.sdiv(m, const(4)), const(4))
-            else:
-                m4 = const(0)
-            if not masked:
-                sums = loop(builder, "panel.rows4", const(0), m4, 4, rows4(True), sums)
-                sums = loop(builder, "panel.rows1", m4, m, 1, rows1(True), sums)
-            else:                           # the same rows in the same order, split at `safe`
-                safe4 = smaller(m4, builder.mul(builder.sdiv(safe, const(4)), const(4)))
-                sums = loop(builder, "panel.rows4", const(0), safe4, 4, rows4(True), sums)
-                sums = loop(builder, "panel.rows4.masked", safe4, m4, 4, rows4(False), sums)
-                safe1 = larger(m4, safe)
-                sums = loop(builder, "panel.rows1", m4, safe1, 1, rows1(True), sums)
-                sums = loop(builder, "panel.rows1.masked", safe1, m, 1, rows1(False), sums)
-            for q, s in enumerate(sums):
-                if not masked or q < Q - 1:
-                    builder.store(s, acc_vector(q), align=4)
-                else:
-                    builder.call(store, [s, acc_vector(q), ir.Constant(I32, 4), mask])
-            return context.get_dummy_value()
-
-        return types.void(acc, x, w, ld, c0, nvec), codegen
+        return (types.void(acc, x, w, ld, c0, nvec),
+                _panel_codegen(lanes, nvec.literal_value, rows_per_group, masked))
 
     @intrinsic
     def panel(typingctx, acc, x, w, ld, c0, nvec):
-        return product(typingctx, acc, x, w, ld, c0, nvec, 4)
+        return product(acc, x, w, ld, c0, nvec, 4)
 
     @intrinsic
     def chain(typingctx, acc, x, w, ld, c0, nvec):
-        return product(typingctx, acc, x, w, ld, c0, nvec, 1)
+        return product(acc, x, w, ld, c0, nvec, 1)
 
     @intrinsic
     def panel_masked(typingctx, acc, x, w, ld, c0, nvec):
-        return product(typingctx, acc, x, w, ld, c0, nvec, 4, masked=True)
+        return product(acc, x, w, ld, c0, nvec, 4, masked=True)
 
     @intrinsic
     def dot8(typingctx, a, b):
-        if not float32_vectors(a, b):
+        if not _float32_vectors(a, b):
             return None
-
-        def codegen(context, builder, signature, args):
-            a_a, b_a = (context.make_array(t)(context, builder, value=v)
-                        for t, v in zip(signature.args, args))
-            n = builder.extract_value(a_a.shape, 0)
-
-            def lanes8(k, sums):            # as s_l += a[k + l] * b[k + l], l = 0..7
-                ak = builder.load(vector_at(builder, a_a.data, k, DOT_VECTOR), align=4)
-                bk = builder.load(vector_at(builder, b_a.data, k, DOT_VECTOR), align=4)
-                return [builder.fadd(sums[0], builder.fmul(ak, bk, flags=FLAGS), flags=FLAGS)]
-
-            zero = ir.Constant(DOT_VECTOR, [0.0] * DOT_LANES)
-            total, = loop(builder, "dot8", const(0), n, DOT_LANES, lanes8, [zero])
-            s = [builder.extract_element(total, ir.Constant(I32, lane)) for lane in range(DOT_LANES)]
-
-            def add(x, y):
-                return builder.fadd(x, y, flags=FLAGS)
-            return add(add(add(s[0], s[1]), add(s[2], s[3])), add(add(s[4], s[5]), add(s[6], s[7])))
-
-        return types.float32(a, b), codegen
+        return types.float32(a, b), _dot8_codegen
 
     return panel, panel_masked, chain, dot8
+
+
+_MAX_VECTORS = 8                # sums per panel: 8 (+4 broadcasts, 2 temporaries) of 16 registers
+_DOT_LANES = 8                  # dot8's, whatever the panels' (its order of sums is fixed)
+_FLAGS = tuple(sorted(FASTMATH))    # the IR's fast-math flags, as the kernels', so both contract alike
+
+
+def _float32_vectors(*arrays):
+    # the IR below assumes 1-d float32 arrays with unit strides
+    from numba import types
+    return all(isinstance(a, types.Array) and a.ndim == 1 and a.layout == "C"
+               and a.dtype == types.float32 for a in arrays)
+
+
+def _i64(v):
+    from llvmlite import ir
+    return ir.Constant(ir.IntType(64), v)
+
+
+def _vector_at(builder, base, offset, vector):
+    # base[offset:] as one vector
+    ptr = builder.gep(base, [offset], inbounds=True)
+    return builder.bitcast(ptr, vector.as_pointer())
+
+
+def _splat(builder, value, vector):
+    # value in every lane
+    from llvmlite import ir
+    undef = ir.Constant(vector, ir.Undefined)
+    v = builder.insert_element(undef, value, ir.Constant(ir.IntType(32), 0))
+    return builder.shuffle_vector(
+        v, undef, ir.Constant(ir.VectorType(ir.IntType(32), vector.count), [0] * vector.count))
+
+
+def _loop(builder, name, start, stop, stride, body, sums):
+    # for i in range(start, stop, stride): sums = body(i, sums), the sums in phi nodes;
+    # returns the sums after the loop
+    from llvmlite import ir
+    before = builder.block
+    loop_block = builder.append_basic_block(name)
+    after = builder.append_basic_block(name + ".end")
+    builder.cbranch(builder.icmp_signed("<", start, stop), loop_block, after)
+    builder.position_at_end(loop_block)
+    i = builder.phi(ir.IntType(64))
+    i.add_incoming(start, before)
+    carried = []
+    for s in sums:
+        phi = builder.phi(s.type)
+        phi.add_incoming(s, before)
+        carried.append(phi)
+    new = body(i, carried)
+    i_next = builder.add(i, _i64(stride))
+    last = builder.block
+    i.add_incoming(i_next, last)
+    for phi, s in zip(carried, new):
+        phi.add_incoming(s, last)
+    builder.cbranch(builder.icmp_signed("<", i_next, stop), loop_block, after)
+    builder.position_at_end(after)
+    out = []
+    for s, s_new in zip(sums, new):
+        phi = builder.phi(s.type)
+        phi.add_incoming(s, before)
+        phi.add_incoming(s_new, last)
+        out.append(phi)
+    return out
+
+
+def _masked_memory(builder, name, vector, types_):
+    # llvm.masked.load or .store, declared once per module
+    from llvmlite import ir
+    module = builder.module
+    mangled = "llvm.masked.%s.v%df32.p0" % (name, vector.count)
+    if mangled in module.globals:
+        return module.globals[mangled]
+    returns = vector if name == "load" else ir.VoidType()
+    return ir.Function(module, ir.FunctionType(returns, types_), mangled)
+
+
+def _panel_codegen(lanes, Q, rows_per_group, masked):
+    """The codegen of a panel intrinsic (see _vector_intrinsics): Q vectors of `lanes` floats,
+    the rows summed four at a time in _rows4's order (rows_per_group 4) or one at a time
+    (1), the last vector masked or not."""
+    def codegen(context, builder, signature, args):
+        acc_a, x_a, w_a = (context.make_array(t)(context, builder, value=v)
+                           for t, v in zip(signature.args[:3], args[:3]))
+        p = _PanelIR(builder, lanes, Q, x_a.data, w_a.data, ld=args[3], c0=args[4])
+        m = builder.extract_value(x_a.shape, 0)
+        safe = p.set_mask(acc_a, w_a, m) if masked else None
+        sums = [p.load(p.acc_vector(acc_a.data, q), whole=not masked or q < Q - 1)
+                for q in range(Q)]
+        if rows_per_group == 4:
+            m4 = builder.mul(builder.sdiv(m, _i64(4)), _i64(4))
+        else:
+            m4 = _i64(0)
+        if not masked:
+            sums = _loop(builder, "panel.rows4", _i64(0), m4, 4, p.rows4(True), sums)
+            sums = _loop(builder, "panel.rows1", m4, m, 1, p.rows1(True), sums)
+        else:                           # the same rows in the same order, split at `safe`
+            safe4 = p.smaller(m4, builder.mul(builder.sdiv(safe, _i64(4)), _i64(4)))
+            sums = _loop(builder, "panel.rows4", _i64(0), safe4, 4, p.rows4(True), sums)
+            sums = _loop(builder, "panel.rows4.masked", safe4, m4, 4, p.rows4(False), sums)
+            safe1 = p.larger(m4, safe)
+            sums = _loop(builder, "panel.rows1", m4, safe1, 1, p.rows1(True), sums)
+            sums = _loop(builder, "panel.rows1.masked", safe1, m, 1, p.rows1(False), sums)
+        for q, s in enumerate(sums):
+            p.store(s, p.acc_vector(acc_a.data, q), whole=not masked or q < Q - 1)
+        return context.get_dummy_value()
+    return codegen
+
+
+class _PanelIR:
+    """The pieces of one panel's IR, for one call of its codegen: loads, sums, the mask."""
+
+    def __init__(self, builder, lanes, Q, x, w, ld, c0):
+        from llvmlite import ir
+        self.builder, self.lanes, self.Q, self.x, self.w, self.ld, self.c0 = \
+            builder, lanes, Q, x, w, ld, c0
+        self.vector = ir.VectorType(ir.FloatType(), lanes)
+
+    def set_mask(self, acc_a, w_a, m):
+        # The last vector holds n - L (Q - 1) columns: a mask of its first lanes. Returns the
+        # first row whose last vector would reach past the end of w: the rows before it load
+        # that vector in full (its lanes past n read the columns after, or the next row), as
+        # a masked load costs one branch per lane where the target has none (NEON).
+        from llvmlite import ir
+        b, L = self.builder, self.lanes
+        i64s = ir.VectorType(ir.IntType(64), L)
+        n = b.extract_value(acc_a.shape, 0)
+        valid = b.sub(n, _i64(L * (self.Q - 1)))
+        self.mask = b.icmp_signed("<", ir.Constant(i64s, list(range(L))), _splat(b, valid, i64s))
+        self.zeros = ir.Constant(self.vector, [0.0] * L)
+        masks = ir.VectorType(ir.IntType(1), L)
+        pointer = self.vector.as_pointer()
+        self.masked_load = _masked_memory(b, "load", self.vector,
+                                          [pointer, ir.IntType(32), masks, self.vector])
+        self.masked_store = _masked_memory(b, "store", self.vector,
+                                           [self.vector, pointer, ir.IntType(32), masks])
+        length = b.extract_value(w_a.shape, 0)
+        room = b.sub(b.sub(length, self.c0), _i64(L * self.Q))
+        safe = b.select(b.icmp_signed("<", room, _i64(0)), _i64(0),
+                        b.add(b.sdiv(room, self.ld), _i64(1)))
+        return self.smaller(safe, m)
+
+    def smaller(self, a, b):
+        return self.builder.select(self.builder.icmp_signed("<", a, b), a, b)
+
+    def larger(self, a, b):
+        return self.builder.select(self.builder.icmp_signed("<", a, b), b, a)
+
+    def acc_vector(self, acc, q):
+        return _vector_at(self.builder, acc, _i64(self.lanes * q), self.vector)
+
+    def load(self, pointer, whole=True):
+        from llvmlite import ir
+        if whole:
+            return self.builder.load(pointer, align=4)
+        return self.builder.call(self.masked_load,
+                                 [pointer, ir.Constant(ir.IntType(32), 4), self.mask, self.zeros])
+
+    def store(self, value, pointer, whole=True):
+        from llvmlite import ir
+        if whole:
+            self.builder.store(value, pointer, align=4)
+        else:
+            self.builder.call(self.masked_store,
+                              [value, pointer, ir.Constant(ir.IntType(32), 4), self.mask])
+
+    def broadcast(self, i):
+        # x[i] in every lane
+        b = self.builder
+        return _splat(b, b.load(b.gep(self.x, [i], inbounds=True), align=4), self.vector)
+
+    def weights(self, i, q, whole=True):
+        # W[i, c0 + Lq : c0 + Lq + L], the last vector masked unless whole
+        b = self.builder
+        offset = b.add(b.add(b.mul(i, self.ld), self.c0), _i64(self.lanes * q))
+        return self.load(_vector_at(b, self.w, offset, self.vector), whole or q < self.Q - 1)
+
+    def mul(self, a, b):
+        return self.builder.fmul(a, b, flags=_FLAGS)
+
+    def add(self, a, b):
+        return self.builder.fadd(a, b, flags=_FLAGS)
+
+    def rows4(self, whole):
+        # the loop body of _rows4: acc += (x0 w0 + x1 w1) + (x2 w2 + x3 w3)
+        def body(i, sums):
+            i1, i2, i3 = (self.builder.add(i, _i64(k)) for k in (1, 2, 3))
+            x0, x1, x2, x3 = self.broadcast(i), self.broadcast(i1), self.broadcast(i2), \
+                self.broadcast(i3)
+            add, mul, w = self.add, self.mul, self.weights
+            return [add(s, add(add(mul(x0, w(i, q, whole)), mul(x1, w(i1, q, whole))),
+                               add(mul(x2, w(i2, q, whole)), mul(x3, w(i3, q, whole)))))
+                    for q, s in enumerate(sums)]
+        return body
+
+    def rows1(self, whole):
+        # the loop body of _rows1: acc += x0 w0
+        def body(i, sums):
+            x0 = self.broadcast(i)
+            return [self.add(s, self.mul(x0, self.weights(i, q, whole)))
+                    for q, s in enumerate(sums)]
+        return body
+
+
+def _dot8_codegen(context, builder, signature, args):
+    # the code of dot8 (see _vector_intrinsics)
+    from llvmlite import ir
+    vector = ir.VectorType(ir.FloatType(), _DOT_LANES)
+    a_a, b_a = (context.make_array(t)(context, builder, value=v)
+                for t, v in zip(signature.args, args))
+    n = builder.extract_value(a_a.shape, 0)
+
+    def lanes8(k, sums):            # as s_l += a[k + l] * b[k + l], l = 0..7
+        ak = builder.load(_vector_at(builder, a_a.data, k, vector), align=4)
+        bk = builder.load(_vector_at(builder, b_a.data, k, vector), align=4)
+        return [builder.fadd(sums[0], builder.fmul(ak, bk, flags=_FLAGS), flags=_FLAGS)]
+
+    zero = ir.Constant(vector, [0.0] * _DOT_LANES)
+    total, = _loop(builder, "dot8", _i64(0), n, _DOT_LANES, lanes8, [zero])
+    s = [builder.extract_element(total, ir.Constant(ir.IntType(32), lane))
+         for lane in range(_DOT_LANES)]
+
+    def add(x, y):
+        return builder.fadd(x, y, flags=_FLAGS)
+    return add(add(add(s[0], s[1]), add(s[2], s[3])), add(add(s[4], s[5]), add(s[6], s[7])))
 
 
 def _dot8_lanes(a, b):
@@ -905,9 +952,7 @@ def panel_lanes(cpu_features):
 
     Eight sums of 16 floats make a panel of 128 columns, where eight of 8 make 64: per row of
     the weights, one broadcast of x[i] feeds twice the columns, and the loads are full-width.
-    A/B on a Zen 5 EPYC (AVX-512), sequence per step: H=32 104 -> 78 ns, H=64 295 -> 200 ns,
-    a batch of 32 at H=64 8.8 -> 6.1 us; H=16 and past PANEL_MAX_COLUMNS unchanged. Bitwise the
-    same results either way: the lanes only decide which columns are summed side by side, and
+    Bitwise the same results either way: the lanes only decide which columns are summed side by side, and
     every column's sum keeps its order. With LLVM's "evex512" off (AVX10/256) there are no
     512-bit registers: 8.
     """
@@ -961,8 +1006,8 @@ else:
 PANEL_COLUMNS = 8 * PANEL_LANES
 
 # A product keeps its sums in registers (_panel) up to this many output columns; wider
-# ones are faster in _axpy's row-by-row sweep (measured: git log of this constant). A w_hh
-# that wide is blocked (_matvec_blocked), so this bound applies to w_ih.
+# ones are faster in _axpy's row-by-row sweep. A w_hh that wide is blocked (_matvec_blocked),
+# so this bound applies to w_ih.
 PANEL_MAX_COLUMNS = 320
 
 # The blocks of a blocked w_hh (pack_recurrent): one widest panel each.
@@ -998,8 +1043,8 @@ _masked_panel_of_width = _of_width(_panel_masked)
 
 
 # Not inlined, unlike the rest of the cell: its panel widths, inlined at the three places
-# _cell multiplies, make the step and sequence kernels compile markedly longer, for no
-# measurable gain over one call per product.
+# the cell multiplies, would make the step and sequence kernels compile much longer, for no
+# faster step than one call per product.
 @njit(**KERNEL)
 def _matvec(acc, x, w, ld, c0, reverse):
     # acc (n,) += x @ W[:, c0:c0+n], bitwise as _axpy: panels of 8 vectors of PANEL_LANES
