@@ -116,15 +116,18 @@ def _sigmoid_gate(x, alpha, beta):
 # the layout folds the biases), and a (3H,) the scratch the hidden products are summed into,
 # starting from xp's [r | z] parts, so every sum runs in the same order in all three paths.
 # gates = (reset_after, hard_gates, alpha, beta); a matrix such as W_hh is a layout tuple
-# (see _block) that only matvec and matmul read.
+# (see _block) that only matvec and matmul read. The cell and its pieces are inlined into the
+# kernels: one function body lets LLVM schedule a time step as a whole, and no call passes
+# every array view's fields; the price is compile time, paid once into numba's cache.
 
 @njit(**KERNEL, inline="always")
 def _cell(h, xp, a, W_hh, b_hn, gates, reverse):
     # h (H,) -> h', in place. reverse: matvec reads W_hh's panels in the other order, for the
     # same sums; the callers alternate it from step to step (see _matvec).
     H = h.shape[0]
-    _start(a, xp, b_hn, gates[0])
-    if gates[0]:                                        # reset_after
+    reset_after = gates[0]
+    _start(a, xp, b_hn, reset_after)
+    if reset_after:
         matvec(a, h, W_hh, reverse)                     # a += h @ W_hh
         _gates_after(h, a, xp, gates)
     else:
@@ -236,39 +239,14 @@ def _output(y, h, w_head, b_head, activation):
 
 
 # ---- the step --------------------------------------------------------------------------------
-# The step kernel takes the whole model as one array, so that a call from Python converts three
-# arrays and nothing else: each argument numba's entry point unboxes costs time on every call,
-# a noticeable share of a small model's step, and the sizes and flags never change once a model
-# is built. The array is
-#     [header (STEP_HEADER floats) | params | work]
-# with the sizes and flags in the header as float32 values (exact: all are below 2**24), and
-# one slot of state, _H_REVERSE: the order in which this call reads the weights (see _matvec).
-STEP_HEADER = 16                # 64 bytes: params start where the array does, modulo a cache line
-_H_INPUT, _H_HIDDEN, _H_LAYERS, _H_OUTPUT, _H_RESET_AFTER, _H_HARD_GATES, _H_ALPHA, _H_BETA, \
-    _H_HEAD, _H_PARAMS, _H_REVERSE = range(11)
-
-
-def step_model_size(params_size, work_size):
-    """Length of the step kernel's model array."""
-    return STEP_HEADER + params_size + work_size
-
-
-def write_step_header(model, input_size, hidden_size, num_layers, output_size, reset_after,
-                      hard_gates, gate_alpha, gate_beta, head_activation, params_size):
-    """Fill the header of a step model array (see above); params and work follow it."""
-    model[:STEP_HEADER] = 0.0
-    model[[_H_INPUT, _H_HIDDEN, _H_LAYERS, _H_OUTPUT, _H_RESET_AFTER, _H_HARD_GATES, _H_ALPHA,
-           _H_BETA, _H_HEAD, _H_PARAMS]] = [
-        input_size, hidden_size, num_layers, output_size, float(bool(reset_after)),
-        float(bool(hard_gates)), gate_alpha, gate_beta, head_activation, params_size]
-
+# The step kernel reads its sizes and flags from its model array's header (see STEP_HEADER).
 
 @njit(**KERNEL)
 def gru_step(out, x, model):
     """One time step of a unidirectional stack, updating the state in place.
 
     out (O,)   x (I,)
-    model: [header | params | work] (see write_step_header); params: see the module doc;
+    model: [header | params | work] (see write_step_header); params: see "the layout";
     work (L*H + 6H,): [h of each layer | xp (3H) | a (3H)], owned by the model.
     output_size == 0 means no head: out (H,) receives the top layer's hidden state.
     """
@@ -527,6 +505,34 @@ def _head_views(params, input_size, hidden_size, num_layers, num_directions, out
     start = head_offset(input_size, hidden_size, num_layers, num_directions)
     end = start + output_size * K
     return params[start:end], params[end:end + output_size]
+
+
+# ---- the step kernel's model array ----------------------------------------------------------
+# The step kernel takes the whole model as one array, so that a call from Python converts three
+# arrays and nothing else: each argument numba's entry point unboxes costs time on every call,
+# a noticeable share of a small model's step, and the sizes and flags never change once a model
+# is built. The array is
+#     [header (STEP_HEADER floats) | params | work]
+# with the sizes and flags in the header as float32 values (exact: all are below 2**24), and
+# one slot of state, _H_REVERSE: the order in which this call reads the weights (see _matvec).
+STEP_HEADER = 16                # 64 bytes: params start where the array does, modulo a cache line
+_H_INPUT, _H_HIDDEN, _H_LAYERS, _H_OUTPUT, _H_RESET_AFTER, _H_HARD_GATES, _H_ALPHA, _H_BETA, \
+    _H_HEAD, _H_PARAMS, _H_REVERSE = range(11)
+
+
+def step_model_size(params_size, work_size):
+    """Length of the step kernel's model array."""
+    return STEP_HEADER + params_size + work_size
+
+
+def write_step_header(model, input_size, hidden_size, num_layers, output_size, reset_after,
+                      hard_gates, gate_alpha, gate_beta, head_activation, params_size):
+    """Fill the header of a step model array (see above); params and work follow it."""
+    model[:STEP_HEADER] = 0.0
+    model[[_H_INPUT, _H_HIDDEN, _H_LAYERS, _H_OUTPUT, _H_RESET_AFTER, _H_HARD_GATES, _H_ALPHA,
+           _H_BETA, _H_HEAD, _H_PARAMS]] = [
+        input_size, hidden_size, num_layers, output_size, float(bool(reset_after)),
+        float(bool(hard_gates)), gate_alpha, gate_beta, head_activation, params_size]
 
 
 # ---- calling a kernel from Python ----------------------------------------------------------------
