@@ -1,25 +1,11 @@
-"""The compute kernels: pure functions over float32 arrays, nothing else.
+"""The GRU in Numba: pure functions over float32 arrays, nothing else.
+
+Read from the top: the activations, the cell, the step, the sequence and the batch, all in
+terms of two products, :func:`matvec` and :func:`matmul`; then where the weights live in
+``params`` (the layout, built once); then, below the banner, how the products are made fast.
 
 Every kernel takes its outputs first, then inputs, then sizes, and never allocates: the buffers
 are owned by :class:`edgegru.model.Model` and made once when the model is built.
-
-Weights live in one flat float32 array (``params``), laid out by :func:`block_offsets`, one block
-per layer and direction (``l`` major, then ``d``)::
-
-    w_ih   (in_size, 3H)   transposed input weights, columns [r | z | n]
-    b_x    (3H,)           [b_ir + b_hr | b_iz + b_hz | b_in]   (+ b_hn when reset_before)
-    w_hh   (H, 3H)         transposed hidden weights, columns [r | z | n]; past
-                           RECURRENT_BLOCKED_ABOVE hidden units, blocked (pack_recurrent)
-    b_hn   (H,)            hidden bias of the candidate (zero when reset_before: folded into b_x)
-
-each padded with zeros to whole cache lines (ALIGNMENT): the rows of w_ih and of a row-major
-w_hh are ``row_stride(H)`` long, so that every row starts on a cache line.
-
-followed by the optional linear head ``w_head (O, K)`` and ``b_head (O,)``, K = H * directions.
-Transposed weights make every matrix-vector product a sum of scaled rows ("axpy"): the inner loop
-runs over contiguous output elements, which LLVM vectorises without reassociating a reduction.
-The kernels see each matrix as a flat slice of ``params`` plus its row length (a numba reshape
-calls into C on every use; a slice does not).
 
 The GRU, with r, z, n the reset gate, update gate and candidate::
 
@@ -34,12 +20,8 @@ The gate activation ``g`` is the logistic sigmoid (everyone's default), or, with
 old Keras GRUs use (``recurrent_activation="hard_sigmoid"``: alpha 0.2 in Keras 2, 1/6 in
 Keras 3; beta 0.5) and ONNX's ``HardSigmoid(alpha, beta)``.
 
-One cell serves the step and the sequence paths, so they cannot disagree: :func:`_cell` for one
-sequence and :func:`_cells` for a batch are built from the same pieces and the same row-by-row
-sums (:func:`_axpy`, :func:`_matmul`, and :func:`_matvec` and :func:`_matmul_panels`, which
-compute those sums with them held in registers, a panel of columns at a time, the panels in
-either order; for a blocked w_hh, :func:`_matvec_blocked` and :func:`_matmul_blocked`, one row
-at a time as :func:`_axpy_chain`), and the tests hold them to bitwise equality.
+One cell serves the step, the sequence and the batch, so they cannot disagree: every sum is
+taken in the order written, and the tests hold the three paths to bitwise equality.
 """
 import numpy as np
 
@@ -58,15 +40,20 @@ FASTMATH = {"nsz", "arcp", "contract"}
 KERNEL = dict(fastmath=FASTMATH, error_model="numpy", cache=True, **NO_NRT)
 
 _f32 = np.float32
+_ZERO = _f32(0.0)
 _HALF = _f32(0.5)
 _ONE = _f32(1.0)
 
+HEAD_LINEAR = 0
+HEAD_SIGMOID = 1
+
+
+# ---- the activations -----------------------------------------------------------------------
+
 # tanh as a rational function p(x)/q(x) on [-c, c] (the float32 approximation used by Eigen):
 # only multiply, add, divide and compare, so it vectorises on x86 and ARM alike, unlike a call to
-# libm's tanhf. Max abs error against float64 tanh: 2.6e-7, reached where it saturates, where
-# LLVM contracts the polynomials into FMAs (x86 with FMA, ARM); 3.3e-7 without FMA (x86 with
-# NUMBA_CPU_NAME=generic). Sigmoid, built on it: 1.5e-7 and 2.3e-7. tests/test_kernels.py
-# checks 3.5e-7 and 2.5e-7.
+# libm's tanhf. Its error against float64 tanh, and sigmoid's, is bounded in
+# tests/test_kernels.py (largest where it saturates).
 _TANH_CLAMP = _f32(7.90531110763549805)
 _A1 = _f32(4.89352455891786e-03)
 _A3 = _f32(6.37261928875436e-04)
@@ -79,10 +66,6 @@ _B0 = _f32(4.89352518554385e-03)
 _B2 = _f32(2.26843463243900e-03)
 _B4 = _f32(1.18534705686654e-04)
 _B6 = _f32(1.19825839466702e-06)
-
-HEAD_LINEAR = 0
-HEAD_SIGMOID = 1
-_ZERO = _f32(0.0)
 
 
 @njit(**KERNEL, inline="always")
@@ -122,15 +105,296 @@ def hard_sigmoid(x, alpha, beta):
     return g
 
 
+@njit(**KERNEL, inline="always")
+def _sigmoid_gate(x, alpha, beta):
+    return sigmoid(x)               # alpha and beta: hard_sigmoid's, for one signature of gates
+
+
+# ---- the cell --------------------------------------------------------------------------------
+# One time step of one layer and direction. xp (3H,) is the step's input projection,
+# [W_ir x + b_ir + b_hr | W_iz x + b_iz + b_hz | W_in x + b_in] (+ b_hn when reset_before:
+# the layout folds the biases), and a (3H,) the scratch the hidden products are summed into,
+# starting from xp's [r | z] parts, so every sum runs in the same order in all three paths.
+# gates = (reset_after, hard_gates, alpha, beta); a matrix such as W_hh is a layout tuple
+# (see _block) that only matvec and matmul read. The cell and its pieces are inlined into the
+# kernels: one function body lets LLVM schedule a time step as a whole, and no call passes
+# every array view's fields; the price is compile time, paid once into numba's cache.
+
+@njit(**KERNEL, inline="always")
+def _cell(h, xp, a, W_hh, b_hn, gates, reverse):
+    # h (H,) -> h', in place. reverse: matvec reads W_hh's panels in the other order, for the
+    # same sums; the callers alternate it from step to step (see _matvec).
+    H = h.shape[0]
+    reset_after = gates[0]
+    _start(a, xp, b_hn, reset_after)
+    if reset_after:
+        matvec(a, h, W_hh, reverse)                     # a += h @ W_hh
+        _gates_after(h, a, xp, gates)
+    else:
+        matvec(a[:2 * H], h, W_hh, reverse)             # a[:2H] += h @ [W_hr | W_hz]
+        _gates_before(h, a, xp, gates)                  # a = [r * h | z | xp_n]
+        matvec(a[2 * H:], a[:H], W_hh, reverse)         # a_n += (r * h) @ W_hn
+        _update_before(h, a)
+
+
+@njit(**KERNEL, inline="always")
+def _start(a, xp, b_hn, reset_after):
+    # a = [xp_r | xp_z | b_hn] (reset_after) or [xp_r | xp_z | .] (reset_before)
+    H = b_hn.shape[0]
+    for j in range(2 * H):
+        a[j] = xp[j]
+    if reset_after:
+        a_n = a[2 * H:]
+        for j in range(H):
+            a_n[j] = b_hn[j]
+
+
+# The elementwise part of the cell: one copy of each loop per gate function g, chosen once per
+# call: with the choice inside the loop, LLVM no longer vectorises it.
+
+@njit(**KERNEL, inline="always")
+def _gates_after(h, a, xp, gates):
+    if gates[1]:
+        _update_after(h, a, xp, hard_sigmoid, gates[2], gates[3])
+    else:
+        _update_after(h, a, xp, _sigmoid_gate, gates[2], gates[3])
+
+
+@njit(**KERNEL, inline="always")
+def _gates_before(h, a, xp, gates):
+    if gates[1]:
+        _reset_before(h, a, xp, hard_sigmoid, gates[2], gates[3])
+    else:
+        _reset_before(h, a, xp, _sigmoid_gate, gates[2], gates[3])
+
+
+@njit(**KERNEL, inline="always")
+def _update_after(h, a, xp, g, alpha, beta):
+    # reset_after: a = [r | z | W_hn h + b_hn] before the activations -> h', in place
+    H = h.shape[0]
+    a_r, a_z, a_n, xp_n = a[:H], a[H:2 * H], a[2 * H:], xp[2 * H:]
+    for j in range(H):
+        r = g(a_r[j], alpha, beta)              # g(W_ir x + b_ir + W_hr h + b_hr)
+        z = g(a_z[j], alpha, beta)              # g(W_iz x + b_iz + W_hz h + b_hz)
+        n = tanh(xp_n[j] + r * a_n[j])          # tanh(W_in x + b_in + r * (W_hn h + b_hn))
+        h[j] = n + z * (h[j] - n)               # h' = (1 - z) * n + z * h
+
+
+@njit(**KERNEL, inline="always")
+def _reset_before(h, a, xp, g, alpha, beta):
+    # reset_before: a = [r | z | .] before the activations -> [r * h | z | xp_n], ready for
+    # a_n += (r * h) @ W_hn
+    H = h.shape[0]
+    a_r, a_z, a_n, xp_n = a[:H], a[H:2 * H], a[2 * H:], xp[2 * H:]
+    for j in range(H):
+        a_r[j] = g(a_r[j], alpha, beta) * h[j]  # r * h; r is not needed again
+        a_z[j] = g(a_z[j], alpha, beta)         # z
+        a_n[j] = xp_n[j]                        # W_in x + b_in + b_hn
+
+
+@njit(**KERNEL, inline="always")
+def _update_before(h, a):
+    # reset_before: a = [. | z | W_in x + b_in + W_hn (r * h) + b_hn] -> h', in place
+    H = h.shape[0]
+    a_z, a_n = a[H:2 * H], a[2 * H:]
+    for j in range(H):
+        n = tanh(a_n[j])                        # tanh(W_in x + b_in + W_hn (r * h) + b_hn)
+        h[j] = n + a_z[j] * (h[j] - n)          # h' = (1 - z) * n + z * h
+
+
+@njit(**KERNEL)
+def _cells(hs, xps, c, acc, W_hh, b_hn, gates, reverse):
+    # _cell for N independent sequences at once, each row of W_hh read once for all:
+    # hs (N, H) in place; xps[:, c] (N, 3H) this step's input projections; acc (N, 3H).
+    N, H = hs.shape
+    for b in range(N):
+        _start(acc[b], xps[b, c], b_hn, gates[0])
+    if gates[0]:
+        matmul(acc, hs, W_hh, 3 * H, reverse)
+        for b in range(N):
+            _gates_after(hs[b], acc[b], xps[b, c], gates)
+    else:
+        matmul(acc, hs, W_hh, 2 * H, reverse)
+        for b in range(N):
+            _gates_before(hs[b], acc[b], xps[b, c], gates)
+        matmul(acc, acc, W_hh, H, reverse)              # [n] += (r * h) @ W_hn, r * h in acc
+        for b in range(N):
+            _update_before(hs[b], acc[b])
+
+
+@njit(**KERNEL, inline="always")
+def _output(y, h, w_head, b_head, activation):
+    # y (O,) = act(W_head h + b_head);  h (K,), W_head (O, K) flat in w_head.
+    # Without a head (O = 0), y (K,) = h.
+    K = h.shape[0]
+    if b_head.shape[0] == 0:
+        for j in range(K):
+            y[j] = h[j]
+        return
+    for o in range(y.shape[0]):
+        s = _dot(w_head[o * K:(o + 1) * K], h) + b_head[o]
+        if activation == HEAD_SIGMOID:
+            s = sigmoid(s)
+        y[o] = s
+
+
+# ---- the step --------------------------------------------------------------------------------
+# The step kernel reads its sizes and flags from its model array's header (see STEP_HEADER).
+
+@njit(**KERNEL)
+def gru_step(out, x, model):
+    """One time step of a unidirectional stack, updating the state in place.
+
+    out (O,)   x (I,)
+    model: [header | params | work] (see write_step_header); params: see "the layout";
+    work (L*H + 6H,): [h of each layer | xp (3H) | a (3H)], owned by the model.
+    output_size == 0 means no head: out (H,) receives the top layer's hidden state.
+    """
+    P = np.int64(model[_H_PARAMS])
+    reverse = model[_H_REVERSE] != 0
+    model[_H_REVERSE] = _ZERO if reverse else _ONE
+    sizes = (np.int64(model[_H_INPUT]), np.int64(model[_H_HIDDEN]), np.int64(model[_H_LAYERS]),
+             np.int64(model[_H_OUTPUT]), np.int64(model[_H_HEAD]))
+    gates = (model[_H_RESET_AFTER] != 0, model[_H_HARD_GATES] != 0, model[_H_ALPHA],
+             model[_H_BETA])
+    _step(out, x, model[STEP_HEADER:STEP_HEADER + P], model[STEP_HEADER + P:], sizes, gates,
+          reverse)
+
+
+@njit(**KERNEL, inline="always")
+def _step(out, x, params, work, sizes, gates, reverse):
+    I, H, L, O, head_activation = sizes
+    G = 3 * H
+    xp = work[L * H:L * H + G]
+    a = work[L * H + G:L * H + 2 * G]
+    layer_in = x
+    for l in range(L):
+        W_ih, b_x, W_hh, b_hn = _block(params, l, 0, I, H, 1)
+        h = work[l * H:(l + 1) * H]
+        for j in range(G):
+            xp[j] = b_x[j]
+        matvec(xp, layer_in, W_ih, reverse)             # xp = b_x + layer_in @ W_ih
+        _cell(h, xp, a, W_hh, b_hn, gates, reverse)
+        layer_in = h
+    w_head, b_head = _head_views(params, I, H, L, 1, O)
+    _output(out, layer_in, w_head, b_head, head_activation)
+
+
+# ---- the sequence and the batch --------------------------------------------------------------
+# The sequence kernel projects the input of a chunk of CHUNK time steps at once (for all
+# sequences of a batch), so the input weights are read once per chunk rather than per step.
+CHUNK = 32
+
+
+def sequence_workspace_size(B, T, hidden_size, num_directions):
+    """Floats of workspace gru_sequences needs for B sequences of T steps."""
+    G = 3 * hidden_size
+    K = num_directions * hidden_size
+    return 2 * B * T * K + B * min(T, CHUNK) * G + B * G
+
+
+@njit(**KERNEL)
+def gru_sequences(Y, X, h, params, ws, input_size, hidden_size, num_layers, num_directions,
+                  output_size, reset_after, hard_gates, gate_alpha, gate_beta, head_activation):
+    """B independent sequences through the stack, all B advanced together one step at a time
+    (each weight read once per step for the whole batch).
+
+    Y (B, T, O)   X (B, T, I)   h (L*D, B, H): initial state in, final state out
+    ws: workspace of at least sequence_workspace_size(B, T, H, D) floats.
+
+    The reverse direction of a bidirectional layer starts from its row of h at the end of the
+    sequences, as in PyTorch.
+    """
+    B, T = X.shape[0], X.shape[1]
+    H, D = hidden_size, num_directions
+    G, K, C = 3 * H, D * H, min(T, CHUNK)
+    seq_a = ws[:B * T * K].reshape((B, T, K))           # layer outputs, alternately
+    seq_b = ws[B * T * K:2 * B * T * K].reshape((B, T, K))
+    rest = ws[2 * B * T * K:]
+    xp = rest[:B * C * G].reshape((B, C, G))           # sequence b, step c of the chunk
+    acc = rest[B * C * G:B * C * G + B * G].reshape((B, G))
+    gates = (reset_after, hard_gates, gate_alpha, gate_beta)
+    src = X
+    for l in range(num_layers):
+        dst = seq_a if l % 2 == 0 else seq_b
+        for d in range(D):
+            block = _block(params, l, d, input_size, H, D)
+            _direction(dst, d, src, h[l * D + d], block, gates, xp, acc)
+        src = dst
+    w_head, b_head = _head_views(params, input_size, H, num_layers, D, output_size)
+    for b in range(B):
+        for t in range(T):
+            _output(Y[b, t], src[b, t], w_head, b_head, head_activation)
+
+
+@njit(**KERNEL, inline="always")
+def _direction(dst, d, src, hs, block, gates, xp, acc):
+    # Direction d (0 forward, 1 backward) of one layer over B sequences: src (B, T, in) ->
+    # dst[:, :, dH:(d+1)H]; hs (B, H) the state, in place. For each chunk of time steps, the
+    # input projection first, then the recurrence over it.
+    W_ih, b_x, W_hh, b_hn = block
+    B, T, H = src.shape[0], src.shape[1], hs.shape[1]
+    C = xp.shape[1]
+    for c0 in range(0, T, C):
+        n = min(C, T - c0)
+        t0 = c0 if d == 0 else T - c0 - n       # steps t0 .. t0+n-1, or their mirror image
+        for b in range(B):
+            _project(xp[b, :n], src[b, t0:t0 + n], W_ih, b_x)
+        for s in range(n):
+            c = s if d == 0 else n - 1 - s
+            reverse = (c0 + s) % 2 == 1         # W_hh's panels in the other order, every other
+            if B == 1:                          # step
+                _cell(hs[0], xp[0, c], acc[0], W_hh, b_hn, gates, reverse)
+            else:
+                _cells(hs, xp, c, acc, W_hh, b_hn, gates, reverse)
+            for b in range(B):                  # a loop: numba's slice assignment costs more
+                row = dst[b, t0 + c, d * H:(d + 1) * H]        # at small H
+                hb = hs[b]
+                for j in range(H):
+                    row[j] = hb[j]
+
+
+@njit(**KERNEL, inline="always")
+def _project(xp, xs, W_ih, b_x):
+    # xp (N, 3H) = b_x + xs @ W_ih;   xs (N, in), b_x (3H,)
+    for b in range(xp.shape[0]):
+        row = xp[b]
+        for j in range(row.shape[0]):
+            row[j] = b_x[j]
+    # forward as a value, not a literal: numba compiles a function anew for a literal argument
+    forward = xp.shape[0] < 0
+    matmul(xp, xs, W_ih, xp.shape[1], forward)
+
+
+# ---- the layout of params, built once ----------------------------------------------------------
+# Weights live in one flat float32 array (``params``), laid out by block_offsets, one block per
+# layer and direction (``l`` major, then ``d``)::
+#
+#     w_ih   (in_size, 3H)   transposed input weights, columns [r | z | n]
+#     b_x    (3H,)           [b_ir + b_hr | b_iz + b_hz | b_in]   (+ b_hn when reset_before)
+#     w_hh   (H, 3H)         transposed hidden weights, columns [r | z | n]; past
+#                            RECURRENT_BLOCKED_ABOVE hidden units, blocked (pack_recurrent)
+#     b_hn   (H,)            hidden bias of the candidate (zero when reset_before: folded into b_x)
+#
+# each padded with zeros to whole cache lines (ALIGNMENT): the rows of w_ih and of a row-major
+# w_hh are row_stride(H) long, so that every row starts on a cache line and no vector load
+# of it straddles two lines. Then the optional linear head ``w_head (O, K)`` and ``b_head
+# (O,)``, K = H * directions. Transposed weights make every matrix-vector product a sum of
+# scaled rows: the inner loop runs over contiguous outputs, which LLVM vectorises without
+# reassociating a reduction.
+#
 # The layout arithmetic is plain Python when Python calls it, so that building a model (and the
 # NumPy fallback) does not load compiled code, and compiled into the kernels that call it
 # (_jitable).
+ALIGNMENT = 16                  # floats: 64 bytes, a cache line; params itself starts on one
 
-# Every matrix row and every array of params starts on a cache line (64 bytes, ALIGNMENT
-# floats; params itself starts on one): a row of w_hh whose start is not aligned makes every
-# vector load of it straddle two lines, which costs a third of the product at sizes like
-# H=52-63 (BENCHMARKS.md and git log have the A/B figures).
-ALIGNMENT = 16
+# Large recurrent matrices are stored "blocked": [r | z] (H, 2H) and then [n] (H, H), each cut
+# into blocks of RECURRENT_BLOCK_COLUMNS columns (the last one narrower), each block row-major,
+# one after the other. A panel of the product (_matvec_blocked) then reads one contiguous run
+# of memory, which the hardware prefetchers follow from L2, where row-major panels read a
+# short piece of every row. Only past RECURRENT_BLOCKED_ABOVE: smaller matrices stay in L1,
+# where the row-major panels in _rows4's order are as fast or faster.
+RECURRENT_BLOCKED_ABOVE = 64
 
 if BACKEND == "numba":
     from numba.extending import register_jitable as _jitable
@@ -185,30 +449,10 @@ def head_offset(input_size, hidden_size, num_layers, num_directions):
     return b_hn + aligned(hidden_size)
 
 
-def entry_point(kernel, args):
-    """The machine code of ``kernel`` for the types of ``args``, as a plain callable.
-
-    Compiled now, or loaded from numba's cache. Calling it skips numba's dispatcher (which
-    types every argument on every call: ~0.3 µs of a 1 µs step), so it does no type checking
-    at all: the caller must pass arrays of exactly these dtypes, dimensions and contiguity.
-    From the ahead-of-time module (edgegru.aot), the types are checked once, here. Without
-    numba the kernel is a plain function, returned as it is.
-    """
-    if isinstance(kernel, aot.Kernel):
-        return kernel.entry(args)
-    if not JIT:
-        return kernel
-    from numba import typeof
-    return kernel.compile(tuple(typeof(a) for a in args))
-
-
-# Large recurrent matrices are stored "blocked": [r | z] (H, 2H) and then [n] (H, H), each cut
-# into blocks of RECURRENT_BLOCK_COLUMNS columns (the last one narrower), each block row-major,
-# one after the other. A panel of the product (_matvec_blocked) then reads one contiguous run
-# of memory, which the hardware prefetchers follow from L2, where row-major panels read a
-# short piece of every row. Only past RECURRENT_BLOCKED_ABOVE: smaller matrices stay in L1,
-# where the row-major panels in _rows4's order are as fast or faster.
-RECURRENT_BLOCKED_ABOVE = 64
+def params_size(input_size, hidden_size, num_layers, num_directions, output_size):
+    """Length of ``params`` for these sizes (output_size 0: no head)."""
+    size = head_offset(input_size, hidden_size, num_layers, num_directions)
+    return size + output_size * (num_directions * hidden_size + 1)
 
 
 def recurrent_blocked(hidden_size, block_columns):
@@ -239,16 +483,120 @@ def blocked(w, block_columns):
                            for c in range(0, w.shape[1], block_columns)])
 
 
-def params_size(input_size, hidden_size, num_layers, num_directions, output_size):
-    """Length of ``params`` for these sizes (output_size 0: no head)."""
-    size = head_offset(input_size, hidden_size, num_layers, num_directions)
-    return size + output_size * (num_directions * hidden_size + 1)
+@njit(cache=True, inline="always")
+def _block(params, l, d, input_size, hidden_size, num_directions):
+    # One block of params: W_ih, b_x (3H,), W_hh, b_hn (H,). A matrix is the tuple (w, H,
+    # blocked) that matvec and matmul read: w its floats, flat (a reshape is a call into
+    # numba's C helpers, a slice is not), H the hidden size (a row-major matrix's rows are
+    # row_stride(H) long), blocked whether it is in the blocked layout (only a large w_hh).
+    w_ih, b_x, w_hh, b_hn, in_size = block_offsets(l, d, input_size, hidden_size, num_directions)
+    H = hidden_size
+    # (False as a value: a literal would give W_ih a type of its own, and matmul a second
+    # compilation for it)
+    row_major = H < 0
+    return ((params[w_ih:b_x], H, row_major), params[b_x:b_x + 3 * H],
+            (params[w_hh:b_hn], H, H > RECURRENT_BLOCKED_ABOVE), params[b_hn:b_hn + H])
+
+
+@njit(cache=True, inline="always")
+def _head_views(params, input_size, hidden_size, num_layers, num_directions, output_size):
+    # w_head (O * K,), b_head (O,)
+    K = hidden_size * num_directions
+    start = head_offset(input_size, hidden_size, num_layers, num_directions)
+    end = start + output_size * K
+    return params[start:end], params[end:end + output_size]
+
+
+# ---- the step kernel's model array ----------------------------------------------------------
+# The step kernel takes the whole model as one array, so that a call from Python converts three
+# arrays and nothing else: each argument numba's entry point unboxes costs time on every call,
+# a noticeable share of a small model's step, and the sizes and flags never change once a model
+# is built. The array is
+#     [header (STEP_HEADER floats) | params | work]
+# with the sizes and flags in the header as float32 values (exact: all are below 2**24), and
+# one slot of state, _H_REVERSE: the order in which this call reads the weights (see _matvec).
+STEP_HEADER = 16                # 64 bytes: params start where the array does, modulo a cache line
+_H_INPUT, _H_HIDDEN, _H_LAYERS, _H_OUTPUT, _H_RESET_AFTER, _H_HARD_GATES, _H_ALPHA, _H_BETA, \
+    _H_HEAD, _H_PARAMS, _H_REVERSE = range(11)
+
+
+def step_model_size(params_size, work_size):
+    """Length of the step kernel's model array."""
+    return STEP_HEADER + params_size + work_size
+
+
+def write_step_header(model, input_size, hidden_size, num_layers, output_size, reset_after,
+                      hard_gates, gate_alpha, gate_beta, head_activation, params_size):
+    """Fill the header of a step model array (see above); params and work follow it."""
+    model[:STEP_HEADER] = 0.0
+    model[[_H_INPUT, _H_HIDDEN, _H_LAYERS, _H_OUTPUT, _H_RESET_AFTER, _H_HARD_GATES, _H_ALPHA,
+           _H_BETA, _H_HEAD, _H_PARAMS]] = [
+        input_size, hidden_size, num_layers, output_size, float(bool(reset_after)),
+        float(bool(hard_gates)), gate_alpha, gate_beta, head_activation, params_size]
+
+
+# ---- calling a kernel from Python ----------------------------------------------------------------
+
+def entry_point(kernel, args):
+    """The machine code of ``kernel`` for the types of ``args``, as a plain callable.
+
+    Compiled now, or loaded from numba's cache. Calling it skips numba's dispatcher (which
+    types every argument on every call, a good part of a small model's step), so it does no
+    type checking at all: the caller must pass arrays of exactly these dtypes, dimensions and
+    contiguity. From the ahead-of-time module (edgegru.aot), the types are checked once, here.
+    Without numba the kernel is a plain function, returned as it is.
+    """
+    if isinstance(kernel, aot.Kernel):
+        return kernel.entry(args)
+    if not JIT:
+        return kernel
+    from numba import typeof
+    return kernel.compile(tuple(typeof(a) for a in args))
+
+
+# ================================================================================================
+#    The product machinery: how matvec and matmul are made fast. Nothing above depends on how.
+# ================================================================================================
+# Every product here computes, for each output column, the same sum in the same order as the
+# plain row-by-row loop _axpy (or, for the blocked w_hh, _axpy_chain), so whichever path a
+# product takes (sums in vector registers, panels in either order, masked tails, blocks), the
+# bits are those of the loop. tests/test_kernels.py holds each path to that.
+
+@njit(**KERNEL, inline="always")
+def matvec(acc, x, W, reverse):
+    # acc (n,) += x @ W[:, c:c+n];   x (m,), W (m, 3H) a matrix of params (see _block), whose
+    # columns are all (n = 3H), [r | z] (n = 2H, c = 0) or [n] (n = H, c = 2H).
+    # reverse: the same sums, the panels in the other order (see _matvec).
+    # Inlined, so that the cell calls _matvec directly: one call more per product costs a
+    # noticeable share of a small model's step.
+    w, H, blocked = W
+    if blocked:
+        _matvec_recurrent_blocked(acc, x, w, reverse)
+    else:
+        _matvec(acc, x, w, row_stride(H), 2 * H if acc.shape[0] == H else 0, reverse)
+
+
+@njit(**KERNEL)
+def matmul(acc, xs, W, n, reverse):
+    # acc[:, c:c+n] += xs @ W[:, c:c+n], row by row, bitwise as matvec on each row;
+    # acc (N, 3H), xs (N, m), W and its columns as matvec's. For [n], xs may be (N, >= H) with
+    # strided rows: the reset-before cell's r * h, in acc, which goes by _matmul.
+    # The cells call each product once, whatever the layout, and pass no constants: a second
+    # copy of the gate loops per layout doubles the kernels' compile time, and numba compiles
+    # a function anew for each literal argument.
+    w, H, blocked = W
+    c0 = 2 * H if n == H else 0
+    if blocked:
+        _matmul_recurrent_blocked(acc, xs, w, n, reverse)
+    elif n == H:
+        _matmul(acc, c0, xs[:, :H], w, row_stride(H), c0, n)
+    else:
+        _matmul_panels(acc, c0, xs, w, row_stride(H), c0, n, reverse)
 
 
 # Indexing note: the inner loops index array *views* with the bare loop variable (a[j], never
 # a[a0 + j]). An index that might be negative makes numba emit wraparound code, which stops LLVM
-# from vectorising the loop: the same axpy ran at 1.9 GFLOP/s written with offsets and at
-# 38 GFLOP/s written with views (H=64, this machine).
+# from vectorising the loop.
 
 @njit(**KERNEL, inline="always")
 def _rows4(acc, x0, x1, x2, x3, w0, w1, w2, w3):
@@ -305,8 +653,9 @@ def _vector_intrinsics(lanes):
     last, where _axpy loads and stores its accumulator every four rows and checks at run time
     that it does not overlap the weights. Numba cannot say "keep this in registers" (its arrays
     live in memory, and LLVM cannot prove that the accumulator and the weights, views of one
-    model array, do not overlap), hence LLVM IR, written here rather than in a module of its own
-    so that numba's cache, which watches this file, sees any change to it.
+    model array, do not overlap), hence LLVM IR, written in this file rather than in a module
+    of its own so that numba's cache, which watches the file a kernel is defined in, sees any
+    change to it.
 
     Portable: plain ``<L x float>`` vectors, which LLVM maps onto whatever registers the target
     has (``<8 x float>``: one AVX register on x86, two NEON registers on ARM; ``<16 x float>``:
@@ -327,218 +676,264 @@ def _vector_intrinsics(lanes):
 
     ``dot8(a, b)``: the first part of :func:`_dot` for len(a) a multiple of 8, in one
     ``<8 x float>`` register: lane l sums a[k] * b[k] for k = l mod 8, in order, exactly as the
-    eight scalar sums of :func:`_dot8_lanes` below, then the same fixed tree. LLVM did
-    not vectorise those eight scalar chains by itself (32 scalar FMAs for K=32).
+    eight scalar sums of :func:`_dot8_lanes` below, then the same fixed tree. LLVM does
+    not vectorise those eight scalar chains by itself.
     """
-    from llvmlite import ir
     from numba import types
     from numba.extending import intrinsic
 
-    LANES = lanes                   # floats per vector of the panels
-    MAX_VECTORS = 8                 # sums per panel: 8 (+4 broadcasts, 2 temporaries) of 16
-    DOT_LANES = 8                   # dot8's, whatever the panels' (its order of sums is fixed)
-    FLAGS = tuple(sorted(FASTMATH))     # as the kernels, so both contract alike
-    I64, I32 = ir.IntType(64), ir.IntType(32)
-    VECTOR = ir.VectorType(ir.FloatType(), LANES)
-    DOT_VECTOR = ir.VectorType(ir.FloatType(), DOT_LANES)
-
-    def float32_vectors(*arrays):   # the code below assumes 1-d float32 with unit strides
-        return all(isinstance(a, types.Array) and a.ndim == 1 and a.layout == "C"
-                   and a.dtype == types.float32 for a in arrays)
-
-    def const(v):
-        return ir.Constant(I64, v)
-
-    def vector_at(builder, base, offset, vector=VECTOR):    # base[offset:] as one vector
-        ptr = builder.gep(base, [offset], inbounds=True)
-        return builder.bitcast(ptr, vector.as_pointer())
-
-    def loop(builder, name, start, stop, stride, body, sums):
-        # for i in range(start, stop, stride): sums = body(i, sums), the sums in phi nodes;
-        # returns the sums after the loop
-        before = builder.block
-        loop_block = builder.append_basic_block(name)
-        after = builder.append_basic_block(name + ".end")
-        builder.cbranch(builder.icmp_signed("<", start, stop), loop_block, after)
-        builder.position_at_end(loop_block)
-        i = builder.phi(I64)
-        i.add_incoming(start, before)
-        carried = []
-        for s in sums:
-            phi = builder.phi(s.type)
-            phi.add_incoming(s, before)
-            carried.append(phi)
-        new = body(i, carried)
-        i_next = builder.add(i, const(stride))
-        last = builder.block
-        i.add_incoming(i_next, last)
-        for phi, s in zip(carried, new):
-            phi.add_incoming(s, last)
-        builder.cbranch(builder.icmp_signed("<", i_next, stop), loop_block, after)
-        builder.position_at_end(after)
-        out = []
-        for s, s_new in zip(sums, new):
-            phi = builder.phi(s.type)
-            phi.add_incoming(s, before)
-            phi.add_incoming(s_new, last)
-            out.append(phi)
-        return out
-
-    def masked_memory(builder, name, vector, types_):     # llvm.masked.load/store, declared
-        module = builder.module
-        mangled = "llvm.masked.%s.v%df32.p0" % (name, vector.count)
-        if mangled in module.globals:
-            return module.globals[mangled]
-        returns = vector if name == "load" else ir.VoidType()
-        return ir.Function(module, ir.FunctionType(returns, types_), mangled)
-
-    def product(typingctx, acc, x, w, ld, c0, nvec, rows_per_group, masked=False):
+    def product(acc, x, w, ld, c0, nvec, rows_per_group, masked=False):
         if not (isinstance(nvec, types.IntegerLiteral)
-                and 1 <= nvec.literal_value <= MAX_VECTORS and float32_vectors(acc, x, w)):
+                and 1 <= nvec.literal_value <= _MAX_VECTORS and _float32_vectors(acc, x, w)):
             return None
-        Q = nvec.literal_value
-        MASK = ir.VectorType(ir.IntType(1), LANES)
-
-        def codegen(context, builder, signature, args):
-            acc_a, x_a, w_a = (context.make_array(t)(context, builder, value=v)
-                               for t, v in zip(signature.args[:3], args[:3]))
-            ld_v, c0_v = args[3], args[4]
-            m = builder.extract_value(x_a.shape, 0)
-
-            def splat(value, vector):       # value in every lane
-                undef = ir.Constant(vector, ir.Undefined)
-                v = builder.insert_element(undef, value, ir.Constant(I32, 0))
-                return builder.shuffle_vector(v, undef,
-                                              ir.Constant(ir.VectorType(I32, LANES), [0] * LANES))
-
-            def smaller(a, b):
-                return builder.select(builder.icmp_signed("<", a, b), a, b)
-
-            def larger(a, b):
-                return builder.select(builder.icmp_signed("<", a, b), b, a)
-
-            if masked:
-                # the last vector holds n - L (Q - 1) columns: a mask of its first lanes
-                n = builder.extract_value(acc_a.shape, 0)
-                valid = builder.sub(n, const(LANES * (Q - 1)))
-                lanes = ir.Constant(ir.VectorType(I64, LANES), list(range(LANES)))
-                mask = builder.icmp_signed("<", lanes, splat(valid, ir.VectorType(I64, LANES)))
-                zeros = ir.Constant(VECTOR, [0.0] * LANES)
-                load = masked_memory(builder, "load", VECTOR,
-                                     [VECTOR.as_pointer(), I32, MASK, VECTOR])
-                store = masked_memory(builder, "store", VECTOR,
-                                      [VECTOR, VECTOR.as_pointer(), I32, MASK])
-                # Rows whose whole last vector lies inside w (its lanes past n read the columns
-                # after, or the next row) load it in full: a masked load costs one branch per
-                # lane where the target has none (NEON). Only the rows from `safe` on, whose
-                # last vector would reach past the end of w, are masked.
-                length = builder.extract_value(w_a.shape, 0)
-                room = builder.sub(builder.sub(length, c0_v), const(LANES * Q))
-                safe = builder.select(builder.icmp_signed("<", room, const(0)), const(0),
-                                      builder.add(builder.sdiv(room, ld_v), const(1)))
-                safe = smaller(safe, m)
-
-            def broadcast(i):               # x[i] in every lane
-                return splat(builder.load(builder.gep(x_a.data, [i], inbounds=True), align=4),
-                             VECTOR)
-
-            def weights(i, q, whole=True):    # W[i, c0 + Lq : c0 + Lq + L]
-                offset = builder.add(builder.add(builder.mul(i, ld_v), c0_v), const(LANES * q))
-                if whole or q < Q - 1:
-                    return builder.load(vector_at(builder, w_a.data, offset), align=4)
-                return builder.call(load, [vector_at(builder, w_a.data, offset),
-                                           ir.Constant(I32, 4), mask, zeros])
-
-            def mul(a, b):
-                return builder.fmul(a, b, flags=FLAGS)
-
-            def add(a, b):
-                return builder.fadd(a, b, flags=FLAGS)
-
-            def rows4(whole):             # as _rows4: acc += (x0 w0 + x1 w1) + (x2 w2 + x3 w3)
-                def body(i, sums):
-                    i1, i2, i3 = (builder.add(i, const(k)) for k in (1, 2, 3))
-                    x0, x1, x2, x3 = broadcast(i), broadcast(i1), broadcast(i2), broadcast(i3)
-                    return [add(s, add(add(mul(x0, weights(i, q, whole)),
-                                           mul(x1, weights(i1, q, whole))),
-                                       add(mul(x2, weights(i2, q, whole)),
-                                           mul(x3, weights(i3, q, whole)))))
-                            for q, s in enumerate(sums)]
-                return body
-
-            def rows1(whole):             # as _rows1: acc += x0 w0
-                def body(i, sums):
-                    x0 = broadcast(i)
-                    return [add(s, mul(x0, weights(i, q, whole))) for q, s in enumerate(sums)]
-                return body
-
-            def acc_vector(q):
-                return vector_at(builder, acc_a.data, const(LANES * q))
-
-            sums = [builder.load(acc_vector(q), align=4) if not masked or q < Q - 1
-                    else builder.call(load, [acc_vector(q), ir.Constant(I32, 4), mask, zeros])
-                    for q in range(Q)]
-            if rows_per_group == 4:
-                m4 = builder.mul(builder.sdiv(m, const(4)), const(4))
-            else:
-                m4 = const(0)
-            if not masked:
-                sums = loop(builder, "panel.rows4", const(0), m4, 4, rows4(True), sums)
-                sums = loop(builder, "panel.rows1", m4, m, 1, rows1(True), sums)
-            else:                           # the same rows in the same order, split at `safe`
-                safe4 = smaller(m4, builder.mul(builder.sdiv(safe, const(4)), const(4)))
-                sums = loop(builder, "panel.rows4", const(0), safe4, 4, rows4(True), sums)
-                sums = loop(builder, "panel.rows4.masked", safe4, m4, 4, rows4(False), sums)
-                safe1 = larger(m4, safe)
-                sums = loop(builder, "panel.rows1", m4, safe1, 1, rows1(True), sums)
-                sums = loop(builder, "panel.rows1.masked", safe1, m, 1, rows1(False), sums)
-            for q, s in enumerate(sums):
-                if not masked or q < Q - 1:
-                    builder.store(s, acc_vector(q), align=4)
-                else:
-                    builder.call(store, [s, acc_vector(q), ir.Constant(I32, 4), mask])
-            return context.get_dummy_value()
-
-        return types.void(acc, x, w, ld, c0, nvec), codegen
+        return (types.void(acc, x, w, ld, c0, nvec),
+                _panel_codegen(lanes, nvec.literal_value, rows_per_group, masked))
 
     @intrinsic
     def panel(typingctx, acc, x, w, ld, c0, nvec):
-        return product(typingctx, acc, x, w, ld, c0, nvec, 4)
+        return product(acc, x, w, ld, c0, nvec, 4)
 
     @intrinsic
     def chain(typingctx, acc, x, w, ld, c0, nvec):
-        return product(typingctx, acc, x, w, ld, c0, nvec, 1)
+        return product(acc, x, w, ld, c0, nvec, 1)
 
     @intrinsic
     def panel_masked(typingctx, acc, x, w, ld, c0, nvec):
-        return product(typingctx, acc, x, w, ld, c0, nvec, 4, masked=True)
+        return product(acc, x, w, ld, c0, nvec, 4, masked=True)
 
     @intrinsic
     def dot8(typingctx, a, b):
-        if not float32_vectors(a, b):
+        if not _float32_vectors(a, b):
             return None
-
-        def codegen(context, builder, signature, args):
-            a_a, b_a = (context.make_array(t)(context, builder, value=v)
-                        for t, v in zip(signature.args, args))
-            n = builder.extract_value(a_a.shape, 0)
-
-            def lanes8(k, sums):            # as s_l += a[k + l] * b[k + l], l = 0..7
-                ak = builder.load(vector_at(builder, a_a.data, k, DOT_VECTOR), align=4)
-                bk = builder.load(vector_at(builder, b_a.data, k, DOT_VECTOR), align=4)
-                return [builder.fadd(sums[0], builder.fmul(ak, bk, flags=FLAGS), flags=FLAGS)]
-
-            zero = ir.Constant(DOT_VECTOR, [0.0] * DOT_LANES)
-            total, = loop(builder, "dot8", const(0), n, DOT_LANES, lanes8, [zero])
-            s = [builder.extract_element(total, ir.Constant(I32, lane)) for lane in range(DOT_LANES)]
-
-            def add(x, y):
-                return builder.fadd(x, y, flags=FLAGS)
-            return add(add(add(s[0], s[1]), add(s[2], s[3])), add(add(s[4], s[5]), add(s[6], s[7])))
-
-        return types.float32(a, b), codegen
+        return types.float32(a, b), _dot8_codegen
 
     return panel, panel_masked, chain, dot8
+
+
+_MAX_VECTORS = 8                # sums per panel: 8 (+4 broadcasts, 2 temporaries) of 16 registers
+_DOT_LANES = 8                  # dot8's, whatever the panels' (its order of sums is fixed)
+_FLAGS = tuple(sorted(FASTMATH))    # the IR's fast-math flags, as the kernels', so both contract alike
+
+
+def _float32_vectors(*arrays):
+    # the IR below assumes 1-d float32 arrays with unit strides
+    from numba import types
+    return all(isinstance(a, types.Array) and a.ndim == 1 and a.layout == "C"
+               and a.dtype == types.float32 for a in arrays)
+
+
+def _i64(v):
+    from llvmlite import ir
+    return ir.Constant(ir.IntType(64), v)
+
+
+def _vector_at(builder, base, offset, vector):
+    # base[offset:] as one vector
+    ptr = builder.gep(base, [offset], inbounds=True)
+    return builder.bitcast(ptr, vector.as_pointer())
+
+
+def _splat(builder, value, vector):
+    # value in every lane
+    from llvmlite import ir
+    undef = ir.Constant(vector, ir.Undefined)
+    v = builder.insert_element(undef, value, ir.Constant(ir.IntType(32), 0))
+    return builder.shuffle_vector(
+        v, undef, ir.Constant(ir.VectorType(ir.IntType(32), vector.count), [0] * vector.count))
+
+
+def _loop(builder, name, start, stop, stride, body, sums):
+    # for i in range(start, stop, stride): sums = body(i, sums), the sums in phi nodes;
+    # returns the sums after the loop
+    from llvmlite import ir
+    before = builder.block
+    loop_block = builder.append_basic_block(name)
+    after = builder.append_basic_block(name + ".end")
+    builder.cbranch(builder.icmp_signed("<", start, stop), loop_block, after)
+    builder.position_at_end(loop_block)
+    i = builder.phi(ir.IntType(64))
+    i.add_incoming(start, before)
+    carried = []
+    for s in sums:
+        phi = builder.phi(s.type)
+        phi.add_incoming(s, before)
+        carried.append(phi)
+    new = body(i, carried)
+    i_next = builder.add(i, _i64(stride))
+    last = builder.block
+    i.add_incoming(i_next, last)
+    for phi, s in zip(carried, new):
+        phi.add_incoming(s, last)
+    builder.cbranch(builder.icmp_signed("<", i_next, stop), loop_block, after)
+    builder.position_at_end(after)
+    out = []
+    for s, s_new in zip(sums, new):
+        phi = builder.phi(s.type)
+        phi.add_incoming(s, before)
+        phi.add_incoming(s_new, last)
+        out.append(phi)
+    return out
+
+
+def _masked_memory(builder, name, vector, types_):
+    # llvm.masked.load or .store, declared once per module
+    from llvmlite import ir
+    module = builder.module
+    mangled = "llvm.masked.%s.v%df32.p0" % (name, vector.count)
+    if mangled in module.globals:
+        return module.globals[mangled]
+    returns = vector if name == "load" else ir.VoidType()
+    return ir.Function(module, ir.FunctionType(returns, types_), mangled)
+
+
+def _panel_codegen(lanes, Q, rows_per_group, masked):
+    """The codegen of a panel intrinsic (see _vector_intrinsics): Q vectors of `lanes` floats,
+    the rows summed four at a time in _rows4's order (rows_per_group 4) or one at a time
+    (1), the last vector masked or not."""
+    def codegen(context, builder, signature, args):
+        acc_a, x_a, w_a = (context.make_array(t)(context, builder, value=v)
+                           for t, v in zip(signature.args[:3], args[:3]))
+        p = _PanelIR(builder, lanes, Q, x_a.data, w_a.data, ld=args[3], c0=args[4])
+        m = builder.extract_value(x_a.shape, 0)
+        safe = p.set_mask(acc_a, w_a, m) if masked else None
+        sums = [p.load(p.acc_vector(acc_a.data, q), whole=not masked or q < Q - 1)
+                for q in range(Q)]
+        if rows_per_group == 4:
+            m4 = builder.mul(builder.sdiv(m, _i64(4)), _i64(4))
+        else:
+            m4 = _i64(0)
+        if not masked:
+            sums = _loop(builder, "panel.rows4", _i64(0), m4, 4, p.rows4(True), sums)
+            sums = _loop(builder, "panel.rows1", m4, m, 1, p.rows1(True), sums)
+        else:                           # the same rows in the same order, split at `safe`
+            safe4 = p.smaller(m4, builder.mul(builder.sdiv(safe, _i64(4)), _i64(4)))
+            sums = _loop(builder, "panel.rows4", _i64(0), safe4, 4, p.rows4(True), sums)
+            sums = _loop(builder, "panel.rows4.masked", safe4, m4, 4, p.rows4(False), sums)
+            safe1 = p.larger(m4, safe)
+            sums = _loop(builder, "panel.rows1", m4, safe1, 1, p.rows1(True), sums)
+            sums = _loop(builder, "panel.rows1.masked", safe1, m, 1, p.rows1(False), sums)
+        for q, s in enumerate(sums):
+            p.store(s, p.acc_vector(acc_a.data, q), whole=not masked or q < Q - 1)
+        return context.get_dummy_value()
+    return codegen
+
+
+class _PanelIR:
+    """The pieces of one panel's IR, for one call of its codegen: loads, sums, the mask."""
+
+    def __init__(self, builder, lanes, Q, x, w, ld, c0):
+        from llvmlite import ir
+        self.builder, self.lanes, self.Q, self.x, self.w, self.ld, self.c0 = \
+            builder, lanes, Q, x, w, ld, c0
+        self.vector = ir.VectorType(ir.FloatType(), lanes)
+
+    def set_mask(self, acc_a, w_a, m):
+        # The last vector holds n - L (Q - 1) columns: a mask of its first lanes. Returns the
+        # first row whose last vector would reach past the end of w: the rows before it load
+        # that vector in full (its lanes past n read the columns after, or the next row), as
+        # a masked load costs one branch per lane where the target has none (NEON).
+        from llvmlite import ir
+        b, L = self.builder, self.lanes
+        i64s = ir.VectorType(ir.IntType(64), L)
+        n = b.extract_value(acc_a.shape, 0)
+        valid = b.sub(n, _i64(L * (self.Q - 1)))
+        self.mask = b.icmp_signed("<", ir.Constant(i64s, list(range(L))), _splat(b, valid, i64s))
+        self.zeros = ir.Constant(self.vector, [0.0] * L)
+        masks = ir.VectorType(ir.IntType(1), L)
+        pointer = self.vector.as_pointer()
+        self.masked_load = _masked_memory(b, "load", self.vector,
+                                          [pointer, ir.IntType(32), masks, self.vector])
+        self.masked_store = _masked_memory(b, "store", self.vector,
+                                           [self.vector, pointer, ir.IntType(32), masks])
+        length = b.extract_value(w_a.shape, 0)
+        room = b.sub(b.sub(length, self.c0), _i64(L * self.Q))
+        safe = b.select(b.icmp_signed("<", room, _i64(0)), _i64(0),
+                        b.add(b.sdiv(room, self.ld), _i64(1)))
+        return self.smaller(safe, m)
+
+    def smaller(self, a, b):
+        return self.builder.select(self.builder.icmp_signed("<", a, b), a, b)
+
+    def larger(self, a, b):
+        return self.builder.select(self.builder.icmp_signed("<", a, b), b, a)
+
+    def acc_vector(self, acc, q):
+        return _vector_at(self.builder, acc, _i64(self.lanes * q), self.vector)
+
+    def load(self, pointer, whole=True):
+        from llvmlite import ir
+        if whole:
+            return self.builder.load(pointer, align=4)
+        return self.builder.call(self.masked_load,
+                                 [pointer, ir.Constant(ir.IntType(32), 4), self.mask, self.zeros])
+
+    def store(self, value, pointer, whole=True):
+        from llvmlite import ir
+        if whole:
+            self.builder.store(value, pointer, align=4)
+        else:
+            self.builder.call(self.masked_store,
+                              [value, pointer, ir.Constant(ir.IntType(32), 4), self.mask])
+
+    def broadcast(self, i):
+        # x[i] in every lane
+        b = self.builder
+        return _splat(b, b.load(b.gep(self.x, [i], inbounds=True), align=4), self.vector)
+
+    def weights(self, i, q, whole=True):
+        # W[i, c0 + Lq : c0 + Lq + L], the last vector masked unless whole
+        b = self.builder
+        offset = b.add(b.add(b.mul(i, self.ld), self.c0), _i64(self.lanes * q))
+        return self.load(_vector_at(b, self.w, offset, self.vector), whole or q < self.Q - 1)
+
+    def mul(self, a, b):
+        return self.builder.fmul(a, b, flags=_FLAGS)
+
+    def add(self, a, b):
+        return self.builder.fadd(a, b, flags=_FLAGS)
+
+    def rows4(self, whole):
+        # the loop body of _rows4: acc += (x0 w0 + x1 w1) + (x2 w2 + x3 w3)
+        def body(i, sums):
+            i1, i2, i3 = (self.builder.add(i, _i64(k)) for k in (1, 2, 3))
+            x0, x1, x2, x3 = self.broadcast(i), self.broadcast(i1), self.broadcast(i2), \
+                self.broadcast(i3)
+            add, mul, w = self.add, self.mul, self.weights
+            return [add(s, add(add(mul(x0, w(i, q, whole)), mul(x1, w(i1, q, whole))),
+                               add(mul(x2, w(i2, q, whole)), mul(x3, w(i3, q, whole)))))
+                    for q, s in enumerate(sums)]
+        return body
+
+    def rows1(self, whole):
+        # the loop body of _rows1: acc += x0 w0
+        def body(i, sums):
+            x0 = self.broadcast(i)
+            return [self.add(s, self.mul(x0, self.weights(i, q, whole)))
+                    for q, s in enumerate(sums)]
+        return body
+
+
+def _dot8_codegen(context, builder, signature, args):
+    # the code of dot8 (see _vector_intrinsics)
+    from llvmlite import ir
+    vector = ir.VectorType(ir.FloatType(), _DOT_LANES)
+    a_a, b_a = (context.make_array(t)(context, builder, value=v)
+                for t, v in zip(signature.args, args))
+    n = builder.extract_value(a_a.shape, 0)
+
+    def lanes8(k, sums):            # as s_l += a[k + l] * b[k + l], l = 0..7
+        ak = builder.load(_vector_at(builder, a_a.data, k, vector), align=4)
+        bk = builder.load(_vector_at(builder, b_a.data, k, vector), align=4)
+        return [builder.fadd(sums[0], builder.fmul(ak, bk, flags=_FLAGS), flags=_FLAGS)]
+
+    zero = ir.Constant(vector, [0.0] * _DOT_LANES)
+    total, = _loop(builder, "dot8", _i64(0), n, _DOT_LANES, lanes8, [zero])
+    s = [builder.extract_element(total, ir.Constant(ir.IntType(32), lane))
+         for lane in range(_DOT_LANES)]
+
+    def add(x, y):
+        return builder.fadd(x, y, flags=_FLAGS)
+    return add(add(add(s[0], s[1]), add(s[2], s[3])), add(add(s[4], s[5]), add(s[6], s[7])))
 
 
 def _dot8_lanes(a, b):
@@ -563,9 +958,7 @@ def panel_lanes(cpu_features):
 
     Eight sums of 16 floats make a panel of 128 columns, where eight of 8 make 64: per row of
     the weights, one broadcast of x[i] feeds twice the columns, and the loads are full-width.
-    A/B on a Zen 5 EPYC (AVX-512), sequence per step: H=32 104 -> 78 ns, H=64 295 -> 200 ns,
-    a batch of 32 at H=64 8.8 -> 6.1 us; H=16 and past PANEL_MAX_COLUMNS unchanged. Bitwise the
-    same results either way: the lanes only decide which columns are summed side by side, and
+    Bitwise the same results either way: the lanes only decide which columns are summed side by side, and
     every column's sum keeps its order. With LLVM's "evex512" off (AVX10/256) there are no
     512-bit registers: 8.
     """
@@ -619,8 +1012,8 @@ else:
 PANEL_COLUMNS = 8 * PANEL_LANES
 
 # A product keeps its sums in registers (_panel) up to this many output columns; wider
-# ones are faster in _axpy's row-by-row sweep (measured: git log of this constant). A w_hh
-# that wide is blocked (_matvec_blocked), so this bound applies to w_ih.
+# ones are faster in _axpy's row-by-row sweep. A w_hh that wide is blocked (_matvec_blocked),
+# so this bound applies to w_ih.
 PANEL_MAX_COLUMNS = 320
 
 # The blocks of a blocked w_hh (pack_recurrent): one widest panel each.
@@ -656,8 +1049,8 @@ _masked_panel_of_width = _of_width(_panel_masked)
 
 
 # Not inlined, unlike the rest of the cell: its panel widths, inlined at the three places
-# _cell multiplies, make the step and sequence kernels compile markedly longer, for no
-# measurable gain over one call per product.
+# the cell multiplies, would make the step and sequence kernels compile much longer, for no
+# faster step than one call per product.
 @njit(**KERNEL)
 def _matvec(acc, x, w, ld, c0, reverse):
     # acc (n,) += x @ W[:, c0:c0+n], bitwise as _axpy: panels of 8 vectors of PANEL_LANES
@@ -857,23 +1250,7 @@ def _matmul_blocked(acc, a0, xs, m, w, n, reverse):
                 _chain(acc[b, a0 + c:a0 + c + P], xs[b, i0:i1], rows, P, 0, 8)
 
 
-# The recurrent products of the cells, in either layout of w_hh (recurrent_blocked): with n
-# the number of output columns, [r | z | n] (3H), [r | z] (2H) or [n] (H). The cells call
-# each product once, whatever the layout: a second copy of the gate loops in each made the
-# step and sequence kernels take twice as long to compile. Nor do they pass constants: numba
-# compiles a function anew for each literal argument.
-@njit(**KERNEL, inline="always")
-def _hidden_matvec(acc, x, w_hh, reverse):
-    # acc (n,) += x @ W_hh[:, c0:c0+n], c0 = 2H for [n], else 0;  x (H,). Inlined, so that
-    # the row-major product is called from the cell directly: one call more per product is a
-    # measurable cost per step at small H.
-    H = x.shape[0]
-    if H <= RECURRENT_BLOCKED_ABOVE:
-        _matvec(acc, x, w_hh, row_stride(H), 2 * H if acc.shape[0] == H else 0, reverse)
-    else:
-        _hidden_matvec_blocked(acc, x, w_hh, reverse)
-
-
+# The recurrent products in the blocked layout: [r | z] and [n], each blocked on its own.
 @njit(**KERNEL, inline="always")
 def _recurrent_parts(w_hh, H):
     # a blocked w_hh's [r | z] (H, 2H) and [n] (H, H), each with its padding
@@ -882,8 +1259,8 @@ def _recurrent_parts(w_hh, H):
 
 
 @njit(**KERNEL)
-def _hidden_matvec_blocked(acc, x, w_hh, reverse):
-    # _hidden_matvec for a blocked w_hh
+def _matvec_recurrent_blocked(acc, x, w_hh, reverse):
+    # matvec for a blocked w_hh
     H = x.shape[0]
     n = acc.shape[0]
     w_rz, w_n = _recurrent_parts(w_hh, H)
@@ -899,19 +1276,11 @@ def _hidden_matvec_blocked(acc, x, w_hh, reverse):
         _matvec_blocked(acc[2 * H:], x, w_n, reverse)
 
 
-@njit(**KERNEL)
-def _hidden_matmul(acc, xs, w_hh, n, reverse):
-    # acc[:, c0:c0+n] += xs[:, :H] @ W_hh[:, c0:c0+n], c0 = 2H for [n], else 0;
-    # acc (N, 3H); xs (N, H), or for [n] (N, >= H): the reset-before cell's r * h, in acc,
-    # whose strided rows go by _matmul.
+@njit(**KERNEL, inline="always")
+def _matmul_recurrent_blocked(acc, xs, w_hh, n, reverse):
+    # matmul for a blocked w_hh
     H = acc.shape[1] // 3
     c0 = 2 * H if n == H else 0
-    if H <= RECURRENT_BLOCKED_ABOVE:
-        if n == H:
-            _matmul(acc, c0, xs[:, :H], w_hh, row_stride(H), c0, n)
-        else:
-            _matmul_panels(acc, c0, xs, w_hh, row_stride(H), c0, n, reverse)
-        return
     w_rz, w_n = _recurrent_parts(w_hh, H)
     if n == H:
         _matmul_blocked(acc, c0, xs, H, w_n, H, reverse)
@@ -926,149 +1295,6 @@ def _hidden_matmul(acc, xs, w_hh, n, reverse):
 
 
 @njit(**KERNEL, inline="always")
-def _project(xp, xs, w_ih, b_x):
-    # xp (N, 3H) = xs @ w_ih + b_x;   xs (N, in), w_ih (in, 3H) in rows of aligned(3H), b_x (3H,)
-    for b in range(xp.shape[0]):
-        row = xp[b]
-        for j in range(row.shape[0]):
-            row[j] = b_x[j]
-    # 0 and False as values, not literals (see _hidden_matvec): no version of _matmul_panels
-    # (and of the _matmul it calls) compiled for them alone, ~2.5 s of compile time
-    zero = np.int64(0)
-    forward = zero != zero
-    _matmul_panels(xp, zero, xs, w_ih, aligned(xp.shape[1]), zero, xp.shape[1], forward)
-
-
-# The cell in pieces, so that one sequence (_cell) and a batch (_cells) run the same arithmetic.
-# a (3H,): the accumulator of one sequence; xp (3H,): its input projection for this step.
-
-@njit(**KERNEL, inline="always")
-def _start(a, xp, b_hn, reset_after):
-    # a = [xp_r | xp_z | b_hn] (reset_after) or [xp_r | xp_z | .] (reset_before)
-    H = b_hn.shape[0]
-    for j in range(2 * H):
-        a[j] = xp[j]
-    if reset_after:
-        a_n = a[2 * H:]
-        for j in range(H):
-            a_n[j] = b_hn[j]
-
-
-def _gated(gate):
-    """The two pieces of the cell that apply the gates, built for one gate function.
-
-    Two versions (sigmoid, hard sigmoid) instead of a flag tested per element: the cell picks
-    one once per call, and each loop has a single body to vectorise (with the flag inside the
-    loop the sequence kernel ran ~6-10 % slower at H=16 and 64).
-    """
-    @njit(**KERNEL, inline="always")
-    def finish_after(h, a, xp, alpha, beta):
-        # a = [r | z | W_hn h + b_hn] pre-activations -> new h, in place
-        H = h.shape[0]
-        a_r = a[:H]
-        a_z = a[H:2 * H]
-        a_n = a[2 * H:]
-        xp_n = xp[2 * H:]
-        for j in range(H):
-            r = gate(a_r[j], alpha, beta)
-            z = gate(a_z[j], alpha, beta)
-            n = tanh(xp_n[j] + r * a_n[j])
-            h[j] = n + z * (h[j] - n)
-
-    @njit(**KERNEL, inline="always")
-    def reset_before(h, a, xp, alpha, beta):
-        # a = [r | z | .] pre-activations -> [r * h | z | xp_n], ready for a_n += W_hn (r * h)
-        H = h.shape[0]
-        a_r = a[:H]
-        a_z = a[H:2 * H]
-        a_n = a[2 * H:]
-        xp_n = xp[2 * H:]
-        for j in range(H):
-            a_r[j] = gate(a_r[j], alpha, beta) * h[j]      # r is not needed again
-            a_z[j] = gate(a_z[j], alpha, beta)
-            a_n[j] = xp_n[j]
-
-    return finish_after, reset_before
-
-
-@njit(**KERNEL, inline="always")
-def _logistic(x, alpha, beta):
-    return sigmoid(x)               # alpha and beta: only for hard_sigmoid's signature
-
-
-_finish_after_sigmoid, _reset_before_sigmoid = _gated(_logistic)
-_finish_after_hard, _reset_before_hard = _gated(hard_sigmoid)
-
-
-@njit(**KERNEL, inline="always")
-def _finish_after(h, a, xp, hard_gates, alpha, beta):
-    if hard_gates:
-        _finish_after_hard(h, a, xp, alpha, beta)
-    else:
-        _finish_after_sigmoid(h, a, xp, alpha, beta)
-
-
-@njit(**KERNEL, inline="always")
-def _reset_before(h, a, xp, hard_gates, alpha, beta):
-    if hard_gates:
-        _reset_before_hard(h, a, xp, alpha, beta)
-    else:
-        _reset_before_sigmoid(h, a, xp, alpha, beta)
-
-
-@njit(**KERNEL, inline="always")
-def _finish_before(h, a):
-    H = h.shape[0]
-    a_z = a[H:2 * H]
-    a_n = a[2 * H:]
-    for j in range(H):
-        n = tanh(a_n[j])
-        h[j] = n + a_z[j] * (h[j] - n)
-
-
-# _cell, _project and _head are inlined into the kernels by numba (inline="always"), like the
-# small pieces above: one function body per kernel lets LLVM schedule a time step as a whole
-# and drops a call with ~40 exploded array fields per step. The price is compile time, about
-# twice as long, paid once into the cache.
-@njit(**KERNEL, inline="always")
-def _cell(h, xp, a, w_hh, b_hn, reset_after, hard_gates, alpha, beta, reverse):
-    # One GRU time step of one layer and direction, in place on h (H,).
-    # xp (3H,): this step's input projection (from _project); a (3H,): scratch;
-    # w_hh (H, 3H); b_hn (H,); hard_gates, alpha, beta: the gate activation (module doc);
-    # reverse: read w_hh in the other order (_matvec), alternately from step to step.
-    H = h.shape[0]
-    _start(a, xp, b_hn, reset_after)
-    if reset_after:
-        _hidden_matvec(a, h, w_hh, reverse)                     # [r | z | W_hn h + b_hn]
-        _finish_after(h, a, xp, hard_gates, alpha, beta)
-    else:
-        _hidden_matvec(a[:2 * H], h, w_hh, reverse)             # [r | z]
-        _reset_before(h, a, xp, hard_gates, alpha, beta)
-        _hidden_matvec(a[2 * H:], a[:H], w_hh, reverse)         # += W_hn (r * h)
-        _finish_before(h, a)
-
-
-@njit(**KERNEL)
-def _cells(hs, xps, c, acc, w_hh, b_hn, reset_after, hard_gates, alpha, beta, reverse):
-    # _cell for N independent sequences at once, so each row of w_hh is read once for all:
-    # hs (N, H) in place; xps[:, c] (N, 3H) this step's input projections; acc (N, 3H).
-    N, H = hs.shape
-    for b in range(N):
-        _start(acc[b], xps[b, c], b_hn, reset_after)
-    if reset_after:
-        _hidden_matmul(acc, hs, w_hh, 3 * H, reverse)
-        for b in range(N):
-            _finish_after(hs[b], acc[b], xps[b, c], hard_gates, alpha, beta)
-    else:
-        _hidden_matmul(acc, hs, w_hh, 2 * H, reverse)
-        for b in range(N):
-            _reset_before(hs[b], acc[b], xps[b, c], hard_gates, alpha, beta)
-        _hidden_matmul(acc, acc, w_hh, H, reverse)          # [n] += W_hn (r * h), r * h in acc
-        for b in range(N):
-            _finish_before(hs[b], acc[b])
-
-
-@njit(**KERNEL, inline="always")
 def _dot(a, b):
     # sum(a * b) in a fixed order, without relying on reassociation: eight running sums
     # (independent chains, so no FMA latency chain; one vector register, _dot8), then a
@@ -1079,184 +1305,3 @@ def _dot(a, b):
     for k in range(n8, n):
         s += a[k] * b[k]
     return s
-
-
-@njit(**KERNEL, inline="always")
-def _head(y, h, w_head, b_head, activation):
-    # y (O,) = act(W_head h + b_head);  h (K,), W_head (O, K) flat in w_head
-    K = h.shape[0]
-    for o in range(y.shape[0]):
-        s = _dot(w_head[o * K:(o + 1) * K], h) + b_head[o]
-        if activation == HEAD_SIGMOID:
-            s = sigmoid(s)
-        y[o] = s
-
-
-@njit(cache=True, inline="always")
-def _block(params, l, d, input_size, hidden_size, num_directions):
-    # Views of one block: w_ih (in * row_stride(H),), b_x (3H,), w_hh (recurrent_size(H),),
-    # b_hn (H,). The matrices stay flat: a reshape is a call into numba's C helpers, a slice is
-    # not.
-    w_ih, b_x, w_hh, b_hn, in_size = block_offsets(l, d, input_size, hidden_size, num_directions)
-    return (params[w_ih:b_x], params[b_x:b_x + 3 * hidden_size], params[w_hh:b_hn],
-            params[b_hn:b_hn + hidden_size])
-
-
-@njit(cache=True, inline="always")
-def _head_views(params, input_size, hidden_size, num_layers, num_directions, output_size):
-    # w_head (O * K,), b_head (O,)
-    K = hidden_size * num_directions
-    start = head_offset(input_size, hidden_size, num_layers, num_directions)
-    end = start + output_size * K
-    return params[start:end], params[end:end + output_size]
-
-
-# The step kernel takes the whole model as one array, so that a call from Python converts three
-# arrays and nothing else: each argument numba's entry point unboxes costs time on every call
-# (tens of ns an array, a noticeable share of a small model's step), and the sizes
-# and flags never change once a model is built. The array is
-#     [header (STEP_HEADER floats) | params | work]
-# with the sizes and flags in the header as float32 values (exact: all are below 2**24).
-STEP_HEADER = 16                # 64 bytes: params start where the array does, modulo a cache line
-_H_INPUT, _H_HIDDEN, _H_LAYERS, _H_OUTPUT, _H_RESET_AFTER, _H_HARD_GATES, _H_ALPHA, _H_BETA, \
-    _H_HEAD, _H_PARAMS, _H_REVERSE = range(11)
-# _H_REVERSE is not a size but the step kernel's own bit of state: the order in which it reads
-# the weights this call, flipped on every call (see _matvec).
-
-
-def step_model_size(params_size, work_size):
-    """Length of the step kernel's model array."""
-    return STEP_HEADER + params_size + work_size
-
-
-def write_step_header(model, input_size, hidden_size, num_layers, output_size, reset_after,
-                      hard_gates, gate_alpha, gate_beta, head_activation, params_size):
-    """Fill the header of a step model array (see above); params and work follow it."""
-    model[:STEP_HEADER] = 0.0
-    model[[_H_INPUT, _H_HIDDEN, _H_LAYERS, _H_OUTPUT, _H_RESET_AFTER, _H_HARD_GATES, _H_ALPHA,
-           _H_BETA, _H_HEAD, _H_PARAMS]] = [
-        input_size, hidden_size, num_layers, output_size, float(bool(reset_after)),
-        float(bool(hard_gates)), gate_alpha, gate_beta, head_activation, params_size]
-
-
-@njit(**KERNEL)
-def gru_step(out, x, model):
-    """One time step of a unidirectional stack, updating the state in place.
-
-    out (O,)   x (I,)
-    model: [header | params | work] (see write_step_header); params: see the module doc;
-    work (L*H + 6H,): [h of each layer | xp (3H) | acc (3H)], owned by the model.
-    output_size == 0 means no head: out (H,) receives the top layer's hidden state.
-    """
-    P = np.int64(model[_H_PARAMS])
-    params = model[STEP_HEADER:STEP_HEADER + P]
-    work = model[STEP_HEADER + P:]
-    reverse = model[_H_REVERSE] != 0
-    model[_H_REVERSE] = _ZERO if reverse else _ONE
-    _step(out, x, params, work, np.int64(model[_H_INPUT]), np.int64(model[_H_HIDDEN]),
-          np.int64(model[_H_LAYERS]), np.int64(model[_H_OUTPUT]), model[_H_RESET_AFTER] != 0,
-          model[_H_HARD_GATES] != 0, model[_H_ALPHA], model[_H_BETA], np.int64(model[_H_HEAD]),
-          reverse)
-
-
-@njit(**KERNEL, inline="always")
-def _step(out, x, params, work, input_size, hidden_size, num_layers, output_size, reset_after,
-          hard_gates, gate_alpha, gate_beta, head_activation, reverse):
-    H = hidden_size
-    G = 3 * H
-    s = num_layers * H
-    xp = work[s:s + G]
-    acc = work[s + G:s + 2 * G]
-    layer_in = x
-    for l in range(num_layers):
-        w_ih, b_x, w_hh, b_hn = _block(params, l, 0, input_size, H, 1)
-        h = work[l * H:(l + 1) * H]
-        for j in range(G):                  # _project for one row
-            xp[j] = b_x[j]
-        # (0 not as a literal: see _hidden_matvec)
-        _matvec(xp, layer_in, w_ih, row_stride(H), np.int64(0), reverse)
-        _cell(h, xp, acc, w_hh, b_hn, reset_after, hard_gates, gate_alpha, gate_beta, reverse)
-        layer_in = h
-    if output_size > 0:
-        w_head, b_head = _head_views(params, input_size, H, num_layers, 1, output_size)
-        _head(out, layer_in, w_head, b_head, head_activation)
-    else:
-        for j in range(H):
-            out[j] = layer_in[j]
-
-
-# The sequence kernels project the input of a chunk of CHUNK time steps at once (for all
-# sequences of a batch), so the input weights are read once per chunk rather than per step.
-CHUNK = 32
-
-
-def sequence_workspace_size(B, T, hidden_size, num_directions):
-    """Floats of workspace gru_sequences needs for B sequences of T steps."""
-    G = 3 * hidden_size
-    K = num_directions * hidden_size
-    return 2 * B * T * K + B * min(T, CHUNK) * G + B * G
-
-
-@njit(**KERNEL)
-def gru_sequences(Y, X, h, params, ws, input_size, hidden_size, num_layers, num_directions,
-                  output_size, reset_after, hard_gates, gate_alpha, gate_beta, head_activation):
-    """B independent sequences through the stack, all B advanced together one step at a time
-    (each weight read once per step for the whole batch).
-
-    Y (B, T, O)   X (B, T, I)   h (L*D, B, H): initial state in, final state out
-    ws: workspace of at least sequence_workspace_size(B, T, H, D) floats.
-
-    For each layer and direction, the input projection of a chunk of time steps is computed
-    first, then the recurrence runs over it. The reverse direction of a bidirectional layer
-    starts from its row of h at the end of the sequences, as in PyTorch.
-    """
-    B, T = X.shape[0], X.shape[1]
-    H = hidden_size
-    G = 3 * H
-    D = num_directions
-    K = D * H
-    C = min(T, CHUNK)
-    seq_a = ws[:B * T * K].reshape((B, T, K))
-    seq_b = ws[B * T * K:2 * B * T * K].reshape((B, T, K))
-    rest = ws[2 * B * T * K:]
-    xp = rest[:B * C * G].reshape((B, C, G))           # sequence b, step c of the chunk
-    acc = rest[B * C * G:B * C * G + B * G].reshape((B, G))
-    src = X
-    for l in range(num_layers):
-        dst = seq_a if l % 2 == 0 else seq_b
-        for d in range(D):
-            w_ih, b_x, w_hh, b_hn = _block(params, l, d, input_size, H, D)
-            hk = h[l * D + d]
-            for c0 in range(0, T, C):
-                n = min(C, T - c0)
-                # time steps t0 .. t0+n-1 (forward) or their mirror image (backward)
-                t0 = c0 if d == 0 else T - c0 - n
-                for b in range(B):
-                    _project(xp[b, :n], src[b, t0:t0 + n], w_ih, b_x)
-                for s in range(n):
-                    c = s if d == 0 else n - 1 - s
-                    reverse = (c0 + s) % 2 == 1     # w_hh's panels: the other order
-                    if B == 1:                      # every other step
-                        _cell(hk[0], xp[0, c], acc[0], w_hh, b_hn, reset_after, hard_gates,
-                              gate_alpha, gate_beta, reverse)
-                    else:
-                        _cells(hk, xp, c, acc, w_hh, b_hn, reset_after, hard_gates,
-                               gate_alpha, gate_beta, reverse)
-                    for b in range(B):              # a loop: numba's slice assignment
-                        row = dst[b, t0 + c, d * H:(d + 1) * H]     # costs more at small H
-                        hb = hk[b]
-                        for j in range(H):
-                            row[j] = hb[j]
-        src = dst
-    if output_size > 0:
-        w_head, b_head = _head_views(params, input_size, H, num_layers, D, output_size)
-        for b in range(B):
-            for t in range(T):
-                _head(Y[b, t], src[b, t], w_head, b_head, head_activation)
-    else:
-        for b in range(B):
-            for t in range(T):
-                y = Y[b, t]
-                row = src[b, t]
-                for j in range(K):
-                    y[j] = row[j]
