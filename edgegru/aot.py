@@ -43,13 +43,13 @@ import numpy as np
 
 # The kernels called from Python (everything else is compiled into them).
 ENTRY_POINTS = ("edgegru.kernels.gru_step", "edgegru.kernels.gru_sequences",
-                "edgegru.heads.head_step", "edgegru.heads.head_rows",
+                "edgegru.kernels.head_step", "edgegru.kernels.head_rows",
                 "edgegru.scoring._score_rows", "edgegru.scoring._score_rows_batch",
                 "edgegru.scoring._normalise_row",
                 "edgegru.csvio._parse_lines")
 # The files holding compiled code: a change to what compiled code is made of (compiled_digest)
 # makes a built module stale. tests/test_aot_sources.py checks every @njit module is here.
-COMPILED_SOURCES = ("kernels.py", "heads.py", "scoring.py", "csvio.py")
+COMPILED_SOURCES = ("kernels.py", "scoring.py", "csvio.py")
 # The files that decide how it is compiled and loaded: any change to them makes it stale.
 BUILD_SOURCES = ("_jit.py", "_numba_private.py", "aot.py", "build.py")
 SOURCES = COMPILED_SOURCES + BUILD_SOURCES

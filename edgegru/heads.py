@@ -12,16 +12,18 @@ with ``act`` one of :data:`ACTIVATIONS` (``hard_sigmoid`` is ``clip(alpha x + be
 one alpha and beta for the head). The weights sit in one flat float32 array
 ``[W_1 | b_1 | W_2 | b_2 | ...]`` and the sizes in an int64 table ``layers (n, 3)``: inputs,
 outputs, activation of each layer. :func:`head_step` and :func:`head_rows` are the kernels
-(compiled with numba), :func:`numpy_head_rows` their NumPy fallback.
+(in :mod:`edgegru.kernels`, beside the activations they share with the fused head),
+:func:`numpy_head_rows` their NumPy fallback.
 """
 import numpy as np
 
 from edgegru import kernels
-from edgegru._jit import njit
 
-ACTIVATIONS = {"linear": 0, "relu": 1, "tanh": 2, "sigmoid": 3, "hard_sigmoid": 4}
-_LINEAR, _RELU, _TANH, _SIGMOID, _HARD_SIGMOID = range(5)
-_ZERO = np.float32(0.0)
+ACTIVATIONS = {"linear": kernels.DENSE_LINEAR, "relu": kernels.DENSE_RELU,
+               "tanh": kernels.DENSE_TANH, "sigmoid": kernels.DENSE_SIGMOID,
+               "hard_sigmoid": kernels.DENSE_HARD_SIGMOID}
+_RELU, _TANH, _SIGMOID, _HARD_SIGMOID = (kernels.DENSE_RELU, kernels.DENSE_TANH,
+                                         kernels.DENSE_SIGMOID, kernels.DENSE_HARD_SIGMOID)
 
 
 def pack(weights, biases, activations):
@@ -35,51 +37,8 @@ def pack(weights, biases, activations):
     return flat, layers, 2 * int(layers[:, 1].max())
 
 
-@njit(**kernels.KERNEL, inline="always")
-def _activate(s, act, alpha, beta):
-    if act == _RELU:
-        return s if not s < _ZERO else _ZERO        # NaN passes through
-    if act == _TANH:
-        return kernels.tanh(s)
-    if act == _SIGMOID:
-        return kernels.sigmoid(s)
-    if act == _HARD_SIGMOID:
-        return kernels.hard_sigmoid(s, alpha, beta)
-    return s
-
-
-@njit(**kernels.KERNEL, inline="always")
-def _chain(y, x, weights, layers, alpha, beta, scratch):
-    # y (O,) = the chain on x (K,); scratch (2 * widest layer,): the layers in between
-    half = scratch.shape[0] // 2
-    src = x
-    off = 0
-    n = layers.shape[0]
-    for i in range(n):
-        k, m, act = layers[i, 0], layers[i, 1], layers[i, 2]
-        dst = y if i == n - 1 else scratch[(i % 2) * half:(i % 2) * half + m]
-        b = weights[off + m * k:off + m * k + m]
-        for o in range(m):
-            w = weights[off + o * k:off + (o + 1) * k]
-            s = _ZERO
-            for j in range(k):              # in order: the same sum on every path
-                s += w[j] * src[j]
-            dst[o] = _activate(s + b[o], act, alpha, beta)
-        off += m * k + m
-        src = dst
-
-
-@njit(**kernels.KERNEL)
-def head_step(y, x, weights, layers, alpha, beta, scratch):
-    """y (O,) = the head on one row x (K,)."""
-    _chain(y, x, weights, layers, alpha, beta, scratch)
-
-
-@njit(**kernels.KERNEL)
-def head_rows(Y, X, weights, layers, alpha, beta, scratch):
-    """Y (N, O) = the head on each row of X (N, K), row by row as head_step."""
-    for r in range(X.shape[0]):
-        _chain(Y[r], X[r], weights, layers, alpha, beta, scratch)
+head_step = kernels.head_step      # compiled in kernels.py, beside the activations
+head_rows = kernels.head_rows
 
 
 def numpy_head_step(y, x, weights, layers, alpha, beta, scratch):

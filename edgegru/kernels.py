@@ -366,6 +366,62 @@ def _project(xp, xs, W_ih, b_x):
     matmul(xp, xs, W_ih, xp.shape[1], forward)
 
 
+# ---- a head past the fused one ---------------------------------------------------------------
+# Dense layers with elementwise activations on the top layer's output (edgegru.heads packs them:
+# weights [W_1 | b_1 | ...] flat, layers (n, 3) = inputs, outputs, activation of each layer).
+# Here, beside the activations they share with the fused head, so that numba's cache, which
+# looks only at the file a kernel is defined in, sees a change to either.
+DENSE_LINEAR, DENSE_RELU, DENSE_TANH, DENSE_SIGMOID, DENSE_HARD_SIGMOID = range(5)
+
+
+@njit(**KERNEL, inline="always")
+def _dense_activate(s, act, alpha, beta):
+    if act == DENSE_RELU:
+        return s if not s < _ZERO else _ZERO        # NaN passes through
+    if act == DENSE_TANH:
+        return tanh(s)
+    if act == DENSE_SIGMOID:
+        return sigmoid(s)
+    if act == DENSE_HARD_SIGMOID:
+        return hard_sigmoid(s, alpha, beta)
+    return s
+
+
+@njit(**KERNEL, inline="always")
+def _dense_chain(y, x, weights, layers, alpha, beta, scratch):
+    # y (O,) = the chain on x (K,); scratch (2 * widest layer,): the layers in between
+    half = scratch.shape[0] // 2
+    src = x
+    off = 0
+    n = layers.shape[0]
+    for i in range(n):
+        k, m, act = layers[i, 0], layers[i, 1], layers[i, 2]
+        dst = y if i == n - 1 else scratch[(i % 2) * half:(i % 2) * half + m]
+        b = weights[off + m * k:off + m * k + m]
+        for o in range(m):
+            w = weights[off + o * k:off + (o + 1) * k]
+            s = _ZERO
+            for j in range(k):              # in order: the same sum on every path
+                s += w[j] * src[j]
+            dst[o] = _dense_activate(s + b[o], act, alpha, beta)
+        off += m * k + m
+        src = dst
+
+
+@njit(**KERNEL)
+def head_step(y, x, weights, layers, alpha, beta, scratch):
+    """y (O,) = the head on one row x (K,)."""
+    _dense_chain(y, x, weights, layers, alpha, beta, scratch)
+
+
+@njit(**KERNEL)
+def head_rows(Y, X, weights, layers, alpha, beta, scratch):
+    """Y (N, O) = the head on each row of X (N, K), row by row as head_step."""
+    for r in range(X.shape[0]):
+        _dense_chain(Y[r], X[r], weights, layers, alpha, beta, scratch)
+
+
+
 # ---- the layout of params, built once ----------------------------------------------------------
 # Weights live in one flat float32 array (``params``), laid out by block_offsets, one block per
 # layer and direction (``l`` major, then ``d``)::
