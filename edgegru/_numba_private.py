@@ -10,7 +10,8 @@ numba below the next minor release for that reason):
   (:func:`cache_index_path`, :func:`cache_dir`);
 - ``numba.pycc``, deprecated upstream, with its warnings silenced, its undocumented ``use_nrt``
   and a private codegen method replaced while it compiles, to build the ahead-of-time module
-  for the exact CPU features the JIT uses (:func:`import_pycc`, :func:`build_extension`);
+  for the exact CPU features the JIT uses (:func:`import_pycc`, :func:`build_extension`), and
+  its compile flags made to release the GIL as the JIT's nogil kernels do;
 - a dispatcher's ``overloads`` (the return type of a compiled signature) and the lowering
   context's ``make_array`` (kernels.py's intrinsics).
 
@@ -138,10 +139,32 @@ def build_extension(module_name, output_dir, exports, cpu_name, features, use_nr
     cc.target_cpu = cpu_name
     for name, signature, function in exports:
         cc.export(name, signature)(function)
-    with _cpu_features(features), warnings.catch_warnings():
+    with _cpu_features(features), _releasing_gil(), warnings.catch_warnings():
         warnings.simplefilter("ignore")       # pycc's deprecation warnings, while compiling
         cc.compile()
     return cc.output_file
+
+
+@contextlib.contextmanager
+def _releasing_gil():
+    """While inside, pycc's exported functions release the GIL while they run, as the JIT's
+    nogil kernels do (pycc has no option for it: its compile flags are made in a method from
+    ``numba.pycc.compiler.Flags``). Where a numba lacks that name, they just keep the GIL."""
+    from numba.pycc import compiler
+    original = getattr(compiler, "Flags", None)
+    if original is None:
+        yield
+        return
+
+    class Flags(original):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            self.release_gil = True
+    compiler.Flags = Flags
+    try:
+        yield
+    finally:
+        compiler.Flags = original
 
 
 def missing():
@@ -164,6 +187,12 @@ def missing():
     if not pycc_takes_cpu_features():
         gone.append("numba.core.codegen.AOTCPUCodegen._customize_tm_features (pycc's CPU "
                     "features)")
+    try:
+        from numba.pycc import compiler
+        if not hasattr(compiler.Flags(), "release_gil"):
+            gone.append("numba.pycc.compiler.Flags.release_gil (the module releasing the GIL)")
+    except (ImportError, AttributeError) as e:
+        gone.append(f"numba.pycc.compiler.Flags ({e})")
     try:
         from numba.core.base import BaseContext
         if not hasattr(BaseContext, "make_array"):

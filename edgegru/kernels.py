@@ -37,7 +37,9 @@ FASTMATH = {"nsz", "arcp", "contract"}
 # (Python's ZeroDivisionError) puts a branch in every division, and that alone stops LLVM from
 # vectorising the activations.
 # NO_NRT: no reference counting of arrays (see edgegru._jit); nothing here allocates.
-KERNEL = dict(fastmath=FASTMATH, error_model="numpy", cache=True, **NO_NRT)
+# nogil: a kernel touches no Python object, so it lets other threads run meanwhile (run()'s
+# threads= splits a batch over them).
+KERNEL = dict(fastmath=FASTMATH, error_model="numpy", cache=True, nogil=True, **NO_NRT)
 
 _f32 = np.float32
 _ZERO = _f32(0.0)

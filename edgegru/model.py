@@ -14,6 +14,7 @@ import dataclasses
 import functools
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
@@ -326,7 +327,7 @@ class Model:
         self._params[:] = params
         self._work = self._step_model[kernels.STEP_HEADER + P:]
         self._h = self._work[:L * D * H].reshape(L * D, H)
-        self._ws = np.zeros(0, dtype=np.float32)          # sequence workspace, grows on demand
+        self._workspaces = []           # the sequence kernel's, one per thread, grown on demand
         self._x_shape = (I,)
         self._input_size = I
         self._out_shape = (self.output_size,)
@@ -512,7 +513,8 @@ class Model:
         L, D, H = c.num_layers, c.num_directions, c.hidden_size
         args = (np.empty((1, 1, self._gru_width), np.float32),
                 np.empty((1, 1, c.input_size), np.float32), np.empty((L * D, 1, H), np.float32),
-                self._params, self._ws, c.input_size, H, L, D, self._gru_out, c.reset_after) \
+                self._params, _aligned_zeros(0), c.input_size, H, L, D, self._gru_out,
+                c.reset_after) \
             + c.gate_args + (self._head_act,)
         kernels.entry_point(kernels.gru_sequences, args)       # run() then finds it compiled
         times["sequence"] = time.perf_counter() - t
@@ -536,7 +538,7 @@ class Model:
                              f"use run()")
         return x
 
-    def run(self, X, h0=None, return_state=False, all_steps=None, lengths=None):
+    def run(self, X, h0=None, return_state=False, all_steps=None, lengths=None, threads=1):
         """A whole sequence, or a batch of independent sequences.
 
         - X (T, input_size) -> Y (T, output_size): continues from ``state`` and updates it.
@@ -553,6 +555,9 @@ class Model:
         (ONNX's ``sequence_lens``): Y is zero past them, h_n is the state after them, and the
         last step's output is each sequence's own last (zeros for an empty one). A reverse
         model (``config.reverse``) reads each sequence from its end (its own end with lengths).
+
+        ``threads=N`` splits a batch into N parts run at once, one thread each (the kernels
+        release the GIL); the results are bitwise those of one thread.
         """
         X = _as_float32(X, "X")
         c = self.config
@@ -587,19 +592,45 @@ class Model:
             raise ValueError("X has no time steps: the last step's output needs one at least")
         if c.reverse:                   # a forward GRU on the time-reversed sequence
             Xb = np.ascontiguousarray(Xb[:, ::-1])
-        need = kernels.sequence_workspace_size(B, T, H, D)
-        if self._ws.size < need:
-            self._ws = _aligned_zeros(need)
         Y = np.empty((B, T, self._gru_width), dtype=np.float32)
         if T and B:
-            self._k.gru_sequences(Y, Xb, h, self._params, self._ws, c.input_size, H, L, D,
-                                  self._gru_out, c.reset_after, *c.gate_args, self._head_act)
+            parts = _parts(B, _threads(threads))
+            if len(parts) == 1:
+                self._sequences(Y, Xb, h, 0)
+            else:
+                self._sequences_in_threads(Y, Xb, h, parts)
         if c.reverse:
             Y = np.ascontiguousarray(Y[:, ::-1])
         Y = self._apply_head(Y, all_steps)
         if X.ndim == 2:
             return (Y[0], self.state) if return_state else Y[0]
         return (Y, h) if return_state else Y
+
+    def _sequences(self, Y, X, h, slot):
+        # the sequence kernel on a batch, with workspace number `slot` (one per thread)
+        c = self.config
+        B, T = X.shape[:2]
+        need = kernels.sequence_workspace_size(B, T, c.hidden_size, c.num_directions)
+        while len(self._workspaces) <= slot:
+            self._workspaces.append(_aligned_zeros(0))
+        if self._workspaces[slot].size < need:
+            self._workspaces[slot] = _aligned_zeros(need)
+        self._k.gru_sequences(Y, X, h, self._params, self._workspaces[slot], c.input_size,
+                              c.hidden_size, c.num_layers, c.num_directions, self._gru_out,
+                              c.reset_after, *c.gate_args, self._head_act)
+
+    def _sequences_in_threads(self, Y, X, h, parts):
+        # one part of the batch per thread; each part's state is a contiguous copy of its
+        # columns of h (the kernel's signature, and so its compiled code, stay those of one
+        # thread), written back when it is done
+        hs = [np.ascontiguousarray(h[:, a:b]) for a, b in parts]
+        with ThreadPoolExecutor(len(parts)) as pool:
+            done = [pool.submit(self._sequences, Y[a:b], X[a:b], hs[i], i)
+                    for i, (a, b) in enumerate(parts)]
+            for future in done:
+                future.result()
+        for (a, b), part in zip(parts, hs):
+            h[:, a:b] = part
 
     def _run_ragged(self, X, h, lengths, all_steps):
         # run() with lengths: each sequence alone over its own steps; h (L*D, B, H) in and out
@@ -695,7 +726,7 @@ class _Tapered(Model):
                 times[what] = times.get(what, 0.0) + seconds
         return times
 
-    def run(self, X, h0=None, return_state=False, all_steps=None, lengths=None):
+    def run(self, X, h0=None, return_state=False, all_steps=None, lengths=None, threads=1):
         n = len(self._segments)
         if h0 is not None and (not isinstance(h0, (list, tuple)) or len(h0) != n):
             raise ValueError(f"h0 must be a list of {n} arrays, one per run of layers of one "
@@ -704,9 +735,23 @@ class _Tapered(Model):
         for i, seg in enumerate(self._segments):
             top = i == n - 1
             X, h = seg.run(X, h0=None if h0 is None else h0[i], return_state=True,
-                           all_steps=all_steps if top else True, lengths=lengths)
+                           all_steps=all_steps if top else True, lengths=lengths,
+                           threads=threads)
             states.append(h)
         return (X, states) if return_state else X
+
+
+def _threads(threads):
+    if isinstance(threads, bool) or not isinstance(threads, (int, np.integer)) or threads < 1:
+        raise ValueError(f"threads must be a whole number from 1, got {threads!r}")
+    return int(threads)
+
+
+def _parts(B, threads):
+    """[(start, stop)]: B sequences in at most `threads` contiguous parts of near-equal size."""
+    n = min(B, threads)
+    cuts = [B * i // n for i in range(n + 1)]
+    return list(zip(cuts[:-1], cuts[1:]))
 
 
 def _full_lengths(lengths, B, T, ndim, I):

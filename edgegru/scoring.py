@@ -788,11 +788,13 @@ class GroupScorer:
     batch ``(B, n, C)`` for ``Model.run(..., h0=, return_state=True)``, so a round-robin stream
     of B devices costs one batched kernel call. A key whose rows (after its first) hold a missing
     value goes through ``AnomalyScorer.score_many`` instead, which imputes row by row. The
-    wrapped scorer's own model state is used as scratch on that path.
+    wrapped scorer's own model state is used as scratch on that path. ``threads=N`` splits each
+    batch over N threads (``Model.run``'s), with the same scores.
     """
 
-    def __init__(self, scorer):
+    def __init__(self, scorer, threads=1):
         self.scorer = scorer
+        self.threads = threads              # Model.run's: a batch of streams split over threads
         self.keys = []                      # index -> key
         self._index = {}                    # key -> index
         self._fields = _state_fields(scorer)
@@ -841,7 +843,7 @@ class GroupScorer:
             bad = ~np.isfinite(first)
             first[bad] = f_prev[bad]                     # impute as AnomalyScorer does
             F, h_n = sc.model.run(Zb, h0=self._hidden[ks].transpose(1, 0, 2),
-                                  return_state=True)
+                                  return_state=True, threads=self.threads)
             F = forecasts(F, Zb, sc.forecast)
             smoothed, rows_seen = self._smoothed[ks], self._rows_seen[ks]
             last, repeats, absent = self._last[ks], self._repeats[ks], self._absent[ks]
@@ -890,7 +892,7 @@ class GroupScorer:
 
     def reset(self):
         """Forget every stream."""
-        self.__init__(self.scorer)
+        self.__init__(self.scorer, self.threads)
 
     @property
     def state(self):

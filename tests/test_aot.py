@@ -121,6 +121,41 @@ def test_every_path_without_numba_and_bitwise_as_numba(aot_cache, tmp_path):
     assert (want["score_many"] > 0).any() and len(bytes(want["run_csv"]).splitlines()) == 401
 
 
+GIL = textwrap.dedent("""
+    import json, sys, threading
+    import numpy as np
+    import edgegru
+    from edgegru import _jit
+    cfg = edgegru.GRUConfig(input_size=4, hidden_size=64)
+    model = edgegru.Model(cfg, edgegru.GRUWeights.random(cfg))
+    X = np.zeros((8, 4000, 4), np.float32)
+    model.run(X[:, :2])
+    ticks, running = [0], [True]
+    def count():
+        while running[0]:
+            ticks[0] += 1
+    # a long switch interval: Python code never hands the GIL over by itself in between, so
+    # the counter moves during run() only if the kernel lets go of it (0 ticks if it does not)
+    sys.setswitchinterval(0.2)
+    counter = threading.Thread(target=count)
+    counter.start()
+    before = ticks[0]
+    model.run(X)
+    during = ticks[0] - before
+    running[0] = False
+    counter.join()
+    print(json.dumps([_jit.BACKEND, during]))
+""")
+
+
+@pytest.mark.parametrize("module", ["1", "0"])
+def test_the_kernels_release_the_gil(aot_cache, module):
+    """run(threads=N) needs it: the module's exported kernels as much as numba's nogil ones."""
+    backend, during = child(GIL, cache=aot_cache, EDGEGRU_AOT=module)
+    assert backend == ("aot" if module == "1" else "numba")
+    assert during > 1000
+
+
 def test_turned_off_by_edgegru_aot_0(aot_cache):
     assert child(STATUS, cache=aot_cache, EDGEGRU_AOT="0") == \
         ["numba", "turned off (EDGEGRU_AOT=0)"]

@@ -310,3 +310,20 @@ def test_step_on_a_new_array_each_call_equals_run(backend):
             out.shape = (1, 2)      # out was checked once: its reshaping cannot confuse step
         got.append(b.step(row, out=out).reshape(2).copy())
     assert np.array_equal(np.array(got), Y)
+
+
+@pytest.mark.parametrize("kw", [dict(hidden_size=19), dict(hidden_size=8, num_layers=2,
+                                                            bidirectional=True)])
+def test_a_batch_split_over_threads_equals_one_thread(kw):
+    model = make_model(input_size=3, output_size=2, **kw)
+    L = model.num_layers * model.num_directions
+    rng = np.random.default_rng(11)
+    X = rng.standard_normal((7, 30, 3)).astype(np.float32)
+    h0 = rng.standard_normal((L, 7, model.hidden_size)).astype(np.float32)
+    one = model.run(X, h0=h0, return_state=True)
+    for threads in (2, 3, 7, 16):           # parts of 4+3, 3+2+2, one each, more threads than B
+        Y, h_n = model.run(X, h0=h0, return_state=True, threads=threads)
+        assert np.array_equal(Y, one[0]) and np.array_equal(h_n, one[1])
+    for bad in (0, -1, 1.5, True):
+        with pytest.raises(ValueError, match="threads must be"):
+            model.run(X, threads=bad)

@@ -245,3 +245,15 @@ def test_setting_the_threshold_moves_the_stuck_level_with_it():
     assert sa[40] >= 8.0 and sb[40] >= 80.0
     with pytest.raises(edgegru.ModelFormatError, match="finite and positive"):
         b.threshold = float("nan")
+
+
+def test_group_scorer_over_threads_scores_as_one_thread():
+    from edgegru.scoring import GroupScorer
+    X = rows(150, seed=6)
+    keys = [f"d{i % 5}" for i in range(150)]
+    one, two = GroupScorer(make_scorer()), GroupScorer(make_scorer(), threads=2)
+    for i in range(0, 150, 25):
+        assert np.array_equal(one.score_many(keys[i:i + 25], X[i:i + 25]),
+                              two.score_many(keys[i:i + 25], X[i:i + 25]))
+    two.reset()
+    assert two.threads == 2 and len(two) == 0
