@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 
 import edgegru
-from edgegru import aot, build
+from edgegru import build
 
 ROOT = Path(__file__).resolve().parents[1]
 MODEL = ROOT / "weights" / "model.npz"
