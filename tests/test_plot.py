@@ -1,5 +1,4 @@
 """edgegru plot: a real, non-blank picture of the expected size, rendered with Agg."""
-import io
 import os
 import subprocess
 import sys
