@@ -324,12 +324,7 @@ def fit_forecaster(Z_train, Z_val, options, window, progress=None):
 
     W = window + 1                             # inputs rows 0..W-2, targets rows 1..W-1
     finite = np.isfinite(Z_train).all(axis=1)
-    steps = np.diff(Z_train, axis=0)
-    inv_scale = torch.from_numpy(
-        (1.0 / np.maximum(np.nanmean(steps * steps, axis=0), 1e-12)).astype(np.float32))
-    Zt = torch.from_numpy(np.nan_to_num(Z_train).astype(np.float32))
-    Zv = torch.from_numpy(np.nan_to_num(Z_val).astype(np.float32))[None]
-    val_ok = torch.from_numpy(np.isfinite(Z_val).all(axis=1)[1:])
+    Zt, Zv, val_ok, inv_scale = _tensors(torch, Z_train, Z_val)
     offsets = torch.arange(W)
     stride = options.stride
 
@@ -339,18 +334,6 @@ def fit_forecaster(Z_train, Z_val, options, window, progress=None):
         rng.shuffle(starts)
         for i in range(0, len(starts), options.batch_size):
             yield torch.from_numpy(starts[i:i + options.batch_size])
-
-    def loss_of(batch):
-        """The mean scaled squared forecast error after the burn-in."""
-        pred = net(batch[:, :-1])
-        return (((pred[:, options.burn_in:] - batch[:, 1 + options.burn_in:]) ** 2)
-                * inv_scale).mean()
-
-    def validation_loss():
-        with torch.no_grad():
-            pred = net(Zv[:, :-1])[0]
-            err = ((pred - Zv[0, 1:]) ** 2 * inv_scale)[options.burn_in:][val_ok[options.burn_in:]]
-            return float(err.mean())
 
     per_epoch = math.ceil(len(training_windows(finite, W, stride)) / options.batch_size)
     if per_epoch == 0:
@@ -373,7 +356,7 @@ def fit_forecaster(Z_train, Z_val, options, window, progress=None):
                 # follow the level rather than memorise the training range (real data drifts)
                 shift = rng.uniform(-options.shift, options.shift, (len(starts), 1, C))
                 batch = batch + torch.from_numpy(shift.astype(np.float32))
-            loss = loss_of(batch)
+            loss = _loss(net, batch, inv_scale, options.burn_in)
             optimizer.zero_grad()
             loss.backward()
             nn.utils.clip_grad_norm_(net.parameters(), options.clip)
@@ -385,7 +368,7 @@ def fit_forecaster(Z_train, Z_val, options, window, progress=None):
         if (epoch + 1) % every and epoch + 1 < epochs and done < total:
             continue
         train_curve.append(loss_sum / max(count, 1))
-        val_curve.append(validation_loss())
+        val_curve.append(_validation_loss(torch, net, Zv, val_ok, inv_scale, options.burn_in))
         loss_sum, count = 0.0, 0
         if progress:
             progress(f"epoch {epoch + 1:3d}/{epochs}  step {done}/{total}  loss "
@@ -396,17 +379,48 @@ def fit_forecaster(Z_train, Z_val, options, window, progress=None):
                                 f"{epoch + 1}; try a smaller --lr")
         if done == total:
             break
-    summary = {
+    summary = {"epochs": epoch + 1, "steps": done, "steps_per_epoch": per_epoch,
+               "window": window, "evaluated_every_epochs": every}
+    return ({k: v.detach().clone() for k, v in net.state_dict().items()},
+            _loss_summary(summary, train_curve, val_curve))
+
+
+def _loss(net, batch, inv_scale, burn_in):
+    """The mean scaled squared forecast error over a batch of windows, after the burn-in."""
+    pred = net(batch[:, :-1])
+    return (((pred[:, burn_in:] - batch[:, 1 + burn_in:]) ** 2) * inv_scale).mean()
+
+
+def _validation_loss(torch, net, Zv, val_ok, inv_scale, burn_in):
+    """_loss on the validation rows (1, n, C), over the complete targets."""
+    with torch.no_grad():
+        pred = net(Zv[:, :-1])[0]
+        err = ((pred - Zv[0, 1:]) ** 2 * inv_scale)[burn_in:][val_ok[burn_in:]]
+        return float(err.mean())
+
+
+def _tensors(torch, Z_train, Z_val):
+    """The training rows, the validation rows (1, n, C) and which of their targets are
+    complete, as tensors (NaN as 0), and 1 / each channel's mean squared row-to-row step."""
+    steps = np.diff(Z_train, axis=0)
+    inv_scale = torch.from_numpy(
+        (1.0 / np.maximum(np.nanmean(steps * steps, axis=0), 1e-12)).astype(np.float32))
+    return (torch.from_numpy(np.nan_to_num(Z_train).astype(np.float32)),
+            torch.from_numpy(np.nan_to_num(Z_val).astype(np.float32))[None],
+            torch.from_numpy(np.isfinite(Z_val).all(axis=1)[1:]), inv_scale)
+
+
+def _loss_summary(summary, train_curve, val_curve):
+    """The training record's loss part, after the counts in ``summary``."""
+    return {
         "loss": "mean squared forecast error / mean squared row-to-row step, per channel "
                 "(1 = as good as repeating the last row)",
-        "epochs": epoch + 1, "steps": done, "steps_per_epoch": per_epoch, "window": window,
-        "evaluated_every_epochs": every,
+        **summary,
         "train_loss_first_last": [_round(train_curve[0]), _round(train_curve[-1])],
         "calibration_loss_first_best_last": [_round(val_curve[0]), _round(min(val_curve)),
                                              _round(val_curve[-1])],
         "calibration_loss_per_evaluation": [_round(v) for v in val_curve],
     }
-    return {k: v.detach().clone() for k, v in net.state_dict().items()}, summary
 
 
 def _budget(per_epoch, options):
