@@ -48,17 +48,19 @@ SCRIPT = textwrap.dedent("""
 
     tracemalloc.start()
 
-    def own(snapshot):
-        # the snapshots' own memory is not the code's (a first compile in this process leaves
-        # more objects behind, so the first snapshot is larger)
-        return snapshot.filter_traces([tracemalloc.Filter(False, tracemalloc.__file__)])
-    for _ in range(100): model.step(x, out=out)
-    before = tracemalloc.take_snapshot()
-    for _ in range(10000): model.step(x, out=out)
-    after = tracemalloc.take_snapshot()
-    grown = [s for s in own(after).compare_to(own(before), "lineno")
-             if s.size_diff > 0 and s.count_diff > 0]
-    result["tracemalloc_grown"] = sum(s.size_diff for s in grown)
+    def grown(model):
+        """Bytes of Python memory 10,000 step(x, out=out) calls leave behind, tracemalloc's
+        own snapshots left out (a first compile in this process leaves more objects behind, so
+        the first snapshot is larger)."""
+        def own(snapshot):
+            return snapshot.filter_traces([tracemalloc.Filter(False, tracemalloc.__file__)])
+        for _ in range(100): model.step(x, out=out)
+        before = tracemalloc.take_snapshot()
+        for _ in range(10000): model.step(x, out=out)
+        after = tracemalloc.take_snapshot()
+        return sum(s.size_diff for s in own(after).compare_to(own(before), "lineno")
+                   if s.size_diff > 0 and s.count_diff > 0)
+    result["tracemalloc_grown"] = grown(model)
 
     # a head deeper than one linear layer: the GRU step, then edgegru.heads' kernel
     cfg = edgegru.GRUConfig(input_size=4, hidden_size=32, output_size=4,
@@ -69,12 +71,7 @@ SCRIPT = textwrap.dedent("""
     for _ in range(1000): deep.step(x, out=out)
     b = counts()
     result["deep_python_loop"] = [b[i] - a[i] for i in range(4)]
-    before = tracemalloc.take_snapshot()
-    for _ in range(10000): deep.step(x, out=out)
-    after = tracemalloc.take_snapshot()
-    grown = [s for s in own(after).compare_to(own(before), "lineno")
-             if s.size_diff > 0 and s.count_diff > 0]
-    result["deep_tracemalloc_grown"] = sum(s.size_diff for s in grown)
+    result["deep_tracemalloc_grown"] = grown(deep)
 
     # the scorer's per-row kernel, as AnomalyScorer.score_one calls it (one row per call)
     import sys
