@@ -49,9 +49,9 @@ SCRIPT = textwrap.dedent("""
     tracemalloc.start()
 
     def grown(model):
-        """Bytes of Python memory 10,000 step(x, out=out) calls leave behind, tracemalloc's
-        own snapshots left out (a first compile in this process leaves more objects behind, so
-        the first snapshot is larger)."""
+        # bytes of Python memory 10,000 step(x, out=out) calls leave behind, tracemalloc's own
+        # snapshots left out (a first compile in this process leaves more objects behind, so
+        # the first snapshot is larger)
         def own(snapshot):
             return snapshot.filter_traces([tracemalloc.Filter(False, tracemalloc.__file__)])
         for _ in range(100): model.step(x, out=out)
