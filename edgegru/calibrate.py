@@ -29,7 +29,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from edgegru.errors import TrainingError
-from edgegru.scoring import AnomalyScorer, _level_statistic, _level_update, forecasts
+from edgegru.scoring import (SCORING_VERSION, AnomalyScorer, _level_statistic, _level_update,
+                             forecasts)
 
 MAX_WARMUP = 100             # the scorer's warm-up is measured, and capped here
 RESIDUAL_STD_FLOOR = 1e-3    # in normalised units: a perfectly forecast channel still has noise
@@ -477,6 +478,7 @@ def _fit_forecast_term(model, Z_train, Z_cal, forecast, options):
     whiten = conditional_whitening if options.whitening == "conditional" else zca_whitening
     whitening = whiten(R / residual_std, options.shrinkage) if C > 1 else np.eye(1)
     model.meta["scoring"] = {
+        "version": SCORING_VERSION,
         "residual_std": [_round(v, 9) for v in residual_std],
         "whitening": [[_round(v, 9) for v in row] for row in whitening],
         "combine": "max", "smoothing": options.smoothing, "warmup": warmup,

@@ -4,7 +4,8 @@ The model file holds a GRU stack whose linear head predicts the next normalised 
 metadata sections that `edgegru train` (:mod:`edgegru.calibrate`) writes::
 
     "preprocessing": {"columns": ["temperature", ...], "mean": [...], "std": [...]}
-    "scoring": {"residual_std": [...], "smoothing": 0.3, "threshold": 4.2, "warmup": 10,
+    "scoring": {"version": 1, "residual_std": [...], "smoothing": 0.3, "threshold": 4.2,
+                "warmup": 10,
                 "combine": "sum", "whitening": [[...], ...], "stuck_rows": 5,
                 "consistency": {"channels": ["current", "pressure"], "lags": 2, "degree": 3,
                                 "coef": [[...], ...], "residual_std": [...], "smoothing": 0.3,
@@ -433,6 +434,10 @@ def _regression(z, history, ch, coef, degree):
 
 MAX_WARMUP = 1_000_000       # rows; warm-up and stuck_rows beyond this are a corrupt file
 FORECASTS = ("absolute", "delta")
+# The model file's "scoring" section: what its keys mean. A section without "version" is
+# version 1 (every file edgegru has written): a later one this edgegru cannot read is refused
+# by name rather than scored wrong.
+SCORING_VERSION = 1
 
 
 def forecasts(output, Z, forecast):
@@ -552,6 +557,12 @@ class AnomalyScorer:
             raise ModelFormatError(
                 f"{source}: not a scoring model (it needs 'preprocessing' and 'scoring' sections "
                 f"in its metadata, as edgegru train writes them)")
+        version = sc.get("version", 1)      # the sections written before it had a version: 1
+        if version != SCORING_VERSION:
+            raise ModelFormatError(
+                f"{source}: its scoring section is version {version!r}; this edgegru reads "
+                f"version {SCORING_VERSION}: use the edgegru that trained it, or train the model "
+                f"again with this one (edgegru train)")
         try:
             return cls(model, pre["columns"], pre["mean"], pre["std"], sc["residual_std"],
                        sc["threshold"], sc.get("smoothing", 0.3), sc.get("warmup", 1),

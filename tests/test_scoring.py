@@ -257,3 +257,18 @@ def test_group_scorer_over_threads_scores_as_one_thread():
                               two.score_many(keys[i:i + 25], X[i:i + 25]))
     two.reset()
     assert two.threads == 2 and len(two) == 0
+
+
+def test_a_scoring_section_of_another_version_is_refused_by_name():
+    from conftest import make_model
+    model = make_model(input_size=3, hidden_size=16, num_layers=2, output_size=3)
+    model.meta["preprocessing"] = {"columns": COLUMNS, "mean": [40.0, 2.0, 10.0],
+                                   "std": [2.0, 0.5, 3.0]}
+    model.meta["scoring"] = {"residual_std": [0.3, 0.5, 0.4], "threshold": 4.0}
+    assert edgegru.AnomalyScorer.from_model(model).threshold == 4.0     # no version: 1
+    model.meta["scoring"]["version"] = 1
+    assert edgegru.AnomalyScorer.from_model(model).threshold == 4.0
+    model.meta["scoring"]["version"] = 2
+    with pytest.raises(edgegru.ModelFormatError, match="scoring section is version 2; this "
+                                                       "edgegru reads version 1"):
+        edgegru.AnomalyScorer.from_model(model, source="m.npz")
