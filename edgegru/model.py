@@ -45,6 +45,9 @@ class GRUConfig:
 
     ``hidden_sizes`` gives each layer's width, bottom first, when they differ (``hidden_size``
     is then the top layer's): such a Model runs each run of equal widths as a uniform stack.
+    ``layer_directions`` does the same for directions (1 or 2 per layer: a bidirectional layer
+    in the middle of a stack); ``bidirectional`` is then true (the model reads whole
+    sequences) and the output is the top layer's, of its own directions.
     ``reverse`` makes the stack read each sequence from its end (ONNX ``direction="reverse"``).
 
     ``gate_activation`` is what the reset and update gates apply: the logistic ``"sigmoid"``
@@ -66,6 +69,7 @@ class GRUConfig:
     gate_alpha: float = 0.2
     gate_beta: float = 0.5
     hidden_sizes: tuple = ()        # per layer, bottom first, when they differ (hidden_size: the top's)
+    layer_directions: tuple = ()    # per layer (1 or 2), bottom first, when they differ
     head_on: str = "all"            # "last": run() returns the last step's output
     head_hidden: tuple = ()         # ((units, activation), ...) before the output layer
     head_alpha: float = 1 / 6
@@ -85,6 +89,7 @@ class GRUConfig:
             raise ValueError(f"gate_activation must be one of {list(GATE_ACTIVATIONS)}, "
                              f"got {self.gate_activation!r}")
         self._check_hidden_sizes()
+        self._check_layer_directions()
         if self.reverse and self.bidirectional:
             raise ValueError("reverse is for unidirectional stacks (a bidirectional layer has "
                              "its own reverse direction)")
@@ -110,19 +115,41 @@ class GRUConfig:
             sizes = ()                       # uniform: the one way to say it
         object.__setattr__(self, "hidden_sizes", sizes)
 
+    def _check_layer_directions(self):
+        dirs = tuple(self.layer_directions)
+        if any(isinstance(d, bool) or d not in (1, 2) for d in dirs) \
+                or (dirs and len(dirs) != self.num_layers):
+            raise ValueError(f"layer_directions must give num_layers ({self.num_layers}) "
+                             f"directions, each 1 or 2, got {dirs!r}")
+        dirs = tuple(int(d) for d in dirs)
+        if len(set(dirs)) == 1:              # uniform: the one way to say it is bidirectional
+            if self.bidirectional != (dirs[0] == 2):
+                raise ValueError(f"layer_directions {dirs} contradict bidirectional="
+                                 f"{self.bidirectional}")
+            dirs = ()
+        elif dirs:
+            object.__setattr__(self, "bidirectional", True)     # whole sequences only
+        object.__setattr__(self, "layer_directions", dirs)
+
+    @property
+    def layer_dirs(self):
+        """The number of directions of each layer, bottom first."""
+        return self.layer_directions or ((2 if self.bidirectional else 1),) * self.num_layers
+
     @property
     def layer_sizes(self):
         """The hidden size of each layer, bottom first."""
         return self.hidden_sizes or (self.hidden_size,) * self.num_layers
 
     def segments(self):
-        """[(first layer, number of layers, hidden size)] of the runs of equal sizes."""
+        """[(first layer, number of layers, hidden size, directions)] of the runs of layers of
+        equal sizes and directions."""
         out = []
-        for l, H in enumerate(self.layer_sizes):
-            if out and out[-1][2] == H:
-                out[-1] = (out[-1][0], out[-1][1] + 1, H)
+        for l, (H, D) in enumerate(zip(self.layer_sizes, self.layer_dirs)):
+            if out and out[-1][2:] == (H, D):
+                out[-1] = (out[-1][0], out[-1][1] + 1, H, D)
             else:
-                out.append((l, 1, H))
+                out.append((l, 1, H, D))
         return out
 
     def _check_head_hidden(self):
@@ -163,18 +190,19 @@ class GRUConfig:
 
     @property
     def num_directions(self):
-        return 2 if self.bidirectional else 1
+        """The top layer's directions (its output is the stack's)."""
+        return self.layer_dirs[-1]
 
     def layer_input_size(self, layer):
         return self.input_size if layer == 0 \
-            else self.layer_sizes[layer - 1] * self.num_directions
+            else self.layer_sizes[layer - 1] * self.layer_dirs[layer - 1]
 
     def expected_shapes(self):
         """{array name: shape} of every weight this config needs (the native file's arrays)."""
         shapes = {}
-        for l, H in enumerate(self.layer_sizes):
+        for l, (H, D) in enumerate(zip(self.layer_sizes, self.layer_dirs)):
             G = 3 * H
-            for d in range(self.num_directions):
+            for d in range(D):
                 p = block_name(l, d)
                 shapes[p + "w_ih"] = (G, self.layer_input_size(l))
                 shapes[p + "w_hh"] = (G, H)
@@ -295,8 +323,9 @@ class Model:
     """
 
     def __new__(cls, config, *args, **kwargs):
-        # layers of different widths: a chain of uniform stacks (_Tapered)
-        return super().__new__(_Tapered if cls is Model and config.hidden_sizes else cls)
+        # layers of different widths or directions: a chain of uniform stacks (_Tapered)
+        tapered = config.hidden_sizes or config.layer_directions
+        return super().__new__(_Tapered if cls is Model and tapered else cls)
 
     def __init__(self, config, weights, meta=None, backend=None):
         weights.check(config)
@@ -662,8 +691,9 @@ class Model:
 
 
 class _Tapered(Model):
-    """A stack whose layers differ in width (``config.hidden_sizes``): each run of layers of one
-    width is a uniform Model on the fused kernels (a segment), the top one with the head, and
+    """A stack whose layers differ in width or directions (``config.hidden_sizes``,
+    ``config.layer_directions``): each run of layers of one width and direction count is a
+    uniform Model on the fused kernels (a segment), the top one with the head, and
     each segment's output is the next one's input. ``state`` and ``h0`` are lists, one array
     per segment, shaped as a uniform model's."""
 
@@ -671,14 +701,14 @@ class _Tapered(Model):
         weights.check(config)
         self.config, self.weights, self.meta = config, weights, dict(meta or {})
         segments = config.segments()
-        D = config.num_directions
         self._segments = []
-        for i, (first, n, H) in enumerate(segments):
+        for i, (first, n, H, D) in enumerate(segments):
             top = i == len(segments) - 1
             below = {} if top else dict(output_size=0, head_hidden=(), head_activation="linear",
                                         head_on="all")
             cfg = dataclasses.replace(config, input_size=config.layer_input_size(first),
-                                      hidden_size=H, num_layers=n, hidden_sizes=(), **below)
+                                      hidden_size=H, num_layers=n, hidden_sizes=(),
+                                      layer_directions=(), bidirectional=D == 2, **below)
             arrays = {block_name(l - first, d) + kind: weights.arrays[block_name(l, d) + kind]
                       for l in range(first, first + n) for d in range(D)
                       for kind in ("w_ih", "w_hh", "b_ih", "b_hh")}
@@ -697,7 +727,7 @@ class _Tapered(Model):
     def state(self, value):
         if not isinstance(value, (list, tuple)) or len(value) != len(self._segments):
             raise ValueError(f"state must be a list of {len(self._segments)} arrays, one per "
-                             f"run of layers of one width, as model.state gives")
+                             f"run of layers of one width and direction count, as model.state gives")
         for seg, v in zip(self._segments, value):
             seg.state = v
 
@@ -730,7 +760,8 @@ class _Tapered(Model):
         n = len(self._segments)
         if h0 is not None and (not isinstance(h0, (list, tuple)) or len(h0) != n):
             raise ValueError(f"h0 must be a list of {n} arrays, one per run of layers of one "
-                             f"width: (layers * directions, B, hidden size) each")
+                             f"width and direction count: (layers * directions, B, hidden "
+                             f"size) each")
         states = []
         for i, seg in enumerate(self._segments):
             top = i == n - 1

@@ -27,6 +27,7 @@ FILES = [
     # sequence-to-one with a 3-layer head: head_on, head_hidden, head_alpha in the metadata
     ("native_mlp_last", ["__meta__.npy", "head0.weight.npy"], "onnx"),
     ("native_tapered", ["__meta__.npy", "l2.w_ih.npy"], None),           # hidden_sizes
+    ("native_bidir_middle", ["__meta__.npy", "l1.reverse.w_ih.npy"], None),   # layer_directions
     ("../shapes/mlp3_last.onnx", None, "onnx"),
     ("../shapes/keras_last_mlp.keras", ["config.json"], "h5py"),
     ("gru2_linear.onnx", None, "onnx"),
@@ -82,7 +83,8 @@ def test_mutated_files_load_or_raise_model_format_error(file, entries, needs, tm
         pytest.importorskip(needs)
     if file.startswith("native"):
         source = {"native": "gru2_linear.pt", "native_mlp_last": "../shapes/mlp3_last.onnx",
-                  "native_tapered": "../shapes/tapered.pt"}[file]
+                  "native_tapered": "../shapes/tapered.pt",
+                  "native_bidir_middle": "../shapes/bidir_middle.pt"}[file]
         edgegru.save(edgegru.load(os.path.join(DATA, source)), tmp_path / "m.npz")
         data = (tmp_path / "m.npz").read_bytes()
     else:

@@ -259,8 +259,8 @@ def test_forward_and_reverse_nodes_in_one_stack_are_refused():
              helper.make_node("Squeeze", ["y0", "axis"], ["s0"]),
              helper.make_node("GRU", ["s0", "W1", "R1", "B1"], ["y", ""], hidden_size=5,
                               direction="reverse")]
-    _refused(nodes, init, "mix directions; edgegru stacks layers that are all forward, all "
-                          "reverse or all bidirectional")
+    _refused(nodes, init, "mix reverse and other directions; edgegru stacks forward and "
+                          "bidirectional layers, or reverse ones only")
 
 
 def test_unsupported_ops_and_inputs_are_named():

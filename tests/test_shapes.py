@@ -48,8 +48,14 @@ FILES = {
     "tapered_dynamo.onnx": ("tapered", {}, "all", [(2, "linear")]),
     "keras_tapered_last.keras": ("keras_tapered_last", {}, "last", [(1, "linear")]),
     "keras_tapered3.keras": ("keras_tapered3", {}, "all", [(2, "linear")]),
+    "bidir_middle.pt": ("bidir_middle", {}, "all", [(2, "linear")]),
+    "bidir_middle.onnx": ("bidir_middle", {}, "all", [(2, "linear")]),
+    "bidir_middle_dynamo.onnx": ("bidir_middle", {}, "all", [(2, "linear")]),
+    "keras_bidir_middle.keras": ("keras_bidir_middle", {}, "last", [(1, "linear")]),
 }
-SIZES = {"tapered": (16, 16, 8), "keras_tapered_last": (16, 8), "keras_tapered3": (12, 8, 4)}
+SIZES = {"tapered": (16, 16, 8), "keras_tapered_last": (16, 8), "keras_tapered3": (12, 8, 4),
+         "bidir_middle": (8, 6, 4), "keras_bidir_middle": (8, 6, 4)}
+DIRECTIONS = {"bidir_middle": (1, 2, 1), "keras_bidir_middle": (1, 2, 1)}
 
 
 @pytest.fixture(scope="module")
@@ -73,6 +79,7 @@ def test_matches_the_framework(file, expected):
     c = model.config
     assert c.head_on == head_on
     assert c.hidden_sizes == SIZES.get(key, ())
+    assert c.layer_directions == DIRECTIONS.get(key, ())
     assert [(units, act) for _, units, act in c.head_layers] == layers
     assert c.fused_head == (len(layers) == 1 and layers[0][1] in ("linear", "sigmoid"))
     X = expected[f"X{model.input_size}"]
@@ -195,3 +202,21 @@ def test_several_gru_modules_stack_in_key_order_or_as_named(expected):
     with pytest.raises(edgegru.ModelFormatError, match="GRU 'gru1.' takes 5 inputs"):
         from_state_dict(sd, layers=["gru2", "gru1"])
     assert from_state_dict(sd, prefix="gru2", head=False).config.hidden_size == 8
+
+
+def test_a_bidirectional_layer_in_the_middle_runs_whole_sequences(expected, tmp_path):
+    model = _load("bidir_middle.pt")
+    assert [(seg.config.hidden_size, seg.num_directions) for seg in model._segments] == \
+        [(8, 1), (6, 2), (4, 1)]
+    assert model.config.bidirectional and model.output_size == 2
+    X = expected["X5"]
+    Y, h_n = model.run(X, return_state=True)
+    assert [h.shape for h in h_n] == [(1, 2, 8), (2, 2, 6), (1, 2, 4)]
+    assert np.array_equal(model.run(X, threads=2), Y)
+    edgegru.save(model, tmp_path / "m.npz")
+    back = edgegru.load(tmp_path / "m.npz")
+    assert back.config == model.config and np.array_equal(back.run(X), Y)
+    with pytest.raises(ValueError, match="bidirectional layer reads the whole sequence"):
+        back.step(X[0, 0])
+    with pytest.raises(ValueError, match="layer_directions must give num_layers"):
+        edgegru.GRUConfig(input_size=2, hidden_size=4, num_layers=2, layer_directions=(1, 3))

@@ -1,5 +1,6 @@
 """Write tests/data/shapes/: models of the shapes people export (sequence-to-one, heads deeper
-than one linear layer, reverse-only ONNX GRUs, layers of different widths), made by the real tools, and what those tools
+than one linear layer, reverse-only ONNX GRUs, layers of different widths, a bidirectional layer
+in the middle of a stack), made by the real tools, and what those tools
 compute on a seeded input of T=1000 steps (expected.npz), so the tests need none of them.
 
     pip install torch==2.13.0 onnx onnxruntime onnxscript keras==3.15.1 h5py
@@ -77,6 +78,20 @@ class Tapered(torch.nn.Module):
         return self.fc(out)
 
 
+class BidirMiddle(torch.nn.Module):
+    """A bidirectional GRU between two unidirectional ones (5 -> 8; 8 -> 2 x 6; 12 -> 4), then a
+    Linear on every step."""
+    def __init__(self):
+        super().__init__()
+        self.gru1 = torch.nn.GRU(5, 8, batch_first=True)
+        self.gru2 = torch.nn.GRU(8, 6, batch_first=True, bidirectional=True)
+        self.gru3 = torch.nn.GRU(12, 4, batch_first=True)
+        self.fc = torch.nn.Linear(4, 2)
+
+    def forward(self, x):
+        return self.fc(self.gru3(self.gru2(self.gru1(x)[0])[0])[0])
+
+
 def export_onnx(model, X, stem):
     """Both exporters: the TorchScript one (dynamo=False) and torch.export's (needs onnxscript),
     batch and time dynamic in both, traced on the first steps only (tracing all T is slow)."""
@@ -125,6 +140,12 @@ def torch_fixtures():
         record("tapered", X5, m(torch.from_numpy(X5)))
     torch.save(m.state_dict(), f"{OUT}/tapered.pt")
     export_onnx(m, X5, "tapered")
+
+    m = BidirMiddle().eval()
+    with torch.no_grad():
+        record("bidir_middle", X5, m(torch.from_numpy(X5)))
+    torch.save(m.state_dict(), f"{OUT}/bidir_middle.pt")
+    export_onnx(m, X5, "bidir_middle")
 
 
 def keras_fixtures():
@@ -180,6 +201,15 @@ def keras_fixtures():
     bias_noise(m)
     m.save(f"{OUT}/keras_hard_sigmoid_head.keras")
     record("keras_hard_sigmoid_head", X5, m.predict(X5, verbose=0))
+
+    # a Bidirectional GRU between two GRUs, the last step (last here: the fixtures above keep
+    # their seeds): GRU(8), Bidirectional(GRU(6)), GRU(4), Dense(1)
+    m = keras.Sequential([keras.Input((None, 5)), keras.layers.GRU(8, return_sequences=True),
+                          keras.layers.Bidirectional(keras.layers.GRU(6, return_sequences=True)),
+                          keras.layers.GRU(4), keras.layers.Dense(1)])
+    bias_noise(m)
+    m.save(f"{OUT}/keras_bidir_middle.keras")
+    record("keras_bidir_middle", X5, m.predict(X5, verbose=0))
 
 
 def onnx_fixtures():

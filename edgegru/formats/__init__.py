@@ -198,7 +198,9 @@ def describe(model):
         "input_size": c.input_size,
         "hidden_size": ", ".join(map(str, c.hidden_sizes)) + " (per layer, bottom first)"
                        if c.hidden_sizes else c.hidden_size, "num_layers": c.num_layers,
-        "directions": "bidirectional" if c.bidirectional else
+        "directions": ", ".join("bidirectional" if d == 2 else "unidirectional"
+                                for d in c.layer_directions) + " (per layer, bottom first)"
+                      if c.layer_directions else "bidirectional" if c.bidirectional else
                       "reverse (each sequence read from its end; run() only)" if c.reverse
                       else "unidirectional",
         "bias": c.bias, "head": head, "output_size": model.output_size,

@@ -288,11 +288,11 @@ def _read(read_vars, layers, name, version):
         spec["H"] = arrays[block_name(k, 0) + "w_hh"].shape[1]
         spec["I"] = arrays[block_name(k, 0) + "w_ih"].shape[1]
         specs.append(spec)
-    for key in ("D", "reset_after", "use_bias", "gate"):
+    for key in ("reset_after", "use_bias", "gate"):
         if len({s[key] for s in specs}) > 1:
             raise ModelFormatError(f"{name}: the GRU layers differ in {key} "
                                    f"({[s[key] for s in specs]}); edgegru stacks layers that "
-                                   f"differ in units only")
+                                   f"differ in units and directions only")
     head = _dense_head(read_vars, dense, specs[-1]["H"] * specs[-1]["D"], arrays, name, version)
     s = specs[0]
     gate = {}
@@ -308,7 +308,9 @@ def _read(read_vars, layers, name, version):
                      f"clip({'0.2 x' if major < 3 else 'x / 6'} + 0.5, 0, 1)")
     config = GRUConfig(input_size=s["I"], hidden_size=specs[-1]["H"], num_layers=len(specs),
                        hidden_sizes=tuple(spec["H"] for spec in specs),
-                       bidirectional=s["D"] == 2, reset_after=s["reset_after"],
+                       layer_directions=tuple(spec["D"] for spec in specs),
+                       bidirectional=any(spec["D"] == 2 for spec in specs),
+                       reset_after=s["reset_after"],
                        bias=s["use_bias"], head_on="last" if specs[-1]["last"] else "all",
                        **gate, **head)
     return config, arrays, notes

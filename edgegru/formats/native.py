@@ -19,9 +19,11 @@ only (see :class:`edgegru.GRUConfig`), adds ``"head_on": "last"``, ``"head_hidde
 "relu"], ...]`` (the arrays ``head0.weight``, ``head0.bias``, ... of those layers), a
 ``head_activation`` among relu, tanh and hard_sigmoid, and ``"head_alpha"``, ``"head_beta"``
 (the head's hard sigmoid), a stack that reads the sequence backwards (ONNX
-``direction="reverse"``) ``"reverse": true``, and layers of different widths ``"hidden_sizes":
-[16, 8]`` (bottom first; ``hidden_size`` is the top's), as it needs, and is written as format_version 3,
-which an edgegru from before refuses rather than running it with another head or direction.
+``direction="reverse"``) ``"reverse": true``, layers of different widths ``"hidden_sizes":
+[16, 8]`` (bottom first; ``hidden_size`` is the top's) and of different directions
+``"layer_directions": [1, 2, 1]`` (``bidirectional`` is then true), as it needs, and is written
+as format_version 3, which an edgegru from before refuses rather than running it with another
+head or direction.
 
 Unknown versions, missing or extra arrays, wrong shapes and non-finite weights are refused with a
 :class:`~edgegru.errors.ModelFormatError` that names the file and the problem.
@@ -47,7 +49,8 @@ _CONFIG_KEYS = {  # key: (type, required)
     "bidirectional": (bool, True), "reset_after": (bool, True), "bias": (bool, False),
     "output_size": (int, True), "head_activation": (str, False),
     "gate_activation": (str, False), "gate_alpha": (float, False), "gate_beta": (float, False),
-    "reverse": (bool, False), "hidden_sizes": (list, False), "head_on": (str, False), "head_hidden": (list, False), "head_alpha": (float, False),
+    "reverse": (bool, False), "hidden_sizes": (list, False), "layer_directions": (list, False),
+    "head_on": (str, False), "head_hidden": (list, False), "head_alpha": (float, False),
     "head_beta": (float, False),
 }
 
@@ -64,10 +67,13 @@ def save(model, path):
         config.update(gate_activation=c.gate_activation, gate_alpha=float(c.gate_alpha),
                       gate_beta=float(c.gate_beta))
         version = 2
-    if c.head_on != "all" or not c.fused_head or c.reverse or c.hidden_sizes:
+    if c.head_on != "all" or not c.fused_head or c.reverse or c.hidden_sizes \
+            or c.layer_directions:
         config.update(head_on=c.head_on, head_hidden=[list(layer) for layer in c.head_hidden],
                       head_alpha=float(c.head_alpha), head_beta=float(c.head_beta),
                       reverse=c.reverse, hidden_sizes=list(c.hidden_sizes))
+        if c.layer_directions:
+            config["layer_directions"] = list(c.layer_directions)
         version = 3
     meta = {"format": FORMAT, "format_version": version, "config": config}
     meta.update({k: v for k, v in model.meta.items() if k not in meta})
@@ -193,6 +199,12 @@ def _parse_config(raw, name):
             raise ModelFormatError(f"{name}: config 'hidden_sizes' must be a list of sizes, "
                                    f"got {str(sizes)[:80]}")
         kwargs["hidden_sizes"] = tuple(sizes)
+    if "layer_directions" in kwargs:
+        dirs = kwargs["layer_directions"]
+        if len(dirs) > 1024 or not all(type(d) is int and d in (1, 2) for d in dirs):
+            raise ModelFormatError(f"{name}: config 'layer_directions' must be a list of 1 and "
+                                   f"2, got {str(dirs)[:80]}")
+        kwargs["layer_directions"] = tuple(dirs)
     if raw.get("gate_order", "rzn") != "rzn":
         raise ModelFormatError(f"{name}: gate_order {raw['gate_order']!r} is not 'rzn'")
     for key in ("input_size", "hidden_size", "num_layers", "output_size"):

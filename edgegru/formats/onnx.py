@@ -264,15 +264,17 @@ class _Graph:
             raise ModelFormatError(f"{self.name}: the GRU nodes' gate activations differ "
                                    f"({[layer['gate'] for layer in self.layers]}); edgegru runs "
                                    f"one per model")
-        if len({(layer["D"], layer["reverse"]) for layer in self.layers}) > 1:
-            raise ModelFormatError(f"{self.name}: the GRU nodes mix directions; edgegru stacks "
-                                   f"layers that are all forward, all reverse or all "
-                                   f"bidirectional")
+        reverse = {layer["reverse"] for layer in self.layers}
+        if len(reverse) > 1:
+            raise ModelFormatError(f"{self.name}: the GRU nodes mix reverse and other "
+                                   f"directions; edgegru stacks forward and bidirectional "
+                                   f"layers, or reverse ones only")
+        dirs = tuple(layer["D"] for layer in self.layers)
         arrays = dict(self.arrays)
         config = GRUConfig(input_size=first["I"], hidden_size=self.layers[-1]["H"],
                            hidden_sizes=tuple(layer["H"] for layer in self.layers),
-                           num_layers=len(self.layers), bidirectional=first["D"] == 2,
-                           reverse=first["reverse"],
+                           num_layers=len(self.layers), bidirectional=2 in dirs,
+                           layer_directions=dirs, reverse=reverse.pop(),
                            reset_after=reset_after.pop(), **first["gate"],
                            head_on="last" if self.last_step else "all",
                            **self._head_config(arrays))

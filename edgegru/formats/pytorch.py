@@ -115,8 +115,7 @@ def _stack(sd, found, layers):
     parts = [_gru_arrays(sd, p, found[p]) for p in order]
     first = parts[0][0]
     for (below, _), (above, _), p in zip(parts, parts[1:], order[1:]):
-        if above.input_size != below.hidden_size * below.num_directions \
-                or above.bidirectional != first.bidirectional:
+        if above.input_size != below.hidden_size * below.num_directions:
             if layers is None:
                 raise ModelFormatError(
                     f"the state dict holds several GRUs ({_prefix_list(found)}) that do not "
@@ -125,14 +124,16 @@ def _stack(sd, found, layers):
             raise ModelFormatError(f"layers: GRU {p!r} takes {above.input_size} inputs"
                                    f"{', bidirectional' if above.bidirectional else ''}, the "
                                    f"layer below gives {below.hidden_size * below.num_directions}")
-    arrays, sizes = {}, []
+    arrays, sizes, dirs = {}, [], []
     for config, part in parts:
         for name, a in part.items():            # l{k}. -> l{k + layers below}.
             layer, rest = name[1:].split(".", 1)
             arrays[f"l{int(layer) + len(sizes)}.{rest}"] = a
         sizes += [config.hidden_size] * config.num_layers
+        dirs += [config.num_directions] * config.num_layers
     config = dataclasses.replace(first, num_layers=len(sizes), hidden_size=sizes[-1],
-                                 hidden_sizes=tuple(sizes),
+                                 hidden_sizes=tuple(sizes), layer_directions=tuple(dirs),
+                                 bidirectional=dirs[-1] == 2 if len(set(dirs)) == 1 else True,
                                  bias=any(c.bias for c, _ in parts))
     return config, arrays, order
 
