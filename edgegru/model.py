@@ -383,9 +383,11 @@ class Model:
     def __repr__(self):
         c = self.config
         sizes = ",".join(map(str, c.hidden_sizes))
+        dirs = (f" layer_directions={','.join(map(str, c.layer_directions))}"
+                if c.layer_directions else " bidirectional" if c.bidirectional else "")
         return (f"<edgegru.Model input_size={c.input_size} "
                 f"{f'hidden_sizes={sizes}' if sizes else f'hidden_size={c.hidden_size}'} "
-                f"num_layers={c.num_layers}{' bidirectional' if c.bidirectional else ''}"
+                f"num_layers={c.num_layers}{dirs}"
                 f"{' reverse' if c.reverse else ''} "
                 f"{'reset_after' if c.reset_after else 'reset_before'} "
                 f"{'hard_sigmoid gates ' if c.gate_activation == 'hard_sigmoid' else ''}"
