@@ -203,7 +203,7 @@ WRONG_TYPES = textwrap.dedent("""
     from edgegru import _jit, kernels
     from edgegru.scoring import _score_rows
     errors = []
-    for kernel, args in ((kernels.gru_sequences, (np.zeros(3),) * 5 + (1,) * 10),
+    for kernel, args in ((kernels.gru_sequences, (np.zeros(3),) * 5 + (1,) * 11),
                          (_score_rows, (np.zeros(3, np.float32),) * 9)):
         try:
             kernel(*args)
