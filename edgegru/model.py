@@ -387,7 +387,8 @@ class Model:
                 f"{'reset_after' if c.reset_after else 'reset_before'} "
                 f"{'hard_sigmoid gates ' if c.gate_activation == 'hard_sigmoid' else ''}"
                 f"output_size={self.output_size}"
-                f"{' sequence-to-one' if c.head_on == 'last' else ''}>")
+                f"{' sequence-to-one' if c.head_on == 'last' else ''}"
+                f"{' W_hh bfloat16' if c.recurrent_dtype == 'bfloat16' else ''}>")
 
     # -- state ----------------------------------------------------------------------------
     @property

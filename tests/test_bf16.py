@@ -163,6 +163,7 @@ def test_convert_weights_dtype_and_info(tmp_path):
     result = runner.invoke(main, ["convert", str(src), "--weights-dtype", "bf16", "-o",
                                   str(dst)])
     assert result.exit_code == 0, result.output
+    assert result.output.rstrip().endswith("output_size=1 W_hh bfloat16>")
     assert edgegru.load(dst).config.recurrent_dtype == "bfloat16"
     info32 = runner.invoke(main, ["info", str(src)]).output
     info16 = runner.invoke(main, ["info", str(dst)]).output
