@@ -747,7 +747,8 @@ def _axpy_chain(acc, x, w, ld, c0):
 
 
 def _vector_intrinsics(lanes):
-    """Four numba intrinsics, ``panel``, ``panel_masked``, ``chain`` and ``dot8``, in LLVM IR.
+    """Five numba intrinsics, ``panel``, ``panel_masked``, ``chain``, ``chain_bf16`` and ``dot8``,
+    in LLVM IR.
 
     ``panel(acc, x, w, ld, c0, nvec)``:
     acc[:L*nvec] += x @ W[:, c0:c0+L*nvec], x (m,), W (m, ld) flat in w, nvec a literal 1..8,
@@ -778,6 +779,10 @@ def _vector_intrinsics(lanes):
     ``chain(acc, x, w, ld, c0, nvec)``: the same product in the order of :func:`_axpy_chain`,
     one row at a time (acc = fma(x[i], W[i], acc) for i in order), for the blocked layout of
     large recurrent matrices (see _matvec_blocked).
+
+    ``chain_bf16(acc, x, w, ld, c0, nvec)``: ``chain`` on W held as bfloat16 words (nvec even;
+    ld and c0 count words; the layout of pack_bf16_block), each vector of words widened exactly
+    into two vectors of float32 weights: bitwise ``chain`` on the widened W.
 
     ``dot8(a, b)``: the first part of :func:`_dot` for len(a) a multiple of 8, in one
     ``<8 x float>`` register: lane l sums a[k] * b[k] for k = l mod 8, in order, exactly as the
