@@ -247,8 +247,13 @@ def recurrent_rounded(config, weights):
     weights itself."""
     if config.recurrent_dtype != "bfloat16":
         return weights
-    return GRUWeights({name: kernels.from_bfloat16(kernels.to_bfloat16(a))
-                       if name.endswith("w_hh") else a for name, a in weights.arrays.items()})
+    arrays = {name: kernels.from_bfloat16(kernels.to_bfloat16(a)) if name.endswith("w_hh")
+              else a for name, a in weights.arrays.items()}
+    for name, a in arrays.items():
+        if not np.isfinite(a).all():        # within half a bfloat16 step of float32's largest
+            raise ModelFormatError(f"array {name} does not fit bfloat16 (a weight rounds to "
+                                   f"inf): keep it float32")
+    return GRUWeights(arrays)
 
 
 def pack_params(config, weights, block_columns=0):

@@ -172,6 +172,14 @@ def test_convert_weights_dtype_and_info(tmp_path):
     assert f"weights:        float32, W_hh bfloat16, {2 * n_hh + 4 * rest} bytes" in info16
 
 
+def test_a_weight_that_rounds_to_inf_is_refused():
+    cfg = edgegru.GRUConfig(input_size=1, hidden_size=4, recurrent_dtype="bfloat16")
+    weights = edgegru.GRUWeights.random(cfg)
+    weights.arrays["l0.w_hh"][0, 0] = np.finfo(np.float32).max
+    with pytest.raises(edgegru.ModelFormatError, match="array l0.w_hh does not fit bfloat16"):
+        edgegru.Model(cfg, weights)
+
+
 def test_config_refuses_other_dtypes():
     with pytest.raises(ValueError, match="recurrent_dtype must be one of"):
         edgegru.GRUConfig(input_size=1, hidden_size=4, recurrent_dtype="int8")
