@@ -183,3 +183,18 @@ def test_a_weight_that_rounds_to_inf_is_refused():
 def test_config_refuses_other_dtypes():
     with pytest.raises(ValueError, match="recurrent_dtype must be one of"):
         edgegru.GRUConfig(input_size=1, hidden_size=4, recurrent_dtype="int8")
+
+
+@pytest.mark.parametrize("kw", [
+    dict(hidden_size=96, hidden_sizes=(128, 96), num_layers=2, output_size=1),
+    dict(hidden_size=130, bidirectional=True, num_layers=2, output_size=1),
+    dict(hidden_size=100, reverse=True, output_size=3, head_hidden=((8, "relu"),))])
+def test_other_stacks_compute_the_float32_model_of_the_rounded_weights(kw):
+    """Layers of different widths, bidirectional, reverse with a deeper head: a batch, bitwise
+    the float32 model of the rounded W_hh."""
+    cfg = edgegru.GRUConfig(input_size=4, **kw)
+    narrow = edgegru.Model(dataclasses.replace(cfg, recurrent_dtype="bfloat16"),
+                           edgegru.GRUWeights.random(cfg, seed=3))
+    X = inputs(120, seed=1)
+    Xb = np.stack([X, X[::-1]])
+    assert np.array_equal(narrow.run(Xb), edgegru.Model(cfg, narrow.weights).run(Xb))
