@@ -256,7 +256,7 @@ def gru_step(out, x, model):
     reverse = model[_H_REVERSE] != 0
     model[_H_REVERSE] = _ZERO if reverse else _ONE
     sizes = (np.int64(model[_H_INPUT]), np.int64(model[_H_HIDDEN]), np.int64(model[_H_LAYERS]),
-             np.int64(model[_H_OUTPUT]), np.int64(model[_H_HEAD]))
+             np.int64(model[_H_OUTPUT]), np.int64(model[_H_HEAD]), model[_H_RECURRENT_BF16] != 0)
     gates = (model[_H_RESET_AFTER] != 0, model[_H_HARD_GATES] != 0, model[_H_ALPHA],
              model[_H_BETA])
     _step(out, x, model[STEP_HEADER:STEP_HEADER + P], model[STEP_HEADER + P:], sizes, gates,
@@ -265,13 +265,13 @@ def gru_step(out, x, model):
 
 @njit(**KERNEL, inline="always")
 def _step(out, x, params, work, sizes, gates, reverse):
-    I, H, L, O, head_activation = sizes
+    I, H, L, O, head_activation, recurrent_bf16 = sizes
     G = 3 * H
     xp = work[L * H:L * H + G]
     a = work[L * H + G:L * H + 2 * G]
     layer_in = x
     for l in range(L):
-        W_ih, b_x, W_hh, b_hn = _block(params, l, 0, I, H, 1)
+        W_ih, b_x, W_hh, b_hn = _block(params, l, 0, I, H, 1, recurrent_bf16)
         h = work[l * H:(l + 1) * H]
         for j in range(G):
             xp[j] = b_x[j]
@@ -297,12 +297,14 @@ def sequence_workspace_size(B, T, hidden_size, num_directions):
 
 @njit(**KERNEL)
 def gru_sequences(Y, X, h, params, ws, input_size, hidden_size, num_layers, num_directions,
-                  output_size, reset_after, hard_gates, gate_alpha, gate_beta, head_activation):
+                  output_size, reset_after, hard_gates, gate_alpha, gate_beta, head_activation,
+                  recurrent_bf16):
     """B independent sequences through the stack, all B advanced together one step at a time
     (each weight read once per step for the whole batch).
 
     Y (B, T, O)   X (B, T, I)   h (L*D, B, H): initial state in, final state out
     ws: workspace of at least sequence_workspace_size(B, T, H, D) floats.
+    recurrent_bf16: w_hh's full blocks hold bfloat16 words (pack_recurrent).
 
     The reverse direction of a bidirectional layer starts from its row of h at the end of the
     sequences, as in PyTorch.
@@ -320,7 +322,7 @@ def gru_sequences(Y, X, h, params, ws, input_size, hidden_size, num_layers, num_
     for l in range(num_layers):
         dst = seq_a if l % 2 == 0 else seq_b
         for d in range(D):
-            block = _block(params, l, d, input_size, H, D)
+            block = _block(params, l, d, input_size, H, D, recurrent_bf16)
             _direction(dst, d, src, h[l * D + d], block, gates, xp, acc)
         src = dst
     w_head, b_head = _head_views(params, input_size, H, num_layers, D, output_size)
@@ -518,14 +520,18 @@ def recurrent_blocked(hidden_size, block_columns):
     return block_columns > 0 and hidden_size > RECURRENT_BLOCKED_ABOVE
 
 
-def pack_recurrent(w_hh_t, block_columns):
+def pack_recurrent(w_hh_t, block_columns, bf16=False):
     """The w_hh of params from the transposed hidden weights (H, 3H), flat: row-major with
-    rows of row_stride(H), or blocked; its padding zero."""
+    rows of row_stride(H), or blocked; its padding zero.
+
+    bf16 (w_hh_t's values already bfloat16, see to_bfloat16): where blocked, each full block
+    holds them as bfloat16 words (pack_bf16_block) in the first half of its place, for
+    _chain_bf16; the last, narrower block and a row-major w_hh stay float32."""
     H = w_hh_t.shape[0]
     if not recurrent_blocked(H, block_columns):
         return padded(w_hh_t, row_stride(H)).ravel()
-    return np.concatenate([blocked(w_hh_t[:, :2 * H], block_columns),
-                           blocked(w_hh_t[:, 2 * H:], block_columns)])
+    return np.concatenate([blocked(w_hh_t[:, :2 * H], block_columns, bf16),
+                           blocked(w_hh_t[:, 2 * H:], block_columns, bf16)])
 
 
 def padded(w, columns):
@@ -533,27 +539,66 @@ def padded(w, columns):
     return np.pad(w, ((0, 0), (0, columns - w.shape[1])))
 
 
-def blocked(w, block_columns):
+def blocked(w, block_columns, bf16=False):
     """W (m, n) flat in the blocked layout: blocks of block_columns columns, each row-major,
-    the last one's rows padded to whole cache lines (aligned)."""
-    return np.concatenate([padded(w[:, c:c + block_columns],
-                                  aligned(min(block_columns, w.shape[1] - c))).ravel()
-                           for c in range(0, w.shape[1], block_columns)])
+    the last one's rows padded to whole cache lines (aligned); with bf16, each full block as
+    bfloat16 words in the first half of its place."""
+    out = []
+    for c in range(0, w.shape[1], block_columns):
+        width = min(block_columns, w.shape[1] - c)
+        block = padded(w[:, c:c + block_columns], aligned(width))
+        if bf16 and width == block_columns:
+            words = pack_bf16_block(block, block_columns // 8).ravel()
+            out += [words, np.zeros_like(words)]        # rows of words, one after the other
+        else:
+            out.append(block.ravel())
+    return np.concatenate(out)
+
+
+def to_bfloat16(a):
+    """The bfloat16 bits (uint16) nearest to float32 a, ties to even."""
+    u = np.ascontiguousarray(a, dtype=np.float32).view(np.uint32).astype(np.uint64)
+    return ((u + 0x7FFF + ((u >> 16) & 1)) >> 16).astype(np.uint16)
+
+
+def from_bfloat16(bits):
+    """float32 values of bfloat16 bits (uint16): exact."""
+    return (np.asarray(bits, dtype=np.uint16).astype(np.uint32) << 16).view(np.float32)
+
+
+def pack_bf16_block(block, lanes):
+    """A full block (m, 8 * lanes) of bfloat16 values, as float32 as (m, 4 * lanes) words: word
+    k of a row's vector p holds column 2 p lanes + k in its low half and column (2 p + 1)
+    lanes + k in its high half, so that one shift (or one mask) of a vector of words widens
+    one vector of columns (_PanelIR.widened)."""
+    m = block.shape[0]
+    bits = to_bfloat16(block).astype(np.uint32).reshape(m, 4, 2, lanes)
+    return (bits[:, :, 0] | (bits[:, :, 1] << 16)).reshape(m, 4 * lanes).view(np.float32)
+
+
+def unpack_bf16_block(words, lanes):
+    """pack_bf16_block's block (m, 8 * lanes) float32, from its words."""
+    m = words.shape[0]
+    u = np.ascontiguousarray(words).view(np.uint32).reshape(m, -1, lanes)
+    halves = np.stack([u << 16, u & np.uint32(0xFFFF0000)], axis=2)
+    return halves.reshape(m, -1).view(np.float32)
 
 
 @njit(cache=True, inline="always")
-def _block(params, l, d, input_size, hidden_size, num_directions):
+def _block(params, l, d, input_size, hidden_size, num_directions, recurrent_bf16):
     # One block of params: W_ih, b_x (3H,), W_hh, b_hn (H,). A matrix is the tuple (w, H,
-    # blocked) that matvec and matmul read: w its floats, flat (a reshape is a call into
+    # blocked, bf16) that matvec and matmul read: w its floats, flat (a reshape is a call into
     # numba's C helpers, a slice is not), H the hidden size (a row-major matrix's rows are
-    # row_stride(H) long), blocked whether it is in the blocked layout (only a large w_hh).
+    # row_stride(H) long), blocked whether it is in the blocked layout (only a large w_hh),
+    # bf16 whether its full blocks hold bfloat16 words (pack_recurrent; only a blocked w_hh).
     w_ih, b_x, w_hh, b_hn, in_size = block_offsets(l, d, input_size, hidden_size, num_directions)
     H = hidden_size
     # (False as a value: a literal would give W_ih a type of its own, and matmul a second
     # compilation for it)
     row_major = H < 0
-    return ((params[w_ih:b_x], H, row_major), params[b_x:b_x + 3 * H],
-            (params[w_hh:b_hn], H, H > RECURRENT_BLOCKED_ABOVE), params[b_hn:b_hn + H])
+    blocked = H > RECURRENT_BLOCKED_ABOVE
+    return ((params[w_ih:b_x], H, row_major, row_major), params[b_x:b_x + 3 * H],
+            (params[w_hh:b_hn], H, blocked, blocked and recurrent_bf16), params[b_hn:b_hn + H])
 
 
 @njit(cache=True, inline="always")
@@ -575,7 +620,7 @@ def _head_views(params, input_size, hidden_size, num_layers, num_directions, out
 # one slot of state, _H_REVERSE: the order in which this call reads the weights (see _matvec).
 STEP_HEADER = 16                # 64 bytes: params start where the array does, modulo a cache line
 _H_INPUT, _H_HIDDEN, _H_LAYERS, _H_OUTPUT, _H_RESET_AFTER, _H_HARD_GATES, _H_ALPHA, _H_BETA, \
-    _H_HEAD, _H_PARAMS, _H_REVERSE = range(11)
+    _H_HEAD, _H_PARAMS, _H_REVERSE, _H_RECURRENT_BF16 = range(12)
 
 
 def step_model_size(params_size, work_size):
@@ -584,13 +629,15 @@ def step_model_size(params_size, work_size):
 
 
 def write_step_header(model, input_size, hidden_size, num_layers, output_size, reset_after,
-                      hard_gates, gate_alpha, gate_beta, head_activation, params_size):
+                      hard_gates, gate_alpha, gate_beta, head_activation, params_size,
+                      recurrent_bf16=False):
     """Fill the header of a step model array (see above); params and work follow it."""
     model[:STEP_HEADER] = 0.0
     model[[_H_INPUT, _H_HIDDEN, _H_LAYERS, _H_OUTPUT, _H_RESET_AFTER, _H_HARD_GATES, _H_ALPHA,
-           _H_BETA, _H_HEAD, _H_PARAMS]] = [
+           _H_BETA, _H_HEAD, _H_PARAMS, _H_RECURRENT_BF16]] = [
         input_size, hidden_size, num_layers, output_size, float(bool(reset_after)),
-        float(bool(hard_gates)), gate_alpha, gate_beta, head_activation, params_size]
+        float(bool(hard_gates)), gate_alpha, gate_beta, head_activation, params_size,
+        float(bool(recurrent_bf16))]
 
 
 # ---- calling a kernel from Python ----------------------------------------------------------------
@@ -627,9 +674,9 @@ def matvec(acc, x, W, reverse):
     # reverse: the same sums, the panels in the other order (see _matvec).
     # Inlined, so that the cell calls _matvec directly: one call more per product costs a
     # noticeable share of a small model's step.
-    w, H, blocked = W
+    w, H, blocked, bf16 = W
     if blocked:
-        _matvec_recurrent_blocked(acc, x, w, reverse)
+        _matvec_recurrent_blocked(acc, x, w, reverse, bf16)
     else:
         _matvec(acc, x, w, row_stride(H), 2 * H if acc.shape[0] == H else 0, reverse)
 
@@ -642,10 +689,10 @@ def matmul(acc, xs, W, n, reverse):
     # The cells call each product once, whatever the layout, and pass no constants: a second
     # copy of the gate loops per layout doubles the kernels' compile time, and numba compiles
     # a function anew for each literal argument.
-    w, H, blocked = W
+    w, H, blocked, bf16 = W
     c0 = 2 * H if n == H else 0
     if blocked:
-        _matmul_recurrent_blocked(acc, xs, w, n, reverse)
+        _matmul_recurrent_blocked(acc, xs, w, n, reverse, bf16)
     elif n == H:
         _matmul(acc, c0, xs[:, :H], w, row_stride(H), c0, n)
     else:
@@ -700,7 +747,8 @@ def _axpy_chain(acc, x, w, ld, c0):
 
 
 def _vector_intrinsics(lanes):
-    """Four numba intrinsics, ``panel``, ``panel_masked``, ``chain`` and ``dot8``, in LLVM IR.
+    """Five numba intrinsics, ``panel``, ``panel_masked``, ``chain``, ``chain_bf16`` and ``dot8``,
+    in LLVM IR.
 
     ``panel(acc, x, w, ld, c0, nvec)``:
     acc[:L*nvec] += x @ W[:, c0:c0+L*nvec], x (m,), W (m, ld) flat in w, nvec a literal 1..8,
@@ -732,6 +780,10 @@ def _vector_intrinsics(lanes):
     one row at a time (acc = fma(x[i], W[i], acc) for i in order), for the blocked layout of
     large recurrent matrices (see _matvec_blocked).
 
+    ``chain_bf16(acc, x, w, ld, c0, nvec)``: ``chain`` on W held as bfloat16 words (nvec even;
+    ld and c0 count words; the layout of pack_bf16_block), each vector of words widened exactly
+    into two vectors of float32 weights: bitwise ``chain`` on the widened W.
+
     ``dot8(a, b)``: the first part of :func:`_dot` for len(a) a multiple of 8, in one
     ``<8 x float>`` register: lane l sums a[k] * b[k] for k = l mod 8, in order, exactly as the
     eight scalar sums of :func:`_dot8_lanes` below, then the same fixed tree. LLVM does
@@ -740,12 +792,12 @@ def _vector_intrinsics(lanes):
     from numba import types
     from numba.extending import intrinsic
 
-    def product(acc, x, w, ld, c0, nvec, rows_per_group, masked=False):
+    def product(acc, x, w, ld, c0, nvec, rows_per_group, masked=False, bf16=False):
         if not (isinstance(nvec, types.IntegerLiteral)
                 and 1 <= nvec.literal_value <= _MAX_VECTORS and _float32_vectors(acc, x, w)):
             return None
         return (types.void(acc, x, w, ld, c0, nvec),
-                _panel_codegen(lanes, nvec.literal_value, rows_per_group, masked))
+                _panel_codegen(lanes, nvec.literal_value, rows_per_group, masked, bf16))
 
     @intrinsic
     def panel(typingctx, acc, x, w, ld, c0, nvec):
@@ -760,12 +812,18 @@ def _vector_intrinsics(lanes):
         return product(acc, x, w, ld, c0, nvec, 4, masked=True)
 
     @intrinsic
+    def chain_bf16(typingctx, acc, x, w, ld, c0, nvec):
+        if not (isinstance(nvec, types.IntegerLiteral) and nvec.literal_value % 2 == 0):
+            return None
+        return product(acc, x, w, ld, c0, nvec, 1, bf16=True)
+
+    @intrinsic
     def dot8(typingctx, a, b):
         if not _float32_vectors(a, b):
             return None
         return types.float32(a, b), _dot8_codegen
 
-    return panel, panel_masked, chain, dot8
+    return panel, panel_masked, chain, chain_bf16, dot8
 
 
 _MAX_VECTORS = 8                # sums per panel: 8 (+4 broadcasts, 2 temporaries) of 16 registers
@@ -844,14 +902,15 @@ def _masked_memory(builder, name, vector, types_):
     return ir.Function(module, ir.FunctionType(returns, types_), mangled)
 
 
-def _panel_codegen(lanes, Q, rows_per_group, masked):
+def _panel_codegen(lanes, Q, rows_per_group, masked, bf16=False):
     """The codegen of a panel intrinsic (see _vector_intrinsics): Q vectors of `lanes` floats,
     the rows summed four at a time in _rows4's order (rows_per_group 4) or one at a time
-    (1), the last vector masked or not."""
+    (1), the last vector masked or not; the weights float32, or bfloat16 words (bf16: ld and
+    c0 count words; see pack_recurrent)."""
     def codegen(context, builder, signature, args):
         acc_a, x_a, w_a = (context.make_array(t)(context, builder, value=v)
                            for t, v in zip(signature.args[:3], args[:3]))
-        p = _PanelIR(builder, lanes, Q, x_a.data, w_a.data, ld=args[3], c0=args[4])
+        p = _PanelIR(builder, lanes, Q, x_a.data, w_a.data, ld=args[3], c0=args[4], bf16=bf16)
         m = builder.extract_value(x_a.shape, 0)
         safe = p.set_mask(acc_a, w_a, m) if masked else None
         sums = [p.load(p.acc_vector(acc_a.data, q), whole=not masked or q < Q - 1)
@@ -879,11 +938,13 @@ def _panel_codegen(lanes, Q, rows_per_group, masked):
 class _PanelIR:
     """The pieces of one panel's IR, for one call of its codegen: loads, sums, the mask."""
 
-    def __init__(self, builder, lanes, Q, x, w, ld, c0):
+    def __init__(self, builder, lanes, Q, x, w, ld, c0, bf16=False):
         from llvmlite import ir
         self.builder, self.lanes, self.Q, self.x, self.w, self.ld, self.c0 = \
             builder, lanes, Q, x, w, ld, c0
         self.vector = ir.VectorType(ir.FloatType(), lanes)
+        self.bf16 = bf16
+        self.words = ir.VectorType(ir.IntType(32), lanes)
 
     def set_mask(self, acc_a, w_a, m):
         # The last vector holds n - L (Q - 1) columns: a mask of its first lanes. Returns the
@@ -941,8 +1002,25 @@ class _PanelIR:
     def weights(self, i, q, whole=True):
         # W[i, c0 + Lq : c0 + Lq + L], the last vector masked unless whole
         b = self.builder
+        if self.bf16:
+            return self.widened(i, q)
         offset = b.add(b.add(b.mul(i, self.ld), self.c0), _i64(self.lanes * q))
         return self.load(_vector_at(b, self.w, offset, self.vector), whole or q < self.Q - 1)
+
+    def widened(self, i, q):
+        # W[i, Lq : Lq + L] from bfloat16 words: vector q // 2 of row i's words holds columns
+        # L(q - q % 2) + k in its low halves, the L columns after them in its high halves
+        # (pack_recurrent); a bfloat16 is the top half of its float32, so one shift or one
+        # mask widens it exactly. (LLVM loads each vector of words once for both halves.)
+        from llvmlite import ir
+        b, L = self.builder, self.lanes
+        offset = b.add(b.add(b.mul(i, self.ld), self.c0), _i64(L * (q // 2)))
+        words = b.load(_vector_at(b, self.w, offset, self.words), align=4)
+        if q % 2 == 0:
+            words = b.shl(words, ir.Constant(self.words, [16] * L))
+        else:
+            words = b.and_(words, ir.Constant(self.words, [-65536] * L))
+        return b.bitcast(words, self.vector)
 
     def mul(self, a, b):
         return self.builder.fmul(a, b, flags=_FLAGS)
@@ -1043,7 +1121,7 @@ if BACKEND == "numba":
     # ever loaded where it was compiled (NUMBA_CPU_NAME=generic: no AVX-512, 8 lanes).
     PANEL_LANES = panel_lanes(aot.target_cpu()[1])
     MASKED_TAIL = masked_tail(aot.target_cpu()[1])
-    _panel, _panel_masked, _chain, _dot8 = _vector_intrinsics(PANEL_LANES)
+    _panel, _panel_masked, _chain, _chain_bf16, _dot8 = _vector_intrinsics(PANEL_LANES)
 else:
     # What the intrinsics compute (the NumPy backend and the ahead-of-time module never call
     # these: there the kernels are numpy_kernels or already machine code). The module's
@@ -1060,6 +1138,11 @@ else:
 
     def _chain(acc, x, w, ld, c0, nvec):
         _axpy_chain(acc[:PANEL_LANES * nvec], x, w, ld, c0)
+
+    def _chain_bf16(acc, x, w, ld, c0, nvec):
+        words = w[c0:c0 + x.shape[0] * ld].reshape(x.shape[0], ld)[:, :PANEL_LANES * nvec // 2]
+        widened = unpack_bf16_block(words, PANEL_LANES).ravel()
+        _axpy_chain(acc[:PANEL_LANES * nvec], x, widened, PANEL_LANES * nvec, 0)
 
     _dot8 = _dot8_lanes
 
@@ -1250,7 +1333,7 @@ def _block_of(w, m, n, k):
 
 
 @njit(**KERNEL)
-def _matvec_blocked(acc, x, w, reverse):
+def _matvec_blocked(acc, x, w, reverse, bf16):
     # acc (n,) += x @ W, W (m, n) blocked (pack_recurrent): each full block in one _chain
     # panel (_axpy_chain's order), the last, narrower one as _matvec_tail (_axpy's order).
     # reverse: the blocks in the opposite order, as in _matvec.
@@ -1261,20 +1344,26 @@ def _matvec_blocked(acc, x, w, reverse):
     # it is slower: there the latency of one long chain of FMAs per column shows, as it does
     # in narrow blocks (1-4 vectors: too few chains side by side; fewer columns than a vector:
     # the sums in memory), which is why the last block keeps _rows4's order.
+    #
+    # bf16: the full blocks hold bfloat16 words (pack_recurrent), half the bytes to read, widened
+    # exactly in registers (_chain_bf16): the same sums as _chain on the widened weights. The
+    # last, narrower block holds the same rounded weights as float32.
     n = acc.shape[0]
     m = x.shape[0]
     P = RECURRENT_BLOCK_COLUMNS
     blocks = (n + P - 1) // P
     for i in range(blocks):
         c, width, ld, block = _block_of(w, m, n, i if not reverse else blocks - 1 - i)
-        if width == P:
+        if width == P and bf16:
+            _chain_bf16(acc[c:c + P], x, block, P // 2, 0, 8)
+        elif width == P:
             _chain(acc[c:c + P], x, block, P, 0, 8)
         else:
             _matvec_tail(acc[c:c + width], x, block, ld, np.int64(0), np.int64(0))
 
 
 @njit(**KERNEL)
-def _matmul_blocked(acc, a0, xs, m, w, n, reverse):
+def _matmul_blocked(acc, a0, xs, m, w, n, reverse, bf16):
     # acc[:, a0:a0+n] += xs[:, :m] @ W, W (m, n) blocked: _matvec_blocked for each row of
     # acc, bitwise the same, but a strip of 32 KB of a full block at a time (its rows i0..i1)
     # for all rows of acc, so that W is read from L2 once per step for the whole batch rather
@@ -1301,11 +1390,15 @@ def _matmul_blocked(acc, a0, xs, m, w, n, reverse):
             _matmul(acc, a0 + c, xs[:, :m], w, ld, m * c, width)
             continue
         strip = 8192 // P                               # rows of W per strip: 32 KB
+        words = P // 2 if bf16 else P                   # (16 KB in bfloat16)
         for i0 in range(0, m, strip):
             i1 = min(m, i0 + strip)
-            rows = block[i0 * P:i1 * P]
+            rows = block[i0 * words:i1 * words]
             for b in range(N):
-                _chain(acc[b, a0 + c:a0 + c + P], xs[b, i0:i1], rows, P, 0, 8)
+                if bf16:
+                    _chain_bf16(acc[b, a0 + c:a0 + c + P], xs[b, i0:i1], rows, P // 2, 0, 8)
+                else:
+                    _chain(acc[b, a0 + c:a0 + c + P], xs[b, i0:i1], rows, P, 0, 8)
 
 
 # The recurrent products in the blocked layout: [r | z] and [n], each blocked on its own.
@@ -1317,39 +1410,39 @@ def _recurrent_parts(w_hh, H):
 
 
 @njit(**KERNEL)
-def _matvec_recurrent_blocked(acc, x, w_hh, reverse):
+def _matvec_recurrent_blocked(acc, x, w_hh, reverse, bf16):
     # matvec for a blocked w_hh
     H = x.shape[0]
     n = acc.shape[0]
     w_rz, w_n = _recurrent_parts(w_hh, H)
     if n == H:
-        _matvec_blocked(acc, x, w_n, reverse)
+        _matvec_blocked(acc, x, w_n, reverse, bf16)
     elif n == 2 * H:
-        _matvec_blocked(acc, x, w_rz, reverse)
+        _matvec_blocked(acc, x, w_rz, reverse, bf16)
     elif reverse:                                   # all three: the blocks in the other order
-        _matvec_blocked(acc[2 * H:], x, w_n, reverse)
-        _matvec_blocked(acc[:2 * H], x, w_rz, reverse)
+        _matvec_blocked(acc[2 * H:], x, w_n, reverse, bf16)
+        _matvec_blocked(acc[:2 * H], x, w_rz, reverse, bf16)
     else:
-        _matvec_blocked(acc[:2 * H], x, w_rz, reverse)
-        _matvec_blocked(acc[2 * H:], x, w_n, reverse)
+        _matvec_blocked(acc[:2 * H], x, w_rz, reverse, bf16)
+        _matvec_blocked(acc[2 * H:], x, w_n, reverse, bf16)
 
 
 @njit(**KERNEL, inline="always")
-def _matmul_recurrent_blocked(acc, xs, w_hh, n, reverse):
+def _matmul_recurrent_blocked(acc, xs, w_hh, n, reverse, bf16):
     # matmul for a blocked w_hh
     H = acc.shape[1] // 3
     c0 = 2 * H if n == H else 0
     w_rz, w_n = _recurrent_parts(w_hh, H)
     if n == H:
-        _matmul_blocked(acc, c0, xs, H, w_n, H, reverse)
+        _matmul_blocked(acc, c0, xs, H, w_n, H, reverse, bf16)
     elif n == 2 * H:
-        _matmul_blocked(acc, c0, xs, H, w_rz, n, reverse)
+        _matmul_blocked(acc, c0, xs, H, w_rz, n, reverse, bf16)
     elif reverse:
-        _matmul_blocked(acc, 2 * H, xs, H, w_n, H, reverse)
-        _matmul_blocked(acc, c0, xs, H, w_rz, 2 * H, reverse)
+        _matmul_blocked(acc, 2 * H, xs, H, w_n, H, reverse, bf16)
+        _matmul_blocked(acc, c0, xs, H, w_rz, 2 * H, reverse, bf16)
     else:
-        _matmul_blocked(acc, c0, xs, H, w_rz, 2 * H, reverse)
-        _matmul_blocked(acc, 2 * H, xs, H, w_n, H, reverse)
+        _matmul_blocked(acc, c0, xs, H, w_rz, 2 * H, reverse, bf16)
+        _matmul_blocked(acc, 2 * H, xs, H, w_n, H, reverse, bf16)
 
 
 @njit(**KERNEL, inline="always")

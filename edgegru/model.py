@@ -27,6 +27,7 @@ HEAD_ACTIVATIONS = tuple(heads.ACTIVATIONS)
 _FUSED_HEAD = {"linear": kernels.HEAD_LINEAR, "sigmoid": kernels.HEAD_SIGMOID}
 HEAD_ON = ("all", "last")
 GATE_ACTIVATIONS = ("sigmoid", "hard_sigmoid")
+RECURRENT_DTYPES = ("float32", "bfloat16")
 _F32 = np.dtype(np.float32)
 _ndarray = np.ndarray
 _NONE = object()
@@ -55,6 +56,13 @@ class GRUConfig:
     gate_beta, 0, 1)``: Keras' ``recurrent_activation="hard_sigmoid"`` (alpha 0.2 in Keras 2 and
     tf.keras, 1/6 in Keras 3; beta 0.5) and ONNX's ``HardSigmoid``. ``gate_alpha`` and
     ``gate_beta`` mean nothing for the sigmoid.
+
+    ``recurrent_dtype="bfloat16"`` (opt-in) holds the recurrent weights W_hh in bfloat16: a
+    Model rounds them to the nearest bfloat16 (ties to even; ``model.weights`` holds the
+    rounded values as float32) and, past 64 hidden units, its kernels read them in 16 bits,
+    widened exactly in registers; state, biases, activations, sums and W_ih stay float32.
+    The outputs are those of the float32 model with the rounded W_hh (the NumPy fallback runs
+    exactly that); the native file stores W_hh in 16 bits.
     """
     input_size: int
     hidden_size: int
@@ -74,6 +82,7 @@ class GRUConfig:
     head_hidden: tuple = ()         # ((units, activation), ...) before the output layer
     head_alpha: float = 1 / 6
     head_beta: float = 0.5
+    recurrent_dtype: str = "float32"    # or "bfloat16": W_hh held in 16 bits (see above)
 
     def __post_init__(self):
         for name in ("input_size", "hidden_size", "num_layers"):
@@ -96,6 +105,9 @@ class GRUConfig:
         if self.head_on not in HEAD_ON:
             raise ValueError(f"head_on must be one of {list(HEAD_ON)}, got {self.head_on!r}")
         self._check_head_hidden()
+        if self.recurrent_dtype not in RECURRENT_DTYPES:
+            raise ValueError(f"recurrent_dtype must be one of {list(RECURRENT_DTYPES)}, "
+                             f"got {self.recurrent_dtype!r}")
         for name in ("gate_alpha", "gate_beta", "head_alpha", "head_beta"):
             value = getattr(self, name)
             if not isinstance(value, (int, float, np.floating, np.integer)) \
@@ -258,10 +270,25 @@ class GRUWeights:
                 raise ModelFormatError(f"{source}: array {name} contains NaN or inf")
 
 
+def recurrent_rounded(config, weights):
+    """weights with each W_hh rounded to bfloat16 (as float32) if the config asks for it, else
+    weights itself."""
+    if config.recurrent_dtype != "bfloat16":
+        return weights
+    arrays = {name: kernels.from_bfloat16(kernels.to_bfloat16(a)) if name.endswith("w_hh")
+              else a for name, a in weights.arrays.items()}
+    for name, a in arrays.items():
+        if not np.isfinite(a).all():        # within half a bfloat16 step of float32's largest
+            raise ModelFormatError(f"array {name} does not fit bfloat16 (a weight rounds to "
+                                   f"inf): keep it float32")
+    return GRUWeights(arrays)
+
+
 def pack_params(config, weights, block_columns=0):
     """The kernels' flat float32 parameter array (layout in :mod:`edgegru.kernels`), w_hh
     blocked for kernels with blocks of block_columns (kernels.RECURRENT_BLOCK_COLUMNS; the
-    NumPy fallback's 0: never)."""
+    NumPy fallback's 0: never); with recurrent_dtype bfloat16, weights' W_hh must be rounded
+    (recurrent_rounded)."""
     I, H, L, D = config.input_size, config.hidden_size, config.num_layers, config.num_directions
     O = config.output_size if config.fused_head else 0          # the other heads: edgegru.heads
     params = np.zeros(kernels.params_size(I, H, L, D, O), dtype=np.float32)
@@ -279,7 +306,8 @@ def pack_params(config, weights, block_columns=0):
             else:
                 bx[2 * H:] += b_hh[2 * H:]             # outside the product: folds into b_in
             params[b_x:b_x + 3 * H] = bx
-            w = kernels.pack_recurrent(a[name + "w_hh"].T, block_columns)
+            w = kernels.pack_recurrent(a[name + "w_hh"].T, block_columns,
+                                       config.recurrent_dtype == "bfloat16")
             params[w_hh:w_hh + w.size] = w
     if O:
         w_head = kernels.head_offset(I, H, L, D)
@@ -329,6 +357,7 @@ class Model:
 
     def __init__(self, config, weights, meta=None, backend=None):
         weights.check(config)
+        weights = recurrent_rounded(config, weights)
         self.config = config
         self.weights = weights
         self.meta = dict(meta or {})      # free-form sections: preprocessing, scoring, provenance
@@ -340,6 +369,7 @@ class Model:
         self._gru_out = config.output_size if config.fused_head else 0
         self._gru_width = self._gru_out or H * D
         self._head_act = _FUSED_HEAD.get(config.head_activation, kernels.HEAD_LINEAR)
+        self._recurrent_bf16 = config.recurrent_dtype == "bfloat16"
         self._chain = None
         if not config.fused_head and config.output_size:
             self._chain, self._top = _chain_args(config, weights)
@@ -351,7 +381,8 @@ class Model:
         P, W = params.size, L * D * H + 6 * H
         self._step_model = _aligned_zeros(kernels.step_model_size(P, W))
         kernels.write_step_header(self._step_model, I, H, L, self._gru_out,
-                                  config.reset_after, *config.gate_args, self._head_act, P)
+                                  config.reset_after, *config.gate_args, self._head_act, P,
+                                  self._recurrent_bf16)
         self._params = self._step_model[kernels.STEP_HEADER:kernels.STEP_HEADER + P]
         self._params[:] = params
         self._work = self._step_model[kernels.STEP_HEADER + P:]
@@ -392,7 +423,8 @@ class Model:
                 f"{'reset_after' if c.reset_after else 'reset_before'} "
                 f"{'hard_sigmoid gates ' if c.gate_activation == 'hard_sigmoid' else ''}"
                 f"output_size={self.output_size}"
-                f"{' sequence-to-one' if c.head_on == 'last' else ''}>")
+                f"{' sequence-to-one' if c.head_on == 'last' else ''}"
+                f"{' W_hh bfloat16' if c.recurrent_dtype == 'bfloat16' else ''}>")
 
     # -- state ----------------------------------------------------------------------------
     @property
@@ -546,7 +578,7 @@ class Model:
                 np.empty((1, 1, c.input_size), np.float32), np.empty((L * D, 1, H), np.float32),
                 self._params, _aligned_zeros(0), c.input_size, H, L, D, self._gru_out,
                 c.reset_after) \
-            + c.gate_args + (self._head_act,)
+            + c.gate_args + (self._head_act, self._recurrent_bf16)
         kernels.entry_point(kernels.gru_sequences, args)       # run() then finds it compiled
         times["sequence"] = time.perf_counter() - t
         # the deeper heads' kernels, for every model: edgegru compile builds the ahead-of-time
@@ -648,7 +680,8 @@ class Model:
             self._workspaces[slot] = _aligned_zeros(need)
         self._k.gru_sequences(Y, X, h, self._params, self._workspaces[slot], c.input_size,
                               c.hidden_size, c.num_layers, c.num_directions, self._gru_out,
-                              c.reset_after, *c.gate_args, self._head_act)
+                              c.reset_after, *c.gate_args, self._head_act,
+                              self._recurrent_bf16)
 
     def _sequences_in_threads(self, Y, X, h, parts):
         # one part of the batch per thread; each part's state is a contiguous copy of its
@@ -701,6 +734,7 @@ class _Tapered(Model):
 
     def __init__(self, config, weights, meta=None, backend=None):
         weights.check(config)
+        weights = recurrent_rounded(config, weights)
         self.config, self.weights, self.meta = config, weights, dict(meta or {})
         segments = config.segments()
         self._segments = []

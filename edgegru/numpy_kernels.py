@@ -115,8 +115,10 @@ def gru_sequence(Y, X, h, params, ws, input_size, hidden_size, num_layers, num_d
 
 
 def gru_sequences(Y, X, h, params, ws, input_size, hidden_size, num_layers, num_directions,
-                  output_size, reset_after, hard_gates, gate_alpha, gate_beta, head_activation):
-    """B sequences: Y (B, T, O), X (B, T, I), h (L*D, B, H) in and out."""
+                  output_size, reset_after, hard_gates, gate_alpha, gate_beta, head_activation,
+                  recurrent_bf16=False):
+    """B sequences: Y (B, T, O), X (B, T, I), h (L*D, B, H) in and out. recurrent_bf16 means
+    nothing here: w_hh is row-major float32 (its values rounded to bfloat16 already)."""
     for b in range(X.shape[0]):
         gru_sequence(Y[b], X[b], h[:, b], params, ws, input_size, hidden_size, num_layers,
                      num_directions, output_size, reset_after, hard_gates, gate_alpha,

@@ -40,11 +40,14 @@ SCRIPT = textwrap.dedent("""
         a = counts(); stream(out, x, model._step_model, n); b = counts()
         result[f"njit_loop_{n}"] = [b[i] - a[i] for i in range(4)]
 
-    for _ in range(10): model.step(x, out=out)             # warm up
-    a = counts()
-    for _ in range(1000): model.step(x, out=out)
-    b = counts()
-    result["python_loop"] = [b[i] - a[i] for i in range(4)]
+    def python_loop(model):
+        # numba's counts over 1,000 step(x, out=out) calls, after 100 to warm up
+        for _ in range(100): model.step(x, out=out)
+        a = counts()
+        for _ in range(1000): model.step(x, out=out)
+        b = counts()
+        return [b[i] - a[i] for i in range(4)]
+    result["python_loop"] = python_loop(model)
 
     tracemalloc.start()
 
@@ -66,12 +69,19 @@ SCRIPT = textwrap.dedent("""
     cfg = edgegru.GRUConfig(input_size=4, hidden_size=32, output_size=4,
                             head_hidden=((16, "relu"), (8, "tanh")))
     deep = edgegru.Model(cfg, edgegru.GRUWeights.random(cfg))
-    for _ in range(100): deep.step(x, out=out)
-    a = counts()
-    for _ in range(1000): deep.step(x, out=out)
-    b = counts()
-    result["deep_python_loop"] = [b[i] - a[i] for i in range(4)]
+    result["deep_python_loop"] = python_loop(deep)
     result["deep_tracemalloc_grown"] = grown(deep)
+
+    # W_hh in bfloat16, blocked (H=128): the kernels' bfloat16 products
+    cfg = edgegru.GRUConfig(input_size=4, hidden_size=128, output_size=4,
+                            recurrent_dtype="bfloat16")
+    narrow = edgegru.Model(cfg, edgegru.GRUWeights.random(cfg))
+    stream(out, x, narrow._step_model, 1)
+    for n in (10, 10000):
+        a = counts(); stream(out, x, narrow._step_model, n); b = counts()
+        result[f"bf16_njit_loop_{n}"] = [b[i] - a[i] for i in range(4)]
+    result["bf16_python_loop"] = python_loop(narrow)
+    result["bf16_tracemalloc_grown"] = grown(narrow)
 
     # the scorer's per-row kernel, as AnomalyScorer.score_one calls it (one row per call)
     import sys
@@ -115,6 +125,12 @@ def test_streaming_allocates_nothing_per_step(tmp_path):
     alloc, free, mi_alloc, mi_free = result["deep_python_loop"]
     assert alloc == free and mi_alloc == mi_free
     assert result["deep_tracemalloc_grown"] < 2048
+    # nor with W_hh in bfloat16
+    assert result["bf16_njit_loop_10000"] == result["bf16_njit_loop_10"]
+    for key in ("bf16_njit_loop_10000", "bf16_python_loop"):
+        alloc, free, mi_alloc, mi_free = result[key]
+        assert alloc == free and mi_alloc == mi_free, key
+    assert result["bf16_tracemalloc_grown"] < 2048
     # The scorer's kernel (shipped model: whitening, consistency model, drift test, stuck sensors)
     # allocates nothing per call either: its work space is the scorer's. (What 10 calls
     # allocate is the records of the arrays passed into the loop, all freed.)

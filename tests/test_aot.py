@@ -29,8 +29,9 @@ pytestmark = [
     pytest.mark.skipif(bool(build.missing_toolchain()), reason=build.missing_toolchain()),
 ]
 
-# Every path that runs compiled code: step, run and a batch (the three cell variants),
-# AnomalyScorer one row at a time and in bulk, GroupScorer, and the CSV path of `edgegru run`.
+# Every path that runs compiled code: step, run and a batch (the cell variants, W_hh blocked
+# and in bfloat16), AnomalyScorer one row at a time and in bulk, GroupScorer, and the CSV path
+# of `edgegru run`.
 OUTPUTS = textwrap.dedent("""
     import io, json, sys
     import numpy as np
@@ -44,7 +45,8 @@ OUTPUTS = textwrap.dedent("""
     for name, kw in {"after": {}, "before": {"reset_after": False},
                      "hard": {"gate_activation": "hard_sigmoid", "num_layers": 2},
                      "blocked": {"hidden_size": 70}, "blocked_before": {"hidden_size": 70,
-                                                                        "reset_after": False}
+                                                                        "reset_after": False},
+                     "bf16": {"hidden_size": 150, "recurrent_dtype": "bfloat16"}
                      }.items():
         cfg = edgegru.GRUConfig(**{"input_size": 3, "hidden_size": 16, "output_size": 2, **kw})
         m = edgegru.Model(cfg, edgegru.GRUWeights.random(cfg, seed=1))
@@ -115,7 +117,7 @@ def test_every_path_without_numba_and_bitwise_as_numba(aot_cache, tmp_path):
     want = tmp_path / "numba.npz"
     assert child(OUTPUTS, MODEL, EXAMPLE, want, EDGEGRU_AOT="0") == ["numba", True, True]
     got, want = np.load(got), np.load(want)
-    assert sorted(got) == sorted(want) and len(got) == 19
+    assert sorted(got) == sorted(want) and len(got) == 22
     for name in want:
         assert np.array_equal(got[name], want[name], equal_nan=True), name
     assert (want["score_many"] > 0).any() and len(bytes(want["run_csv"]).splitlines()) == 401
@@ -203,7 +205,7 @@ WRONG_TYPES = textwrap.dedent("""
     from edgegru import _jit, kernels
     from edgegru.scoring import _score_rows
     errors = []
-    for kernel, args in ((kernels.gru_sequences, (np.zeros(3),) * 5 + (1,) * 10),
+    for kernel, args in ((kernels.gru_sequences, (np.zeros(3),) * 5 + (1,) * 11),
                          (_score_rows, (np.zeros(3, np.float32),) * 9)):
         try:
             kernel(*args)

@@ -234,7 +234,7 @@ def test_panels_of_either_vector_width_equal_axpy_bitwise(order, lanes):
         pytest.skip("numba not available")
     from numba import njit
 
-    panel, _, chain, _ = kernels._vector_intrinsics(lanes)
+    panel, _, chain, _, _ = kernels._vector_intrinsics(lanes)
 
     intrinsic, reference = (panel, kernels._axpy) if order == "rows4" else \
         (chain, kernels._axpy_chain)
@@ -290,7 +290,7 @@ def test_masked_panel_equals_axpy_bitwise_and_stays_inside_its_arrays(lanes):
         pytest.skip("the kernels do not use the masked panel on this CPU (kernels.masked_tail)")
     from numba import njit
 
-    _, panel_masked, _, _ = kernels._vector_intrinsics(lanes)
+    _, panel_masked, _, _, _ = kernels._vector_intrinsics(lanes)
 
     def product(nvec):
         @njit(fastmath=kernels.FASTMATH, error_model="numpy")
@@ -316,22 +316,25 @@ def test_masked_panel_equals_axpy_bitwise_and_stays_inside_its_arrays(lanes):
                 assert np.array_equal(by_panel[n:], start[n:])
 
 
-def test_blocked_products_equal_one_row_at_a_time_bitwise():
+@pytest.mark.parametrize("bf16", [False, True])
+def test_blocked_products_equal_one_row_at_a_time_bitwise(bf16):
     """_matvec_blocked (W blocked, sums in registers) and _matmul_blocked (a batch) against
     the row-major W summed one row at a time (_axpy_chain) in the full blocks and by _axpy in
     the last, narrower one: not a bit apart, for every panel width of the last block (and one
     too large for L1, which the batch takes by _matmul), either order of the blocks, and with
     NaN; and the two orders of summing really differ somewhere (else this test could not tell
-    them apart)."""
+    them apart). bf16: W's values bfloat16, its full blocks held as bfloat16 words: the same
+    bits."""
     if not edgegru.JIT:
         pytest.skip("numba not available")
     from numba import njit
 
     @njit(fastmath=kernels.FASTMATH, error_model="numpy")
-    def products(by_blocks, by_batch, by_rows, by_axpy, x, xs, w_blocked, w, full, reverse):
+    def products(by_blocks, by_batch, by_rows, by_axpy, x, xs, w_blocked, w, full, reverse,
+                 bf16):
         n = by_blocks.shape[0]
-        kernels._matvec_blocked(by_blocks, x, w_blocked, reverse)
-        kernels._matmul_blocked(by_batch, 1, xs, x.shape[0], w_blocked, n, reverse)
+        kernels._matvec_blocked(by_blocks, x, w_blocked, reverse, bf16)
+        kernels._matmul_blocked(by_batch, 1, xs, x.shape[0], w_blocked, n, reverse, bf16)
         kernels._axpy_chain(by_rows[:full], x, w, n, 0)
         kernels._axpy(by_rows[full:], x, w, n, full)
         kernels._axpy(by_axpy, x, w, n, 0)
@@ -343,6 +346,8 @@ def test_blocked_products_equal_one_row_at_a_time_bitwise():
     for m, ns in ((1, widths), (6, widths), (70, widths), (150, (2 * P - 1,))):
         for n in ns:
             W = rng.standard_normal((m, n)).astype(np.float32)
+            if bf16:
+                W = kernels.from_bfloat16(kernels.to_bfloat16(W))
             x = rng.standard_normal(m).astype(np.float32)
             if n == 140:
                 x[m // 2] = np.nan
@@ -355,7 +360,7 @@ def test_blocked_products_equal_one_row_at_a_time_bitwise():
                 by_blocks, by_rows, by_axpy, by_batch = start.copy(), start.copy(), \
                     start.copy(), batch.copy()
                 products(by_blocks, by_batch, by_rows, by_axpy, x, xs,
-                         kernels.blocked(W, P), W.ravel(), n - n % P, reverse)
+                         kernels.blocked(W, P, bf16), W.ravel(), n - n % P, reverse, bf16)
                 assert np.array_equal(by_blocks, by_rows, equal_nan=True), (m, n, reverse)
                 assert np.array_equal(by_batch[1, 1:n + 1], by_rows, equal_nan=True)
                 assert not by_batch[[0, 2]].any() and by_batch[1, 0] == by_batch[1, -3:].sum() == 0

@@ -28,6 +28,7 @@ the sequence rows (time per step); it times itself (a separate process), in the 
     python tools/bench_compare.py --rtneural ../shared/peers/rtneural
     python tools/bench_compare.py --sizes 16,64 --quick
     python tools/bench_compare.py --json > results.json
+    python tools/bench_compare.py --weights-dtype bf16   # + edgegru with W_hh in bfloat16
 """
 import argparse
 import hashlib
@@ -120,6 +121,16 @@ class EdgeGRU:
 
     def batch(self, X):
         return lambda: self.model.run(X)
+
+
+class EdgeGRUBf16(EdgeGRU):
+    """edgegru with W_hh held in bfloat16 (--weights-dtype bf16): its max diff is against the
+    float32 model, its times in the same turns."""
+    name = "edgegru bf16"
+
+    def __init__(self, config, weights):
+        import dataclasses
+        super().__init__(dataclasses.replace(config, recurrent_dtype="bfloat16"), weights)
 
 
 class Torch:
@@ -317,10 +328,10 @@ PEERS = [EdgeGRU, OnnxRuntime, Torch]
 MODULES = {"ONNX Runtime": ("onnxruntime", "onnx"), "PyTorch": ("torch",)}
 
 
-def available_peers():
+def available_peers(weights_dtype="f32"):
     import importlib.util
     peers, skipped = [], []
-    for peer in PEERS:
+    for peer in PEERS[:1] + [EdgeGRUBf16] * (weights_dtype == "bf16") + PEERS[1:]:
         missing = [m for m in MODULES.get(peer.name, ()) if importlib.util.find_spec(m) is None]
         (skipped if missing else peers).append((peer, missing))
     return [p for p, _ in peers], {p.name: m for p, m in skipped}
@@ -329,8 +340,8 @@ def available_peers():
 # -- the measurements -------------------------------------------------------------------------
 
 def measure(hidden_sizes, input_size=4, T=2000, steps=20000, batch=32, batch_hidden=64,
-            batch_T=500, repeats=15, rtneural=None):
-    peers, skipped = available_peers()
+            batch_T=500, repeats=15, rtneural=None, weights_dtype="f32"):
+    peers, skipped = available_peers(weights_dtype)
     if rtneural and input_size != 4:
         sys.exit("--rtneural: the RTNeural harness is built for input size 4")
     binaries = RTNeural.build(rtneural, hidden_sizes) if rtneural else {}
@@ -458,11 +469,13 @@ def main(argv=None):
     parser.add_argument("--json", action="store_true", help="JSON instead of a table")
     parser.add_argument("--rtneural", metavar="DIR",
                         help="an RTNeural checkout: add it to the sequence rows (needs g++)")
+    parser.add_argument("--weights-dtype", choices=["f32", "bf16"], default="f32",
+                        help="bf16: add edgegru with W_hh in bfloat16 beside its float32")
     args = parser.parse_args(argv)
     sizes = [int(s) for s in args.sizes.split(",") if s]
     kwargs = dict(T=200, steps=2000, batch_T=50, repeats=3) if args.quick else {}
     rows, skipped = measure(sizes, input_size=args.input_size, batch=args.batch,
-                            rtneural=args.rtneural, **kwargs)
+                            rtneural=args.rtneural, weights_dtype=args.weights_dtype, **kwargs)
     info = machine()
     if args.json:
         print(json.dumps({"machine": info, "rows": rows, "skipped": skipped}, indent=1))

@@ -178,6 +178,16 @@ def weights_sha256(model):
     return h.hexdigest()
 
 
+def _weights_bytes(model):
+    # the weights' dtype and bytes as stored (a bfloat16 model's W_hh: 2 bytes each)
+    c = model.config
+    bf16 = c.recurrent_dtype == "bfloat16"
+    size = sum(int(a.size) * (2 if bf16 and name.endswith("w_hh") else 4)
+               for name, a in model.weights.arrays.items())
+    kind = "float32, W_hh bfloat16" if bf16 else "float32"
+    return f"{kind}, {size} bytes"
+
+
 def describe(model):
     """What ``edgegru info`` prints: {field: value}, plain data."""
     c = model.config
@@ -207,6 +217,7 @@ def describe(model):
         "head_on": "last step (sequence-to-one: run() returns the last step's output)"
                    if c.head_on == "last" else "every step",
         "parameters": count,
+        "weights": _weights_bytes(model),
         "source": ", ".join(f"{k}={v}" for k, v in source.items() if v is not None) or "-",
         "weights_sha256": weights_sha256(model),
     }

@@ -25,6 +25,12 @@ only (see :class:`edgegru.GRUConfig`), adds ``"head_on": "last"``, ``"head_hidde
 as format_version 3, which an edgegru from before refuses rather than running it with another
 head or direction.
 
+A model whose recurrent weights are held in bfloat16 (``GRUConfig(recurrent_dtype="bfloat16")``,
+``edgegru convert --weights-dtype bf16``) adds ``"recurrent_dtype": "bfloat16"`` and stores each
+``w_hh`` as uint16, the bfloat16 bits (half the bytes); it is written as format_version 4, which
+an edgegru from before refuses rather than misreading those arrays. Every other model is written
+as before, byte for byte.
+
 Unknown versions, missing or extra arrays, wrong shapes and non-finite weights are refused with a
 :class:`~edgegru.errors.ModelFormatError` that names the file and the problem.
 """
@@ -35,14 +41,15 @@ import zipfile
 
 import numpy as np
 
+from edgegru import kernels
 from edgegru.errors import ModelFormatError
 from edgegru.formats.arrays import Allowance
 from edgegru.model import GRUConfig, GRUWeights, Model
 from edgegru.npzfile import write_npz_atomically
 
 FORMAT = "edgegru"
-FORMAT_VERSION = 3              # the newest version this edgegru reads and writes
-_READS = (1, 2, 3)
+FORMAT_VERSION = 4              # the newest version this edgegru reads and writes
+_READS = (1, 2, 3, 4)
 META_KEY = "__meta__"
 _CONFIG_KEYS = {  # key: (type, required)
     "input_size": (int, True), "hidden_size": (int, True), "num_layers": (int, True),
@@ -51,7 +58,7 @@ _CONFIG_KEYS = {  # key: (type, required)
     "gate_activation": (str, False), "gate_alpha": (float, False), "gate_beta": (float, False),
     "reverse": (bool, False), "hidden_sizes": (list, False), "layer_directions": (list, False),
     "head_on": (str, False), "head_hidden": (list, False), "head_alpha": (float, False),
-    "head_beta": (float, False),
+    "head_beta": (float, False), "recurrent_dtype": (str, False),
 }
 
 
@@ -75,9 +82,14 @@ def save(model, path):
         if c.layer_directions:
             config["layer_directions"] = list(c.layer_directions)
         version = 3
+    bf16 = c.recurrent_dtype == "bfloat16"
+    if bf16:
+        config.update(recurrent_dtype=c.recurrent_dtype)
+        version = 4
     meta = {"format": FORMAT, "format_version": version, "config": config}
     meta.update({k: v for k, v in model.meta.items() if k not in meta})
-    arrays = {name: np.ascontiguousarray(a, dtype=np.float32)
+    arrays = {name: kernels.to_bfloat16(a) if bf16 and name.endswith("w_hh")
+              else np.ascontiguousarray(a, dtype=np.float32)
               for name, a in model.weights.arrays.items()}
     arrays[META_KEY] = np.array(json.dumps(meta, indent=1, sort_keys=True))
     # mkstemp makes the file owner-only (0600); a model file is for reading by whoever runs it
@@ -126,11 +138,7 @@ def load(path, backend=None, data=None):
                 if key == META_KEY:
                     continue
                 _take_declared(allowance, npz, key)
-                a = npz[key]
-                if a.dtype.kind != "f":
-                    raise ModelFormatError(f"{name}: array {key} has dtype {a.dtype}, "
-                                           f"expected float32")
-                arrays[key] = a.astype(np.float32, copy=False)
+                arrays[key] = _as_float32(npz[key], key, config, name)
     except ModelFormatError:
         raise
     except FileNotFoundError:
@@ -149,6 +157,17 @@ def load(path, backend=None, data=None):
     weights.check(config, source=name)
     sections = {k: v for k, v in meta.items() if k not in ("format", "format_version", "config")}
     return Model(config, weights, meta=sections, backend=backend)
+
+
+def _as_float32(a, key, config, name):
+    # a weight array as float32: a bfloat16 model's w_hh may be uint16, its bfloat16 bits
+    bits = config.recurrent_dtype == "bfloat16" and key.endswith("w_hh")
+    if bits and a.dtype == np.uint16:
+        return kernels.from_bfloat16(a)
+    if a.dtype.kind != "f":
+        raise ModelFormatError(f"{name}: array {key} has dtype {a.dtype}, expected float32"
+                               + (" or uint16 (bfloat16 bits)" if bits else ""))
+    return a.astype(np.float32, copy=False)
 
 
 def _parse_meta(entry, name):
