@@ -483,12 +483,15 @@ class Model:
 
     def _check_step_output(self, out):
         # out, checked once: later calls with the same array skip the checks
+        self._check_out(out)
+        self._step_out = (out, out.view())
+        return self._step_out[1]
+
+    def _check_out(self, out):
         if not (type(out) is _ndarray and out.dtype is _F32 and out.shape == self._out_shape
                 and out.flags.carray):
             raise ValueError(f"out must be a writeable, contiguous float32 array of shape "
                              f"{self._out_shape}")
-        self._step_out = (out, out.view())
-        return self._step_out[1]
 
     def _bind_step(self, out, x, *args):
         # First step(): replace _bind_step in self._step_call by the kernel's entry point for
@@ -545,10 +548,7 @@ class Model:
         >>> x[:] = [0.5, -1.0]; step(); y.shape
         (1,)
         """
-        if not (type(out) is _ndarray and out.dtype is _F32 and out.shape == self._out_shape
-                and out.flags.carray):
-            raise ValueError(f"out must be a writeable, contiguous float32 array of shape "
-                             f"{self._out_shape}")
+        self._check_out(out)
         if not (type(x) is _ndarray and x.dtype is _F32 and x.shape == self._x_shape
                 and x.flags.c_contiguous):
             raise ValueError(f"x must be a contiguous float32 array of shape {self._x_shape} "

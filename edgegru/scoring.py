@@ -542,7 +542,6 @@ class AnomalyScorer:
         self._x0, self._z0 = self._x[0], self._z[0]  # score_one's row, as the kernels see it
         self._prepare_row = None
         self._row_shape = (C,)
-        self._delta = forecast == "delta"
 
     @classmethod
     def load(cls, path, backend=None):
@@ -639,8 +638,7 @@ class AnomalyScorer:
                                                  self._z, self._x, self._rows_seen,
                                                  self._params, self._stream, self._scratch)
         self.model.step(z0, out=f)
-        if self._delta:
-            np.add(f, z0, out=f)                # as forecasts() does
+        forecasts(f, z0, self.forecast)
         return float(self._score1[0])
 
     def _bind_score_one(self):
@@ -1025,12 +1023,27 @@ def _channels(names, index):
     return np.array([index(n) for n in names], np.int64)
 
 
+def _is_section(value, what):
+    """Whether the metadata holds section ``what`` (None: it does not); a ModelFormatError if it
+    is anything but a dict."""
+    if value is None:
+        return False
+    if not isinstance(value, dict):
+        raise ModelFormatError(f"scoring metadata: {what} must be a section (a dict)")
+    return True
+
+
+def _distinct_columns(channels, columns, what):
+    """A ModelFormatError unless section ``what``'s channels are distinct columns."""
+    if len(set(channels)) != len(channels) or not set(channels) <= set(columns):
+        raise ModelFormatError(f"scoring metadata: {what} channels {channels} must be distinct "
+                               f"columns of the model ({', '.join(columns)})")
+
+
 def _consistency(cons, columns):
     """The "consistency" metadata section, checked (None: no consistency model)."""
-    if cons is None:
+    if not _is_section(cons, "consistency"):
         return None
-    if not isinstance(cons, dict):
-        raise ModelFormatError("scoring metadata: consistency must be a section (a dict)")
     try:
         channels = [str(n) for n in cons["channels"]]
         lags, degree = cons["lags"], cons["degree"]
@@ -1046,9 +1059,7 @@ def _consistency(cons, columns):
     if not 0.0 < alpha <= 1.0 or not (math.isfinite(weight) and weight > 0):
         raise ModelFormatError("scoring metadata: consistency smoothing must be in (0, 1] and "
                                "weight positive")
-    if len(set(channels)) != K or not set(channels) <= set(columns):
-        raise ModelFormatError(f"scoring metadata: consistency channels {channels} must be "
-                               f"distinct columns of the model ({', '.join(columns)})")
+    _distinct_columns(channels, columns, "consistency")
     P = 1 + lags * (C - 1) * degree
     a = _matrix(coef, (K, P), "consistency coef")
     return {"channels": channels, "lags": lags, "degree": degree, "coef": a,
@@ -1060,10 +1071,8 @@ def _consistency(cons, columns):
 
 def _drift(drift, columns, P):
     """The consistency section's "drift" subsection, checked (None: no drift test)."""
-    if drift is None:
+    if not _is_section(drift, "consistency drift"):
         return None
-    if not isinstance(drift, dict):
-        raise ModelFormatError("scoring metadata: consistency drift must be a section (a dict)")
     try:
         channels = [str(n) for n in drift["channels"]]
         alphas = [float(drift[k]) for k in ("smoothing", "fast_smoothing",
@@ -1076,9 +1085,7 @@ def _drift(drift, columns, P):
     if not all(0.0 < a <= 1.0 for a in alphas) or not (math.isfinite(weight) and weight > 0):
         raise ModelFormatError("scoring metadata: consistency drift smoothing, fast_smoothing "
                                "and baseline_smoothing must be in (0, 1] and weight positive")
-    if len(set(channels)) != J or not set(channels) <= set(columns):
-        raise ModelFormatError(f"scoring metadata: consistency drift channels {channels} must "
-                               f"be distinct columns of the model ({', '.join(columns)})")
+    _distinct_columns(channels, columns, "consistency drift")
     out = {"channels": channels, "coef": _matrix(coef, (J, P), "consistency drift coef"),
            "smoothing": alphas[0], "fast_smoothing": alphas[1],
            "baseline_smoothing": alphas[2], "weight": weight}
@@ -1089,10 +1096,8 @@ def _drift(drift, columns, P):
 
 def _level(level, columns):
     """The "level" metadata section, checked (None: no level test)."""
-    if level is None:
+    if not _is_section(level, "level"):
         return None
-    if not isinstance(level, dict):
-        raise ModelFormatError("scoring metadata: level must be a section (a dict)")
     try:
         channels = [str(n) for n in level["channels"]]
         alpha, weight = float(level["smoothing"]), float(level["weight"])
@@ -1106,9 +1111,7 @@ def _level(level, columns):
     if not 0.0 < alpha <= 1.0 or not (math.isfinite(weight) and weight > 0):
         raise ModelFormatError("scoring metadata: level smoothing must be in (0, 1] and weight "
                                "positive")
-    if len(set(channels)) != L or not set(channels) <= set(columns):
-        raise ModelFormatError(f"scoring metadata: level channels {channels} must be distinct "
-                               f"columns of the model ({', '.join(columns)})")
+    _distinct_columns(channels, columns, "level")
     return {"channels": channels, "smoothing": alpha, "weight": weight,
             "center": _vector(center, L, "level center"),
             "precision": _matrix(precision, (L, L), "level precision")}
