@@ -24,6 +24,7 @@ and calls :func:`calibrate`.
 1.0
 """
 import math
+import shlex
 from dataclasses import dataclass
 
 import numpy as np
@@ -91,13 +92,17 @@ def normalisation(X_train, names, path="the data"):
     with np.errstate(invalid="ignore"):
         mean = np.nanmean(X_train, axis=0)
         std = np.nanstd(X_train, axis=0)
-    for c, name in enumerate(names):
-        if not std[c] > 1e-9 * max(1.0, abs(mean[c])):
-            raise TrainingError(
-                f"{path}: column {name!r} is constant ({mean[c]:g}) in the training rows; a "
-                f"forecaster learns nothing from it and any change would score as an infinite "
-                f"anomaly: leave it out with --columns "
-                f"{','.join(n for n in names if n != name) or '...'}")
+    constant = [c for c in range(len(names)) if not std[c] > 1e-9 * max(1.0, abs(mean[c]))]
+    if constant:
+        kept = ",".join(n for c, n in enumerate(names) if c not in constant)
+        one = len(constant) == 1
+        which = ", ".join(f"{names[c]!r} ({mean[c]:g})" for c in constant)
+        it = "it" if one else "them"
+        raise TrainingError(
+            f"{path}: {'column' if one else 'columns'} {which} {'is' if one else 'are'} "
+            f"constant in the training rows; a forecaster learns nothing from {it} and any "
+            f"change would score as an infinite anomaly: leave {it} out with --columns "
+            f"{shlex.quote(kept) if kept else '...'}")
     return mean, std
 
 

@@ -99,9 +99,21 @@ def test_constant_channel_is_refused_by_name(tmp_path):
     path = write_csv(tmp_path / "d.csv", ["timestamp", "a", "b", "flat"], rows)
     code, out = run_cli([path, "-o", tmp_path / "m.npz"])
     assert code == 1
-    assert "Error: " in out and "column 'flat' is constant (3) in the training rows" in out
+    assert "Error: " in out and "column 'flat' (3) is constant in the training rows" in out
     assert "--columns a,b" in out and "Traceback" not in out
     assert not (tmp_path / "m.npz").exists()
+
+
+def test_every_constant_channel_is_named_at_once(tmp_path):
+    # a raw SKAB file: its label columns are 0 in the normal rows; one error names both, and
+    # the suggested --columns is quoted for the shell (a name with spaces)
+    rows = [r + ["0", "0.0"] for r in sensor_rows(400)]
+    path = write_csv(tmp_path / "d.csv", ["timestamp", "a", "flow rate", "anomaly",
+                                         "changepoint"], rows)
+    code, out = run_cli([path, "-o", tmp_path / "m.npz"])
+    assert code == 1 and "Traceback" not in out
+    assert "columns 'anomaly' (0), 'changepoint' (0) are constant" in out
+    assert "--columns 'a,flow rate'" in out
 
 
 def test_too_few_rows_says_how_many_are_needed(tmp_path):
