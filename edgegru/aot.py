@@ -42,7 +42,8 @@ import sys
 import numpy as np
 
 # The kernels called from Python (everything else is compiled into them).
-ENTRY_POINTS = ("edgegru.kernels.gru_step", "edgegru.kernels.gru_sequences",
+ENTRY_POINTS = ("edgegru.kernels.gru_step_strided",
+                "edgegru.kernels.gru_sequences",
                 "edgegru.kernels.head_step", "edgegru.kernels.head_rows",
                 "edgegru.scoring._score_rows", "edgegru.scoring._score_rows_batch",
                 "edgegru.scoring._normalise_row",
