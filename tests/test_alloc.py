@@ -120,16 +120,16 @@ SCRIPT = textwrap.dedent("""
 
     # the scorer's per-row kernel, as AnomalyScorer.score_one calls it (one row per call)
     import sys
-    from edgegru.scoring import _score_rows
+    from edgegru.scoring import _score_one_row
     sc = edgegru.AnomalyScorer.from_model(edgegru.load(sys.argv[1]))
     sc.score_one(np.ones(4))
-    args = (sc._score1, sc._contrib1, sc._z, sc._z, sc._x, 50, sc._params, sc._stream,
-            sc._scratch)
+    args = (sc._contributions, sc._z0, sc._x0, np.ones(8)[::2], 50, sc._mean32, sc._inv_std,
+            sc._params, sc._stream, sc._scratch)
 
     @njit
     def score_rows(n, args):
         for _ in range(n):
-            _score_rows(*args)
+            _score_one_row(*args)
 
     score_rows(1, args)                                      # compile
     for n in (10, 10000):
