@@ -42,10 +42,11 @@ import sys
 import numpy as np
 
 # The kernels called from Python (everything else is compiled into them).
-ENTRY_POINTS = ("edgegru.kernels.gru_step", "edgegru.kernels.gru_sequences",
+ENTRY_POINTS = ("edgegru.kernels.gru_step_strided",
+                "edgegru.kernels.gru_sequences",
                 "edgegru.kernels.head_step", "edgegru.kernels.head_rows",
                 "edgegru.scoring._score_rows", "edgegru.scoring._score_rows_batch",
-                "edgegru.scoring._normalise_row",
+                "edgegru.scoring._score_one_row",
                 "edgegru.csvio._parse_lines")
 # The files holding compiled code: a change to what compiled code is made of (compiled_digest)
 # makes a built module stale. tests/test_aot_sources.py checks every @njit module is here.

@@ -248,7 +248,7 @@ def gru_step(out, x, model):
     """One time step of a unidirectional stack, updating the state in place.
 
     out (O,)   x (I,)
-    model: [header | params | work] (see write_step_header); params: see "the layout";
+    model: [header | params | work | x] (see write_step_header); params: see "the layout";
     work (L*H + 6H,): [h of each layer | xp (3H) | a (3H)], owned by the model.
     output_size == 0 means no head: out (H,) receives the top layer's hidden state.
     """
@@ -615,7 +615,7 @@ def _head_views(params, input_size, hidden_size, num_layers, num_directions, out
 # arrays and nothing else: each argument numba's entry point unboxes costs time on every call,
 # a noticeable share of a small model's step, and the sizes and flags never change once a model
 # is built. The array is
-#     [header (STEP_HEADER floats) | params | work]
+#     [header (STEP_HEADER floats) | params | work | x (I)]
 # with the sizes and flags in the header as float32 values (exact: all are below 2**24), and
 # one slot of state, _H_REVERSE: the order in which this call reads the weights (see _matvec).
 STEP_HEADER = 16                # 64 bytes: params start where the array does, modulo a cache line
@@ -623,9 +623,9 @@ _H_INPUT, _H_HIDDEN, _H_LAYERS, _H_OUTPUT, _H_RESET_AFTER, _H_HARD_GATES, _H_ALP
     _H_HEAD, _H_PARAMS, _H_REVERSE, _H_RECURRENT_BF16 = range(12)
 
 
-def step_model_size(params_size, work_size):
+def step_model_size(params_size, work_size, input_size):
     """Length of the step kernel's model array."""
-    return STEP_HEADER + params_size + work_size
+    return STEP_HEADER + params_size + work_size + input_size
 
 
 def write_step_header(model, input_size, hidden_size, num_layers, output_size, reset_after,
@@ -1456,3 +1456,25 @@ def _dot(a, b):
     for k in range(n8, n):
         s += a[k] * b[k]
     return s
+
+
+# ---- a step on the row Python hands over ----------------------------------------------------
+# Model.step() passes x as it comes (a row of an array, a column, a fresh reading): typed here
+# with any strides, float32 or float64, so that Python checks only its dtype and dimensions
+# and converts nothing. The products read x in vectors, so it is copied first (rounded to
+# float32 as NumPy's astype rounds) into the last I floats of the model array
+# (step_model_size counts them). It keeps the GIL: releasing and taking it back costs ~30 ns
+# per call from Python, a quarter of a small model's step, too short for another thread.
+
+@njit(**dict(KERNEL, nogil=False))
+def gru_step_strided(out, x, model):
+    """gru_step for x (I,) of any strides. Returns False, having touched nothing, when x does
+    not have I values."""
+    I = np.int64(model[_H_INPUT])
+    if x.shape[0] != I:
+        return False
+    contiguous = model[model.shape[0] - I:]
+    for i in range(I):
+        contiguous[i] = np.float32(x[i])
+    gru_step(out, contiguous, model)
+    return True

@@ -29,9 +29,9 @@ HEAD_ON = ("all", "last")
 GATE_ACTIVATIONS = ("sigmoid", "hard_sigmoid")
 RECURRENT_DTYPES = ("float32", "bfloat16")
 _F32 = np.dtype(np.float32)
+_F64 = np.dtype(np.float64)
 _ndarray = np.ndarray
 _NONE = object()
-_F32_STRIDES = (4,)             # a one-dimensional, contiguous float32 array's
 
 
 @dataclasses.dataclass(frozen=True)
@@ -375,30 +375,23 @@ class Model:
             self._chain, self._top = _chain_args(config, weights)
             self._head_step, self._head_rows = (heads.head_step, heads.head_rows) \
                 if self._k is kernels else (heads.numpy_head_step, heads.numpy_head_rows)
-        # Everything in one array, allocated once: the step kernel's [header | params | work],
-        # the work being the run state [h (L*D, H) | step scratch (6H)]. The sequence kernel
-        # gets views of params and h.
+        # Everything in one array, allocated once: the step kernel's [header | params | work |
+        # x], the work being the run state [h (L*D, H) | step scratch (6H)], x a contiguous
+        # copy of step()'s input. The sequence kernel gets views of params and h.
         P, W = params.size, L * D * H + 6 * H
-        self._step_model = _aligned_zeros(kernels.step_model_size(P, W))
+        self._step_model = _aligned_zeros(kernels.step_model_size(P, W, I))
         kernels.write_step_header(self._step_model, I, H, L, self._gru_out,
                                   config.reset_after, *config.gate_args, self._head_act, P,
                                   self._recurrent_bf16)
         self._params = self._step_model[kernels.STEP_HEADER:kernels.STEP_HEADER + P]
         self._params[:] = params
-        self._work = self._step_model[kernels.STEP_HEADER + P:]
-        self._h = self._work[:L * D * H].reshape(L * D, H)
+        self._h = self._step_model[kernels.STEP_HEADER + P:][:L * D * H].reshape(L * D, H)
         self._workspaces = []           # the sequence kernel's, one per thread, grown on demand
         self._x_shape = (I,)
-        self._input_size = I
         self._out_shape = (self.output_size,)
-        # step(): the kernel and its argument after (out, x); the kernel is bound on the first
-        # call to its compiled entry point (see _bind_step)
-        self._step_call = (self._bind_step, self._step_model)
-        # step()'s memory of earlier calls: (x, out, the kernel call bound to views of both)
-        # of a loop over the same buffers, the last checked out and its view, the last x
-        self._step_last = (_NONE, _NONE, None)
-        self._step_out = (_NONE, None)
-        self._step_x = _NONE
+        self._step = self._step_function()
+        if type(self).step is Model.step:       # not a subclass's own step()
+            self.step = self._step
 
     # -- sizes ----------------------------------------------------------------------------
     input_size = property(lambda self: self.config.input_size)
@@ -448,44 +441,66 @@ class Model:
     def step(self, x, out=None):
         """One time step: x (input_size,) -> (output_size,). Updates the state.
 
-        With ``out`` (a float32 array of shape (output_size,)) nothing is allocated.
+        With ``out`` (a float32 array of shape (output_size,)) nothing is allocated. A float32
+        or float64 x is read where it is (a row or a column of a larger array too); other
+        arrays and sequences of numbers are converted to float32 first.
         """
-        # A loop that passes the same x and out every time runs a kernel call bound to views
-        # of both, made when they were checked (reshaping the arrays in place since cannot
-        # make it read or write out of bounds), as stepper() does.
-        last = self._step_last
-        if x is last[0] and out is last[1]:
-            last[2]()
-            return out
-        # A new x (a row of an array, a fresh reading) that is a float32 array, one-dimensional
-        # and contiguous (strides (4,)), of the right length costs these three checks; anything
-        # else takes the slow path, which converts or explains.
-        try:
-            fast = x.dtype is _F32 and x.strides == _F32_STRIDES and len(x) == self._input_size
-        except AttributeError:              # not an array
-            fast = False
-        if not fast:
-            x = self._check_step_input(x)
-        checked = self._step_out                # (out, its view) of the last checked out
-        if out is None:
-            out = target = np.empty(self._out_shape, _F32)
-        elif out is checked[0]:
-            target = checked[1]
-        else:
-            target = self._check_step_output(out)
-        kernel, model = self._step_call
-        kernel(target, x, model)
-        if x is self._step_x and out is checked[0]:     # the same x twice: bind the loop
-            self._step_last = (x, out, functools.partial(self._step_call[0], target, x.view(),
-                                                         model))
-        self._step_x = x
-        return out
+        return self._step(x, out)
 
-    def _check_step_output(self, out):
-        # out, checked once: later calls with the same array skip the checks
-        self._check_out(out)
-        self._step_out = (out, out.view())
-        return self._step_out[1]
+    def _step_function(self):
+        # step() itself, a closure made once per model, which __init__ also sets as the
+        # model's own `step`: model.step(x, out) then calls it without a bound method, and it
+        # reads closure variables rather than attributes (~30 ns less per call, a tenth of a
+        # small model's step). Its kernel, gru_step_strided, reads x of any strides and checks
+        # its length, so a one-dimensional float32 or float64 array goes to it as it is after
+        # two checks (an array of more dimensions would not fit the kernel's argument);
+        # anything else takes slow(), which converts or explains. out is checked once, and an
+        # x that comes twice in a row is too: a loop over the same buffers checks nothing.
+        model, shape = self._step_model, self._out_shape
+        k32 = k64 = same = None         # the kernels for float32 and float64 x, x_same's one
+        out_checked = out_view = x_same = x_view = x_last = _NONE
+
+        def step(x, out=None):
+            nonlocal x_same, x_view, same, x_last
+            if x is x_same and out is out_checked:
+                same(out_view, x_view, model)
+                return out
+            if type(x) is not _ndarray or x.ndim != 1:
+                return slow(x, out)
+            dtype = x.dtype
+            kernel = k32 if dtype is _F32 else k64 if dtype is _F64 else None
+            if kernel is None:
+                return slow(x, out)
+            if out is out_checked:
+                if kernel(out_view, x, model):
+                    if x is x_last:             # views: reshaping x or out cannot matter
+                        x_same, x_view, same = x, x.view(), kernel
+                    x_last = x
+                    return out
+            elif out is None:
+                y = np.empty(shape, _F32)
+                if kernel(y, x, model):
+                    return y
+            return slow(x, out)
+
+        def slow(x, out):
+            nonlocal k32, k64, out_checked, out_view
+            x = self._check_step_input(x)
+            if k32 is None:             # the first call: the kernels' entry points
+                k32, k64 = self._step_entry(_F32), self._step_entry(_F64)
+            if out is None:
+                out = target = np.empty(shape, _F32)
+            elif out is out_checked:
+                target = out_view
+            else:
+                self._check_out(out)
+                out_checked, out_view = out, out.view()
+                target = out_view
+            k32(target, x, model)
+            return out
+
+        step.__doc__ = Model.step.__doc__
+        return step
 
     def _check_out(self, out):
         if not (type(out) is _ndarray and out.dtype is _F32 and out.shape == self._out_shape
@@ -493,34 +508,31 @@ class Model:
             raise ValueError(f"out must be a writeable, contiguous float32 array of shape "
                              f"{self._out_shape}")
 
-    def _bind_step(self, out, x, *args):
-        # First step(): replace _bind_step in self._step_call by the kernel's entry point for
-        # exactly these argument types (compiled now, or loaded from numba's cache). Calling
-        # it directly skips numba's dispatcher, which costs more than the H=64 step itself;
-        # that is safe because step() has checked dtype, shape and contiguity.
-        self._step_entry(out, x)(out, x, *args)
-
-    def _step_entry(self, out, x):
-        # The compiled gru_step for arrays like out and x, bound into self._step_call.
+    def _step_entry(self, dtype):
+        # gru_step_strided's compiled entry point (compiled now, or loaded from numba's cache)
+        # for an x of this dtype and any strides, with the head past the fused one when there
+        # is one. Calling it directly skips numba's dispatcher, which costs more than the H=64
+        # step itself; that is safe because x's dtype and dimensions and out are checked.
         self._refuse_step()
-        args = self._step_call[1:]
+        x = np.empty(4, dtype)[::2]                 # typed as of any strides
+        out = np.empty(self._out_shape, _F32)
+        kernel = self._k.gru_step_strided
         if self._chain is None:
-            kernel = self._k.entry_point(self._k.gru_step, (out, x) + args)
-        else:
-            kernel = self._chained_step(out, x, args)
-        self._step_call = (kernel,) + args
-        return kernel
+            return self._k.entry_point(kernel, (out, x, self._step_model))
+        return self._chained_step(self._k.entry_point(kernel, (self._top, x, self._step_model)),
+                                  out)
 
-    def _chained_step(self, out, x, args):
+    def _chained_step(self, gru, out):
         # A head past the fused one: the GRU step into the top layer's buffer, then the head
         # on it, each through its compiled entry point.
         top, chain = self._top, self._chain
-        gru = self._k.entry_point(self._k.gru_step, (top, x) + args)
         head = self._k.entry_point(self._head_step, (out, top) + chain)
 
         def step(out, x, model):
-            gru(top, x, model)
+            if not gru(top, x, model):
+                return False
             head(out, top, *chain)
+            return True
         return step
 
     def _refuse_step(self):
@@ -538,14 +550,18 @@ class Model:
         For the tightest loops: fill ``x`` in place (``x[:] = reading``, or have a driver write
         into it), call, read ``out``. ``x`` and ``out`` are checked once, here: float32,
         contiguous, shapes (input_size,) and (output_size,), ``out`` writeable. The function
-        keeps views of both, so reshaping them afterwards cannot confuse it.
+        keeps views of both, so reshaping them afterwards cannot confuse it. It returns True
+        (step()'s kernel's: x has input_size values).
 
         >>> import numpy as np, edgegru
         >>> cfg = edgegru.GRUConfig(input_size=2, hidden_size=4, output_size=1)
         >>> model = edgegru.Model(cfg, edgegru.GRUWeights.random(cfg))
         >>> x, y = np.zeros(2, np.float32), np.zeros(1, np.float32)
         >>> step = model.stepper(x, y)
-        >>> x[:] = [0.5, -1.0]; step(); y.shape
+        >>> x[:] = [0.5, -1.0]
+        >>> step()
+        True
+        >>> y.shape
         (1,)
         """
         self._check_out(out)
@@ -554,7 +570,7 @@ class Model:
             raise ValueError(f"x must be a contiguous float32 array of shape {self._x_shape} "
                              f"(it is read in place at every call)")
         x, out = x.view(), out.view()         # our own array objects over the same memory
-        return functools.partial(self._step_entry(out, x), out, x, *self._step_call[1:])
+        return functools.partial(self._step_entry(_F32), out, x, self._step_model)
 
     def compile(self):
         """Compile the kernels step() and run() use now (or load them from numba's cache),
@@ -569,8 +585,8 @@ class Model:
         times = {}
         t = time.perf_counter()
         if not (c.bidirectional or c.reverse):
-            self._step_entry(np.empty(self._out_shape, np.float32),
-                             np.empty(self._x_shape, np.float32))
+            self._step_entry(_F32)
+            self._step_entry(_F64)
             times["step"] = time.perf_counter() - t
             t = time.perf_counter()
         L, D, H = c.num_layers, c.num_directions, c.hidden_size

@@ -63,7 +63,7 @@ def _head(src, params, w_head, output_size, K, activation):
 
 
 def gru_step(out, x, model):
-    """model: [header | params | work], as for the compiled kernel."""
+    """model: [header | params | work | x], as for the compiled kernel."""
     k = kernels
     input_size, H, num_layers, output_size, head_activation, P = (
         int(model[i]) for i in (k._H_INPUT, k._H_HIDDEN, k._H_LAYERS, k._H_OUTPUT, k._H_HEAD,
@@ -83,6 +83,14 @@ def gru_step(out, x, model):
                        output_size, H, head_activation)
     else:
         out[:] = layer_in
+
+
+def gru_step_strided(out, x, model):
+    """As the compiled kernel: False, having touched nothing, when x does not have I values."""
+    if x.shape[0] != int(model[kernels._H_INPUT]):
+        return False
+    gru_step(out, np.asarray(x, np.float32), model)
+    return True
 
 
 def gru_sequence(Y, X, h, params, ws, input_size, hidden_size, num_layers, num_directions,

@@ -166,6 +166,9 @@ from edgegru.errors import ModelFormatError
 from edgegru.kernels import entry_point
 from edgegru.npzfile import SCORER_STATE, load_state, save_state
 
+_F64 = np.dtype(np.float64)
+_ndarray = np.ndarray
+
 
 # -- the kernels' view of a scorer -------------------------------------------------------------
 # Read-only parameters, one named tuple per scoring term, made once from the model file's
@@ -531,16 +534,13 @@ class AnomalyScorer:
             if name != "rows_seen":
                 setattr(self, _STATE_ATTRIBUTES[name], np.full(shape, fresh, dtype))
         self._stream = _stream_state(self)
-        # buffers for score_one, allocated once
-        self._x = np.zeros((1, C), np.float64)
-        self._score_one_kernel = None
+        # buffers for score_one, allocated once: the raw row, the normalised one (the GRU's
+        # input), the kernels' work space, and the last row's contributions
+        self._x0 = np.zeros(C, np.float64)
+        self._z0 = np.zeros(C, np.float32)
         self._scratch = np.zeros((3, C), np.float64)
-        self._z = np.zeros((1, C), np.float32)
-        self._score1 = np.zeros(1, np.float64)
-        self._contrib1 = np.zeros((1, C), np.float64)
-        self._contributions = self._contrib1[0]     # the last row's, written in place
-        self._x0, self._z0 = self._x[0], self._z[0]  # score_one's row, as the kernels see it
-        self._prepare_row = None
+        self._contributions = np.zeros(C, np.float64)
+        self._score_one_kernel = None
         self._row_shape = (C,)
 
     @classmethod
@@ -626,31 +626,26 @@ class AnomalyScorer:
     # -- scoring --------------------------------------------------------------------------
     def score_one(self, row):
         """Score one row (1-D array in column order, or {column: value}); returns a float."""
-        x0, z0, f = self._x0, self._z0, self._forecast
-        if type(row) is np.ndarray and row.shape == self._row_shape:
-            x0[:] = row
-        else:
-            x0[:] = self._row_array(row)
-        if self._score_one_kernel is None:
-            self._bind_score_one()
-        self._prepare_row(z0, x0, self._mean32, self._inv_std, f)
-        self._rows_seen = self._score_one_kernel(self._score1, self._contrib1, self._z,
-                                                 self._z, self._x, self._rows_seen,
-                                                 self._params, self._stream, self._scratch)
-        self.model.step(z0, out=f)
-        forecasts(f, z0, self.forecast)
-        return float(self._score1[0])
+        if not (type(row) is _ndarray and row.dtype is _F64 and row.shape == self._row_shape):
+            row = self._row_array(row)
+        kernel = self._score_one_kernel or self._bind_score_one()
+        score = kernel(self._contributions, self._z0, self._x0, row, self._rows_seen,
+                       self._mean32, self._inv_std, self._params, self._stream, self._scratch)
+        self._rows_seen += 1
+        self.model.step(self._z0, out=self._forecast)
+        forecasts(self._forecast, self._z0, self.forecast)
+        return score
 
     def _bind_score_one(self):
         # Every array score_one passes is the scorer's own, made once and only ever written in
-        # place, so their types are those of the first call: the kernels for them are looked
-        # up once, not typed on each call (typing the nested tuples would be about half of
-        # the call). Without numba, NumPy normalises the row (a loop in Python would be slower).
-        args = (self._score1, self._contrib1, self._z, self._z, self._x, self._rows_seen,
-                self._params, self._stream, self._scratch)
-        self._score_one_kernel = entry_point(_score_rows, args)
-        self._prepare_row = _normalise_row_numpy if not JIT else entry_point(
-            _normalise_row, (self._z0, self._x0, self._mean32, self._inv_std, self._forecast))
+        # place, and the row a float64 array of any strides, so the kernel's entry point for
+        # their types is looked up once, not typed on each call (typing the nested tuples
+        # would be about half of the call).
+        args = (self._contributions, self._z0, self._x0, np.zeros(4)[::2], self._rows_seen,
+                self._mean32, self._inv_std, self._params, self._stream, self._scratch)
+        self._score_one_kernel = entry_point(_score_one_row, args) if JIT \
+            else _score_one_row_numpy
+        return self._score_one_kernel
 
     def score_many(self, rows, explain=False):
         """Scores of rows (T, C): identical to T calls of ``score_one``, much faster.
@@ -993,6 +988,17 @@ def _checked_state(value, fields, hidden_shape, lead=()):
 
 
 @njit(cache=True, error_model="numpy", **NO_NRT)
+def _score_one_row(contrib, z, x, row, rows_seen, mean, inv_std, params, state, scratch):
+    """score_one in one call: the raw row (C,), float64 of any strides, copied to x (C,),
+    normalised into z (C,) (_normalise_row), then scored as _score_rows scores it, writing
+    its contributions (C,) and moving the state on. Returns the score."""
+    for c in range(x.shape[0]):
+        x[c] = row[c]
+    _normalise_row(z, x, mean, inv_std, state.forecast)
+    return _score_row(contrib, z, state.forecast, x, rows_seen, params, state, scratch)
+
+
+@njit(cache=True, error_model="numpy", **NO_NRT)
 def _normalise_row(z, x, mean, inv_std, forecast):
     """z (C,) float32 <- the raw row x (C,) normalised with mean and inv_std (C,) float32, in
     float32 as _normalised does; a missing (non-finite) value becomes its forecast (C,)."""
@@ -1007,10 +1013,13 @@ def _normalised(x, mean, inv_std):
         return (x.astype(np.float32) - mean) * inv_std
 
 
-def _normalise_row_numpy(z, x, mean, inv_std, forecast):
-    """_normalise_row without numba."""
+def _score_one_row_numpy(contrib, z, x, row, rows_seen, mean, inv_std, params, state, scratch):
+    """_score_one_row without numba, NumPy normalising the row (a loop in Python would be
+    slower, and warn of values beyond float32)."""
+    x[:] = row
     z[:] = _normalised(x, mean, inv_std)
-    AnomalyScorer._impute(z, forecast)
+    AnomalyScorer._impute(z, state.forecast)
+    return _score_row(contrib, z, state.forecast, x, rows_seen, params, state, scratch)
 
 
 def _stream_state(scorer):

@@ -30,6 +30,11 @@ SCRIPT = textwrap.dedent("""
         for _ in range(n):
             kernels.gru_step(out, x, step_model)
 
+    @njit
+    def stream_strided(out, x, step_model, n):
+        for _ in range(n):
+            kernels.gru_step_strided(out, x, step_model)
+
     def counts():
         s = rtsys.get_allocation_stats()
         return s.alloc, s.free, s.mi_alloc, s.mi_free
@@ -65,6 +70,36 @@ SCRIPT = textwrap.dedent("""
                    if s.size_diff > 0 and s.count_diff > 0)
     result["tracemalloc_grown"] = grown(model)
 
+    # step(X[t], out=out), a new row each call, float32 or float64, contiguous or not:
+    # step()'s kernel reads it in place, converting nothing
+    x64 = np.ones((4, 2))[:, 0]                             # float64, strides (16,)
+    stream_strided(out, x64, model._step_model, 1)
+    for n in (10, 10000):
+        a = counts(); stream_strided(out, x64, model._step_model, n); b = counts()
+        result[f"strided_njit_loop_{n}"] = [b[i] - a[i] for i in range(4)]
+    rows = {"float32": np.ones((1100, 4), np.float32), "float64": np.ones((1100, 4)),
+            "strided": np.ones((4, 1100), np.float32).T}
+    for dtype, X in rows.items():
+        for t in range(100): model.step(X[t], out=out)
+        a = counts()
+        for t in range(100, 1100): model.step(X[t], out=out)
+        b = counts()
+        result[f"rows_{dtype}_python_loop"] = [b[i] - a[i] for i in range(4)]
+        # the most memory in use at once, over what X[t] alone takes: a conversion of the row
+        # would be an array more
+        def peak(loop):
+            tracemalloc.reset_peak()
+            base = tracemalloc.get_traced_memory()[0]
+            loop()
+            return tracemalloc.get_traced_memory()[1] - base
+
+        def rows_alone():
+            for t in range(100, 1100): X[t]
+
+        def stepping():
+            for t in range(100, 1100): model.step(X[t], out=out)
+        result[f"rows_{dtype}_peak"] = [peak(rows_alone), peak(stepping)]
+
     # a head deeper than one linear layer: the GRU step, then edgegru.heads' kernel
     cfg = edgegru.GRUConfig(input_size=4, hidden_size=32, output_size=4,
                             head_hidden=((16, "relu"), (8, "tanh")))
@@ -85,16 +120,16 @@ SCRIPT = textwrap.dedent("""
 
     # the scorer's per-row kernel, as AnomalyScorer.score_one calls it (one row per call)
     import sys
-    from edgegru.scoring import _score_rows
+    from edgegru.scoring import _score_one_row
     sc = edgegru.AnomalyScorer.from_model(edgegru.load(sys.argv[1]))
     sc.score_one(np.ones(4))
-    args = (sc._score1, sc._contrib1, sc._z, sc._z, sc._x, 50, sc._params, sc._stream,
-            sc._scratch)
+    args = (sc._contributions, sc._z0, sc._x0, np.ones(8)[::2], 50, sc._mean32, sc._inv_std,
+            sc._params, sc._stream, sc._scratch)
 
     @njit
     def score_rows(n, args):
         for _ in range(n):
-            _score_rows(*args)
+            _score_one_row(*args)
 
     score_rows(1, args)                                      # compile
     for n in (10, 10000):
@@ -121,6 +156,13 @@ def test_streaming_allocates_nothing_per_step(tmp_path):
     assert alloc == free and mi_alloc == mi_free
     # step(x, out=buf) creates no new numpy array: memory does not grow over 10,000 calls.
     assert result["tracemalloc_grown"] < 2048
+    # nor with a new row each call, float32 or float64, of any strides
+    assert result["strided_njit_loop_10000"] == result["strided_njit_loop_10"]
+    for dtype in ("float32", "float64", "strided"):
+        alloc, free, mi_alloc, mi_free = result[f"rows_{dtype}_python_loop"]
+        assert alloc == free and mi_alloc == mi_free, dtype
+        alone, stepping = result[f"rows_{dtype}_peak"]
+        assert stepping <= alone, dtype
     # nor with a deeper head (its layers' outputs go to the model's scratch)
     alloc, free, mi_alloc, mi_free = result["deep_python_loop"]
     assert alloc == free and mi_alloc == mi_free

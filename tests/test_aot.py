@@ -46,12 +46,17 @@ OUTPUTS = textwrap.dedent("""
                      "hard": {"gate_activation": "hard_sigmoid", "num_layers": 2},
                      "blocked": {"hidden_size": 70}, "blocked_before": {"hidden_size": 70,
                                                                         "reset_after": False},
-                     "bf16": {"hidden_size": 150, "recurrent_dtype": "bfloat16"}
+                     "bf16": {"hidden_size": 150, "recurrent_dtype": "bfloat16"},
+                     "deep": {"head_hidden": ((5, "relu"),)}
                      }.items():
         cfg = edgegru.GRUConfig(**{"input_size": 3, "hidden_size": 16, "output_size": 2, **kw})
         m = edgegru.Model(cfg, edgegru.GRUWeights.random(cfg, seed=1))
         X = rng.standard_normal((50, 3)).astype(np.float32)
         out[name + "_step"] = np.array([m.step(x).copy() for x in X])
+        m.reset()
+        # float64 rows, and float32 rows of strides (200,): read in place by the kernel
+        out[name + "_step_rows"] = np.array([m.step(x).copy() for x in X.astype(np.float64)]
+                                            + [m.step(x).copy() for x in np.asfortranarray(X)])
         m.reset()
         out[name + "_run"] = m.run(X)
         m.reset()
@@ -117,7 +122,7 @@ def test_every_path_without_numba_and_bitwise_as_numba(aot_cache, tmp_path):
     want = tmp_path / "numba.npz"
     assert child(OUTPUTS, MODEL, EXAMPLE, want, EDGEGRU_AOT="0") == ["numba", True, True]
     got, want = np.load(got), np.load(want)
-    assert sorted(got) == sorted(want) and len(got) == 22
+    assert sorted(got) == sorted(want) and len(got) == 32
     for name in want:
         assert np.array_equal(got[name], want[name], equal_nan=True), name
     assert (want["score_many"] > 0).any() and len(bytes(want["run_csv"]).splitlines()) == 401

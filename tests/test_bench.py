@@ -80,7 +80,11 @@ def test_model_compile_binds_what_step_and_run_use():
     model.run(np.zeros((3, 2)))
     model.run(np.zeros((2, 3, 2)))
     assert len(kernels.gru_sequences.signatures) == before     # found compiled, not recompiled
-    assert model._step_call[0] != model._bind_step
+    before = len(kernels.gru_step_strided.signatures)
+    model.step(np.zeros(2, np.float32))
+    model.step(np.zeros(2)[::1])                                # float64: its own signature
+    model.step(np.zeros((3, 2), np.float32)[:, 0][:2])          # any strides: the same one
+    assert len(kernels.gru_step_strided.signatures) == before
     compiled = len(heads.head_rows.signatures), len(heads.head_step.signatures)
     cfg = edgegru.GRUConfig(input_size=2, hidden_size=4, output_size=1,
                             head_hidden=((3, "relu"),))

@@ -327,3 +327,57 @@ def test_a_batch_split_over_threads_equals_one_thread(kw):
     for bad in (0, -1, 1.5, True):
         with pytest.raises(ValueError, match="threads must be"):
             model.run(X, threads=bad)
+
+
+class _Reading:
+    """Not an ndarray, but with a float32 dtype and one dimension (as a pandas Series has)."""
+    dtype, ndim = np.dtype(np.float32), 1
+
+    def __init__(self, values):
+        self.values = np.asarray(values, np.float32)
+
+    def __array__(self, dtype=None, copy=None):
+        return self.values
+
+
+def test_step_reads_float64_rows_and_odd_arrays_as_run_does(backend):
+    """float64 rows (a fresh np.array of a reading is float64) are read in place and rounded to
+    float32 as run() rounds them: huge values to inf, NaN kept; a float64 column too. Objects
+    that only look like arrays are converted; the wrong length or dimensions are refused."""
+    a = make_model(backend, input_size=3, hidden_size=7, num_layers=2, output_size=2)
+    b = make_model(backend, input_size=3, hidden_size=7, num_layers=2, output_size=2)
+    X = np.random.default_rng(9).standard_normal((30, 3)) * 3
+    wide = np.zeros((30, 3, 2))
+    wide[:, :, 1] = X                                   # columns of rows: strides (16,)
+    Y = a.run(np.concatenate([X, X, X[:5]]))
+    out = np.zeros(2, np.float32)
+    got = [b.step(row, out=out).copy() for row in X]
+    got += [b.step(wide[t, :, 1]) for t in range(30)]
+    got += [b.step(_Reading(row)) for row in X[:5]]
+    assert np.array_equal(np.array(got), Y)
+    for bad, match in [(np.zeros(4, np.float32), r"shape \(3,\)"),
+                       (np.zeros(2), r"shape \(3,\)"),
+                       (np.zeros((1, 3), np.float32), r"use run\(\)"),
+                       (np.float32(1.0), r"shape \(3,\)"), (np.zeros((), np.float32), "shape")]:
+        for o in (out, None):
+            with pytest.raises(ValueError, match=match):
+                b.step(bad, out=o)
+    assert np.array_equal(a.state, b.state)             # refused calls changed nothing
+    Z = np.array([[1e300, 0.5, -1e39], [np.nan, 1.0, 2.0]])
+    with np.errstate(over="ignore", invalid="ignore"):
+        assert np.array_equal(a.run(Z), [b.step(z).copy() for z in Z], equal_nan=True)
+
+
+def test_step_with_the_same_x_reshaped_in_place_reads_the_same_values(backend):
+    """A loop over the same x is bound to a view of it: reshaping x in place afterwards cannot
+    make the kernel read another layout."""
+    a = make_model(backend, input_size=3, hidden_size=5, output_size=2)
+    b = make_model(backend, input_size=3, hidden_size=5, output_size=2)
+    X = np.random.default_rng(10).standard_normal((6, 3)).astype(np.float32)
+    x, y = np.zeros(3, np.float32), np.zeros(2, np.float32)
+    for t, row in enumerate(X):
+        if t == 3:
+            x.shape = (1, 3)
+        x[...] = row
+        b.step(x, out=y)
+        assert np.array_equal(y, a.step(row))

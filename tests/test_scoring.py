@@ -46,6 +46,26 @@ def test_score_many_equals_score_one(backend):
         assert np.array_equal(a.state[key], b.state[key], equal_nan=key == "last")
 
 
+def test_score_one_reads_rows_of_any_layout_and_dtype(backend):
+    """float64 rows are read where they are (a column of rows too); float32 and integer rows
+    are converted: all score as score_many scores the same values."""
+    X = rows(40)
+    Xi = np.round(X).astype(np.int32)
+    X[12, 1] = np.nan
+    X32 = X.astype(np.float32)
+    wide = np.zeros((3, 2, 40))
+    wide[:, 1] = X.T                                # rows as columns: strides (640,)
+    a, b = make_scorer(backend), make_scorer(backend)
+    one = [a.score_one(wide[:, 1, t]) for t in range(40)]
+    one += [a.score_one(x) for x in X32] + [a.score_one(x) for x in Xi]
+    many = b.score_many(np.concatenate([X, X32.astype(np.float64), Xi.astype(np.float64)]))
+    assert np.array_equal(one, many)
+    for bad in (np.zeros(4), np.zeros((1, 3)), np.zeros((3, 2))[:, 0][:2]):
+        with pytest.raises(ValueError, match="row must have 3 values"):
+            a.score_one(bad)
+    assert a.state["rows_seen"] == 120
+
+
 def test_chunks_of_score_many_equal_one_call():
     X = rows(300)
     a, b = make_scorer(), make_scorer()
@@ -203,7 +223,7 @@ def test_a_delta_forecaster_forecasts_the_row_plus_its_output():
     one, many, bare = delta_scorer(), delta_scorer(), make_scorer().model   # same weights
     for t in range(len(X)):
         one.score_one(X[t])
-        z = one._z[0].copy()                         # the row the model read (imputed)
+        z = one._z0.copy()                           # the row the model read (imputed)
         assert np.array_equal(one._forecast, bare.step(z) + z)
     many_scores = many.score_many(X)
     again = delta_scorer()
