@@ -64,8 +64,11 @@ def best_of_each(timed, repeats, statistic=min):
     so the minimum is the figure that repeats from run to run. statistic: another one of the
     repeats' timings (--median: np.median)."""
     times = {name: [] for name in timed}
-    for _ in range(repeats):
-        for name, (fn, number) in timed.items():
+    turns = list(timed.items())
+    for r in range(repeats):
+        # every other round in the other order: the first function timed in a round can be
+        # slower for coming first (after another peer's work), which would bias a median
+        for name, (fn, number) in turns if r % 2 == 0 else turns[::-1]:
             if isinstance(fn, SelfTimed):
                 times[name].append(fn())
                 continue
