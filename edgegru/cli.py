@@ -7,7 +7,6 @@ directory), 130 interrupted by Ctrl-C; ``run`` also 129 / 143 (SIGHUP / SIGTERM)
 closed).
 """
 import contextlib
-import dataclasses
 import functools
 import io
 import os
@@ -20,6 +19,7 @@ import click
 import edgegru
 from edgegru.calibrate import CalibrationOptions
 from edgegru.errors import EdgeGRUError, WriteError
+from edgegru.model import WEIGHTS_DTYPES, recurrent_bfloat16
 from edgegru.scoring import FORECASTS
 from edgegru.train import TrainingOptions
 
@@ -58,6 +58,12 @@ def main():
     """
 
 
+# convert's and train's --weights-dtype
+WEIGHTS_DTYPE_HELP = ("bf16: hold the recurrent weights W_hh in bfloat16 (rounded to nearest; "
+                      "everything else stays float32): W_hh half the bytes, run() faster from "
+                      "64 hidden units.")
+
+
 @main.command()
 @click.argument("src", type=click.Path(dir_okay=False))
 @click.option("-o", "--output", "dst", required=True, type=click.Path(dir_okay=False),
@@ -70,10 +76,8 @@ def main():
                    "dict cannot say so; ONNX and Keras files do). Default: as the file says.")
 @click.option("--layers", default=None, help="For state dicts with several nn.GRU modules "
               "making one stack: their key prefixes, bottom first (e.g. 'gru1,gru2').")
-@click.option("--weights-dtype", type=click.Choice(["f32", "bf16"]), default="f32",
-              show_default=True, help="bf16: hold the recurrent weights W_hh in bfloat16 "
-              "(rounded to nearest; everything else stays float32): faster run() past 64 "
-              "hidden units, W_hh half the bytes.")
+@click.option("--weights-dtype", type=click.Choice(WEIGHTS_DTYPES), default="f32",
+              show_default=True, help=WEIGHTS_DTYPE_HELP)
 @friendly_errors
 def convert(src, dst, head, head_on, layers, weights_dtype):
     """Convert a trained model to edgegru's .npz (format recognised from the content).
@@ -93,8 +97,7 @@ def convert(src, dst, head, head_on, layers, weights_dtype):
     model = edgegru.load(src, head=False if head == "none" else head, head_on=head_on,
                          layers=layers)
     if weights_dtype == "bf16":
-        config = dataclasses.replace(model.config, recurrent_dtype="bfloat16")
-        model = edgegru.Model(config, model.weights, meta=model.meta)
+        model = recurrent_bfloat16(model)
     model.meta.setdefault("provenance", {})["converted_by"] = f"edgegru {edgegru.__version__}"
     edgegru.save(model, dst)
     click.echo(f"{src} -> {dst}: {model!r}")
@@ -375,6 +378,7 @@ def _expert(name, **kwargs):
 @_option("--false-alarm-rate", type=float,
          help="Threshold: score crossings per row on normal data.")
 @_option("--seed", type=int, help="Random seed.")
+@_option("--weights-dtype", type=click.Choice(WEIGHTS_DTYPES), help=WEIGHTS_DTYPE_HELP)
 @click.option("-q", "--quiet", is_flag=True, help="Print nothing on stderr.")
 @click.option("--plot", type=click.Path(dir_okay=False), help="Also draw the calibration rows "
               "with their scores (.png/.svg, as edgegru plot does; needs matplotlib).")
@@ -434,6 +438,7 @@ def train(data, output, columns, delimiter, train_rows, train_fraction, quiet, p
     Examples:
       edgegru train mine.csv -o mine.npz
       edgegru train pump.csv -o pump.npz --columns temp,current --train-rows 20000
+      edgegru train pump.csv -o pump.npz --hidden-size 64 --weights-dtype bf16
     """
     from edgegru.train import train_model
     if train_rows is not None and train_fraction is not None:

@@ -304,7 +304,7 @@ def gru_sequences(Y, X, h, params, ws, input_size, hidden_size, num_layers, num_
 
     Y (B, T, O)   X (B, T, I)   h (L*D, B, H): initial state in, final state out
     ws: workspace of at least sequence_workspace_size(B, T, H, D) floats.
-    recurrent_bf16: w_hh's full blocks hold bfloat16 words (pack_recurrent).
+    recurrent_bf16: w_hh is bfloat16 (pack_recurrent: which blocks hold bfloat16 words).
 
     The reverse direction of a bidirectional layer starts from its row of h at the end of the
     sequences, as in PyTorch.
@@ -433,7 +433,8 @@ def head_rows(Y, X, weights, layers, alpha, beta, scratch):
 #     w_ih   (in_size, 3H)   transposed input weights, columns [r | z | n]
 #     b_x    (3H,)           [b_ir + b_hr | b_iz + b_hz | b_in]   (+ b_hn when reset_before)
 #     w_hh   (H, 3H)         transposed hidden weights, columns [r | z | n]; past
-#                            RECURRENT_BLOCKED_ABOVE hidden units, blocked (pack_recurrent)
+#                            RECURRENT_BLOCKED_ABOVE hidden units (a bfloat16 one past
+#                            RECURRENT_BF16_ABOVE), blocked (pack_recurrent)
 #     b_hn   (H,)            hidden bias of the candidate (zero when reset_before: folded into b_x)
 #
 # each padded with zeros to whole cache lines (ALIGNMENT): the rows of w_ih and of a row-major
@@ -455,6 +456,15 @@ ALIGNMENT = 16                  # floats: 64 bytes, a cache line; params itself 
 # short piece of every row. Only past RECURRENT_BLOCKED_ABOVE: smaller matrices stay in L1,
 # where the row-major panels in _rows4's order are as fast or faster.
 RECURRENT_BLOCKED_ABOVE = 64
+
+# A bfloat16 W_hh (recurrent_dtype "bfloat16") is blocked past this many hidden units too, so
+# that its blocks can hold bfloat16 words; up to RECURRENT_BLOCKED_ABOVE their products keep
+# _rows4's order, the order of float32's row-major panels (see _matvec_blocked). Its float32
+# (12 H^2 bytes) is then past L1, and half of it fits: one time step gains more than the
+# widening costs. Not below: where W_hh fits in L1 either way (to H=48), float32's own
+# products on the rounded weights are faster, and at H=56 a batch, which widens the weights
+# for each of its sequences, is slower (figures in BENCHMARKS.md, "Narrow weights").
+RECURRENT_BF16_ABOVE = 56
 
 if BACKEND == "numba":
     from numba.extending import register_jitable as _jitable
@@ -515,20 +525,37 @@ def params_size(input_size, hidden_size, num_layers, num_directions, output_size
     return size + output_size * (num_directions * hidden_size + 1)
 
 
-def recurrent_blocked(hidden_size, block_columns):
-    """Whether w_hh is blocked, for kernels whose blocks are block_columns wide (0: never)."""
-    return block_columns > 0 and hidden_size > RECURRENT_BLOCKED_ABOVE
+@_jitable
+def recurrent_blocked(hidden_size, block_columns, bf16=False):
+    """Whether w_hh is blocked, for kernels whose blocks are block_columns wide (0: never);
+    bf16: a bfloat16 W_hh, blocked past RECURRENT_BF16_ABOVE if its [r | z] can then be
+    bfloat16 (bf16_block; otherwise the blocks would only split float32's products)."""
+    if block_columns <= 0:
+        return False
+    if hidden_size > RECURRENT_BLOCKED_ABOVE:
+        return True
+    return bf16 and hidden_size > RECURRENT_BF16_ABOVE and bf16_block(2 * hidden_size,
+                                                                       block_columns)
+
+
+@_jitable
+def bf16_block(width, block_columns):
+    """Whether a block of a blocked bfloat16 W_hh this wide holds bfloat16 words: where it is a
+    whole number of vectors (block_columns // 8 floats each), so that its product needs no
+    masked tail."""
+    return width % (block_columns // 8) == 0
 
 
 def pack_recurrent(w_hh_t, block_columns, bf16=False):
     """The w_hh of params from the transposed hidden weights (H, 3H), flat: row-major with
     rows of row_stride(H), or blocked; its padding zero.
 
-    bf16 (w_hh_t's values already bfloat16, see to_bfloat16): where blocked, each full block
-    holds them as bfloat16 words (pack_bf16_block) in the first half of its place, for
-    _chain_bf16; the last, narrower block and a row-major w_hh stay float32."""
+    bf16 (w_hh_t's values already bfloat16, see to_bfloat16): blocked from
+    RECURRENT_BF16_ABOVE hidden units on, and each block that is a whole number of vectors
+    wide (bf16_block) holds them as bfloat16 words (pack_bf16_block) at the start of its
+    place, for _chain_bf16 and _panel_bf16; other blocks, and a row-major w_hh, stay float32."""
     H = w_hh_t.shape[0]
-    if not recurrent_blocked(H, block_columns):
+    if not recurrent_blocked(H, block_columns, bf16):
         return padded(w_hh_t, row_stride(H)).ravel()
     return np.concatenate([blocked(w_hh_t[:, :2 * H], block_columns, bf16),
                            blocked(w_hh_t[:, 2 * H:], block_columns, bf16)])
@@ -541,15 +568,15 @@ def padded(w, columns):
 
 def blocked(w, block_columns, bf16=False):
     """W (m, n) flat in the blocked layout: blocks of block_columns columns, each row-major,
-    the last one's rows padded to whole cache lines (aligned); with bf16, each full block as
-    bfloat16 words in the first half of its place."""
+    the last one's rows padded to whole cache lines (aligned); with bf16, each block that is
+    a whole number of vectors wide (bf16_block) as bfloat16 words at the start of its place."""
     out = []
     for c in range(0, w.shape[1], block_columns):
         width = min(block_columns, w.shape[1] - c)
         block = padded(w[:, c:c + block_columns], aligned(width))
-        if bf16 and width == block_columns:
-            words = pack_bf16_block(block, block_columns // 8).ravel()
-            out += [words, np.zeros_like(words)]        # rows of words, one after the other
+        if bf16 and bf16_block(width, block_columns):
+            words = pack_bf16_block(block[:, :width], block_columns // 8).ravel()
+            out += [words, np.zeros(block.size - words.size, np.float32)]   # rows of words
         else:
             out.append(block.ravel())
     return np.concatenate(out)
@@ -567,17 +594,27 @@ def from_bfloat16(bits):
 
 
 def pack_bf16_block(block, lanes):
-    """A full block (m, 8 * lanes) of bfloat16 values, as float32 as (m, 4 * lanes) words: word
-    k of a row's vector p holds column 2 p lanes + k in its low half and column (2 p + 1)
-    lanes + k in its high half, so that one shift (or one mask) of a vector of words widens
-    one vector of columns (_PanelIR.widened)."""
-    m = block.shape[0]
-    bits = to_bfloat16(block).astype(np.uint32).reshape(m, 4, 2, lanes)
-    return (bits[:, :, 0] | (bits[:, :, 1] << 16)).reshape(m, 4 * lanes).view(np.float32)
+    """A block (m, v * lanes) of bfloat16 values, as float32 as (m, ceil(v / 2) * lanes) words
+    (bf16_words): word k of a row's vector p holds column 2 p lanes + k in its low half and
+    column (2 p + 1) lanes + k in its high half (zero past the block), so that one shift (or
+    one mask) of a vector of words widens one vector of columns (_PanelIR.widened)."""
+    m, n = block.shape
+    pairs = bf16_words(n // lanes, lanes) // lanes
+    bits = np.zeros((m, 2 * pairs * lanes), np.uint32)
+    bits[:, :n] = to_bfloat16(block)
+    bits = bits.reshape(m, pairs, 2, lanes)
+    return (bits[:, :, 0] | (bits[:, :, 1] << 16)).reshape(m, pairs * lanes).view(np.float32)
+
+
+@_jitable
+def bf16_words(nvec, lanes):
+    """Words in a row of pack_bf16_block's block of nvec vectors of lanes columns."""
+    return (nvec + 1) // 2 * lanes
 
 
 def unpack_bf16_block(words, lanes):
-    """pack_bf16_block's block (m, 8 * lanes) float32, from its words."""
+    """pack_bf16_block's block (m, 2 * words' columns) float32, from its words (with the
+    zero columns past the block, when it has an odd number of vectors)."""
     m = words.shape[0]
     u = np.ascontiguousarray(words).view(np.uint32).reshape(m, -1, lanes)
     halves = np.stack([u << 16, u & np.uint32(0xFFFF0000)], axis=2)
@@ -590,13 +627,13 @@ def _block(params, l, d, input_size, hidden_size, num_directions, recurrent_bf16
     # blocked, bf16) that matvec and matmul read: w its floats, flat (a reshape is a call into
     # numba's C helpers, a slice is not), H the hidden size (a row-major matrix's rows are
     # row_stride(H) long), blocked whether it is in the blocked layout (only a large w_hh),
-    # bf16 whether its full blocks hold bfloat16 words (pack_recurrent; only a blocked w_hh).
+    # bf16 whether its blocks may hold bfloat16 words (pack_recurrent; only a blocked w_hh).
     w_ih, b_x, w_hh, b_hn, in_size = block_offsets(l, d, input_size, hidden_size, num_directions)
     H = hidden_size
     # (False as a value: a literal would give W_ih a type of its own, and matmul a second
     # compilation for it)
     row_major = H < 0
-    blocked = H > RECURRENT_BLOCKED_ABOVE
+    blocked = recurrent_blocked(H, RECURRENT_BLOCK_COLUMNS, recurrent_bf16)
     return ((params[w_ih:b_x], H, row_major, row_major), params[b_x:b_x + 3 * H],
             (params[w_hh:b_hn], H, blocked, blocked and recurrent_bf16), params[b_hn:b_hn + H])
 
@@ -747,8 +784,8 @@ def _axpy_chain(acc, x, w, ld, c0):
 
 
 def _vector_intrinsics(lanes):
-    """Five numba intrinsics, ``panel``, ``panel_masked``, ``chain``, ``chain_bf16`` and ``dot8``,
-    in LLVM IR.
+    """Six numba intrinsics, ``panel``, ``panel_masked``, ``chain``, ``chain_bf16``,
+    ``panel_bf16`` and ``dot8``, in LLVM IR.
 
     ``panel(acc, x, w, ld, c0, nvec)``:
     acc[:L*nvec] += x @ W[:, c0:c0+L*nvec], x (m,), W (m, ld) flat in w, nvec a literal 1..8,
@@ -784,6 +821,10 @@ def _vector_intrinsics(lanes):
     ld and c0 count words; the layout of pack_bf16_block), each vector of words widened exactly
     into two vectors of float32 weights: bitwise ``chain`` on the widened W.
 
+    ``panel_bf16(acc, x, w, ld, c0, nvec)``: ``panel`` (its order, _rows4's) on W held so, nvec
+    1..8 (odd: the last vector of words widens its low halves only): bitwise ``panel`` on the
+    widened W.
+
     ``dot8(a, b)``: the first part of :func:`_dot` for len(a) a multiple of 8, in one
     ``<8 x float>`` register: lane l sums a[k] * b[k] for k = l mod 8, in order, exactly as the
     eight scalar sums of :func:`_dot8_lanes` below, then the same fixed tree. LLVM does
@@ -818,12 +859,16 @@ def _vector_intrinsics(lanes):
         return product(acc, x, w, ld, c0, nvec, 1, bf16=True)
 
     @intrinsic
+    def panel_bf16(typingctx, acc, x, w, ld, c0, nvec):
+        return product(acc, x, w, ld, c0, nvec, 4, bf16=True)
+
+    @intrinsic
     def dot8(typingctx, a, b):
         if not _float32_vectors(a, b):
             return None
         return types.float32(a, b), _dot8_codegen
 
-    return panel, panel_masked, chain, chain_bf16, dot8
+    return panel, panel_masked, chain, chain_bf16, panel_bf16, dot8
 
 
 _MAX_VECTORS = 8                # sums per panel: 8 (+4 broadcasts, 2 temporaries) of 16 registers
@@ -1121,7 +1166,8 @@ if BACKEND == "numba":
     # ever loaded where it was compiled (NUMBA_CPU_NAME=generic: no AVX-512, 8 lanes).
     PANEL_LANES = panel_lanes(aot.target_cpu()[1])
     MASKED_TAIL = masked_tail(aot.target_cpu()[1])
-    _panel, _panel_masked, _chain, _chain_bf16, _dot8 = _vector_intrinsics(PANEL_LANES)
+    _panel, _panel_masked, _chain, _chain_bf16, _panel_bf16, _dot8 = \
+        _vector_intrinsics(PANEL_LANES)
 else:
     # What the intrinsics compute (the NumPy backend and the ahead-of-time module never call
     # these: there the kernels are numpy_kernels or already machine code). The module's
@@ -1139,10 +1185,18 @@ else:
     def _chain(acc, x, w, ld, c0, nvec):
         _axpy_chain(acc[:PANEL_LANES * nvec], x, w, ld, c0)
 
+    def _widened(x, w, ld, c0, nvec):
+        # W (m, PANEL_LANES * nvec) float32, flat, from its bfloat16 words (rows of ld in w)
+        words = w[c0:c0 + x.shape[0] * ld].reshape(x.shape[0], ld)
+        widened = unpack_bf16_block(words[:, :bf16_words(nvec, PANEL_LANES)], PANEL_LANES)
+        return np.ascontiguousarray(widened[:, :PANEL_LANES * nvec]).ravel()
+
     def _chain_bf16(acc, x, w, ld, c0, nvec):
-        words = w[c0:c0 + x.shape[0] * ld].reshape(x.shape[0], ld)[:, :PANEL_LANES * nvec // 2]
-        widened = unpack_bf16_block(words, PANEL_LANES).ravel()
-        _axpy_chain(acc[:PANEL_LANES * nvec], x, widened, PANEL_LANES * nvec, 0)
+        _axpy_chain(acc[:PANEL_LANES * nvec], x, _widened(x, w, ld, c0, nvec),
+                    PANEL_LANES * nvec, 0)
+
+    def _panel_bf16(acc, x, w, ld, c0, nvec):
+        _axpy(acc[:PANEL_LANES * nvec], x, _widened(x, w, ld, c0, nvec), PANEL_LANES * nvec, 0)
 
     _dot8 = _dot8_lanes
 
@@ -1187,6 +1241,7 @@ def _of_width(panel):
 
 _panel_of_width = _of_width(_panel)
 _masked_panel_of_width = _of_width(_panel_masked)
+_bf16_panel_of_width = _of_width(_panel_bf16)
 
 
 # Not inlined, unlike the rest of the cell: its panel widths, inlined at the three places
@@ -1345,21 +1400,36 @@ def _matvec_blocked(acc, x, w, reverse, bf16):
     # in narrow blocks (1-4 vectors: too few chains side by side; fewer columns than a vector:
     # the sums in memory), which is why the last block keeps _rows4's order.
     #
-    # bf16: the full blocks hold bfloat16 words (pack_recurrent), half the bytes to read, widened
-    # exactly in registers (_chain_bf16): the same sums as _chain on the widened weights. The
-    # last, narrower block holds the same rounded weights as float32.
+    # Up to RECURRENT_BLOCKED_ABOVE rows (a bfloat16 W_hh, blocked from RECURRENT_BF16_ABOVE)
+    # the full blocks keep _rows4's order too: that of float32's row-major panels there.
+    #
+    # bf16: the blocks that are whole vectors wide hold bfloat16 words (pack_recurrent), half
+    # the bytes to read, widened exactly in registers (_block_bf16): the same sums as float32's
+    # on the widened weights.
     n = acc.shape[0]
     m = x.shape[0]
     P = RECURRENT_BLOCK_COLUMNS
     blocks = (n + P - 1) // P
+    chain = m > RECURRENT_BLOCKED_ABOVE             # else every block in _rows4's order
     for i in range(blocks):
         c, width, ld, block = _block_of(w, m, n, i if not reverse else blocks - 1 - i)
-        if width == P and bf16:
-            _chain_bf16(acc[c:c + P], x, block, P // 2, 0, 8)
-        elif width == P:
+        if bf16 and bf16_block(width, P):
+            _block_bf16(acc[c:c + width], x, block, chain and width == P)
+        elif chain and width == P:
             _chain(acc[c:c + P], x, block, P, 0, 8)
         else:
             _matvec_tail(acc[c:c + width], x, block, ld, np.int64(0), np.int64(0))
+
+
+@njit(**KERNEL, inline="always")
+def _block_bf16(acc, x, words, chain):
+    # acc (n,) += x @ W, W (m, n) one block of bfloat16 words (pack_bf16_block), n a whole
+    # number of vectors: in _axpy_chain's order (chain: a full block) or else in _axpy's
+    nvec = acc.shape[0] // PANEL_LANES
+    if chain:
+        _chain_bf16(acc, x, words, RECURRENT_BLOCK_COLUMNS // 2, 0, 8)
+    else:
+        _bf16_panel_of_width(acc, x, words, bf16_words(nvec, PANEL_LANES), 0, nvec)
 
 
 @njit(**KERNEL)
@@ -1368,35 +1438,37 @@ def _matmul_blocked(acc, a0, xs, m, w, n, reverse, bf16):
     # acc, bitwise the same, but a strip of 32 KB of a full block at a time (its rows i0..i1)
     # for all rows of acc, so that W is read from L2 once per step for the whole batch rather
     # than once per row (a block of a large W does not fit in L1). Each row's sums go to
-    # memory between strips and come back exactly, so the order of the sums is unchanged.
-    # The last, narrower block (_rows4's order) goes by panels while it fits in L1, else by
+    # memory between strips and come back exactly, so the order of the sums is unchanged
+    # (strips of a multiple of 4 rows: _rows4's groups stay whole). A float32 block in
+    # _rows4's order (the last, narrower one) goes by panels while it fits in L1, else by
     # _matmul, as the row-major w_hh did past PANEL_MAX_COLUMNS (by panels, each row of the
-    # batch would read it from L2 again). Rows of xs
-    # need only be contiguous up to m: the reset-before cell's second product reads its
-    # inputs, r * h, from acc itself.
+    # batch would read it from L2 again). Rows of xs need only be contiguous up to m: the
+    # reset-before cell's second product reads its inputs, r * h, from acc itself.
     N = acc.shape[0]
     P = RECURRENT_BLOCK_COLUMNS
     blocks = (n + P - 1) // P
     for i in range(blocks):
         c, width, ld, block = _block_of(w, m, n, i if not reverse else blocks - 1 - i)
-        if width < P and m * ld <= 8192:                # fits in L1 (32 KB): by panels
+        half = bf16 and bf16_block(width, P)
+        chain = width == P and m > RECURRENT_BLOCKED_ABOVE      # as in _matvec_blocked
+        if not (half or chain) and m * ld <= 8192:      # fits in L1 (32 KB): by panels
             for b in range(N):
-                _matvec_tail(acc[b, a0 + c:a0 + n], xs[b, :m], block, ld, np.int64(0),
-                             np.int64(0))
+                _matvec_tail(acc[b, a0 + c:a0 + c + width], xs[b, :m], block, ld,
+                             np.int64(0), np.int64(0))
             continue
-        if width < P:                                   # else read once per block of rows
+        if not (half or chain):                         # else read once per block of rows
             # (the block as w from m * c rather than as block from a literal 0, which numba
             # would compile _matmul anew for)
             _matmul(acc, a0 + c, xs[:, :m], w, ld, m * c, width)
             continue
-        strip = 8192 // P                               # rows of W per strip: 32 KB
-        words = P // 2 if bf16 else P                   # (16 KB in bfloat16)
+        strip = 8192 // width // 4 * 4                  # rows of W per strip: 32 KB of float32
+        words = bf16_words(width // PANEL_LANES, PANEL_LANES) if half else P   # (16 in bf16)
         for i0 in range(0, m, strip):
             i1 = min(m, i0 + strip)
             rows = block[i0 * words:i1 * words]
             for b in range(N):
-                if bf16:
-                    _chain_bf16(acc[b, a0 + c:a0 + c + P], xs[b, i0:i1], rows, P // 2, 0, 8)
+                if half:
+                    _block_bf16(acc[b, a0 + c:a0 + c + width], xs[b, i0:i1], rows, chain)
                 else:
                     _chain(acc[b, a0 + c:a0 + c + P], xs[b, i0:i1], rows, P, 0, 8)
 

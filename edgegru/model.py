@@ -28,6 +28,7 @@ _FUSED_HEAD = {"linear": kernels.HEAD_LINEAR, "sigmoid": kernels.HEAD_SIGMOID}
 HEAD_ON = ("all", "last")
 GATE_ACTIVATIONS = ("sigmoid", "hard_sigmoid")
 RECURRENT_DTYPES = ("float32", "bfloat16")
+WEIGHTS_DTYPES = ("f32", "bf16")        # --weights-dtype (convert, train): the same two
 _F32 = np.dtype(np.float32)
 _F64 = np.dtype(np.float64)
 _ndarray = np.ndarray
@@ -282,6 +283,14 @@ def recurrent_rounded(config, weights):
             raise ModelFormatError(f"array {name} does not fit bfloat16 (a weight rounds to "
                                    f"inf): keep it float32")
     return GRUWeights(arrays)
+
+
+def recurrent_bfloat16(model):
+    """model with W_hh held in bfloat16 (recurrent_dtype "bfloat16", its weights rounded): a
+    new Model of the same weights and meta, as ``--weights-dtype bf16`` asks (edgegru convert
+    and train)."""
+    config = dataclasses.replace(model.config, recurrent_dtype="bfloat16")
+    return Model(config, model.weights, meta=model.meta)
 
 
 def pack_params(config, weights, block_columns=0):

@@ -54,6 +54,7 @@ import numpy as np
 from edgegru.calibrate import CalibrationOptions, _round, calibrate, normalisation
 from edgegru.errors import TrainingError
 from edgegru.formats import save
+from edgegru.model import WEIGHTS_DTYPES, recurrent_bfloat16
 from edgegru.scoring import FORECASTS
 from edgegru.csvio import sniff_delimiter    # the same rule as edgegru run's
 
@@ -84,6 +85,7 @@ class TrainingOptions:
     forecast: str = "delta"             # the head predicts the step to the next row, or the row
     seed: int = 0
     threads: int = 1                    # torch threads (fixed, so a seed gives the same file)
+    weights_dtype: str = "f32"          # "bf16": W_hh held in bfloat16 (as edgegru convert's)
 
     def check(self):
         """Raise TrainingError naming the option that is out of range."""
@@ -102,6 +104,9 @@ class TrainingOptions:
         if self.forecast not in FORECASTS:
             raise TrainingError(f"--forecast must be {' or '.join(FORECASTS)}, got "
                                 f"{self.forecast!r}")
+        if self.weights_dtype not in WEIGHTS_DTYPES:
+            raise TrainingError(f"--weights-dtype must be {' or '.join(WEIGHTS_DTYPES)}, got "
+                                f"{self.weights_dtype!r}")
         if self.lr <= 0 or self.clip <= 0 or self.shift < 0:
             raise TrainingError("--lr and --clip must be positive, --shift at least 0")
         return self
@@ -494,6 +499,8 @@ def train_model(data, output=None, *, columns=None, delimiter=None, train_rows=N
         f"{summary['epochs']} epochs)")
 
     model = from_state_dict(sd)                          # the import path users take
+    if options.weights_dtype == "bf16":                 # calibrated as it will run
+        model = recurrent_bfloat16(model)
     calibrate(model, names, mean, std, Z_train, Z_cal, X_cal, calibration, log, X[:n_normal],
               forecast=options.forecast)
     model.meta["provenance"] = {

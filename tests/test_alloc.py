@@ -107,16 +107,18 @@ SCRIPT = textwrap.dedent("""
     result["deep_python_loop"] = python_loop(deep)
     result["deep_tracemalloc_grown"] = grown(deep)
 
-    # W_hh in bfloat16, blocked (H=128): the kernels' bfloat16 products
-    cfg = edgegru.GRUConfig(input_size=4, hidden_size=128, output_size=4,
-                            recurrent_dtype="bfloat16")
-    narrow = edgegru.Model(cfg, edgegru.GRUWeights.random(cfg))
-    stream(out, x, narrow._step_model, 1)
-    for n in (10, 10000):
-        a = counts(); stream(out, x, narrow._step_model, n); b = counts()
-        result[f"bf16_njit_loop_{n}"] = [b[i] - a[i] for i in range(4)]
-    result["bf16_python_loop"] = python_loop(narrow)
-    result["bf16_tracemalloc_grown"] = grown(narrow)
+    # W_hh in bfloat16, blocked: the kernels' bfloat16 products, in _rows4's order (H=64) and
+    # in chains (H=128)
+    for H in (64, 128):
+        cfg = edgegru.GRUConfig(input_size=4, hidden_size=H, output_size=4,
+                                recurrent_dtype="bfloat16")
+        narrow = edgegru.Model(cfg, edgegru.GRUWeights.random(cfg))
+        stream(out, x, narrow._step_model, 1)
+        for n in (10, 10000):
+            a = counts(); stream(out, x, narrow._step_model, n); b = counts()
+            result[f"bf16_{H}_njit_loop_{n}"] = [b[i] - a[i] for i in range(4)]
+        result[f"bf16_{H}_python_loop"] = python_loop(narrow)
+        result[f"bf16_{H}_tracemalloc_grown"] = grown(narrow)
 
     # the scorer's per-row kernel, as AnomalyScorer.score_one calls it (one row per call)
     import sys
@@ -168,11 +170,12 @@ def test_streaming_allocates_nothing_per_step(tmp_path):
     assert alloc == free and mi_alloc == mi_free
     assert result["deep_tracemalloc_grown"] < 2048
     # nor with W_hh in bfloat16
-    assert result["bf16_njit_loop_10000"] == result["bf16_njit_loop_10"]
-    for key in ("bf16_njit_loop_10000", "bf16_python_loop"):
-        alloc, free, mi_alloc, mi_free = result[key]
-        assert alloc == free and mi_alloc == mi_free, key
-    assert result["bf16_tracemalloc_grown"] < 2048
+    for H in (64, 128):
+        assert result[f"bf16_{H}_njit_loop_10000"] == result[f"bf16_{H}_njit_loop_10"]
+        for key in (f"bf16_{H}_njit_loop_10000", f"bf16_{H}_python_loop"):
+            alloc, free, mi_alloc, mi_free = result[key]
+            assert alloc == free and mi_alloc == mi_free, key
+        assert result[f"bf16_{H}_tracemalloc_grown"] < 2048
     # The scorer's kernel (shipped model: whitening, consistency model, drift test, stuck sensors)
     # allocates nothing per call either: its work space is the scorer's. (What 10 calls
     # allocate is the records of the arrays passed into the loop, all freed.)

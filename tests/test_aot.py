@@ -30,7 +30,7 @@ pytestmark = [
 ]
 
 # Every path that runs compiled code: step, run and a batch (the cell variants, W_hh blocked
-# and in bfloat16), AnomalyScorer one row at a time and in bulk, GroupScorer, and the CSV path
+# and in bfloat16, in chains and in _rows4's order), AnomalyScorer one row at a time and in bulk, GroupScorer, and the CSV path
 # of `edgegru run`.
 OUTPUTS = textwrap.dedent("""
     import io, json, sys
@@ -47,7 +47,9 @@ OUTPUTS = textwrap.dedent("""
                      "blocked": {"hidden_size": 70}, "blocked_before": {"hidden_size": 70,
                                                                         "reset_after": False},
                      "bf16": {"hidden_size": 150, "recurrent_dtype": "bfloat16"},
-                     "deep": {"head_hidden": ((5, "relu"),)}
+                     "deep": {"head_hidden": ((5, "relu"),)},
+                     "bf16_rows4": {"hidden_size": 64, "recurrent_dtype": "bfloat16",
+                                    "reset_after": False}
                      }.items():
         cfg = edgegru.GRUConfig(**{"input_size": 3, "hidden_size": 16, "output_size": 2, **kw})
         m = edgegru.Model(cfg, edgegru.GRUWeights.random(cfg, seed=1))
@@ -122,7 +124,7 @@ def test_every_path_without_numba_and_bitwise_as_numba(aot_cache, tmp_path):
     want = tmp_path / "numba.npz"
     assert child(OUTPUTS, MODEL, EXAMPLE, want, EDGEGRU_AOT="0") == ["numba", True, True]
     got, want = np.load(got), np.load(want)
-    assert sorted(got) == sorted(want) and len(got) == 32
+    assert sorted(got) == sorted(want) and len(got) == 36
     for name in want:
         assert np.array_equal(got[name], want[name], equal_nan=True), name
     assert (want["score_many"] > 0).any() and len(bytes(want["run_csv"]).splitlines()) == 401

@@ -38,12 +38,15 @@ def test_rounding_is_to_nearest_even_and_widening_exact():
 
 
 @pytest.mark.parametrize("lanes", [8, 16])
-def test_pack_and_unpack_are_inverse(lanes):
+@pytest.mark.parametrize("nvec", [8, 4, 3, 1])
+def test_pack_and_unpack_are_inverse(lanes, nvec):
     rng = np.random.default_rng(1)
-    block = kernels.from_bfloat16(kernels.to_bfloat16(rng.standard_normal((5, 8 * lanes))))
+    block = kernels.from_bfloat16(kernels.to_bfloat16(rng.standard_normal((5, nvec * lanes))))
     words = kernels.pack_bf16_block(block, lanes)
-    assert words.shape == (5, 4 * lanes) and words.dtype == np.float32
-    assert np.array_equal(kernels.unpack_bf16_block(words, lanes), block)
+    assert words.shape == (5, (nvec + 1) // 2 * lanes) and words.dtype == np.float32
+    back = kernels.unpack_bf16_block(words, lanes)
+    assert np.array_equal(back[:, :nvec * lanes], block)
+    assert not back[:, nvec * lanes:].any()             # an odd vector's partner: zeros
 
 
 @pytest.mark.parametrize("lanes", [8, 16])
@@ -74,10 +77,75 @@ def test_chain_bf16_equals_axpy_chain_on_widened_weights_bitwise(lanes):
         assert np.array_equal(by_chain, by_rows, equal_nan=True), m
 
 
-# H=16 and 64: row-major (float32 products on the rounded weights); 96 and 200: full blocks and
-# a narrower last one; 120: a last block of 120 columns, padded to a full width; 128: full
-# blocks only
-@pytest.mark.parametrize("H, reset_after", [(16, True), (64, True), (96, True), (120, True),
+@pytest.mark.parametrize("lanes", [8, 16])
+def test_panel_bf16_equals_axpy_on_widened_weights_bitwise(lanes):
+    """The intrinsic for either vector width and every number of vectors, odd ones included:
+    _axpy's sums (_rows4's order) on the widened block, not a bit apart, with NaN in x and
+    rows left over after the groups of four."""
+    if kernels.BACKEND != "numba":
+        pytest.skip("numba not available")
+    from numba import njit
+    panel_bf16 = kernels._vector_intrinsics(lanes)[4]
+
+    def of_width(nvec):
+        @njit(fastmath=kernels.FASTMATH, error_model="numpy")
+        def both(by_panel, by_rows, x, words, ld, widened):
+            panel_bf16(by_panel, x, words, ld, 0, nvec)
+            kernels._axpy(by_rows, x, widened, nvec * lanes, 0)
+        return both
+
+    rng = np.random.default_rng(4)
+    for nvec in (1, 3, 4, 8):
+        both = of_width(nvec)
+        for m in (1, 7, 32):
+            block = rng.standard_normal((m, nvec * lanes)).astype(np.float32)
+            words = kernels.pack_bf16_block(block, lanes)
+            widened = kernels.unpack_bf16_block(words, lanes)[:, :nvec * lanes]
+            x = rng.standard_normal(m).astype(np.float32)
+            if m == 7:
+                x[5] = np.nan
+            start = rng.standard_normal(nvec * lanes).astype(np.float32)
+            by_panel, by_rows = start.copy(), start.copy()
+            both(by_panel, by_rows, x, words.ravel(), words.shape[1],
+                 np.ascontiguousarray(widened).ravel())
+            assert np.array_equal(by_panel, by_rows, equal_nan=True), (nvec, m)
+
+
+def test_which_w_hh_is_blocked_and_which_blocks_hold_bfloat16():
+    """A bfloat16 W_hh is blocked past H=56 where its [r | z] is whole vectors; float32's past
+    64; packed, its whole-vector blocks hold bfloat16 words, the others float32, and
+    unpacking gives back the rounded weights."""
+    assert not kernels.recurrent_blocked(64, 128) and kernels.recurrent_blocked(65, 128)
+    assert kernels.recurrent_blocked(64, 128, True) and kernels.recurrent_blocked(60, 64, True)
+    for H, P in ((56, 128), (60, 128), (48, 64), (64, 0)):
+        assert not kernels.recurrent_blocked(H, P, True), (H, P)
+    rng = np.random.default_rng(6)
+    for H, P in ((64, 128), (80, 128), (150, 128), (60, 64)):
+        w_t = kernels.from_bfloat16(kernels.to_bfloat16(rng.standard_normal((H, 3 * H))))
+        packed = kernels.pack_recurrent(w_t, P, bf16=True)
+        assert packed.size <= kernels.recurrent_size(H)
+        parts, start, halves = [], 0, 0
+        for part in (w_t[:, :2 * H], w_t[:, 2 * H:]):
+            for c in range(0, part.shape[1], P):
+                width = min(P, part.shape[1] - c)
+                place = packed[start:start + H * kernels.aligned(width)]
+                start += place.size
+                if kernels.bf16_block(width, P):
+                    halves += 1
+                    words = place[:H * kernels.bf16_words(width * 8 // P, P // 8)]
+                    block = kernels.unpack_bf16_block(words.reshape(H, -1), P // 8)
+                    parts.append(block[:, :width])
+                else:
+                    parts.append(place.reshape(H, -1)[:, :width])
+        assert halves > 0 and np.array_equal(np.hstack(parts), w_t), (H, P)
+
+
+# H=16 and 48: row-major (float32 products on the rounded weights); 56: row-major, past L1;
+# 64: blocked, bfloat16 blocks in _rows4's order; 80: a last block of 2 and one of 5 vectors,
+# bfloat16; 96 and 200: full blocks and narrower last ones; 120: a last block of 120 columns,
+# float32, padded to a full width; 128: full blocks only
+@pytest.mark.parametrize("H, reset_after", [(16, True), (48, True), (56, True), (64, True),
+                                            (64, False), (80, True), (96, True), (120, True),
                                             (128, True), (200, False)])
 def test_kernels_compute_the_float32_model_of_the_rounded_weights(H, reset_after):
     model, cfg, weights = bf16_model(H, reset_after=reset_after)
@@ -90,7 +158,8 @@ def test_kernels_compute_the_float32_model_of_the_rounded_weights(H, reset_after
     assert 0 < np.abs(y - edgegru.Model(cfg, weights).run(X)).max() < 1e-3
 
 
-@pytest.mark.parametrize("H, reset_after", [(96, True), (200, False)])
+@pytest.mark.parametrize("H, reset_after", [(64, True), (64, False), (80, True), (96, True),
+                                            (200, False)])
 def test_step_run_and_batch_agree_bitwise(H, reset_after):
     model, _, _ = bf16_model(H, reset_after=reset_after)
     X = inputs(150)
@@ -110,7 +179,7 @@ def test_step_run_and_batch_agree_bitwise(H, reset_after):
                           .run(X[:70], return_state=True)[1])
 
 
-@pytest.mark.parametrize("H", [16, 128, 200])
+@pytest.mark.parametrize("H", [16, 64, 128, 200])
 def test_numpy_fallback_runs_the_rounded_weights(H):
     model, _, weights = bf16_model(H)
     fallback = edgegru.Model(model.config, weights, backend="numpy")

@@ -234,7 +234,7 @@ def test_panels_of_either_vector_width_equal_axpy_bitwise(order, lanes):
         pytest.skip("numba not available")
     from numba import njit
 
-    panel, _, chain, _, _ = kernels._vector_intrinsics(lanes)
+    panel, _, chain = kernels._vector_intrinsics(lanes)[:3]
 
     intrinsic, reference = (panel, kernels._axpy) if order == "rows4" else \
         (chain, kernels._axpy_chain)
@@ -290,7 +290,7 @@ def test_masked_panel_equals_axpy_bitwise_and_stays_inside_its_arrays(lanes):
         pytest.skip("the kernels do not use the masked panel on this CPU (kernels.masked_tail)")
     from numba import njit
 
-    _, panel_masked, _, _, _ = kernels._vector_intrinsics(lanes)
+    panel_masked = kernels._vector_intrinsics(lanes)[1]
 
     def product(nvec):
         @njit(fastmath=kernels.FASTMATH, error_model="numpy")
@@ -323,8 +323,8 @@ def test_blocked_products_equal_one_row_at_a_time_bitwise(bf16):
     the last, narrower one: not a bit apart, for every panel width of the last block (and one
     too large for L1, which the batch takes by _matmul), either order of the blocks, and with
     NaN; and the two orders of summing really differ somewhere (else this test could not tell
-    them apart). bf16: W's values bfloat16, its full blocks held as bfloat16 words: the same
-    bits."""
+    them apart). Up to 64 rows, every block by _axpy. bf16: W's values bfloat16, its blocks
+    that are whole vectors wide held as bfloat16 words: the same bits."""
     if not edgegru.JIT:
         pytest.skip("numba not available")
     from numba import njit
@@ -359,8 +359,9 @@ def test_blocked_products_equal_one_row_at_a_time_bitwise(bf16):
             for reverse in (False, True):
                 by_blocks, by_rows, by_axpy, by_batch = start.copy(), start.copy(), \
                     start.copy(), batch.copy()
+                full = n - n % P if m > kernels.RECURRENT_BLOCKED_ABOVE else 0
                 products(by_blocks, by_batch, by_rows, by_axpy, x, xs,
-                         kernels.blocked(W, P, bf16), W.ravel(), n - n % P, reverse, bf16)
+                         kernels.blocked(W, P, bf16), W.ravel(), full, reverse, bf16)
                 assert np.array_equal(by_blocks, by_rows, equal_nan=True), (m, n, reverse)
                 assert np.array_equal(by_batch[1, 1:n + 1], by_rows, equal_nan=True)
                 assert not by_batch[[0, 2]].any() and by_batch[1, 0] == by_batch[1, -3:].sum() == 0

@@ -12,7 +12,7 @@ import pytest
 from click.testing import CliRunner
 
 import edgegru
-from edgegru import calibrate
+from edgegru import calibrate, kernels
 from edgegru import train
 from edgegru.cli import main
 from edgegru.errors import EdgeGRUError, TrainingError
@@ -198,6 +198,14 @@ def test_help_has_an_example_and_hides_the_expert_options():
     assert code == 0 and "edgegru train mine.csv -o mine.npz" in out
     assert "--train-rows" in out and "--columns" in out and "--delimiter" in out
     assert "--drift-baseline-smoothing" not in out and "--burn-in" not in out
+    assert "--weights-dtype [f32|bf16]" in out
+
+
+def test_weights_dtype_is_checked():
+    with pytest.raises(TrainingError, match="^--weights-dtype must be f32 or bf16, got 'int8'$"):
+        train.TrainingOptions(weights_dtype="int8").check()
+    code, out = run_cli(["x.csv", "-o", "x.npz", "--weights-dtype", "int8"])
+    assert code == 2 and "'int8' is not one of 'f32', 'bf16'" in out
 
 
 # -- with torch -----------------------------------------------------------------------------
@@ -261,6 +269,32 @@ def test_the_same_seed_gives_the_same_file(tiny_model, tmp_path):
         assert code == 0, output
         files.append((out.read_bytes(), out.with_suffix(".pt").read_bytes()))
     assert files[0] == files[1]
+
+
+def test_weights_dtype_bf16_writes_w_hh_in_16_bits(tiny_model, tmp_path):
+    """--weights-dtype bf16: the same fit as float32's (same data, options and seed), its W_hh
+    rounded to bfloat16 and stored in 16 bits, recorded in the file and shown by edgegru
+    info; the score calibrated on that model."""
+    data, out32 = tiny_model
+    out = tmp_path / "bf16.npz"
+    code, output = run_cli([data, "-o", out, "--weights-dtype", "bf16"] + TINY)
+    assert code == 0, output
+    model, model32 = edgegru.load(out), edgegru.load(out32)
+    assert model.config.recurrent_dtype == "bfloat16"
+    with np.load(out) as npz:
+        assert npz["l0.w_hh"].dtype == np.uint16 and npz["l0.w_ih"].dtype == np.float32
+    w32 = model32.weights.arrays["l0.w_hh"]
+    assert np.array_equal(model.weights.arrays["l0.w_hh"],
+                          kernels.from_bfloat16(kernels.to_bfloat16(w32)))
+    assert np.array_equal(model.weights.arrays["l0.w_ih"], model32.weights.arrays["l0.w_ih"])
+    assert model.meta["provenance"]["options"]["weights_dtype"] == "bf16"
+    assert "--weights-dtype bf16" in model.meta["provenance"]["command"]
+    info = CliRunner().invoke(main, ["info", str(out)]).output
+    n_hh = 3 * 8 * 8
+    n_rest = sum(a.size for name, a in model.weights.arrays.items() if name != "l0.w_hh")
+    assert f"weights:        float32, W_hh bfloat16, {2 * n_hh + 4 * n_rest} bytes" in info
+    # calibrated on the bfloat16 model: its scores on the calibration rows set the threshold
+    assert model.meta["scoring"]["threshold"] != model32.meta["scoring"]["threshold"]
 
 
 def test_train_model_library_call_on_a_semicolon_file_with_iso_times(tmp_path):

@@ -13,8 +13,9 @@ For each hidden size (input 4, one layer, a linear head with one output, float32
 The ONNX graph is written here with ``onnx.helper`` (gate order z | r | h, linear_before_reset=1,
 which is PyTorch's variant), so no exporter is involved. Every peer's output is compared with
 edgegru's (column "max diff"). A peer that is not installed is skipped. Each time is the best
-of 15 timings, taken in turns (each round times every peer once), so that a shared machine
-getting busier or quieter during the run slows every peer alike and the ratios hold.
+of 15 timings (``--median``: their median), taken in turns (each round times every peer
+once), so that a shared machine getting busier or quieter during the run slows every peer alike
+and the ratios hold.
 
 RTNeural (C++, https://github.com/jatinchowdhury18/RTNeural) joins with ``--rtneural DIR``, a
 checkout of it (with its Eigen and xsimd submodules under ``modules/``): the same model as
@@ -29,6 +30,7 @@ the sequence rows (time per step); it times itself (a separate process), in the 
     python tools/bench_compare.py --sizes 16,64 --quick
     python tools/bench_compare.py --json > results.json
     python tools/bench_compare.py --weights-dtype bf16   # + edgegru with W_hh in bfloat16
+    python tools/bench_compare.py --weights-dtype bf16 --median --rtneural ../shared/peers/rtneural
 """
 import argparse
 import hashlib
@@ -51,7 +53,7 @@ def best_of(fn, repeats, number):
     return best_of_each({"fn": (fn, number)}, repeats)["fn"]
 
 
-def best_of_each(timed, repeats):
+def best_of_each(timed, repeats, statistic=min):
     """best_of for several functions, {name: (fn, number)} -> {name: seconds per call}, timed
     in turns: each round times every function once, so that when the machine gets busier or
     quieter during a measurement (a shared machine drifts by 30-50 % within minutes), every
@@ -59,19 +61,23 @@ def best_of_each(timed, repeats):
     untimed call, so that no peer pays for the caches another one has just emptied.
 
     The best rather than the median: on a shared machine other processes only ever add time,
-    so the minimum is the figure that repeats from run to run."""
-    best = dict.fromkeys(timed, float("inf"))
-    for _ in range(repeats):
-        for name, (fn, number) in timed.items():
+    so the minimum is the figure that repeats from run to run. statistic: another one of the
+    repeats' timings (--median: np.median)."""
+    times = {name: [] for name in timed}
+    turns = list(timed.items())
+    for r in range(repeats):
+        # every other round in the other order: the first function timed in a round can be
+        # slower for coming first (after another peer's work), which would bias a median
+        for name, (fn, number) in turns if r % 2 == 0 else turns[::-1]:
             if isinstance(fn, SelfTimed):
-                best[name] = min(best[name], fn())
+                times[name].append(fn())
                 continue
             fn()
             t0 = time.perf_counter()
             for _ in range(number):
                 fn()
-            best[name] = min(best[name], (time.perf_counter() - t0) / number)
-    return best
+            times[name].append((time.perf_counter() - t0) / number)
+    return {name: float(statistic(t)) for name, t in times.items()}
 
 
 class SelfTimed:
@@ -340,7 +346,7 @@ def available_peers(weights_dtype="f32"):
 # -- the measurements -------------------------------------------------------------------------
 
 def measure(hidden_sizes, input_size=4, T=2000, steps=20000, batch=32, batch_hidden=64,
-            batch_T=500, repeats=15, rtneural=None, weights_dtype="f32"):
+            batch_T=500, repeats=15, rtneural=None, weights_dtype="f32", statistic=min):
     peers, skipped = available_peers(weights_dtype)
     if rtneural and input_size != 4:
         sys.exit("--rtneural: the RTNeural harness is built for input size 4")
@@ -384,7 +390,7 @@ def measure(hidden_sizes, input_size=4, T=2000, steps=20000, batch=32, batch_hid
             if kind == "step":          # edgegru's check-free variant, for the note under the table
                 model, out = built[0].model, np.empty(1, np.float32)
                 timed["edgegru_stepper"] = (model.stepper(x, out), step_calls)
-            seconds = best_of_each(timed, repeats)
+            seconds = best_of_each(timed, repeats, statistic)
             per = 1 if kind == "step" else T
             row["times"] = {name: seconds[name] / per for name in timed
                             if name != "edgegru_stepper"}
@@ -407,7 +413,8 @@ def measure(hidden_sizes, input_size=4, T=2000, steps=20000, batch=32, batch_hid
             else:
                 row["max_diff"][peer.name] = max_diff(y, reference)
             timed[peer.name] = (fn, calls_for(fn))
-        row["times"] = {name: s / batch_T for name, s in best_of_each(timed, repeats).items()}
+        row["times"] = {name: s / batch_T
+                        for name, s in best_of_each(timed, repeats, statistic).items()}
         rows.append(row)
     return rows, skipped
 
@@ -471,11 +478,15 @@ def main(argv=None):
                         help="an RTNeural checkout: add it to the sequence rows (needs g++)")
     parser.add_argument("--weights-dtype", choices=["f32", "bf16"], default="f32",
                         help="bf16: add edgegru with W_hh in bfloat16 beside its float32")
+    parser.add_argument("--median", action="store_true",
+                        help="the median of the repeats rather than the best (a machine "
+                             "loaded by other work)")
     args = parser.parse_args(argv)
     sizes = [int(s) for s in args.sizes.split(",") if s]
     kwargs = dict(T=200, steps=2000, batch_T=50, repeats=3) if args.quick else {}
     rows, skipped = measure(sizes, input_size=args.input_size, batch=args.batch,
-                            rtneural=args.rtneural, weights_dtype=args.weights_dtype, **kwargs)
+                            rtneural=args.rtneural, weights_dtype=args.weights_dtype,
+                            statistic=np.median if args.median else min, **kwargs)
     info = machine()
     if args.json:
         print(json.dumps({"machine": info, "rows": rows, "skipped": skipped}, indent=1))

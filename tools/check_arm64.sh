@@ -38,6 +38,8 @@ STAMP="edgegru-arm64 root v1: bookworm arm64 debs=$DEBS wheels=$WHEELS"
 # The subset run under emulation, by file (missing files are skipped):
 #   test_reference   the numerics against PyTorch's reference outputs, numba and NumPy backends
 #   test_kernels     tanh/sigmoid approximations and the cell against tests/naive.py (FMA on ARM)
+#   test_bf16        W_hh in bfloat16: the widening intrinsics (8 and 16 lanes) and models at
+#                    H=16-200 bitwise the float32 model of the rounded weights, step/run/batch
 #   test_model       native .npz save/load, refused files, state-dict import
 #   test_formats     the other loaders (torch-free .pt, safetensors, ...; ONNX and Keras skip:
 #                    no onnx or h5py in the root)
@@ -50,8 +52,9 @@ STAMP="edgegru-arm64 root v1: bookworm arm64 debs=$DEBS wheels=$WHEELS"
 # allocation-freedom it proves is not platform-specific), test_no_jit and test_cache (extra
 # processes; they run natively), test_formats_fuzz (10,000 mutated files: parsing robustness, not
 # platform-specific, ~40 s emulated) and tests of tools/ (scripts for x86 development machines).
-SUBSET="tests/test_reference.py tests/test_kernels.py tests/test_model.py tests/test_formats.py
-        tests/test_scoring.py tests/test_csvio.py tests/test_stream.py tests/test_run_cli.py"
+SUBSET="tests/test_reference.py tests/test_kernels.py tests/test_bf16.py tests/test_model.py
+        tests/test_formats.py tests/test_scoring.py tests/test_csvio.py tests/test_stream.py
+        tests/test_run_cli.py"
 
 say() { echo "check_arm64: $*"; }
 die() { echo "check_arm64: FAILED: $*" >&2; exit 2; }
