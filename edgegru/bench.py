@@ -82,18 +82,19 @@ def peak_rss():
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024    # kB on Linux
 
 
-def cold_kernels():
-    """The kernels ``edgegru run`` uses that numba's cache holds no compiled code of at all:
-    the first run compiles them (tens of seconds, minutes on a Pi). Empty when the kernels come
-    from the ahead-of-time module or NumPy, or each has an entry in the cache (which may still
-    be another CPU's: then it compiles without this telling)."""
+def cold_kernels(entry_points=None):
+    """The kernels ``edgegru run`` uses (or those of ``entry_points``, paths as in
+    aot.ENTRY_POINTS) that numba's cache holds no compiled code of at all: the first run
+    compiles them (tens of seconds, minutes on a Pi). Empty when the kernels come from the
+    ahead-of-time module or NumPy, or each has an entry in the cache (which may still be
+    another CPU's: then it compiles without this telling)."""
     if _jit.BACKEND != "numba":
         return []
     import importlib
 
     from edgegru import _numba_private, aot
     cold = []
-    for path in aot.ENTRY_POINTS:
+    for path in entry_points or aot.ENTRY_POINTS:
         module, name = path.rsplit(".", 1)
         dispatcher = getattr(importlib.import_module(module), name)
         index = _numba_private.cache_index_path(dispatcher)
@@ -104,13 +105,13 @@ def cold_kernels():
     return cold
 
 
-def tiny_scoring_model():
+def tiny_scoring_model(backend=None):
     """A 2-channel forecaster with unit scoring statistics: the smallest model that runs every
-    kernel ``edgegru run`` uses."""
+    kernel ``edgegru run`` uses (``backend``: the Model's)."""
     cfg = edgegru.GRUConfig(input_size=2, hidden_size=4, output_size=2)
     meta = {"preprocessing": {"columns": ["a", "b"], "mean": [0.0, 0.0], "std": [1.0, 1.0]},
             "scoring": {"residual_std": [1.0, 1.0], "threshold": 5.0}}
-    return edgegru.Model(cfg, edgegru.GRUWeights.random(cfg), meta=meta)
+    return edgegru.Model(cfg, edgegru.GRUWeights.random(cfg), meta=meta, backend=backend)
 
 
 def cache_dir():

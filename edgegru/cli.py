@@ -445,7 +445,8 @@ def train(data, output, columns, delimiter, train_rows, train_fraction, quiet, p
         raise click.UsageError("give --train-rows or --train-fraction, not both")
     delimiter = _delimiter(delimiter)
     if not quiet and _isatty(sys.stderr):
-        _say_if_compiling()                  # calibration runs the scorer: its kernels compile
+        # calibration runs the scorer's kernels (its GRU runs on NumPy)
+        _say_if_compiling(("edgegru.scoring._score_rows",), "a few seconds")
     fields = TrainingOptions.__dataclass_fields__
     argv = click.get_current_context().meta.get("argv", [])
     log = (lambda line: None) if quiet else (lambda line: click.echo(line, err=True))
@@ -498,12 +499,13 @@ def _isatty(stream):
         return False
 
 
-def _say_if_compiling():
-    """On a terminal, the first run says why it waits: numba compiling the kernels."""
+def _say_if_compiling(entry_points=None, seconds="about 30 s"):
+    """On a terminal, the first run says why it waits: numba compiling the kernels (those of
+    ``entry_points``, default every one ``edgegru run`` uses; ``seconds``: how long, on x86)."""
     from edgegru import bench
-    if bench.cold_kernels():
-        seconds = "a few minutes" if platform.machine().lower().startswith(("aarch64", "arm")) \
-            else "about 30 s"
+    if bench.cold_kernels(entry_points):
+        if platform.machine().lower().startswith(("aarch64", "arm")):
+            seconds = "a few minutes"
         click.echo(f"edgegru: compiling the kernels for this CPU, once ({seconds}; "
                    f"`edgegru compile` does it ahead)", err=True)
 

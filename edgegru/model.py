@@ -285,12 +285,12 @@ def recurrent_rounded(config, weights):
     return GRUWeights(arrays)
 
 
-def recurrent_bfloat16(model):
+def recurrent_bfloat16(model, backend=None):
     """model with W_hh held in bfloat16 (recurrent_dtype "bfloat16", its weights rounded): a
-    new Model of the same weights and meta, as ``--weights-dtype bf16`` asks (edgegru convert
-    and train)."""
+    new Model of the same weights and meta, on ``backend`` (as :class:`Model`), as
+    ``--weights-dtype bf16`` asks (edgegru convert and train)."""
     config = dataclasses.replace(model.config, recurrent_dtype="bfloat16")
-    return Model(config, model.weights, meta=model.meta)
+    return Model(config, model.weights, meta=model.meta, backend=backend)
 
 
 def pack_params(config, weights, block_columns=0):

@@ -44,6 +44,7 @@ import hashlib
 import math
 import platform
 import re
+import threading
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -51,11 +52,12 @@ from typing import NamedTuple, Optional
 
 import numpy as np
 
-from edgegru.calibrate import CalibrationOptions, _round, calibrate, normalisation
+from edgegru.calibrate import (LEVEL_BLOCK, CalibrationOptions, _round, calibrate, fit_level,
+                               normalisation)
 from edgegru.errors import TrainingError
 from edgegru.formats import save
-from edgegru.model import WEIGHTS_DTYPES, recurrent_bfloat16
-from edgegru.scoring import FORECASTS
+from edgegru.model import WEIGHTS_DTYPES, Model, recurrent_bfloat16
+from edgegru.scoring import FORECASTS, AnomalyScorer
 from edgegru.csvio import sniff_delimiter    # the same rule as edgegru run's
 
 MIN_TRAIN_ROWS = 128         # complete rows: windows of 64 rows, at 16-row strides, a few of them
@@ -487,6 +489,8 @@ def train_model(data, output=None, *, columns=None, delimiter=None, train_rows=N
     calibration = (calibration or CalibrationOptions()).check()
     log = log or (lambda message: None)
     d = prepare(data, columns, delimiter, train_rows, train_fraction, options, log)
+    warming = threading.Thread(target=_warm_scoring_kernels, daemon=True)
+    warming.start()                     # while torch imports and fits
     torch = import_torch()
     from edgegru.formats.pytorch import from_state_dict
 
@@ -498,9 +502,14 @@ def train_model(data, output=None, *, columns=None, delimiter=None, train_rows=N
     log(f"trained in {time.perf_counter() - t0:.0f} s ({summary['steps']} steps, "
         f"{summary['epochs']} epochs)")
 
-    model = from_state_dict(sd)                          # the import path users take
+    # the import path users take. Calibration runs the GRU on NumPy: over a few thousand rows
+    # that takes a fraction of a second, where numba would first compile its sequence kernel
+    # for this CPU, most of a small file's training time, for a machine that may never score.
+    # The two backends agree to float32 rounding, far below the spreads calibration estimates.
+    warming.join()
+    model = from_state_dict(sd, backend="numpy")
     if options.weights_dtype == "bf16":                 # calibrated as it will run
-        model = recurrent_bfloat16(model)
+        model = recurrent_bfloat16(model, backend="numpy")
     calibrate(model, names, mean, std, Z_train, Z_cal, X_cal, calibration, log, X[:n_normal],
               forecast=options.forecast)
     model.meta["provenance"] = {
@@ -526,7 +535,21 @@ def train_model(data, output=None, *, columns=None, delimiter=None, train_rows=N
         save(model, output)
         torch.save(sd, pt)
         log(f"wrote {output} ({output.stat().st_size / 1024:.0f} KiB) and {pt}")
-    return model
+    return Model(model.config, model.weights, meta=model.meta)     # on the default backend
+
+
+def _warm_scoring_kernels():
+    # The scorer's kernels, compiled (on a machine's first run) or loaded from numba's cache
+    # for the argument types calibration passes them, which are any model's: a tiny one's.
+    # Should this fail, calibration compiles them itself.
+    try:
+        from edgegru import bench
+        model = bench.tiny_scoring_model(backend="numpy")
+        AnomalyScorer.from_model(model).score_many(np.zeros((3, model.input_size)))
+        Z = np.random.default_rng(0).standard_normal((2 * LEVEL_BLOCK, model.input_size))
+        fit_level(Z, Z, model.meta["preprocessing"]["columns"], CalibrationOptions())
+    except Exception:                                   # noqa: BLE001 (only a head start)
+        pass
 
 
 def _version():

@@ -309,6 +309,24 @@ def test_train_model_library_call_on_a_semicolon_file_with_iso_times(tmp_path):
     assert prov["command"] is None and prov["training"]["steps"] == 20
 
 
+def test_training_runs_no_compiled_gru(tmp_path, monkeypatch):
+    # calibration runs the GRU on NumPy, so a machine's first training does not wait for numba
+    # to compile the sequence kernel; the model it returns runs as the file it wrote does
+    pytest.importorskip("torch")
+    from edgegru import kernels
+
+    def refuse(*args):
+        raise AssertionError("training ran the compiled GRU kernel")
+
+    data = write_csv(tmp_path / "d.csv", ["timestamp", "a", "b"], sensor_rows(400))
+    monkeypatch.setattr(kernels, "gru_sequences", refuse)
+    model = train.train_model(data, tmp_path / "m.npz",
+                              options=train.TrainingOptions(steps=10, hidden_size=8))
+    monkeypatch.undo()
+    X = np.random.default_rng(1).standard_normal((50, 2)).astype(np.float32)
+    assert np.array_equal(model.run(X), edgegru.load(tmp_path / "m.npz").run(X))
+
+
 def test_thirty_two_channels_any_names_tab_separated(tmp_path):
     pytest.importorskip("torch")
     rng = np.random.default_rng(3)
