@@ -57,6 +57,7 @@ class CalibrationOptions:
     level_max_ratio: float = 25.0       # level test: channels whose variance ratio is below
     level_margin: float = 3.0           # level test: reaches the threshold at margin x its max
     level_shrinkage: float = 0.1        # level test: of the averages' covariance to its diagonal
+    level_rebaseline: float = 30.0      # level test: new normal once below its episode's peak / this
 
     def check(self):
         """Raise TrainingError naming the option that is out of range."""
@@ -77,6 +78,9 @@ class CalibrationOptions:
                 and 0.0 <= self.level_shrinkage < 1.0):
             raise TrainingError("--level-max-ratio must be at least 0, --level-margin at least 1 "
                                 "and --level-shrinkage in [0, 1)")
+        if not (self.level_rebaseline == 0 or self.level_rebaseline > 1):
+            raise TrainingError(f"--level-rebaseline must be above 1, or 0 (off), got "
+                                f"{self.level_rebaseline}")
         for name in ("consistency_lags", "consistency_degree"):
             if getattr(self, name) < 1:
                 raise TrainingError(f"--{name.replace('_', '-')} must be at least 1")
@@ -330,11 +334,11 @@ def level_averages(Z, X, channels, center, alpha):
     """The level test's averages over rows Z (n, C) (normalised; X raw, NaN for missing), as
     the scorer keeps them: -> (n, L)."""
     channels = np.asarray(channels, np.int64)
-    m = np.zeros(len(channels))
+    m, shift = np.zeros(len(channels)), np.zeros(len(channels))
     out = np.empty((len(Z), len(channels)))
     z32 = np.ascontiguousarray(Z, np.float32)
     for t in range(len(Z)):
-        _level_update(m, z32[t], X[t], channels, center, alpha)
+        _level_update(m, z32[t], X[t], channels, center, shift, alpha)
         out[t] = m
     return out
 
@@ -446,6 +450,11 @@ def calibrate(model, names, mean, std, Z_train, Z_cal, X_cal, options=None, log=
             scores, threshold, fit = _fit_threshold(model, X_cal, warmup, options)
     threshold = _round(threshold, 6)
     model.meta["scoring"]["threshold"] = threshold
+    level = model.meta["scoring"].get("level")
+    if level and options.level_rebaseline:
+        # after an episode, the level the machine settles at is its new normal (scoring)
+        level["rebaseline"] = {"above": threshold, "drop": options.level_rebaseline,
+                               "settle": int(round(2 / options.level_smoothing))}
     model.meta["scoring"]["calibration"] = _calibration_notes(
         names, options, len(X_cal), scores, residual_rows, fit, repeats, len(X_normal), fits)
     cons = model.meta["scoring"].get("consistency")

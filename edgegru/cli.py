@@ -422,6 +422,9 @@ def _expert(name, **kwargs):
 @_expert("--level-margin", type=float, help="Level test: alarms above this "
          "multiple of its largest value on the normal rows.")
 @_expert("--level-shrinkage", type=float, help="Level test: covariance shrinkage.")
+@_expert("--level-rebaseline", type=float, help="Level test: after an alarm episode, the "
+         "level the machine settles at is the new normal once the test falls below the "
+         "episode's peak over this; 0: never.")
 @friendly_errors
 def train(data, output, columns, delimiter, train_rows, train_fraction, quiet, plot, state_dict,
           **options):

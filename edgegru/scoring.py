@@ -47,9 +47,12 @@ t-1, ``s_c`` the spread of channel c's forecast residual on normal data)::
     n_c  = rows in a row whose raw x_c equals the previous reading of c exactly
     a_c  = max(a_c, 2 * threshold)  in the score and contributions while n_c >= stuck_rows
     level test (when the model has "level"; for its channels l only, see below):
-    m_l <- (1 - gamma) m_l + gamma (z_l - center_l)          gamma = level smoothing
+    m_l <- (1 - gamma) m_l + gamma (z_l - center_l - d_l)    gamma = level smoothing
     T2   = weight * m' P m                                   P = precision
     a_k  = max(a_k, T2)  for k the level channel with the largest share m_k (P m)_k
+    re-baseline (when the level section has "rebaseline" {above, drop, settle}): d starts at 0;
+    an episode's peak is the largest T2 above `above`; once T2 falls below peak / drop, and
+    still `settle` rows later T2 > above: d <- d + m, m <- 0 (and the episode is over)
     a missing channel: a_c = NaN in the contributions, left out of the score
 
 In short: the score is the largest of a few terms, each scaled so that normal data crosses the
@@ -67,6 +70,15 @@ channels whose level the normal rows pin down (the variance of their 50-row mean
 than 25 times what noise around a fixed level would give) and leaves out channels that wander
 on a slower time scale (a temperature following the weather), and puts the term on the
 score's scale so that it reaches the threshold at 3 times its largest value on the normal rows.
+After a large episode (a fault many times past the threshold) ends, the machine may settle at a
+level a little off its old one and stay there: a changed pump after a repair, a refilled tank.
+With "rebaseline" (``edgegru train`` writes it: ``above`` the threshold, ``drop`` 30, ``settle``
+the averages' settling time ``2 / gamma``), once the statistic has fallen below a thirtieth of
+the episode's peak and the averages have settled, the level they settled at is the new normal
+(``d``, kept in the state as ``level_shift``), so the alarm ends with the fault instead of
+lasting as long as the new level does. A fault that never falls that far, or falls back to
+normal, moves nothing; a shift that is all there is (no larger episode before it) alarms for as
+long as it lasts.
 
 Dropouts: while a channel is missing, it is imputed from the forecast (below), its
 contribution is NaN, the consistency and drift averages hold still (their regressions read
@@ -179,10 +191,11 @@ ForecastTerm = namedtuple("ForecastTerm", "inv_residual_std whitening combine_ma
 StuckRule = namedtuple("StuckRule", "rows level")            # rows 0: off
 ConsistencyTerm = namedtuple("ConsistencyTerm", "channel coef degree inv_std alpha gain")
 DriftTerm = namedtuple("DriftTerm", "channel coef degree scale alpha weight")
-LevelTerm = namedtuple("LevelTerm", "channel center gain alpha")
+LevelTerm = namedtuple("LevelTerm", "channel center gain alpha above drop settle")  # drop 0: off
 ScoringParams = namedtuple("ScoringParams", "forecast stuck consistency drift level")
 StreamState = namedtuple("StreamState", "forecast smoothed last repeats absent history "
-                                        "consistency drift level")
+                                        "consistency drift level level_shift level_peak "
+                                        "level_since")
 
 
 @njit(cache=True, error_model="numpy", **NO_NRT)
@@ -213,7 +226,8 @@ def _stream(state, b):
     """Stream b's StreamState, views into the batched one."""
     return StreamState(state.forecast[b], state.smoothed[b], state.last[b], state.repeats[b],
                        state.absent[b], state.history[b], state.consistency[b], state.drift[b],
-                       state.level[b])
+                       state.level[b], state.level_shift[b], state.level_peak[b],
+                       state.level_since[b])
 
 
 @njit(cache=True, error_model="numpy", **NO_NRT)
@@ -232,7 +246,7 @@ def _score_row(contrib, z, f, x, rows_seen, p, s, scratch):
     if not gap:                             # the regressions read every channel
         _consistency_update(q, z, history, p.consistency, s.consistency)
         _drift_update(z, history, rows_seen, p.drift, s.drift)
-    _level_update(s.level, z, x, p.level.channel, p.level.center, p.level.alpha)
+    _level_update(s.level, z, x, p.level.channel, p.level.center, s.level_shift, p.level.alpha)
     for j in range(history.shape[0] - 1, 0, -1):
         for c in range(z.shape[0]):
             history[j, c] = history[j - 1, c]
@@ -251,6 +265,8 @@ def _score_row(contrib, z, f, x, rows_seen, p, s, scratch):
         if i >= 0:
             ch = p.level.channel[i]
             contrib[ch] = max(contrib[ch], stat)
+        if p.level.drop > 0.0:
+            _level_rebaseline(stat, s.level, s.level_shift, s.level_peak, s.level_since, p.level)
     return _total(contrib, p.forecast.combine_max, p.stuck, s.repeats, s.absent)
 
 
@@ -386,14 +402,36 @@ def _total(contrib, combine_max, stuck, repeats, absent):
 
 
 @njit(cache=True, error_model="numpy", **NO_NRT)
-def _level_update(level_mean, z, x, channels, center, alpha):
-    """level_mean (L,) <- the EWMA of the normalised row z (C,) less center (L,) on the level
-    channels; a channel whose raw value x (C,) is missing keeps its average (a dropout is no
-    evidence either way)."""
+def _level_update(level_mean, z, x, channels, center, shift, alpha):
+    """level_mean (L,) <- the EWMA of the normalised row z (C,) less the normal level, center
+    (L,) plus shift (L,), on the level channels; a channel whose raw value x (C,) is missing
+    keeps its average (a dropout is no evidence either way)."""
     for i in range(channels.shape[0]):
         c = channels[i]
         if np.isfinite(x[c]):
-            level_mean[i] = (1.0 - alpha) * level_mean[i] + alpha * (z[c] - center[i])
+            level_mean[i] = (1.0 - alpha) * level_mean[i] + alpha * (z[c] - center[i] - shift[i])
+
+
+@njit(cache=True, error_model="numpy", **NO_NRT)
+def _level_rebaseline(stat, level_mean, shift, peak, since, term):
+    """After a large episode ends, the level it settles at is the new normal: while the level
+    statistic stat is above term.above, peak (1,) keeps its largest value; once stat falls below
+    peak / term.drop, since (1,) counts the rows, and term.settle rows later (the averages'
+    settling time), if stat is still above term.above, shift (L,) takes the averages
+    level_mean (L,), which restart from 0."""
+    if stat > term.above:
+        peak[0] = max(peak[0], stat)
+    if since[0] >= 0:
+        since[0] += 1
+    elif peak[0] > 0.0 and stat < peak[0] / term.drop:
+        since[0] = 0
+    if since[0] >= term.settle:
+        if stat > term.above:
+            for i in range(level_mean.shape[0]):
+                shift[i] += level_mean[i]
+                level_mean[i] = 0.0
+        peak[0] = 0.0
+        since[0] = -1
 
 
 @njit(cache=True, error_model="numpy", **NO_NRT)
@@ -621,7 +659,7 @@ class AnomalyScorer:
                       float(drift["weight"])),
             LevelTerm(_channels(level["channels"], index), level["center"],
                       np.ascontiguousarray(level["weight"] * level["precision"]),
-                      float(level["smoothing"])))
+                      float(level["smoothing"]), *_rebaseline_rule(level)))
 
     # -- scoring --------------------------------------------------------------------------
     def score_one(self, row):
@@ -853,10 +891,11 @@ class GroupScorer:
             last, repeats, absent = self._last[ks], self._repeats[ks], self._absent[ks]
             history, cons_mean = self._history[ks], self._cons_mean[ks]
             drift, level = self._drift_state[ks], self._level_mean[ks]
+            shift, peak, since = self._level_shift[ks], self._level_peak[ks], self._level_since[ks]
             s_b = np.empty(P.shape, np.float64)
             c_b = np.empty(P.shape + (C,), np.float64)
             state = StreamState(f_prev, smoothed, last, repeats, absent, history, cons_mean,
-                                drift, level)
+                                drift, level, shift, peak, since)
             _score_rows_batch(s_b, c_b, Zb, F, X[P], rows_seen, sc._params, state,
                               sc._scratch)
             self._hidden[ks] = h_n.transpose(1, 0, 2)
@@ -867,6 +906,7 @@ class GroupScorer:
             self._absent[ks] = absent
             self._history[ks], self._cons_mean[ks] = history, cons_mean
             self._drift_state[ks], self._level_mean[ks] = drift, level
+            self._level_shift[ks], self._level_peak[ks], self._level_since[ks] = shift, peak, since
             scores[P], contrib[P] = s_b, c_b
         return (scores, contrib) if explain else scores
 
@@ -933,7 +973,9 @@ class GroupScorer:
 _STATE_ATTRIBUTES = {"forecast": "_forecast", "smoothed": "_smoothed", "rows_seen": "_rows_seen",
                      "last": "_last", "repeats": "_repeats", "absent": "_absent",
                      "history": "_history", "consistency": "_cons_mean",
-                     "drift": "_drift_state", "level": "_level_mean"}
+                     "drift": "_drift_state", "level": "_level_mean",
+                     "level_shift": "_level_shift", "level_peak": "_level_peak",
+                     "level_since": "_level_since"}
 _REQUIRED_STATE = ("hidden", "forecast", "smoothed", "rows_seen")
 
 
@@ -953,6 +995,9 @@ def _state_fields(scorer):
         "consistency": ((len(p.consistency.channel),), np.float64, 0.0),
         "drift": ((len(p.drift.channel), 3), np.float64, 0.0),   # baseline, slow, fast
         "level": ((len(p.level.channel),), np.float64, 0.0),
+        "level_shift": ((len(p.level.channel),), np.float64, 0.0),  # of the normal level
+        "level_peak": ((1,), np.float64, 0.0),         # of the episode under way, 0: none
+        "level_since": ((1,), np.int64, -1),           # rows since it fell, -1: it has not
     }
 
 
@@ -1121,9 +1166,34 @@ def _level(level, columns):
         raise ModelFormatError("scoring metadata: level smoothing must be in (0, 1] and weight "
                                "positive")
     _distinct_columns(channels, columns, "level")
-    return {"channels": channels, "smoothing": alpha, "weight": weight,
-            "center": _vector(center, L, "level center"),
-            "precision": _matrix(precision, (L, L), "level precision")}
+    out = {"channels": channels, "smoothing": alpha, "weight": weight,
+           "center": _vector(center, L, "level center"),
+           "precision": _matrix(precision, (L, L), "level precision")}
+    if "rebaseline" in level:                   # absent: the level test never re-baselines
+        out["rebaseline"] = _rebaseline(level["rebaseline"])
+    return out
+
+
+def _rebaseline(rule):
+    """The level section's "rebaseline" rule, checked: {"above", "drop", "settle"}."""
+    if not _is_section(rule, "level rebaseline"):
+        rule = {}
+    try:
+        above, drop, settle = float(rule["above"]), float(rule["drop"]), rule["settle"]
+    except (KeyError, TypeError, ValueError):
+        raise ModelFormatError("scoring metadata: level rebaseline needs numbers above, drop "
+                               "and settle") from None
+    settle = _whole_rows(settle, "level rebaseline settle")
+    if not (math.isfinite(above) and above > 0 and math.isfinite(drop) and drop > 1):
+        raise ModelFormatError(f"scoring metadata: level rebaseline above must be positive and "
+                               f"drop above 1, got {above} and {drop}")
+    return {"above": above, "drop": drop, "settle": settle}
+
+
+def _rebaseline_rule(level):
+    """LevelTerm's (above, drop, settle) from a checked level section; drop 0: off."""
+    rule = level.get("rebaseline")
+    return (0.0, 0.0, 1) if rule is None else (rule["above"], rule["drop"], rule["settle"])
 
 
 def _matrix(values, shape, name):
