@@ -57,7 +57,7 @@ class CalibrationOptions:
     level_max_ratio: float = 25.0       # level test: channels whose variance ratio is below
     level_margin: float = 3.0           # level test: reaches the threshold at margin x its max
     level_shrinkage: float = 0.1        # level test: of the averages' covariance to its diagonal
-    level_rebaseline: float = 30.0      # level test: new normal once below its episode's peak / this
+    level_rebaseline: float = 50.0      # level test: new normal once below its episode's peak / this
 
     def check(self):
         """Raise TrainingError naming the option that is out of range."""

@@ -72,8 +72,8 @@ on a slower time scale (a temperature following the weather), and puts the term 
 score's scale so that it reaches the threshold at 3 times its largest value on the normal rows.
 After a large episode (a fault many times past the threshold) ends, the machine may settle at a
 level a little off its old one and stay there: a changed pump after a repair, a refilled tank.
-With "rebaseline" (``edgegru train`` writes it: ``above`` the threshold, ``drop`` 30, ``settle``
-the averages' settling time ``2 / gamma``), once the statistic has fallen below a thirtieth of
+With "rebaseline" (``edgegru train`` writes it: ``above`` the threshold, ``drop`` 50, ``settle``
+the averages' settling time ``2 / gamma``), once the statistic has fallen below a fiftieth of
 the episode's peak and the averages have settled, the level they settled at is the new normal
 (``d``, kept in the state as ``level_shift``), so the alarm ends with the fault instead of
 lasting as long as the new level does. A fault that never falls that far, or falls back to
