@@ -1535,8 +1535,8 @@ def _dot(a, b):
 # with any strides, float32 or float64, so that Python checks only its dtype and dimensions
 # and converts nothing. The products read x in vectors, so it is copied first (rounded to
 # float32 as NumPy's astype rounds) into the last I floats of the model array
-# (step_model_size counts them). It keeps the GIL: releasing and taking it back costs ~30 ns
-# per call from Python, a quarter of a small model's step, too short for another thread.
+# (step_model_size counts them). It keeps the GIL: releasing and taking it back costs a sizeable
+# part of a small model's step, and the step is too short for another thread to use the gap.
 
 @njit(**dict(KERNEL, nogil=False))
 def gru_step_strided(out, x, model):

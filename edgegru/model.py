@@ -459,11 +459,11 @@ class Model:
     def _step_function(self):
         # step() itself, a closure made once per model, which __init__ also sets as the
         # model's own `step`: model.step(x, out) then calls it without a bound method, and it
-        # reads closure variables rather than attributes (~30 ns less per call, a tenth of a
-        # small model's step). Its kernel, gru_step_strided, reads x of any strides and checks
-        # its length, so a one-dimensional float32 or float64 array goes to it as it is after
-        # two checks (an array of more dimensions would not fit the kernel's argument);
-        # anything else takes slow(), which converts or explains. out is checked once, and an
+        # reads closure variables, which cost less than attributes on a path this short. Its
+        # kernel, gru_step_strided, reads x of any strides and checks its length, so a
+        # one-dimensional float32 or float64 array goes to it as it is after two checks (an
+        # array of more dimensions would not fit the kernel's argument); anything else takes
+        # slow(), which converts or explains. out is checked once, and an
         # x that comes twice in a row is too: a loop over the same buffers checks nothing.
         model, shape = self._step_model, self._out_shape
         k32 = k64 = same = None         # the kernels for float32 and float64 x, x_same's one
