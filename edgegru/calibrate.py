@@ -330,6 +330,11 @@ def variance_ratio(Z, block=LEVEL_BLOCK):
         return np.nanvar(means, axis=0) * block / np.nanvar(Z[:n], axis=0)
 
 
+def settling_rows(alpha):
+    """The rows an EWMA of smoothing alpha takes to settle: about 2 / alpha."""
+    return int(round(2 / alpha))
+
+
 def level_averages(Z, X, channels, center, alpha):
     """The level test's averages over rows Z (n, C) (normalised; X raw, NaN for missing), as
     the scorer keeps them: -> (n, L)."""
@@ -354,7 +359,7 @@ def fit_level(Z, X, names, options):
         return None, None, ratio
     center = np.nanmean(Z[:, sel], axis=0)
     S = level_averages(Z, X, sel, center, options.level_smoothing)
-    S = S[int(round(2 / options.level_smoothing)):]          # past the averages' start-up
+    S = S[settling_rows(options.level_smoothing):]            # past the averages' start-up
     cov = np.atleast_2d(np.cov(S.T))
     cov = (1 - options.level_shrinkage) * cov + options.level_shrinkage * np.diag(np.diag(cov))
     precision = np.ascontiguousarray(np.linalg.inv(cov))
@@ -454,7 +459,7 @@ def calibrate(model, names, mean, std, Z_train, Z_cal, X_cal, options=None, log=
     if level and options.level_rebaseline:
         # after an episode, the level the machine settles at is its new normal (scoring)
         level["rebaseline"] = {"above": threshold, "drop": options.level_rebaseline,
-                               "settle": int(round(2 / options.level_smoothing))}
+                               "settle": settling_rows(options.level_smoothing)}
     model.meta["scoring"]["calibration"] = _calibration_notes(
         names, options, len(X_cal), scores, residual_rows, fit, repeats, len(X_normal), fits)
     cons = model.meta["scoring"].get("consistency")

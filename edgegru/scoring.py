@@ -880,33 +880,24 @@ class GroupScorer:
             ks = np.array([k for k, _ in members])
             P = np.stack([pos for _, pos in members])   # (B, n) row positions
             Zb = Z[P]                                    # (B, n, C), a copy
-            f_prev = self._forecast[ks]
+            # the streams' states, copies (fancy indexing) written back after scoring
+            state = StreamState(*(a[ks] for a in _stream_state(self)))
             first = Zb[:, 0]
             bad = ~np.isfinite(first)
-            first[bad] = f_prev[bad]                     # impute as AnomalyScorer does
+            first[bad] = state.forecast[bad]             # impute as AnomalyScorer does
             F, h_n = sc.model.run(Zb, h0=self._hidden[ks].transpose(1, 0, 2),
                                   return_state=True, threads=self.threads)
             F = forecasts(F, Zb, sc.forecast)
-            smoothed, rows_seen = self._smoothed[ks], self._rows_seen[ks]
-            last, repeats, absent = self._last[ks], self._repeats[ks], self._absent[ks]
-            history, cons_mean = self._history[ks], self._cons_mean[ks]
-            drift, level = self._drift_state[ks], self._level_mean[ks]
-            shift, peak, since = self._level_shift[ks], self._level_peak[ks], self._level_since[ks]
+            rows_seen = self._rows_seen[ks]
             s_b = np.empty(P.shape, np.float64)
             c_b = np.empty(P.shape + (C,), np.float64)
-            state = StreamState(f_prev, smoothed, last, repeats, absent, history, cons_mean,
-                                drift, level, shift, peak, since)
             _score_rows_batch(s_b, c_b, Zb, F, X[P], rows_seen, sc._params, state,
                               sc._scratch)
+            for a, value in zip(_stream_state(self), state):
+                a[ks] = value
             self._hidden[ks] = h_n.transpose(1, 0, 2)
             self._forecast[ks] = F[:, -1]
-            self._smoothed[ks] = smoothed
             self._rows_seen[ks] = rows_seen
-            self._last[ks], self._repeats[ks] = last, repeats
-            self._absent[ks] = absent
-            self._history[ks], self._cons_mean[ks] = history, cons_mean
-            self._drift_state[ks], self._level_mean[ks] = drift, level
-            self._level_shift[ks], self._level_peak[ks], self._level_since[ks] = shift, peak, since
             scores[P], contrib[P] = s_b, c_b
         return (scores, contrib) if explain else scores
 
@@ -1069,7 +1060,7 @@ def _score_one_row_numpy(contrib, z, x, row, rows_seen, mean, inv_std, params, s
 
 def _stream_state(scorer):
     """The scorer's StreamState: views of its own state arrays, which the kernels write in
-    place."""
+    place (a GroupScorer's: every stream's, on a leading axis)."""
     return StreamState(*(getattr(scorer, _STATE_ATTRIBUTES[name]) for name in StreamState._fields))
 
 
