@@ -19,7 +19,9 @@ Where things are:
 - :mod:`edgegru.plot`      ``plot_csv``: a sensor file with its scores as a picture
                           (``edgegru plot``; ``pip install 'edgegru[plot]'``)
 - :mod:`edgegru.npzfile`   the ``.npz`` files written atomically; the state files' header
-- :mod:`edgegru.calibrate` the scoring parameters (threshold, whitening, ...) fitted with NumPy
+- :mod:`edgegru.calibrate` the scoring parameters (threshold, whitening, ...) fitted with NumPy;
+                          ``recalibrate``: a trained network fitted to another machine
+                          (``edgegru calibrate``)
 - :mod:`edgegru.train`     ``train_model``: fit a forecaster with PyTorch, calibrate, save
                           (``edgegru train``; ``pip install 'edgegru[train]'``)
 - :mod:`edgegru.errors`    ``ModelFormatError``, ``TrainingError`` and friends

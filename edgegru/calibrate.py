@@ -30,12 +30,15 @@ from dataclasses import dataclass
 import numpy as np
 
 from edgegru.errors import TrainingError
-from edgegru.scoring import (SCORING_VERSION, AnomalyScorer, _level_statistic, _level_update,
-                             forecasts)
+from edgegru.model import Model
+from edgegru.scoring import (FORECASTS, SCORING_VERSION, AnomalyScorer, _level_statistic,
+                             _level_update, forecasts)
 
 MAX_WARMUP = 100             # the scorer's warm-up is measured, and capped here
 RESIDUAL_STD_FLOOR = 1e-3    # in normalised units: a perfectly forecast channel still has noise
 STUCK_MIN_ROWS = 5           # the stuck-sensor rule never fires on fewer exact repeats than this
+MIN_TRAIN_ROWS = 128         # complete rows: windows of 64 rows, at 16-row strides, a few of them
+MIN_CALIBRATION_ROWS = 90    # a warm-up of up to a third, and 60 scores to set the threshold on
 
 
 @dataclass
@@ -89,6 +92,27 @@ class CalibrationOptions:
 
 def _round(x, digits=6):
     return float(f"{x:.{digits}g}")
+
+
+def split_normal(X, n_normal, calibration_fraction, path="the data"):
+    """The normal rows -> (train rows, calibration rows), after checking there are enough."""
+    n_cal = round(calibration_fraction * n_normal)
+    n_train = n_normal - n_cal
+    need = next(n for n in range(1, 10**9)
+                if round(calibration_fraction * n) >= MIN_CALIBRATION_ROWS
+                and n - round(calibration_fraction * n) >= MIN_TRAIN_ROWS)
+    usable_train = int(np.isfinite(X[:n_train]).all(axis=1).sum())
+    if usable_train < MIN_TRAIN_ROWS or n_cal < MIN_CALIBRATION_ROWS:
+        raise TrainingError(
+            f"{path}: too few rows: the normal part has {n_normal} rows ({usable_train} complete "
+            f"training rows, {n_cal} calibration rows); it needs at least "
+            f"{MIN_TRAIN_ROWS} complete rows to train on (windows of 64 rows or more; "
+            f"calibrating an existing model fits its tests on them) and "
+            f"{MIN_CALIBRATION_ROWS} to calibrate on (a warm-up and "
+            f"{MIN_CALIBRATION_ROWS - MIN_CALIBRATION_ROWS // 3} scores to set the threshold "
+            f"by), that is {need} normal rows with --calibration-fraction "
+            f"{calibration_fraction:g}; record longer, or raise --train-rows / --train-fraction")
+    return X[:n_train], X[n_train:n_normal]
 
 
 def normalisation(X_train, names, path="the data"):
@@ -480,6 +504,45 @@ def calibrate(model, names, mean, std, Z_train, Z_cal, X_cal, options=None, log=
         + (f"; tested (below {options.level_max_ratio:g}): {', '.join(level['channels'])}"
            if level else f"; none below {options.level_max_ratio:g}, no level test"))
     return model
+
+
+def recalibrate(model, X_normal, names=None, options=None, calibration_fraction=0.3,
+                forecast=None, log=None, path="the data"):
+    """The forecaster ``model`` calibrated afresh on the normal rows ``X_normal`` (n, C) of
+    another machine, or the same one at another operating point: a new ``Model`` (default
+    backend) with the same network and new ``preprocessing`` and ``scoring`` sections, as
+    ``edgegru calibrate`` writes. NumPy only, no PyTorch: a network trained once on a
+    workstation is fitted to each machine where it runs.
+
+    The rows are split as training splits them (the last ``calibration_fraction`` calibrates,
+    the rest sets the normalisation and the tests' fits), and :func:`calibrate` runs as it
+    does after training, so recalibrating on a model's own normal rows with its options gives
+    its sections back. names: the channels (default: the model's ``preprocessing`` columns);
+    forecast: what the network predicts, "absolute" or "delta" (default: what the model's
+    scoring section says).
+    """
+    scoring = model.meta.get("scoring")
+    forecast = forecast or (scoring.get("forecast", "absolute") if scoring else None)
+    if forecast not in FORECASTS:
+        raise TrainingError(f"the model has no scoring section that says what it forecasts: "
+                            f"give forecast {' or '.join(FORECASTS)}")
+    names = list(names or model.meta.get("preprocessing", {}).get("columns") or [])
+    X_normal = np.asarray(X_normal, dtype=np.float64)
+    C = model.input_size
+    if X_normal.ndim != 2 or X_normal.shape[1] != C or len(names) != C \
+            or model.output_size != C:
+        raise TrainingError(
+            f"{path}: the model forecasts {model.output_size} channels from {C}; calibration "
+            f"needs as many channels in the data ({X_normal.shape[-1]}) and names for them "
+            f"({len(names)})")
+    X_train, X_cal = split_normal(X_normal, len(X_normal), calibration_fraction, path)
+    mean, std = normalisation(X_train, names, path)
+    kept = {k: v for k, v in model.meta.items() if k not in ("preprocessing", "scoring")}
+    # on NumPy, as training calibrates (the backends agree to float32 rounding)
+    network = Model(model.config, model.weights, meta=kept, backend="numpy")
+    calibrate(network, names, mean, std, (X_train - mean) / std, (X_cal - mean) / std, X_cal,
+              options, log, X_normal, forecast=forecast)
+    return Model(network.config, network.weights, meta=network.meta)
 
 
 def _fit_forecast_term(model, Z_train, Z_cal, forecast, options):

@@ -158,8 +158,9 @@ def _names(text):
               "and every --checkpoint-every rows.")
 @click.option("--checkpoint-every", type=click.IntRange(min=0), default=0, metavar="N",
               help="Also save the state every N rows (needs --state).")
-@click.option("-q", "--quiet", is_flag=True, help="No progress bar and no note that the kernels "
-              "are being compiled (both show only on a terminal).")
+@click.option("-q", "--quiet", is_flag=True, help="No progress bar, no note that the kernels "
+              "are being compiled (both show only on a terminal) and no advice when the input "
+              "runs far from the model's normal.")
 @friendly_errors
 def run(weights, input_path, columns, no_header, delimiter, keep, group_by, threshold, explain,
         fmt, precision, on_error, state, checkpoint_every, quiet):
@@ -219,7 +220,7 @@ def run(weights, input_path, columns, no_header, delimiter, keep, group_by, thre
                 explain=explain, threshold=threshold, fmt=fmt, precision=precision,
                 on_error=on_error, state=state, checkpoint_every=checkpoint_every,
                 progress=bar.update if bar else None, header=False if no_header else None,
-                delimiter=delimiter)
+                delimiter=delimiter, advise=not quiet)
         except BrokenPipeError:                      # the reader went away: stop quietly
             try:
                 os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
@@ -359,6 +360,38 @@ def _expert(name, **kwargs):
     return _option(name, hidden=True, **kwargs)
 
 
+def _calibration_options(command):
+    """The expert options of how the score is calibrated, shared by train and calibrate."""
+    for option in reversed([
+        _expert("--smoothing", type=float, help="Score EWMA alpha in (0, 1]."),
+        _expert("--shrinkage", type=float, help="Whitening: shrink the residual "
+                "correlation towards the identity."),
+        _expert("--whitening", type=click.Choice(["conditional", "zca"]),
+                help="How the forecast residuals are decorrelated."),
+        _expert("--consistency-r2", type=float, help="Consistency model for channels "
+                "the others explain with at least this R^2 (above 1: none)."),
+        _expert("--consistency-lags", type=int, help="Consistency model: rows read."),
+        _expert("--consistency-degree", type=int, help="Consistency model: degree."),
+        _expert("--consistency-smoothing", type=float, help="Consistency EWMA alpha."),
+        _expert("--drift-r2", type=float, help="Drift test for channels explained "
+                "with at least this R^2 (above 1: none)."),
+        _expert("--drift-smoothing", type=float, help="Drift test: slow EWMA alpha."),
+        _expert("--drift-fast-smoothing", type=float, help="Drift test: fast alpha."),
+        _expert("--drift-baseline-smoothing", type=float, help="Drift test: baseline alpha."),
+        _expert("--level-smoothing", type=float, help="Level test: EWMA alpha."),
+        _expert("--level-max-ratio", type=float, help="Level test for channels whose "
+                "variance ratio on the normal rows is below this (0: none)."),
+        _expert("--level-margin", type=float, help="Level test: alarms above this "
+                "multiple of its largest value on the normal rows."),
+        _expert("--level-shrinkage", type=float, help="Level test: covariance shrinkage."),
+        _expert("--level-rebaseline", type=float, help="Level test: after an alarm episode, the "
+                "level the machine settles at is the new normal once the test falls below the "
+                "episode's peak over this; 0: never."),
+    ]):
+        command = option(command)
+    return command
+
+
 @main.command(cls=_TypedCommand)
 @click.argument("data", type=click.Path(exists=True, dir_okay=False))
 @click.option("-o", "--output", required=True, type=click.Path(dir_okay=False),
@@ -401,30 +434,7 @@ def _expert(name, **kwargs):
 @_expert("--shift", type=float,
          help="Random per-window level shift (normalised units); 0: off.")
 @_expert("--threads", type=int, help="Torch threads.")
-@_expert("--smoothing", type=float, help="Score EWMA alpha in (0, 1].")
-@_expert("--shrinkage", type=float, help="Whitening: shrink the residual "
-         "correlation towards the identity.")
-@_expert("--whitening", type=click.Choice(["conditional", "zca"]),
-         help="How the forecast residuals are decorrelated.")
-@_expert("--consistency-r2", type=float, help="Consistency model for channels "
-         "the others explain with at least this R^2 (above 1: none).")
-@_expert("--consistency-lags", type=int, help="Consistency model: rows read.")
-@_expert("--consistency-degree", type=int, help="Consistency model: degree.")
-@_expert("--consistency-smoothing", type=float, help="Consistency EWMA alpha.")
-@_expert("--drift-r2", type=float, help="Drift test for channels explained "
-         "with at least this R^2 (above 1: none).")
-@_expert("--drift-smoothing", type=float, help="Drift test: slow EWMA alpha.")
-@_expert("--drift-fast-smoothing", type=float, help="Drift test: fast alpha.")
-@_expert("--drift-baseline-smoothing", type=float, help="Drift test: baseline alpha.")
-@_expert("--level-smoothing", type=float, help="Level test: EWMA alpha.")
-@_expert("--level-max-ratio", type=float, help="Level test for channels whose "
-         "variance ratio on the normal rows is below this (0: none).")
-@_expert("--level-margin", type=float, help="Level test: alarms above this "
-         "multiple of its largest value on the normal rows.")
-@_expert("--level-shrinkage", type=float, help="Level test: covariance shrinkage.")
-@_expert("--level-rebaseline", type=float, help="Level test: after an alarm episode, the "
-         "level the machine settles at is the new normal once the test falls below the "
-         "episode's peak over this; 0: never.")
+@_calibration_options
 @friendly_errors
 def train(data, output, columns, delimiter, train_rows, train_fraction, quiet, plot, state_dict,
           **options):
@@ -469,6 +479,63 @@ def train(data, output, columns, delimiter, train_rows, train_fraction, quiet, p
         a, b = model.meta["provenance"]["split"]["calibration_rows"]
         plot_csv(plot, data, edgegru.AnomalyScorer.from_model(model), start=a, stop=b,
                  delimiter=delimiter, title=f"{data}: the {b - a} calibration rows")
+
+
+@main.command("calibrate", cls=_TypedCommand)
+@click.argument("model_path", metavar="MODEL", type=click.Path(exists=True, dir_okay=False))
+@click.argument("data", type=click.Path(exists=True, dir_okay=False))
+@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False),
+              help="The model file to write (.npz).")
+@click.option("--columns", help="The data's columns holding the model's channels, in the "
+              "model's order, comma-separated (default: the model's channel names).")
+@click.option("--delimiter", help="Field separator, e.g. ';' or '\\t' (default: sniffed from "
+              "the header line).")
+@click.option("--train-rows", type=int, metavar="N", help="The first N rows are normal "
+              "(anomaly-free) and calibrated on (default: every row).")
+@click.option("--train-fraction", type=float, metavar="F", help="The first fraction F of the "
+              "rows is normal, instead of --train-rows.")
+@click.option("--false-alarm-rate", type=float,
+              help="Threshold: score crossings per row on normal data (default: MODEL's).")
+@click.option("-q", "--quiet", is_flag=True, help="Print nothing on stderr.")
+@_expert("--calibration-fraction", type=float,
+         help="Trailing share of the normal rows that sets the threshold.")
+@click.option("--forecast", type=click.Choice(FORECASTS), hidden=True,
+              help="What the network predicts (default: what MODEL's scoring section says).")
+@_calibration_options
+@friendly_errors
+def calibrate(model_path, data, output, columns, delimiter, train_rows, train_fraction, quiet,
+              calibration_fraction, forecast, **options):
+    """Fit a trained model to another machine, or the same one at another operating point:
+    the network is kept, the normalisation and every scoring parameter (residual spreads,
+    tests, threshold) are calibrated afresh on the normal rows of DATA. NumPy only, no
+    PyTorch: train once on a workstation, calibrate on each device.
+
+    DATA is a sensor CSV as `edgegru train` reads it, holding the model's channels (by
+    name, or --columns). Every row is taken as normal unless --train-rows or --train-fraction
+    says how many leading rows are; as for training, 400 rows will do. Calibrating a model on
+    its own normal rows with its own options gives it back unchanged.
+
+    \b
+    Examples:
+      edgegru calibrate pump.npz pump7-normal.csv -o pump7.npz
+      edgegru calibrate pump.npz pump7.csv -o pump7.npz --train-rows 400
+    """
+    from edgegru.train import recalibrate_file
+    if train_rows is not None and train_fraction is not None:
+        raise click.UsageError("give --train-rows or --train-fraction, not both")
+    ctx = click.get_current_context()
+    options["calibration_fraction"] = calibration_fraction
+    # as MODEL was calibrated, but for what is typed
+    typed = {name: value for name, value in options.items()
+             if ctx.get_parameter_source(name) is not click.core.ParameterSource.DEFAULT}
+    if not quiet and _isatty(sys.stderr):
+        _say_if_compiling(("edgegru.scoring._score_rows",), "a few seconds")
+    recalibrate_file(
+        model_path, data, output, columns=_names(columns), delimiter=_delimiter(delimiter),
+        train_rows=train_rows, train_fraction=train_fraction, forecast=forecast,
+        command=" ".join(["edgegru", "calibrate"] + _as_typed(ctx.meta.get("argv", []))),
+        log=(lambda line: None) if quiet else (lambda line: click.echo(line, err=True)),
+        **typed)
 
 
 def _as_typed(argv):

@@ -110,6 +110,9 @@ from edgegru.scoring import GroupScorer, valid_threshold
 
 READ_SIZE = 1 << 18          # bytes per read: up to ~7000 rows of a 4-channel sensor file
 MAX_REPORTED = 20            # skipped rows reported one by one; later ones are only counted
+ADVICE_ROWS = (100, 300)     # a run whose rows in this range all alarm is checked once for a
+ADVICE_SHARE = 0.95          # level far from the model's normal (ADVICE_Z stds) and told of it
+ADVICE_Z = 5.0
 class _Output:
     """The output, written one block of whole rows at a time. On a file descriptor the bytes go
     straight to it (``os.write``), so that a block that fails half way (a full disk) can be
@@ -388,7 +391,7 @@ class StreamResult:
 def score_stream(scorer, source, out, *, columns=None, keep=None, group_by=None, explain=False,
                  threshold=None, fmt="csv", precision=6, on_error="fail", state=None,
                  checkpoint_every=0, progress=None, log=None, handle_signals=True, header=None,
-                 delimiter=None):
+                 delimiter=None, advise=True):
     """Score every CSV row of ``source`` into ``out``: what ``edgegru run`` does.
 
     scorer: an :class:`~edgegru.AnomalyScorer`. source: a binary file (or file descriptor);
@@ -405,7 +408,10 @@ def score_stream(scorer, source, out, *, columns=None, keep=None, group_by=None,
     (see the module doc). state: path of the state file to resume from and checkpoint to;
     checkpoint_every: rows between checkpoints (0: only at the end and on signals).
     progress: called with the number of bytes consumed after each block. log: called with each
-    note for stderr (default: printed to sys.stderr). Returns a :class:`StreamResult`; raises
+    note for stderr (default: printed to sys.stderr). advise: when nearly every row of a run's
+    rows 100-299 is an alarm and the input's level is far from the model's normal, say so once
+    in a note, with what to do if that level is the machine's new normal (``edgegru
+    calibrate``); it changes no score (not for ``group_by``). Returns a :class:`StreamResult`; raises
     :class:`~edgegru.errors.InputError` for bad input under on_error="fail",
     :class:`~edgegru.errors.WriteError` when ``out`` or the state file cannot be written, and
     BrokenPipeError when the reader of ``out`` has gone (the state saved first, in both).
@@ -413,7 +419,7 @@ def score_stream(scorer, source, out, *, columns=None, keep=None, group_by=None,
     run = _Run(scorer, out, columns=columns, keep=keep, group_by=group_by, explain=explain,
                threshold=threshold, fmt=fmt, precision=precision, on_error=on_error,
                state=state, checkpoint_every=checkpoint_every, progress=progress, log=log,
-               header=header, delimiter=delimiter)
+               header=header, delimiter=delimiter, advise=advise)
     with _Signals(handle_signals) as signals:
         return run.run(source, signals)
 
@@ -421,7 +427,7 @@ def score_stream(scorer, source, out, *, columns=None, keep=None, group_by=None,
 class _Run:
     def __init__(self, scorer, out, *, columns, keep, group_by, explain, threshold, fmt,
                  precision, on_error, state, checkpoint_every, progress, log, header=None,
-                 delimiter=None):
+                 delimiter=None, advise=False):
         if on_error not in ("fail", "skip"):
             raise ValueError(f"on_error must be 'fail' or 'skip', got {on_error!r}")
         if header not in (None, False):
@@ -465,6 +471,8 @@ class _Run:
         self.write_header = True         # False: a resumed run appending to its earlier output
         self.checkpoint_failing = False
         self.header, self.delimiter = header, delimiter
+        self.advice = _LevelAdvice(scorer, self.threshold) if advise and group_by is None \
+            else None
 
     # -- the state of the scorer(s), for checkpoints
     @property
@@ -769,6 +777,12 @@ class _Run:
             scores, contrib = self.scorer.score_many(X, explain=True)
         kept = [rows.spans(k, use) for k in lay.kept_slots]
         anomaly = (scores > self.threshold).astype(np.int64)
+        if self.advice is not None:
+            note = self.advice.rows(X, anomaly)
+            if note:
+                self.log(note)
+            if self.advice.done:
+                self.advice = None
         try:
             self._write(self.writer.rows(kept, scores, anomaly, contrib))
         except (WriteError, BrokenPipeError):
@@ -780,6 +794,48 @@ class _Run:
         self.result.rows += len(use)
         self.pos.rows += len(use)
         self.since_checkpoint += len(use)
+
+
+class _LevelAdvice:
+    """Watches a run's rows ADVICE_ROWS: when nearly all of them alarm (ADVICE_SHARE) and their
+    average is far from the model's normal on some channel, a note names those channels and
+    what to do if the machine now runs there (a new operating point, another machine)."""
+
+    def __init__(self, scorer, threshold):
+        self.scorer, self.seen, self.done = scorer, 0, False
+        C = scorer.num_channels
+        self.alarms, self.total, self.count = 0, np.zeros(C), np.zeros(C)
+
+    def rows(self, X, anomaly):
+        """X (n, C) raw rows and their anomaly flags, in order -> a note, or None."""
+        a, b = ADVICE_ROWS
+        lo, hi = max(a - self.seen, 0), max(min(b - self.seen, len(X)), 0)
+        self.seen += len(X)
+        if lo < hi:
+            part = X[lo:hi]
+            ok = np.isfinite(part)
+            self.alarms += int(anomaly[lo:hi].sum())
+            self.total += np.where(ok, part, 0.0).sum(axis=0)
+            self.count += ok.sum(axis=0)
+        if self.seen < b:
+            return None
+        self.done = True
+        if self.alarms < ADVICE_SHARE * (b - a):
+            return None
+        sc = self.scorer
+        with np.errstate(invalid="ignore", divide="ignore"):
+            level = self.total / self.count
+            z = (level - sc.mean) / sc.std
+        far = [c for c in np.argsort(-np.abs(np.nan_to_num(z))) if abs(z[c]) > ADVICE_Z][:3]
+        if not far:
+            return None
+        where = ", ".join(f"{sc.columns[c]} averages {level[c]:.4g} (normal: {sc.mean[c]:.4g}, "
+                          f"std {sc.std[c]:.3g})" for c in far)
+        return (f"rows {a + 1}-{b} of this run are {self.alarms / (b - a):.0%} alarms, at a "
+                f"level far from "
+                f"the model's normal: {where}. If the machine now runs there as its normal "
+                f"(another operating point, another machine), calibrate the model on its "
+                f"normal rows: edgegru calibrate MODEL normal.csv -o new.npz")
 
 
 def _note(msg):

@@ -53,15 +53,13 @@ from typing import NamedTuple, Optional
 import numpy as np
 
 from edgegru.calibrate import (LEVEL_BLOCK, CalibrationOptions, _round, calibrate, fit_level,
-                               normalisation)
+                               normalisation, recalibrate, split_normal)
 from edgegru.errors import TrainingError
-from edgegru.formats import save
+from edgegru.formats import load, save
 from edgegru.model import WEIGHTS_DTYPES, Model, recurrent_bfloat16
 from edgegru.scoring import FORECASTS, AnomalyScorer
 from edgegru.csvio import sniff_delimiter    # the same rule as edgegru run's
 
-MIN_TRAIN_ROWS = 128         # complete rows: windows of 64 rows, at 16-row strides, a few of them
-MIN_CALIBRATION_ROWS = 90    # a warm-up of up to a third, and 60 scores to set the threshold on
 MAX_WINDOW = 128             # rows per training window when the data allows (a few warm-ups)
 MAX_EPOCHS = 200             # a small file is not passed over more often than this
 TIMESTAMP_NAMES = {"timestamp", "datetime", "date", "time", "ts", "date_time", "epoch"}
@@ -218,26 +216,6 @@ def normal_rows(n, train_fraction=None, train_rows=None):
     if not 0.0 < train_fraction <= 1.0:
         raise TrainingError(f"--train-fraction must be in (0, 1], got {train_fraction}")
     return int(round(train_fraction * n))
-
-
-def split_normal(X, n_normal, calibration_fraction, path="the data"):
-    """The normal rows -> (train rows, calibration rows), after checking there are enough."""
-    n_cal = round(calibration_fraction * n_normal)
-    n_train = n_normal - n_cal
-    need = next(n for n in range(1, 10**9)
-                if round(calibration_fraction * n) >= MIN_CALIBRATION_ROWS
-                and n - round(calibration_fraction * n) >= MIN_TRAIN_ROWS)
-    usable_train = int(np.isfinite(X[:n_train]).all(axis=1).sum())
-    if usable_train < MIN_TRAIN_ROWS or n_cal < MIN_CALIBRATION_ROWS:
-        raise TrainingError(
-            f"{path}: too few rows: the normal part has {n_normal} rows ({usable_train} complete "
-            f"training rows, {n_cal} calibration rows); training needs at least "
-            f"{MIN_TRAIN_ROWS} complete rows to train on (windows of 64 rows or more) and "
-            f"{MIN_CALIBRATION_ROWS} to calibrate on (a warm-up and "
-            f"{MIN_CALIBRATION_ROWS - MIN_CALIBRATION_ROWS // 3} scores to set the threshold "
-            f"by), that is {need} normal rows with --calibration-fraction "
-            f"{calibration_fraction:g}; record longer, or raise --train-rows / --train-fraction")
-    return X[:n_train], X[n_train:n_normal]
 
 
 def training_windows(finite_rows, window, stride):
@@ -536,6 +514,74 @@ def train_model(data, output=None, *, columns=None, delimiter=None, train_rows=N
         torch.save(sd, pt)
         log(f"wrote {output} ({output.stat().st_size / 1024:.0f} KiB) and {pt}")
     return Model(model.config, model.weights, meta=model.meta)     # on the default backend
+
+
+def recalibrate_file(model, data, output=None, *, columns=None, delimiter=None, train_rows=None,
+                     train_fraction=None, forecast=None, command=None, log=None, **changes):
+    """The trained model ``model`` (a path or a ``Model``) calibrated afresh on the normal rows
+    of the CSV ``data`` (:func:`edgegru.calibrate.recalibrate`): the same network, new
+    ``preprocessing`` and ``scoring``; no PyTorch. Writes ``output`` (None: nothing) and
+    returns the new ``Model``.
+
+    columns: the data's columns holding the model's channels, in its order (default: the
+    model's channel names); changes: calibration options (``calibration_fraction`` and the
+    fields of :class:`edgegru.calibrate.CalibrationOptions`) to change from those the model
+    was calibrated with (:func:`recorded_calibration`); the other arguments as
+    :func:`train_model`'s. Raises :class:`edgegru.errors.TrainingError` on data or options it
+    cannot use (and ModelFormatError on a model file it cannot load).
+    """
+    log = log or (lambda message: None)
+    source = str(model) if isinstance(model, (str, Path)) else None
+    model = load(model) if source else model
+    unknown = sorted(set(changes) - set(_CALIBRATION_FIELDS))
+    if unknown:
+        raise TrainingError(f"no calibration option {', '.join(unknown)}")
+    settings = {**recorded_calibration(model), **changes}
+    calibration_fraction = settings.pop("calibration_fraction", 0.3)
+    calibration = CalibrationOptions(**settings).check()
+    if not 0.0 < calibration_fraction < 1.0:
+        raise TrainingError(f"--calibration-fraction must be in (0, 1), got "
+                            f"{calibration_fraction}")
+    names = model.meta.get("preprocessing", {}).get("columns")
+    table = read_csv(data, columns or names, delimiter)
+    log(f"{data}: {len(table.X)} rows, channels {', '.join(table.names)}")
+    n_normal = normal_rows(len(table.X), train_fraction, train_rows)
+    new = recalibrate(model, table.X[:n_normal], names or table.names, calibration,
+                      calibration_fraction, forecast, log, path=data)
+    n_cal = round(calibration_fraction * n_normal)
+    new.meta["provenance"] = {
+        **model.meta.get("provenance", {}),
+        "calibration": {
+            "tool": "edgegru calibrate", "command": command,
+            "model": Path(source).name if source else None,
+            "data": {"file": Path(data).name, "sha256": _sha256(data),
+                     "rows": int(len(table.X)), "columns": table.names,
+                     "delimiter": table.delimiter},
+            "split": {"normal_rows": n_normal, "train_rows": [0, n_normal - n_cal],
+                      "calibration_rows": [n_normal - n_cal, n_normal]},
+            "options": {"calibration_fraction": calibration_fraction, **asdict(calibration)},
+            "versions": {"edgegru": _version(), "numpy": np.__version__,
+                         "python": platform.python_version()}},
+    }
+    if output is not None:
+        output = Path(output)
+        output.parent.mkdir(parents=True, exist_ok=True)
+        save(new, output)
+        log(f"wrote {output} ({output.stat().st_size / 1024:.0f} KiB)")
+    return new
+
+
+_CALIBRATION_FIELDS = ("calibration_fraction", *CalibrationOptions.__dataclass_fields__)
+
+
+def recorded_calibration(model):
+    """The calibration options ``model`` was last calibrated with, from its provenance (those
+    of ``edgegru calibrate``, else of ``edgegru train``): a dict of ``calibration_fraction``
+    and :class:`edgegru.calibrate.CalibrationOptions` fields; {} if it records none."""
+    provenance = model.meta.get("provenance") or {}
+    options = (provenance.get("calibration") or {}).get("options") or \
+        provenance.get("options") or {}
+    return {k: v for k, v in options.items() if k in _CALIBRATION_FIELDS}
 
 
 def _warm_scoring_kernels():

@@ -16,6 +16,7 @@ from test_csvio import mutate
 from edgegru.errors import EdgeGRUError, InputError
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "sensor.csv"
+SHIPPED = Path(__file__).resolve().parents[1] / "weights" / "model.npz"
 HEADER = b"timestamp,temperature,vibration,current,pressure\n"
 
 
@@ -599,3 +600,32 @@ def test_a_line_just_over_one_mib_is_refused_from_a_file_and_from_a_pipe(example
     assert whole[1].skipped == 3 and "longer than 1048576 bytes" in whole[2][0]
     trickled = run(long, on_error="skip", source=Trickle(long, (4096,)))
     assert trickled[0] == whole[0] and trickled[2] == whole[2]
+
+
+# -- advice -------------------------------------------------------------------------------------
+
+def shifted(data, column, by):
+    """The CSV bytes with ``by`` added to every value of the column at index ``column``."""
+    lines = data.rstrip(b"\n").split(b"\n")
+    out = [lines[0]]
+    for line in lines[1:]:
+        fields = line.split(b",")
+        fields[column] = repr(float(float(fields[column]) + by)).encode()
+        out.append(b",".join(fields))
+    return b"\n".join(out) + b"\n"
+
+
+def test_a_run_far_from_the_models_normal_is_told_once_what_to_do(example):
+    data, X = example
+    scorer = edgegru.AnomalyScorer.load(SHIPPED)
+    far = shifted(data, 4, 50 * scorer.std[3])           # pressure, 50 standard deviations up
+    text, result, notes = run(far, scorer)
+    assert len(notes) == 1 and "rows 101-300 of this run are" in notes[0]
+    assert "pressure averages" in notes[0] and "edgegru calibrate" in notes[0]
+    assert "temperature" not in notes[0]                  # only the channels that are far
+    scorer.reset()
+    quiet, _, none = run(far, scorer, advise=False)
+    assert quiet == text and none == []                   # a note, nothing else changes
+    scorer.reset()
+    assert run(data, scorer)[2] == []                     # at the model's normal: nothing
+    assert run(far, scorer, group_by="timestamp")[2] == []    # not per stream
