@@ -497,6 +497,8 @@ def train(data, output, columns, delimiter, train_rows, train_fraction, quiet, p
 @click.option("--false-alarm-rate", type=float,
               help="Threshold: score crossings per row on normal data (default: MODEL's).")
 @click.option("-q", "--quiet", is_flag=True, help="Print nothing on stderr.")
+@click.option("--plot", type=click.Path(dir_okay=False), help="Also draw the calibration rows "
+              "with their scores (.png/.svg, as edgegru plot does; needs matplotlib).")
 @_expert("--calibration-fraction", type=float,
          help="Trailing share of the normal rows that sets the threshold.")
 @click.option("--forecast", type=click.Choice(FORECASTS), hidden=True,
@@ -504,7 +506,7 @@ def train(data, output, columns, delimiter, train_rows, train_fraction, quiet, p
 @_calibration_options
 @friendly_errors
 def calibrate(model_path, data, output, columns, delimiter, train_rows, train_fraction, quiet,
-              calibration_fraction, forecast, **options):
+              plot, calibration_fraction, forecast, **options):
     """Fit a trained model to another machine, or the same one at another operating point:
     the network is kept, the normalisation and every scoring parameter (residual spreads,
     tests, threshold) are calibrated afresh on the normal rows of DATA. NumPy only, no
@@ -530,12 +532,22 @@ def calibrate(model_path, data, output, columns, delimiter, train_rows, train_fr
              if ctx.get_parameter_source(name) is not click.core.ParameterSource.DEFAULT}
     if not quiet and _isatty(sys.stderr):
         _say_if_compiling(("edgegru.scoring._score_rows",), "a few seconds")
-    recalibrate_file(
-        model_path, data, output, columns=_names(columns), delimiter=_delimiter(delimiter),
+    if plot:
+        from edgegru.plot import pyplot
+        pyplot()                             # matplotlib missing: say so before calibrating
+    delimiter = _delimiter(delimiter)
+    model = recalibrate_file(
+        model_path, data, output, columns=_names(columns), delimiter=delimiter,
         train_rows=train_rows, train_fraction=train_fraction, forecast=forecast,
         command=" ".join(["edgegru", "calibrate"] + _as_typed(ctx.meta.get("argv", []))),
         log=(lambda line: None) if quiet else (lambda line: click.echo(line, err=True)),
         **typed)
+    if plot:
+        from edgegru.plot import plot_csv
+        a, b = model.meta["provenance"]["calibration"]["split"]["calibration_rows"]
+        plot_csv(plot, data, edgegru.AnomalyScorer.from_model(model), start=a, stop=b,
+                 columns=_names(columns), delimiter=delimiter,
+                 title=f"{data}: the {b - a} calibration rows")
 
 
 def _as_typed(argv):

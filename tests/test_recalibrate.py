@@ -137,3 +137,13 @@ def test_the_command_needs_no_torch(tmp_path):
                           env={**os.environ, "PYTHONPATH": str(ROOT)}, timeout=300)
     assert proc.returncode == 0, proc.stderr
     assert edgegru.load(out).meta["provenance"]["calibration"]["split"]["normal_rows"] == 1000
+
+
+def test_the_command_draws_the_calibration_rows(tmp_path, sensor):
+    pytest.importorskip("matplotlib")
+    data = write(tmp_path / "pump7.csv", ["degC", "rms", "amps", "bar"], sensor[:500])
+    picture = tmp_path / "cal.png"
+    code, text = run_cli([SHIPPED, data, "-o", tmp_path / "m.npz", "--columns",
+                          "degC,rms,amps,bar", "--plot", picture, "-q"])
+    assert code == 0, text
+    assert picture.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
