@@ -525,7 +525,8 @@ def recalibrate(model, X_normal, names=None, options=None, calibration_fraction=
     forecast = forecast or (scoring.get("forecast", "absolute") if scoring else None)
     if forecast not in FORECASTS:
         raise TrainingError(f"the model has no scoring section that says what it forecasts: "
-                            f"give forecast {' or '.join(FORECASTS)}")
+                            f"give forecast {' or '.join(FORECASTS)} (edgegru calibrate "
+                            f"--forecast)")
     names = list(names or model.meta.get("preprocessing", {}).get("columns") or [])
     X_normal = np.asarray(X_normal, dtype=np.float64)
     C = model.input_size

@@ -501,8 +501,10 @@ def train(data, output, columns, delimiter, train_rows, train_fraction, quiet, p
               "with their scores (.png/.svg, as edgegru plot does; needs matplotlib).")
 @_expert("--calibration-fraction", type=float,
          help="Trailing share of the normal rows that sets the threshold.")
-@click.option("--forecast", type=click.Choice(FORECASTS), hidden=True,
-              help="What the network predicts (default: what MODEL's scoring section says).")
+@click.option("--forecast", type=click.Choice(FORECASTS),
+              help="What the network predicts: the next row, or its step from this one "
+                   "(default: what MODEL says; needed for a model without a scoring section, "
+                   "such as one converted from PyTorch).")
 @_calibration_options
 @friendly_errors
 def calibrate(model_path, data, output, columns, delimiter, train_rows, train_fraction, quiet,
