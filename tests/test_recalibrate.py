@@ -147,3 +147,19 @@ def test_the_command_draws_the_calibration_rows(tmp_path, sensor):
                           "degC,rms,amps,bar", "--plot", picture, "-q"])
     assert code == 0, text
     assert picture.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_info_says_what_a_model_was_trained_and_calibrated_on(tmp_path, sensor, shipped):
+    data = write(tmp_path / "pump7.csv", ["temperature", "vibration", "current", "pressure"],
+                 sensor[:600])
+    out = tmp_path / "pump7.npz"
+    assert run_cli([SHIPPED, data, "-o", out, "-q"])[0] == 0
+    info = CliRunner().invoke(main, ["info", str(out)]).output
+    assert "channels:       temperature, vibration, current, pressure" in info
+    assert "trained_on:     sensor.csv (sha256 7bc136530a2d...), 8000 normal rows" in info
+    assert "calibrated_on:  pump7.csv (sha256 " in info and "600 normal rows" in info
+    assert "scoring:        threshold " in info and "forecast (delta)" in info
+    # the metadata is the file's data: odd shapes leave lines out, never a traceback
+    odd = edgegru.Model(shipped.config, shipped.weights,
+                        meta={"scoring": "x", "provenance": {"calibration": 3}})
+    assert "scoring" not in edgegru.formats.describe(odd)

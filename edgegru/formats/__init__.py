@@ -220,4 +220,39 @@ def describe(model):
         "weights": _weights_bytes(model),
         "source": ", ".join(f"{k}={v}" for k, v in source.items() if v is not None) or "-",
         "weights_sha256": weights_sha256(model),
+        **_scoring_summary(model.meta),
     }
+
+
+def _scoring_summary(meta):
+    """describe()'s lines on a scoring model: its channels, threshold and terms, and the data
+    it was trained and calibrated on (what `edgegru calibrate` changes); {} for a bare network.
+    Metadata is the file's own data: a field of an unexpected shape is left out, not an error."""
+    lines = {}
+    try:
+        pre, sc = meta.get("preprocessing") or {}, meta.get("scoring") or {}
+        provenance = meta.get("provenance") or {}
+        if pre.get("columns"):
+            lines["channels"] = ", ".join(map(str, pre["columns"]))
+        if sc:
+            terms = [f"forecast ({sc.get('forecast', 'absolute')})"]
+            consistency = sc.get("consistency") or {}
+            for name, term in (("consistency", consistency),
+                               ("drift", consistency.get("drift") or {}),
+                               ("level", sc.get("level") or {})):
+                if term.get("channels"):
+                    terms.append(f"{name} ({', '.join(map(str, term['channels']))})")
+            if sc.get("stuck_rows"):
+                terms.append(f"stuck sensor ({int(sc['stuck_rows'])} repeats)")
+            lines["scoring"] = (f"threshold {float(sc['threshold']):.6g}, warm-up "
+                                f"{int(sc['warmup'])} rows; {', '.join(terms)}")
+        trained = provenance if provenance.get("tool") == "edgegru train" else {}
+        for key, part in (("trained_on", trained), ("calibrated_on", provenance.get("calibration"))):
+            data = (part or {}).get("data")
+            if data:
+                rows = (part.get("split") or {}).get("normal_rows")
+                lines[key] = (f"{data.get('file')} (sha256 {str(data.get('sha256'))[:12]}...), "
+                              f"{rows} normal rows")
+    except (AttributeError, KeyError, TypeError, ValueError):
+        pass
+    return lines
