@@ -360,6 +360,13 @@ def _expert(name, **kwargs):
     return _option(name, hidden=True, **kwargs)
 
 
+# options train and calibrate read their data with
+_DELIMITER = click.option("--delimiter", help="Field separator, e.g. ';' or '\\t' (default: "
+                          "sniffed from the header line).")
+_TRAIN_FRACTION = click.option("--train-fraction", type=float, metavar="F", help="The first "
+                               "fraction F of the rows is normal, instead of --train-rows.")
+
+
 def _calibration_options(command):
     """The expert options of how the score is calibrated, shared by train and calibrate."""
     for option in reversed([
@@ -399,12 +406,10 @@ def _calibration_options(command):
                    "(.pt).")
 @click.option("--columns", help="Channel columns, comma-separated (default: every numeric "
               "column but the timestamp).")
-@click.option("--delimiter", help="Field separator, e.g. ';' or '\\t' (default: sniffed from "
-              "the header line).")
+@_DELIMITER
 @click.option("--train-rows", type=int, metavar="N", help="The first N rows are normal "
               "(anomaly-free) and trained on (default: every row).")
-@click.option("--train-fraction", type=float, metavar="F", help="The first fraction F of the "
-              "rows is normal, instead of --train-rows.")
+@_TRAIN_FRACTION
 @_option("--hidden-size", type=click.IntRange(min=1), help="GRU hidden size.")
 @_option("--steps", type=click.IntRange(min=1),
          help="Optimizer steps (what training time grows with).")
@@ -488,12 +493,10 @@ def train(data, output, columns, delimiter, train_rows, train_fraction, quiet, p
               help="The model file to write (.npz).")
 @click.option("--columns", help="The data's columns holding the model's channels, in the "
               "model's order, comma-separated (default: the model's channel names).")
-@click.option("--delimiter", help="Field separator, e.g. ';' or '\\t' (default: sniffed from "
-              "the header line).")
+@_DELIMITER
 @click.option("--train-rows", type=int, metavar="N", help="The first N rows are normal "
               "(anomaly-free) and calibrated on (default: every row).")
-@click.option("--train-fraction", type=float, metavar="F", help="The first fraction F of the "
-              "rows is normal, instead of --train-rows.")
+@_TRAIN_FRACTION
 @click.option("--false-alarm-rate", type=float,
               help="Threshold: score crossings per row on normal data (default: MODEL's).")
 @click.option("-q", "--quiet", is_flag=True, help="Print nothing on stderr.")
