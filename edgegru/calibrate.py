@@ -521,13 +521,14 @@ def recalibrate(model, X_normal, names=None, options=None, calibration_fraction=
     forecast: what the network predicts, "absolute" or "delta" (default: what the model's
     scoring section says).
     """
-    scoring = model.meta.get("scoring")
-    forecast = forecast or (scoring.get("forecast", "absolute") if scoring else None)
+    scoring, pre = model.meta.get("scoring"), model.meta.get("preprocessing")
+    if forecast is None and isinstance(scoring, dict):
+        forecast = scoring.get("forecast", "absolute")
     if forecast not in FORECASTS:
         raise TrainingError(f"the model has no scoring section that says what it forecasts: "
                             f"give forecast {' or '.join(FORECASTS)} (edgegru calibrate "
                             f"--forecast)")
-    names = list(names or model.meta.get("preprocessing", {}).get("columns") or [])
+    names = list(names or (pre.get("columns") if isinstance(pre, dict) else None) or [])
     X_normal = np.asarray(X_normal, dtype=np.float64)
     C = model.input_size
     if X_normal.ndim != 2 or X_normal.shape[1] != C or len(names) != C \

@@ -538,11 +538,16 @@ def recalibrate_file(model, data, output=None, *, columns=None, delimiter=None, 
         raise TrainingError(f"no calibration option {', '.join(unknown)}")
     settings = {**recorded_calibration(model), **changes}
     calibration_fraction = settings.pop("calibration_fraction", 0.3)
-    calibration = CalibrationOptions(**settings).check()
-    if not 0.0 < calibration_fraction < 1.0:
+    try:
+        calibration = CalibrationOptions(**settings).check()
+        fraction_ok = 0.0 < calibration_fraction < 1.0
+    except TypeError:                   # a recorded option that is not a number
+        raise TrainingError(f"{source or 'the model'}: its provenance records calibration "
+                            f"options that are not numbers ({settings}); give them as options")
+    if not fraction_ok:
         raise TrainingError(f"--calibration-fraction must be in (0, 1), got "
                             f"{calibration_fraction}")
-    names = model.meta.get("preprocessing", {}).get("columns")
+    names = _section(model.meta, "preprocessing").get("columns")
     table = read_csv(data, columns or names, delimiter)
     log(f"{data}: {len(table.X)} rows, channels {', '.join(table.names)}")
     n_normal = normal_rows(len(table.X), train_fraction, train_rows)
@@ -550,7 +555,7 @@ def recalibrate_file(model, data, output=None, *, columns=None, delimiter=None, 
                       calibration_fraction, forecast, log, path=data)
     n_cal = round(calibration_fraction * n_normal)
     new.meta["provenance"] = {
-        **model.meta.get("provenance", {}),
+        **_section(model.meta, "provenance"),
         "calibration": {
             "tool": "edgegru calibrate", "command": command,
             "model": Path(source).name if source else None,
@@ -578,10 +583,16 @@ def recorded_calibration(model):
     """The calibration options ``model`` was last calibrated with, from its provenance (those
     of ``edgegru calibrate``, else of ``edgegru train``): a dict of ``calibration_fraction``
     and :class:`edgegru.calibrate.CalibrationOptions` fields; {} if it records none."""
-    provenance = model.meta.get("provenance") or {}
-    options = (provenance.get("calibration") or {}).get("options") or \
-        provenance.get("options") or {}
+    provenance = _section(model.meta, "provenance")
+    options = _section(_section(provenance, "calibration"), "options") or \
+        _section(provenance, "options")
     return {k: v for k, v in options.items() if k in _CALIBRATION_FIELDS}
+
+
+def _section(meta, key):
+    """meta[key] if it is a dict, else {}: metadata is the file's data, of any shape."""
+    value = meta.get(key)
+    return value if isinstance(value, dict) else {}
 
 
 def _warm_scoring_kernels():

@@ -163,3 +163,15 @@ def test_info_says_what_a_model_was_trained_and_calibrated_on(tmp_path, sensor, 
     odd = edgegru.Model(shipped.config, shipped.weights,
                         meta={"scoring": "x", "provenance": {"calibration": 3}})
     assert "scoring" not in edgegru.formats.describe(odd)
+
+
+@pytest.mark.parametrize("meta", [
+    {"preprocessing": [1], "scoring": "x", "provenance": 7},
+    {"scoring": {"forecast": "delta"}, "provenance": {"options": {"level_margin": "wide"}}},
+    {"scoring": {"forecast": "sideways"}, "provenance": {"calibration": {"options": [1]}}},
+])
+def test_odd_metadata_in_the_model_file_is_a_one_line_error(tmp_path, shipped, meta):
+    odd = tmp_path / "odd.npz"
+    edgegru.save(edgegru.Model(shipped.config, shipped.weights, meta=meta), odd)
+    code, text = run_cli([odd, DATA, "-o", tmp_path / "m.npz", "-q"])
+    assert code == 1 and text.startswith("Error: ") and "Traceback" not in text, text
