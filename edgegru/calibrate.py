@@ -94,13 +94,24 @@ def _round(x, digits=6):
     return float(f"{x:.{digits}g}")
 
 
+def check_calibration_fraction(fraction):
+    """Raise TrainingError unless the calibration fraction is in (0, 1)."""
+    if not 0.0 < fraction < 1.0:
+        raise TrainingError(f"--calibration-fraction must be in (0, 1), got {fraction}")
+
+
+def split_rows(n_normal, calibration_fraction):
+    """How the normal rows split: (training rows, calibration rows) counts."""
+    n_cal = round(calibration_fraction * n_normal)
+    return n_normal - n_cal, n_cal
+
+
 def split_normal(X, n_normal, calibration_fraction, path="the data"):
     """The normal rows -> (train rows, calibration rows), after checking there are enough."""
-    n_cal = round(calibration_fraction * n_normal)
-    n_train = n_normal - n_cal
+    n_train, n_cal = split_rows(n_normal, calibration_fraction)
     need = next(n for n in range(1, 10**9)
-                if round(calibration_fraction * n) >= MIN_CALIBRATION_ROWS
-                and n - round(calibration_fraction * n) >= MIN_TRAIN_ROWS)
+                if split_rows(n, calibration_fraction)[1] >= MIN_CALIBRATION_ROWS
+                and split_rows(n, calibration_fraction)[0] >= MIN_TRAIN_ROWS)
     usable_train = int(np.isfinite(X[:n_train]).all(axis=1).sum())
     if usable_train < MIN_TRAIN_ROWS or n_cal < MIN_CALIBRATION_ROWS:
         raise TrainingError(

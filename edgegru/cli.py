@@ -462,15 +462,10 @@ def train(data, output, columns, delimiter, train_rows, train_fraction, quiet, p
     if train_rows is not None and train_fraction is not None:
         raise click.UsageError("give --train-rows or --train-fraction, not both")
     delimiter = _delimiter(delimiter)
-    if not quiet and _isatty(sys.stderr):
-        # calibration runs the scorer's kernels (its GRU runs on NumPy)
-        _say_if_compiling(("edgegru.scoring._score_rows",), "a few seconds")
+    _before_calibrating(quiet, plot)
     fields = TrainingOptions.__dataclass_fields__
     argv = click.get_current_context().meta.get("argv", [])
-    log = (lambda line: None) if quiet else (lambda line: click.echo(line, err=True))
-    if plot:
-        from edgegru.plot import pyplot
-        pyplot()                             # matplotlib missing: say so before training
+    log = _log(quiet)
     model = train_model(
         data, output, columns=_names(columns), delimiter=delimiter, train_rows=train_rows,
         train_fraction=train_fraction, state_dict=state_dict,
@@ -480,10 +475,8 @@ def train(data, output, columns, delimiter, train_rows, train_fraction, quiet, p
         command=" ".join(["edgegru", "train"] + _as_typed(argv)),
         log=log, progress=log if not quiet and sys.stderr.isatty() else None)
     if plot:
-        from edgegru.plot import plot_csv
-        a, b = model.meta["provenance"]["split"]["calibration_rows"]
-        plot_csv(plot, data, edgegru.AnomalyScorer.from_model(model), start=a, stop=b,
-                 delimiter=delimiter, title=f"{data}: the {b - a} calibration rows")
+        _plot_calibration_rows(plot, data, model, model.meta["provenance"]["split"],
+                               delimiter=delimiter)
 
 
 @main.command("calibrate", cls=_TypedCommand)
@@ -535,24 +528,42 @@ def calibrate(model_path, data, output, columns, delimiter, train_rows, train_fr
     # as MODEL was calibrated, but for what is typed
     typed = {name: value for name, value in options.items()
              if ctx.get_parameter_source(name) is not click.core.ParameterSource.DEFAULT}
-    if not quiet and _isatty(sys.stderr):
-        _say_if_compiling(("edgegru.scoring._score_rows",), "a few seconds")
-    if plot:
-        from edgegru.plot import pyplot
-        pyplot()                             # matplotlib missing: say so before calibrating
+    _before_calibrating(quiet, plot)
     delimiter = _delimiter(delimiter)
     model = recalibrate_file(
         model_path, data, output, columns=_names(columns), delimiter=delimiter,
         train_rows=train_rows, train_fraction=train_fraction, forecast=forecast,
         command=" ".join(["edgegru", "calibrate"] + _as_typed(ctx.meta.get("argv", []))),
-        log=(lambda line: None) if quiet else (lambda line: click.echo(line, err=True)),
-        **typed)
+        log=_log(quiet), **typed)
     if plot:
-        from edgegru.plot import plot_csv
-        a, b = model.meta["provenance"]["calibration"]["split"]["calibration_rows"]
-        plot_csv(plot, data, edgegru.AnomalyScorer.from_model(model), start=a, stop=b,
-                 columns=_names(columns), delimiter=delimiter,
-                 title=f"{data}: the {b - a} calibration rows")
+        _plot_calibration_rows(plot, data, model,
+                               model.meta["provenance"]["calibration"]["split"],
+                               columns=_names(columns), delimiter=delimiter)
+
+
+def _before_calibrating(quiet, plot):
+    """What train and calibrate say before their work: on a terminal, that the scorer's
+    kernels compile (calibration runs them; the GRU runs on NumPy), and with --plot that
+    matplotlib is missing, if it is."""
+    if not quiet and _isatty(sys.stderr):
+        _say_if_compiling(("edgegru.scoring._score_rows",), "a few seconds")
+    if plot:
+        from edgegru.plot import pyplot
+        pyplot()
+
+
+def _log(quiet):
+    """A function taking one message line: to stderr, or nowhere with -q."""
+    return (lambda line: None) if quiet else (lambda line: click.echo(line, err=True))
+
+
+def _plot_calibration_rows(plot, data, model, split, columns=None, delimiter=None):
+    """--plot of train and calibrate: the rows ``split`` (a provenance split) calibrated on,
+    with the scores ``model`` gives them."""
+    from edgegru.plot import plot_csv
+    a, b = split["calibration_rows"]
+    plot_csv(plot, data, edgegru.AnomalyScorer.from_model(model), start=a, stop=b,
+             columns=columns, delimiter=delimiter, title=f"{data}: the {b - a} calibration rows")
 
 
 def _as_typed(argv):

@@ -113,6 +113,8 @@ MAX_REPORTED = 20            # skipped rows reported one by one; later ones are 
 ADVICE_ROWS = (100, 300)     # a run whose rows in this range all alarm is checked once for a
 ADVICE_SHARE = 0.95          # level far from the model's normal (ADVICE_Z stds) and told of it
 ADVICE_Z = 5.0
+
+
 class _Output:
     """The output, written one block of whole rows at a time. On a file descriptor the bytes go
     straight to it (``os.write``), so that a block that fails half way (a full disk) can be
@@ -471,8 +473,7 @@ class _Run:
         self.write_header = True         # False: a resumed run appending to its earlier output
         self.checkpoint_failing = False
         self.header, self.delimiter = header, delimiter
-        self.advice = _LevelAdvice(scorer, self.threshold) if advise and group_by is None \
-            else None
+        self.advice = _LevelAdvice(scorer) if advise and group_by is None else None
 
     # -- the state of the scorer(s), for checkpoints
     @property
@@ -801,10 +802,14 @@ class _LevelAdvice:
     average is far from the model's normal on some channel, a note names those channels and
     what to do if the machine now runs there (a new operating point, another machine)."""
 
-    def __init__(self, scorer, threshold):
-        self.scorer, self.seen, self.done = scorer, 0, False
+    def __init__(self, scorer):
+        self.scorer, self.seen = scorer, 0
         C = scorer.num_channels
         self.alarms, self.total, self.count = 0, np.zeros(C), np.zeros(C)
+
+    @property
+    def done(self):
+        return self.seen >= ADVICE_ROWS[1]
 
     def rows(self, X, anomaly):
         """X (n, C) raw rows and their anomaly flags, in order -> a note, or None."""
@@ -817,9 +822,8 @@ class _LevelAdvice:
             self.alarms += int(anomaly[lo:hi].sum())
             self.total += np.where(ok, part, 0.0).sum(axis=0)
             self.count += ok.sum(axis=0)
-        if self.seen < b:
+        if not self.done:
             return None
-        self.done = True
         if self.alarms < ADVICE_SHARE * (b - a):
             return None
         sc = self.scorer
@@ -832,10 +836,9 @@ class _LevelAdvice:
         where = ", ".join(f"{sc.columns[c]} averages {level[c]:.4g} (normal: {sc.mean[c]:.4g}, "
                           f"std {sc.std[c]:.3g})" for c in far)
         return (f"rows {a + 1}-{b} of this run are {self.alarms / (b - a):.0%} alarms, at a "
-                f"level far from "
-                f"the model's normal: {where}. If the machine now runs there as its normal "
-                f"(another operating point, another machine), calibrate the model on its "
-                f"normal rows: edgegru calibrate MODEL normal.csv -o new.npz")
+                f"level far from the model's normal: {where}. If the machine now runs there as "
+                f"its normal (another operating point, another machine), calibrate the model on "
+                f"its normal rows: edgegru calibrate MODEL normal.csv -o new.npz")
 
 
 def _note(msg):

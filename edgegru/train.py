@@ -52,8 +52,9 @@ from typing import NamedTuple, Optional
 
 import numpy as np
 
-from edgegru.calibrate import (LEVEL_BLOCK, CalibrationOptions, _round, calibrate, fit_level,
-                               normalisation, recalibrate, split_normal)
+from edgegru.calibrate import (LEVEL_BLOCK, CalibrationOptions, _round, calibrate,
+                               check_calibration_fraction, fit_level, normalisation, recalibrate,
+                               split_normal, split_rows)
 from edgegru.errors import TrainingError
 from edgegru.formats import load, save
 from edgegru.model import WEIGHTS_DTYPES, Model, recurrent_bfloat16
@@ -98,9 +99,7 @@ class TrainingOptions:
             raise TrainingError("--burn-in must be at least 0 and less than --window")
         if self.burn_in < 0:
             raise TrainingError("--burn-in must be at least 0")
-        if not 0.0 < self.calibration_fraction < 1.0:
-            raise TrainingError(f"--calibration-fraction must be in (0, 1), got "
-                                f"{self.calibration_fraction}")
+        check_calibration_fraction(self.calibration_fraction)
         if self.forecast not in FORECASTS:
             raise TrainingError(f"--forecast must be {' or '.join(FORECASTS)}, got "
                                 f"{self.forecast!r}")
@@ -494,16 +493,13 @@ def train_model(data, output=None, *, columns=None, delimiter=None, train_rows=N
         **model.meta.get("provenance", {}),
         "tool": "edgegru train",
         "command": command,
-        "data": {"file": Path(data).name, "sha256": _sha256(data), "rows": int(len(X)),
-                 "columns": names, "skipped_columns": table.skipped,
-                 "timestamp_column": table.timestamp, "delimiter": table.delimiter},
+        "data": _data_record(data, table),
         "split": {"normal_rows": n_normal, "train_rows": [0, len(X_train)],
                   "calibration_rows": [len(X_train), n_normal],
                   "rows_with_missing_values": d["missing"]},
         "options": {**asdict(options), **asdict(calibration)},
         "seed": options.seed,
-        "versions": {"edgegru": _version(), "torch": torch.__version__,
-                     "numpy": np.__version__, "python": platform.python_version()},
+        "versions": _versions(torch=torch.__version__),
         "training": summary,
     }
     if output is not None:
@@ -540,33 +536,27 @@ def recalibrate_file(model, data, output=None, *, columns=None, delimiter=None, 
     calibration_fraction = settings.pop("calibration_fraction", 0.3)
     try:
         calibration = CalibrationOptions(**settings).check()
-        fraction_ok = 0.0 < calibration_fraction < 1.0
+        check_calibration_fraction(calibration_fraction)
     except TypeError:                   # a recorded option that is not a number
         raise TrainingError(f"{source or 'the model'}: its provenance records calibration "
                             f"options that are not numbers ({settings}); give them as options")
-    if not fraction_ok:
-        raise TrainingError(f"--calibration-fraction must be in (0, 1), got "
-                            f"{calibration_fraction}")
     names = _section(model.meta, "preprocessing").get("columns")
     table = read_csv(data, columns or names, delimiter)
     log(f"{data}: {len(table.X)} rows, channels {', '.join(table.names)}")
     n_normal = normal_rows(len(table.X), train_fraction, train_rows)
     new = recalibrate(model, table.X[:n_normal], names or table.names, calibration,
                       calibration_fraction, forecast, log, path=data)
-    n_cal = round(calibration_fraction * n_normal)
+    n_train = split_rows(n_normal, calibration_fraction)[0]
     new.meta["provenance"] = {
         **_section(model.meta, "provenance"),
         "calibration": {
             "tool": "edgegru calibrate", "command": command,
             "model": Path(source).name if source else None,
-            "data": {"file": Path(data).name, "sha256": _sha256(data),
-                     "rows": int(len(table.X)), "columns": table.names,
-                     "delimiter": table.delimiter},
-            "split": {"normal_rows": n_normal, "train_rows": [0, n_normal - n_cal],
-                      "calibration_rows": [n_normal - n_cal, n_normal]},
+            "data": _data_record(data, table),
+            "split": {"normal_rows": n_normal, "train_rows": [0, n_train],
+                      "calibration_rows": [n_train, n_normal]},
             "options": {"calibration_fraction": calibration_fraction, **asdict(calibration)},
-            "versions": {"edgegru": _version(), "numpy": np.__version__,
-                         "python": platform.python_version()}},
+            "versions": _versions()},
     }
     if output is not None:
         output = Path(output)
@@ -609,9 +599,18 @@ def _warm_scoring_kernels():
         pass
 
 
-def _version():
+def _data_record(path, table):
+    """The provenance's record of the data file read as ``table`` (a SensorTable)."""
+    return {"file": Path(path).name, "sha256": _sha256(path), "rows": int(len(table.X)),
+            "columns": table.names, "skipped_columns": table.skipped,
+            "timestamp_column": table.timestamp, "delimiter": table.delimiter}
+
+
+def _versions(**more):
+    """The provenance's versions: edgegru's, NumPy's and Python's, and ``more``."""
     from edgegru import __version__
-    return __version__
+    return {"edgegru": __version__, **more, "numpy": np.__version__,
+            "python": platform.python_version()}
 
 
 def _sha256(path):
